@@ -1,0 +1,1 @@
+"""The web front-end: Flask app factory and blueprints. Never imports provider code."""

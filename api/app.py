@@ -1,0 +1,48 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from flask import Flask, Response, g, request
+
+from api import files, generations, models
+from api.errors import register_error_handlers
+from api.services import EXTENSION, Services
+from shared.settings import Settings
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = Flask("imagegate")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = Services.build(settings)
+
+    @app.before_request
+    def _request_id() -> None:
+        incoming = request.headers.get("x-request-id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+
+    @app.after_request
+    def _stamp(response: Response) -> Response:
+        response.headers["x-request-id"] = g.get("request_id", "")
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        app.extensions[EXTENSION].redis.ping()
+        return {"ok": True}
+
+    register_error_handlers(app)
+    app.register_blueprint(generations.bp)
+    app.register_blueprint(models.bp)
+    app.register_blueprint(files.bp)
+    return app

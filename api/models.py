@@ -1,0 +1,62 @@
+"""GET /v1/models and GET /v1/models/{id}: the catalog in OpenAI's list format.
+
+Besides OpenAI's fields (id, object, created, owned_by) each entry says what
+the gateway knows of it: family, price per image, size rule, limits, and
+whether it can be used right now (``available``, with the reason when not).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+
+from api.auth import current_key
+from api.services import Services, services
+from shared.catalog import Model
+
+bp = Blueprint("models", __name__, url_prefix="/v1")
+
+_CREATED = 1763683200  # catalog entries have no creation time of their own
+
+
+def describe(model: Model, svc: Services) -> dict[str, Any]:
+    family = svc.catalog.family_of(model)
+    reason = ""
+    if not family.available:
+        reason = family.unavailable_reason
+    elif family.key_env and not svc.settings.credential(family.key_env):
+        reason = f"no upstream key: set {family.key_env}"
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": _CREATED,
+        "owned_by": model.owned_by,
+        "family": family.name,
+        "description": model.description,
+        "price_per_image": str(model.price),
+        "size_rule": model.size_rule.describe(),
+        "default_size": str(model.default_size),
+        "max_n": model.max_n,
+        "max_prompt_length": model.max_prompt_length,
+        "response_formats": list(model.response_formats),
+        "params": sorted(model.params),
+        "available": not reason,
+        **({"unavailable_reason": reason} if reason else {}),
+    }
+
+
+@bp.get("/models")
+def list_models():
+    current_key()
+    svc = services()
+    return jsonify(
+        {"object": "list", "data": [describe(m, svc) for m in svc.catalog.models.values()]}
+    )
+
+
+@bp.get("/models/<path:model_id>")
+def get_model(model_id: str):
+    current_key()
+    svc = services()
+    return jsonify(describe(svc.catalog.model(model_id), svc))

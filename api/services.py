@@ -1,0 +1,61 @@
+"""The long-lived objects a web process uses, built once by the app factory."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+
+import redis
+from flask import current_app
+
+from api.queue import TaskQueue
+from api.waiter import CompletionHub
+from shared.catalog import Catalog, load_catalog
+from shared.jobs import JobStore
+from shared.keys import KeyStore
+from shared.redis_client import connect
+from shared.settings import Settings
+from shared.storage import ImageStorage, build_storage
+
+EXTENSION = "imagegate"
+_SECRET_KEY = "ig:signing-secret"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    catalog: Catalog
+    redis: redis.Redis
+    keys: KeyStore
+    jobs: JobStore
+    storage: ImageStorage
+    hub: CompletionHub
+    queue: TaskQueue
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        client = connect(settings.redis_url, max_connections=2000)
+        jobs = JobStore(client, retention_seconds=settings.job_retention_seconds)
+        secret = settings.signing_secret or _shared_secret(client)
+        storage_config = dataclasses.replace(settings.storage, signing_secret=secret.encode())
+        return cls(
+            settings=settings,
+            catalog=load_catalog(settings.catalog_path or None),
+            redis=client,
+            keys=KeyStore(client),
+            jobs=jobs,
+            storage=build_storage(storage_config),
+            hub=CompletionHub(client, jobs),
+            queue=TaskQueue(settings),
+        )
+
+
+def _shared_secret(client: redis.Redis) -> str:
+    """One random URL-signing secret for all web processes, made on first start."""
+    client.set(_SECRET_KEY, secrets.token_urlsafe(32), nx=True)
+    return str(client.get(_SECRET_KEY))
+
+
+def services() -> Services:
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,132 @@
+"""From raw request bytes to a request the chosen model can honour.
+
+Two steps: :func:`parse_body` checks the body against OpenAI's schema
+(:class:`api.schemas.GenerationRequest`), then :func:`check_against_model`
+applies the model's limits from the catalog (n, prompt length, response
+formats, which optional fields it takes and their values, size syntax).
+Everything it rejects is an :class:`InvalidRequest` naming the ``param``.
+
+Sizes are only *parsed* here; fitting them to the model's rule (clamping) is
+the worker's job, so what the upstream receives is decided in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.schemas import GenerationRequest
+from shared.catalog import Model
+from shared.errors import InvalidRequest
+from shared.sizing import parse_aspect_ratio, parse_size
+
+
+def parse_body(body: bytes) -> GenerationRequest:
+    try:
+        return GenerationRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _translate(exc) from None
+
+
+def _translate(exc: ValidationError) -> InvalidRequest:
+    first = exc.errors(include_url=False)[0]
+    kind = first.get("type", "")
+    loc = first.get("loc") or ()
+    param = str(loc[0]) if loc else None
+    if kind == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request: "
+            f"{first.get('ctx', {}).get('error', 'invalid JSON')}.",
+            code="invalid_json",
+        )
+    if kind == "model_type" or (kind == "model_attributes_type"):
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if kind == "extra_forbidden":
+        return InvalidRequest(
+            f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
+        )
+    if kind == "missing":
+        return InvalidRequest(
+            f"Missing required parameter: '{param}'.",
+            param=param,
+            code="missing_required_parameter",
+        )
+    if param == "stream":
+        return InvalidRequest(
+            "Streaming image generation is not supported by this gateway.",
+            param="stream",
+            code="unsupported_parameter",
+        )
+    return InvalidRequest(
+        f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.",
+        param=param,
+        code="invalid_value",
+    )
+
+
+# Fields that only the gateway handles, so every model accepts them.
+_ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream"})
+
+
+def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
+    """Return the job's request dict, or raise InvalidRequest naming the param."""
+    if len(req.prompt) > model.max_prompt_length:
+        raise InvalidRequest(
+            f"The prompt is {len(req.prompt)} characters long; '{model.id}' accepts at most "
+            f"{model.max_prompt_length}.",
+            param="prompt",
+            code="string_above_max_length",
+        )
+    if not req.prompt.strip():
+        raise InvalidRequest("The prompt must not be blank.", param="prompt", code="invalid_value")
+    n = req.n if req.n is not None else 1
+    if n > model.max_n:
+        raise InvalidRequest(
+            f"'{model.id}' makes at most {model.max_n} image(s) per request; you asked for {n}.",
+            param="n",
+            code="invalid_value",
+        )
+    response_format = req.response_format or "url"
+    if response_format not in model.response_formats:
+        raise InvalidRequest(
+            f"'{model.id}' does not support response_format '{response_format}'.",
+            param="response_format",
+            code="invalid_value",
+        )
+    given = req.model_dump(exclude_none=True)
+    for name, value in given.items():
+        if name in _ALWAYS:
+            continue
+        if name not in model.params:
+            raise InvalidRequest(
+                f"'{model.id}' does not support the parameter '{name}'.",
+                param=name,
+                code="unsupported_parameter",
+            )
+        allowed = model.choices.get(name)
+        if allowed is not None and str(value) not in allowed:
+            raise InvalidRequest(
+                f"Invalid value for '{name}' with '{model.id}': {value!r}. "
+                f"Supported values: {', '.join(allowed)}.",
+                param=name,
+                code="invalid_value",
+            )
+    if req.background == "transparent" and req.output_format == "jpeg":
+        raise InvalidRequest(
+            "A transparent background needs output_format png or webp.",
+            param="background",
+            code="invalid_value",
+        )
+    size = None
+    if req.size is not None and req.size != "auto":
+        size = str(parse_size(req.size))
+    if req.aspect_ratio is not None:
+        parse_aspect_ratio(req.aspect_ratio)
+
+    request = dict(given)
+    request.update(
+        model=model.id, n=n, size=size, response_format=response_format, requested_size=req.size
+    )
+    request.pop("stream", None)
+    return request

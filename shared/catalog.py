@@ -1,0 +1,225 @@
+"""The model catalog: provider families, models, prices, size rules and limits.
+
+The catalog is a TOML file shipped with the package (``shared/catalog.toml``)
+and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
+
+    [families.<name>]
+    queue = "openai"                 # Celery queue of this family's worker pool
+    adapter = "openai"               # key of the adapter registry in workers/adapters
+    base_url = "https://api.openai.com/v1"
+    key_env = "OPENAI_API_KEY"       # env var holding the upstream key ("" = none needed)
+    available = true                 # false: listed, but answers 503 with `unavailable_reason`
+
+    [[models]]
+    id = "dall-e-3"                  # what clients send as `model`
+    family = "openai"
+    upstream = "dall-e-3"            # the upstream's own model name
+    price = "0.040"                  # per image, in currency units (kept as integer micro-units)
+    size_rule = { kind = "fixed", sizes = ["1024x1024", "1792x1024", "1024x1792"] }
+    default_size = "1024x1024"
+    max_n = 1
+    max_prompt_length = 4000
+    response_formats = ["url", "b64_json"]
+    params = ["quality", "style", "user"]           # optional request fields it accepts
+    choices = { quality = ["standard", "hd"] }      # allowed values, where narrower than the API's
+    options = { response_format = "b64_json" }      # adapter-specific settings
+
+Loading validates everything (unknown family, bad size rule, bad price) and
+fails loudly: a broken catalog must stop a deployment, not a request.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from shared.errors import NotFound
+from shared.sizing import Size, SizeRule, parse_size, rule_from_spec
+
+MICROS_PER_UNIT = 1_000_000
+
+# Optional request fields a model may accept; `prompt`, `model`, `n`, `size` and
+# `response_format` are always accepted (response_format is the gateway's own job).
+OPTIONAL_PARAMS = frozenset(
+    {
+        "quality",
+        "style",
+        "output_format",
+        "output_compression",
+        "background",
+        "moderation",
+        "user",
+        "aspect_ratio",
+        "seed",
+        "image",
+    }
+)
+RESPONSE_FORMATS = ("url", "b64_json")
+
+
+class CatalogError(ValueError):
+    """The catalog file is invalid."""
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    queue: str
+    adapter: str
+    base_url: str
+    key_env: str | None
+    available: bool = True
+    unavailable_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    family: str
+    upstream: str
+    price_micros: int
+    size_rule: SizeRule
+    default_size: Size
+    max_n: int
+    max_prompt_length: int
+    response_formats: tuple[str, ...]
+    params: frozenset[str]
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    owned_by: str = ""
+    description: str = ""
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(self.price_micros) / MICROS_PER_UNIT
+
+
+@dataclass(frozen=True)
+class Catalog:
+    families: Mapping[str, Family]
+    models: Mapping[str, Model]
+
+    def model(self, model_id: str) -> Model:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            raise NotFound(
+                f"The model '{model_id}' does not exist. GET /v1/models lists the models "
+                "this gateway serves.",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+    def family_of(self, model: Model) -> Family:
+        return self.families[model.family]
+
+    def key_env_names(self) -> frozenset[str]:
+        return frozenset(f.key_env for f in self.families.values() if f.key_env)
+
+
+DEFAULT_CATALOG = "catalog.toml"
+
+
+def default_catalog_path() -> Path:
+    return Path(str(resources.files("shared").joinpath(DEFAULT_CATALOG)))
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    path = Path(path) if path else default_catalog_path()
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+    return parse_catalog(raw, source=str(path))
+
+
+def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catalog:
+    families = {
+        name: _parse_family(name, spec, source) for name, spec in raw.get("families", {}).items()
+    }
+    models: dict[str, Model] = {}
+    for index, spec in enumerate(raw.get("models", [])):
+        model = _parse_model(spec, families, f"{source}: models[{index}]")
+        if model.id in models:
+            raise CatalogError(f"{source}: model '{model.id}' is defined twice")
+        models[model.id] = model
+    if not models:
+        raise CatalogError(f"{source}: no models defined")
+    return Catalog(families=MappingProxyType(families), models=MappingProxyType(models))
+
+
+def _parse_family(name: str, spec: Mapping[str, Any], source: str) -> Family:
+    where = f"{source}: families.{name}"
+    try:
+        return Family(
+            name=name,
+            queue=str(spec.get("queue", name)),
+            adapter=str(spec.get("adapter", name)),
+            base_url=str(spec.get("base_url", "")).rstrip("/"),
+            key_env=str(spec["key_env"]) if spec.get("key_env") else None,
+            available=bool(spec.get("available", True)),
+            unavailable_reason=str(spec.get("unavailable_reason", "")),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(f"{where}: {exc}") from exc
+
+
+def _parse_price(value: Any, where: str) -> int:
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise CatalogError(f"{where}: price {value!r} is not a decimal number") from exc
+    micros = price * MICROS_PER_UNIT
+    if price < 0 or micros != micros.to_integral_value():
+        raise CatalogError(f"{where}: price {value!r} must be >= 0 with at most 6 decimals")
+    return int(micros)
+
+
+def _parse_model(spec: Mapping[str, Any], families: Mapping[str, Family], where: str) -> Model:
+    try:
+        model_id = str(spec["id"])
+        where = f"{where} ({model_id})"
+        family = str(spec["family"])
+        if family not in families:
+            raise CatalogError(f"{where}: unknown family '{family}'")
+        params = frozenset(spec.get("params", []))
+        unknown = params - OPTIONAL_PARAMS
+        if unknown:
+            raise CatalogError(f"{where}: unknown params {sorted(unknown)}")
+        formats = tuple(spec.get("response_formats", RESPONSE_FORMATS))
+        if not formats or set(formats) - set(RESPONSE_FORMATS):
+            raise CatalogError(f"{where}: response_formats must be a subset of {RESPONSE_FORMATS}")
+        choices = {str(k): tuple(str(v) for v in vs) for k, vs in spec.get("choices", {}).items()}
+        if set(choices) - params:
+            raise CatalogError(f"{where}: choices given for params the model does not accept")
+        max_n = int(spec.get("max_n", 1))
+        max_prompt = int(spec.get("max_prompt_length", 4000))
+        if max_n < 1 or max_prompt < 1:
+            raise CatalogError(f"{where}: max_n and max_prompt_length must be >= 1")
+        return Model(
+            id=model_id,
+            family=family,
+            upstream=str(spec.get("upstream", model_id)),
+            price_micros=_parse_price(spec.get("price", "0"), where),
+            size_rule=rule_from_spec(spec["size_rule"]),
+            default_size=parse_size(str(spec.get("default_size", "1024x1024"))),
+            max_n=max_n,
+            max_prompt_length=max_prompt,
+            response_formats=formats,
+            params=params,
+            choices=MappingProxyType(choices),
+            options=MappingProxyType(dict(spec.get("options", {}))),
+            owned_by=str(spec.get("owned_by", family)),
+            description=str(spec.get("description", "")),
+        )
+    except CatalogError:
+        raise
+    except Exception as exc:  # KeyError, ValueError from rules, InvalidRequest from sizes
+        raise CatalogError(f"{where}: {exc}") from exc

@@ -1,0 +1,174 @@
+"""The gateway's error tree.
+
+Every failure a client can see is one of these classes. Each carries its HTTP
+status and OpenAI error ``type``; ``api/errors.py`` renders them into OpenAI's
+envelope ``{"error": {"message", "type", "param", "code"}}`` in one place.
+Workers store failures in the job record with :meth:`GatewayError.to_dict`
+and the API raises them again with :func:`error_from_dict`, so a failure
+looks the same whether it happened in the web process or in a worker.
+
+Foreign errors (requests, boto3, redis, pydantic) are translated once, at the
+boundary where they occur, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "message": self.message,
+            "type": self.error_type,
+            "param": self.param,
+            "code": self.code,
+        }
+        body.update(self.extra)
+        return {"error": body}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe form for job records (see :func:`error_from_dict`)."""
+        return {
+            "status": self.status,
+            "message": self.message,
+            "type": self.error_type,
+            "param": self.param,
+            "code": self.code,
+            "headers": self.headers,
+            "extra": self.extra,
+        }
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class InsufficientBalance(GatewayError):
+    status = 402
+    error_type = "insufficient_balance"
+    default_code = "insufficient_balance"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    error_type = "not_found_error"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class ServerError(GatewayError):
+    status = 500
+    error_type = "server_error"
+
+
+class UpstreamError(GatewayError):
+    """The upstream provider failed or answered something we cannot use."""
+
+    status = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+    def __init__(self, message: str, *, upstream_request_id: str | None = None, **kw: Any):
+        super().__init__(message, **kw)
+        if upstream_request_id:
+            self.headers.setdefault("x-upstream-request-id", upstream_request_id)
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "service_unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    """The job's deadline passed. ``extra['job_id']`` names the job."""
+
+    status = 504
+    error_type = "timeout_error"
+    default_code = "timeout"
+
+
+class DeadlineExceeded(Exception):
+    """Raised inside workers when a job's deadline has passed.
+
+    Not a :class:`GatewayError`: the task turns it into a ``timed_out`` job,
+    and the API answers :class:`GatewayTimeout` with the job id.
+    """
+
+
+_BY_TYPE_AND_STATUS: dict[tuple[int, str], type[GatewayError]] = {
+    (cls.status, cls.error_type): cls
+    for cls in (
+        InvalidRequest,
+        AuthenticationFailed,
+        InsufficientBalance,
+        PermissionDenied,
+        NotFound,
+        RequestTooLarge,
+        RateLimited,
+        ServerError,
+        UpstreamError,
+        ServiceUnavailable,
+        GatewayTimeout,
+    )
+}
+
+
+def error_from_dict(data: dict[str, Any]) -> GatewayError:
+    """Rebuild an error stored by :meth:`GatewayError.to_dict`."""
+    cls = _BY_TYPE_AND_STATUS.get(
+        (int(data.get("status", 500)), str(data.get("type"))), ServerError
+    )
+    err = GatewayError.__new__(cls)
+    GatewayError.__init__(
+        err,
+        str(data.get("message", "")),
+        param=data.get("param"),
+        code=data.get("code"),
+        headers=data.get("headers") or {},
+        extra=data.get("extra") or {},
+    )
+    return err

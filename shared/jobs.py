@@ -1,0 +1,260 @@
+"""Job records in Redis: the one place the web side and the workers meet.
+
+A job is a Redis hash ``ig:job:<id>``::
+
+    spec      JSON of the immutable part (key id, model, family, request, created, deadline)
+    status    queued | running | succeeded | failed | timed_out | canceled
+    attempt   fencing token: incremented by every claim
+    result    JSON list of stored images (storage keys, sizes), on success
+    error     JSON of the GatewayError, on failure
+    started / finished / worker
+
+State changes are Lua scripts, so they are atomic across any number of web
+and worker processes:
+
+* :meth:`JobStore.claim` moves a non-terminal job to ``running`` and returns a
+  new attempt number, or says why not (terminal already, deadline passed).
+* :meth:`JobStore.finish` writes a terminal state only if the job is not
+  terminal yet *and* the caller still holds the latest attempt, so a slow or
+  duplicated run can never overwrite the outcome of a newer one.
+* every terminal transition publishes the job id on :data:`DONE_CHANNEL`, which
+  the web processes' waiters listen to.
+
+Records expire ``retention`` seconds after creation.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from shared.errors import GatewayError, GatewayTimeout
+
+DONE_CHANNEL = "ig:jobs:done"
+GENERATE_TASK = "imagegate.generate"  # the Celery task name both sides agree on
+_JOB = "ig:job:{}"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+
+
+TERMINAL = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELED}
+)
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    key: str
+    width: int
+    height: int
+    content_type: str
+    revised_prompt: str | None = None
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    key_id: str
+    model: str
+    family: str
+    queue: str
+    request: dict[str, Any]
+    created: float
+    deadline: float
+    status: JobStatus = JobStatus.QUEUED
+    attempt: int = 0
+    images: tuple[StoredImage, ...] = ()
+    error: dict[str, Any] | None = None
+    started: float | None = None
+    finished: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def new_job_id() -> str:
+    return "imgjob_" + secrets.token_hex(12)
+
+
+def timeout_error(job_id: str) -> GatewayTimeout:
+    return GatewayTimeout(
+        f"The image was not ready within the time budget. Job id: {job_id}.",
+        extra={"job_id": job_id},
+        headers={"x-job-id": job_id},
+    )
+
+
+_TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
+
+# KEYS[1] job; ARGV: now, timeout error JSON, worker name, channel, job id
+_CLAIM = f"""
+local terminal = {_TERMINAL_LUA}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {{'missing'}} end
+if terminal[st] then return {{'terminal', st}} end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline'))
+if tonumber(ARGV[1]) >= deadline then
+  redis.call('HSET', KEYS[1], 'status', 'timed_out', 'finished', ARGV[1], 'error', ARGV[2])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return {{'expired'}}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1], 'worker', ARGV[3])
+return {{'run', tostring(attempt)}}
+"""
+
+# KEYS[1] job; ARGV: attempt ('' = any), status, field, payload, now, channel, job id
+_FINISH = f"""
+local terminal = {_TERMINAL_LUA}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or terminal[st] then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', ARGV[5])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # run | terminal | expired | missing
+    attempt: int = 0
+
+    @property
+    def should_run(self) -> bool:
+        return self.outcome == "run"
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, retention_seconds: int = 86400) -> None:
+        self._redis = client
+        self._retention = retention_seconds
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+
+    def create(self, job: Job) -> Job:
+        spec = {
+            "id": job.id,
+            "key_id": job.key_id,
+            "model": job.model,
+            "family": job.family,
+            "queue": job.queue,
+            "request": job.request,
+            "created": job.created,
+            "deadline": job.deadline,
+            "meta": job.meta,
+        }
+        name = _JOB.format(job.id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            name,
+            mapping={
+                "spec": json.dumps(spec, separators=(",", ":")),
+                "status": job.status.value,
+                "attempt": job.attempt,
+                "deadline": repr(job.deadline),
+            },
+        )
+        pipe.expire(name, self._retention + int(max(0.0, job.deadline - job.created)))
+        pipe.execute()
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        fields = self._redis.hgetall(_JOB.format(job_id))
+        if not fields or "spec" not in fields:
+            return None
+        spec = json.loads(fields["spec"])
+        images = tuple(StoredImage(**img) for img in json.loads(fields.get("result") or "[]"))
+        return Job(
+            id=spec["id"],
+            key_id=spec["key_id"],
+            model=spec["model"],
+            family=spec["family"],
+            queue=spec["queue"],
+            request=spec["request"],
+            created=float(spec["created"]),
+            deadline=float(spec["deadline"]),
+            meta=spec.get("meta") or {},
+            status=JobStatus(fields.get("status", "queued")),
+            attempt=int(fields.get("attempt", 0)),
+            images=images,
+            error=json.loads(fields["error"]) if fields.get("error") else None,
+            started=float(fields["started"]) if fields.get("started") else None,
+            finished=float(fields["finished"]) if fields.get("finished") else None,
+        )
+
+    def status(self, job_id: str) -> JobStatus | None:
+        raw = self._redis.hget(_JOB.format(job_id), "status")
+        return JobStatus(raw) if raw else None
+
+    def claim(self, job_id: str, *, worker: str = "", now: float | None = None) -> Claim:
+        now = time.time() if now is None else now
+        reply = self._claim(
+            keys=[_JOB.format(job_id)],
+            args=[repr(now), _error_json(timeout_error(job_id)), worker, DONE_CHANNEL, job_id],
+        )
+        outcome = reply[0]
+        return Claim(outcome, int(reply[1]) if outcome == "run" else 0)
+
+    def succeed(self, job_id: str, attempt: int, images: list[StoredImage]) -> bool:
+        payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))
+        return self._finish_with(job_id, attempt, JobStatus.SUCCEEDED, "result", payload)
+
+    def fail(self, job_id: str, attempt: int | None, error: GatewayError) -> bool:
+        status = JobStatus.TIMED_OUT if isinstance(error, GatewayTimeout) else JobStatus.FAILED
+        return self._finish_with(job_id, attempt, status, "error", _error_json(error))
+
+    def expire_if_overdue(self, job_id: str, *, now: float | None = None) -> bool:
+        """Mark a job timed out if its deadline passed and nobody finished it.
+
+        Any attempt still running loses its fence and cannot write a result
+        afterwards. Returns True when this call made the transition.
+        """
+        job = self.get(job_id)
+        now = time.time() if now is None else now
+        if job is None or job.terminal or now < job.deadline:
+            return False
+        return self._finish_with(
+            job_id, None, JobStatus.TIMED_OUT, "error", _error_json(timeout_error(job_id))
+        )
+
+    def _finish_with(
+        self, job_id: str, attempt: int | None, status: JobStatus, fld: str, payload: str
+    ) -> bool:
+        return bool(
+            self._finish(
+                keys=[_JOB.format(job_id)],
+                args=[
+                    "" if attempt is None else str(attempt),
+                    status.value,
+                    fld,
+                    payload,
+                    repr(time.time()),
+                    DONE_CHANNEL,
+                    job_id,
+                ],
+            )
+        )
+
+
+def _error_json(error: GatewayError) -> str:
+    return json.dumps(error.to_dict(), separators=(",", ":"))

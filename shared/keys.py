@@ -1,0 +1,109 @@
+"""API keys: created by the admin CLI, stored in Redis only as SHA-256 hashes.
+
+Layout::
+
+    ig:apikey:<sha256 hex>   hash {id, name, created, revoked}
+    ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
+    ig:apikeys               set of ids
+
+A key is ``ig-`` followed by 43 url-safe random characters (256 bits). The
+plaintext is returned once by :meth:`KeyStore.create` and never stored; a
+lookup hashes the presented key and reads the record, so no comparison of
+secrets happens in Python at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from shared.errors import AuthenticationFailed, NotFound
+
+KEY_PREFIX = "ig-"
+_RECORD = "ig:apikey:{}"
+_BY_ID = "ig:apikey-id:{}"
+_IDS = "ig:apikeys"
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    created: int
+    revoked: bool = False
+
+
+class KeyStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def create(self, name: str) -> tuple[str, ApiKey]:
+        name = name.strip()
+        if not name or len(name) > 100:
+            raise ValueError("a key name must be 1 to 100 characters")
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        digest = hash_key(plaintext)
+        record = ApiKey(id="key_" + secrets.token_hex(8), name=name, created=int(time.time()))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(
+            _RECORD.format(digest),
+            mapping={"id": record.id, "name": record.name, "created": record.created, "revoked": 0},
+        )
+        pipe.set(_BY_ID.format(record.id), digest)
+        pipe.sadd(_IDS, record.id)
+        pipe.execute()
+        return plaintext, record
+
+    def authenticate(self, plaintext: str | None) -> ApiKey:
+        if not plaintext:
+            raise AuthenticationFailed(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        fields = self._redis.hgetall(_RECORD.format(hash_key(plaintext)))
+        if not fields:
+            raise AuthenticationFailed("Incorrect API key provided.")
+        key = _from_fields(fields)
+        if key.revoked:
+            raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
+        return key
+
+    def get(self, key_id: str) -> ApiKey:
+        digest = self._redis.get(_BY_ID.format(key_id))
+        fields = self._redis.hgetall(_RECORD.format(digest)) if digest else {}
+        if not fields:
+            raise NotFound(f"No API key with id '{key_id}'.")
+        return _from_fields(fields)
+
+    def list(self) -> list[ApiKey]:
+        keys = []
+        for key_id in sorted(self._redis.smembers(_IDS)):
+            try:
+                keys.append(self.get(key_id))
+            except NotFound:
+                continue
+        return sorted(keys, key=lambda k: (k.created, k.id))
+
+    def revoke(self, key_id: str) -> ApiKey:
+        digest = self._redis.get(_BY_ID.format(key_id))
+        if not digest or not self._redis.exists(_RECORD.format(digest)):
+            raise NotFound(f"No API key with id '{key_id}'.")
+        self._redis.hset(_RECORD.format(digest), "revoked", 1)
+        return self.get(key_id)
+
+
+def _from_fields(fields: dict[str, str]) -> ApiKey:
+    return ApiKey(
+        id=fields["id"],
+        name=fields.get("name", ""),
+        created=int(fields.get("created", 0)),
+        revoked=fields.get("revoked", "0") == "1",
+    )

@@ -1,0 +1,136 @@
+"""Deployment settings: one typed, frozen object built from ``IMAGEGATE_*`` variables.
+
+This is the only module that reads the environment. Besides the ``IMAGEGATE_*``
+variables it reads the upstream credentials whose names the catalog lists
+(``key_env`` of each family, e.g. ``OPENAI_API_KEY``), and per-family base URL
+overrides ``IMAGEGATE_BASE_URL_<FAMILY>`` (e.g. ``IMAGEGATE_BASE_URL_OPENAI``)
+so a deployment can point a family at a proxy, a regional host or a simulator.
+
+Every variable is documented in the README's "Settings" table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from shared.catalog import load_catalog
+from shared.storage.base import StorageConfig
+
+PREFIX = "IMAGEGATE_"
+BASE_URL_PREFIX = PREFIX + "BASE_URL_"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = ""  # empty: same as redis_url
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    public_base_url: str = ""  # empty: URLs are built from the request's host
+    url_ttl_seconds: int = 3600
+    sync_budget_seconds: float = 120.0
+    job_retention_seconds: int = 86400
+    catalog_path: str = ""  # empty: the catalog shipped with the package
+    default_model: str = "local/testcard"
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    upstream_attempt_timeout_seconds: float = 90.0
+    upstream_max_retries: int = 3
+    signing_secret: str = ""  # empty: a random secret is created once and kept in Redis
+    log_level: str = "INFO"
+    upstream_base_urls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_visibility_timeout(self) -> int:
+        """Seconds before Redis hands an unacknowledged task to another worker.
+
+        Above the longest job deadline, so a slow job is never run twice by
+        the broker while its first run is still within its budget.
+        """
+        return int(2 * self.sync_budget_seconds) + 300
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(PREFIX + name, default).strip()
+
+        def number(name: str, default: float, kind: type = float, minimum: float = 1e-9) -> float:
+            raw = get(name)
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{PREFIX}{name}={raw!r} is not a number") from None
+            if value < minimum:
+                raise SettingsError(f"{PREFIX}{name} must be at least {minimum:g}")
+            return value
+
+        catalog_path = get("CATALOG_PATH")
+        catalog = load_catalog(catalog_path or None)
+        credentials = {name: env[name] for name in catalog.key_env_names() if env.get(name)}
+        base_urls = {
+            name[len(BASE_URL_PREFIX) :].lower(): value.rstrip("/")
+            for name, value in env.items()
+            if name.startswith(BASE_URL_PREFIX) and value
+        }
+        backend = get("STORAGE", "local")
+        if backend not in ("local", "s3"):
+            raise SettingsError(f"{PREFIX}STORAGE must be 'local' or 's3', not {backend!r}")
+        storage = StorageConfig(
+            backend=backend,
+            local_dir=get("STORAGE_DIR", "var/images"),
+            public_base_url=get("PUBLIC_BASE_URL").rstrip("/"),
+            s3_bucket=get("S3_BUCKET"),
+            s3_region=get("S3_REGION") or None,
+            s3_endpoint_url=get("S3_ENDPOINT_URL") or None,
+            s3_prefix=get("S3_PREFIX", "images/"),
+            s3_access_key_id=get("S3_ACCESS_KEY_ID") or None,
+            s3_secret_access_key=get("S3_SECRET_ACCESS_KEY") or None,
+        )
+        if backend == "s3" and not storage.s3_bucket:
+            raise SettingsError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORAGE=s3")
+        return cls(
+            redis_url=get("REDIS_URL", cls.redis_url),
+            broker_url=get("BROKER_URL"),
+            storage=storage,
+            public_base_url=storage.public_base_url,
+            url_ttl_seconds=int(number("URL_TTL_SECONDS", cls.url_ttl_seconds, int)),
+            sync_budget_seconds=number("SYNC_BUDGET_SECONDS", cls.sync_budget_seconds),
+            job_retention_seconds=int(
+                number("JOB_RETENTION_SECONDS", cls.job_retention_seconds, int)
+            ),
+            catalog_path=catalog_path,
+            default_model=get("DEFAULT_MODEL", cls.default_model),
+            max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes, int)),
+            max_image_bytes=int(number("MAX_IMAGE_BYTES", cls.max_image_bytes, int)),
+            upstream_attempt_timeout_seconds=number(
+                "UPSTREAM_ATTEMPT_TIMEOUT_SECONDS", cls.upstream_attempt_timeout_seconds
+            ),
+            upstream_max_retries=int(
+                number("UPSTREAM_MAX_RETRIES", cls.upstream_max_retries, int, minimum=0)
+            ),
+            signing_secret=get("SIGNING_SECRET"),
+            log_level=get("LOG_LEVEL", cls.log_level).upper(),
+            upstream_base_urls=MappingProxyType(base_urls),
+            credentials=MappingProxyType(credentials),
+        )
+
+    def base_url_for(self, family_name: str, catalog_base_url: str) -> str:
+        return self.upstream_base_urls.get(family_name.lower(), catalog_base_url)
+
+    def credential(self, key_env: str | None) -> str | None:
+        return self.credentials.get(key_env) if key_env else None

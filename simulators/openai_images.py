@@ -1,0 +1,754 @@
+"""Simulator of the OpenAI Images API (``POST https://api.openai.com/v1/images/generations``).
+
+It stands in for the real upstream in tests and load runs, so it imports
+nothing from the gateway. What it imitates (see section 1 of
+``upstream-protocols.md``):
+
+Request (JSON body, ``Authorization: Bearer <key>``):
+
+================== ======================== ======================= =========================
+field              dall-e-2                 dall-e-3                gpt-image-1, -1-mini, -1.5
+================== ======================== ======================= =========================
+prompt (required)  <= 1000 chars            <= 4000 chars           <= 32000 chars
+n                  1-10                     1 only                  1-10
+size               256x256 512x512          1024x1024 1792x1024     auto (= 1024x1024)
+                   1024x1024 (default)      1024x1792               1024x1024 1536x1024
+                                                                    1024x1536
+quality            standard                 standard hd             auto low medium high
+response_format    url (default) b64_json   url (default) b64_json  "Unknown parameter"
+style              "Unknown parameter"      vivid (default) natural "Unknown parameter"
+background         "Unknown parameter"      "Unknown parameter"     auto opaque transparent
+output_format      "Unknown parameter"      "Unknown parameter"     png (default) jpeg webp
+output_compression "Unknown parameter"      "Unknown parameter"     0-100
+moderation         "Unknown parameter"      "Unknown parameter"     auto low
+stream             "Unknown parameter"      "Unknown parameter"     false only (no SSE here)
+partial_images     "Unknown parameter"      "Unknown parameter"     0-3 (ignored)
+user               string                   string                  string
+================== ======================== ======================= =========================
+
+``model`` defaults to ``dall-e-2``, or to ``gpt-image-1`` when a GPT-only field
+is present (as OpenAI documents). ``transparent`` needs png or webp.
+
+Response (200): ``{"created", "data": [{"url"} | {"b64_json"}]}``; dall-e-3
+items add ``revised_prompt`` (the prompt plus a short suffix). GPT models always
+answer ``b64_json`` and add ``background``, ``output_format``, ``quality``,
+``size`` (``auto`` values resolved: quality -> medium, size -> 1024x1024,
+background -> opaque) and ``usage`` ``{input_tokens, input_tokens_details:
+{text_tokens, image_tokens}, output_tokens, total_tokens,
+output_tokens_details: {image_tokens, text_tokens}}`` (text tokens ~ len/4,
+image tokens from OpenAI's per-quality/size table). URLs point at
+``GET /files/<id>.png`` on this simulator (last 2000 files kept in memory).
+Images are real PNG/JPEG/WebP files of exactly the answered size, one solid
+colour per index (transparent backgrounds: a coloured square on alpha 0);
+PNG/JPEG files also carry the file id in a comment chunk so every file's
+bytes are unique.
+
+Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``:
+
+* 401 ``invalid_request_error``/``invalid_api_key``: missing/wrong bearer key.
+* 400 ``invalid_request_error`` with ``param`` naming the field and codes
+  ``unknown_parameter``, ``missing_required_parameter``, ``invalid_type``,
+  ``invalid_value``, ``integer_above_max_value``, ``integer_below_min_value``,
+  ``string_above_max_length``, ``string_below_min_length``.
+* 404 ``invalid_request_error``/``model_not_found`` (``param: "model"``) for an
+  unknown model. (Judgement call: the reference does not pin down what the
+  Images API answers here, and it may be a 400 ``invalid_value``; the
+  simulator uses the 404 ``model_not_found`` of the rest of the OpenAI API so
+  the gateway's not-found mapping gets exercised.)
+* 400 for a prompt containing the word "forbidden": dall-e
+  ``invalid_request_error``/``content_policy_violation``; GPT models
+  ``image_generation_user_error``/``moderation_blocked``.
+* Injected failures (``/_sim/config``): 500 ``server_error`` by default; 429
+  ``requests``/``rate_limit_exceeded``; 503 "engine overloaded"; other 4xx
+  ``invalid_request_error``; optional ``Retry-After``.
+
+Every response carries ``x-request-id: req_<hex>``, ``openai-processing-ms``
+and static ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers.
+
+Order of processing for a generation request: record it in the request log,
+sleep ``latency``, check the key, inject a failure (``fail_next`` first, then
+``failure_rate``), validate, moderate, generate. A request with a bad key does
+therefore not use up ``fail_next``.
+
+Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
+``GET|DELETE /_sim/requests``, ``POST /_sim/reset``, ``GET /_sim/health``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import json
+import math
+import re
+import struct
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from PIL import Image
+from werkzeug.exceptions import HTTPException
+
+from simulators.state import SimConfig, SimState
+
+PROVIDER = "openai"
+
+GPT_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
+
+COMMON_PARAMS = frozenset({"prompt", "model", "n", "size", "quality", "user"})
+DALLE_PARAMS = frozenset({"response_format"})
+DALLE3_PARAMS = frozenset({"style"})
+GPT_PARAMS = frozenset(
+    {"background", "output_format", "output_compression", "moderation", "stream", "partial_images"}
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # "dall-e" or "gpt"
+    sizes: tuple[str, ...]
+    max_n: int
+    max_prompt: int
+    qualities: tuple[str, ...]
+    default_quality: str
+    params: frozenset[str]
+
+
+MODELS: dict[str, ModelSpec] = {
+    "dall-e-2": ModelSpec(
+        "dall-e-2",
+        "dall-e",
+        ("256x256", "512x512", "1024x1024"),
+        10,
+        1000,
+        ("standard",),
+        "standard",
+        COMMON_PARAMS | DALLE_PARAMS,
+    ),
+    "dall-e-3": ModelSpec(
+        "dall-e-3",
+        "dall-e",
+        ("1024x1024", "1792x1024", "1024x1792"),
+        1,
+        4000,
+        ("standard", "hd"),
+        "standard",
+        COMMON_PARAMS | DALLE_PARAMS | DALLE3_PARAMS,
+    ),
+    **{
+        name: ModelSpec(
+            name,
+            "gpt",
+            ("auto", "1024x1024", "1536x1024", "1024x1536"),
+            10,
+            32000,
+            ("auto", "low", "medium", "high"),
+            "auto",
+            COMMON_PARAMS | GPT_PARAMS,
+        )
+        for name in GPT_MODELS
+    },
+}
+
+ALL_PARAMS = COMMON_PARAMS | DALLE_PARAMS | DALLE3_PARAMS | GPT_PARAMS
+
+# OpenAI's published output-token cost per image for GPT image models.
+GPT_IMAGE_TOKENS: dict[str, dict[str, int]] = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
+
+REVISED_PROMPT_SUFFIX = ", rendered as a detailed digital illustration"
+
+SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
+
+# A few well-separated colours; one per image index (n <= 10 < len).
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    (
+        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
+        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
+        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
+    )
+    for k in range(16)
+)
+
+
+class ApiError(Exception):
+    """An OpenAI-style error answer."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        resp = jsonify(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.error_type,
+                    "param": self.param,
+                    "code": self.code,
+                }
+            }
+        )
+        resp.status_code = self.status
+        for name, value in self.headers.items():
+            resp.headers[name] = value
+        return resp
+
+
+# -- validation helpers ---------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _invalid_type(param: str, expected: str, value: Any) -> ApiError:
+    return ApiError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _quoted_list(values: tuple[str, ...]) -> str:
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) == 1:
+        return quoted[0]
+    if len(quoted) == 2:
+        return f"{quoted[0]} and {quoted[1]}"
+    return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
+def _choice(body: dict[str, Any], param: str, allowed: tuple[str, ...], default: str) -> str:
+    value = body.get(param)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise _invalid_type(param, "a string", value)
+    if value not in allowed:
+        raise ApiError(
+            400,
+            f"Invalid value: '{value}'. Supported values are: {_quoted_list(allowed)}.",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+def _integer(body: dict[str, Any], param: str, low: int, high: int, default: int) -> int:
+    value = body.get(param)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _invalid_type(param, "an integer", value)
+    if value < low:
+        raise ApiError(
+            400,
+            f"Invalid '{param}': integer below minimum value. "
+            f"Expected a value >= {low}, but got {value} instead.",
+            param=param,
+            code="integer_below_min_value",
+        )
+    if value > high:
+        raise ApiError(
+            400,
+            f"Invalid '{param}': integer above maximum value. "
+            f"Expected a value <= {high}, but got {value} instead.",
+            param=param,
+            code="integer_above_max_value",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    spec: ModelSpec
+    prompt: str
+    n: int
+    size: str  # as requested (may be "auto")
+    width: int
+    height: int
+    quality: str  # resolved
+    response_format: str  # "url" or "b64_json"
+    style: str | None
+    background: str | None  # resolved, GPT only
+    output_format: str  # "png" for dall-e
+    output_compression: int
+
+
+def parse_generation(body: Any) -> GenerationRequest:
+    """Validate a generations body like OpenAI does; raises :class:`ApiError`."""
+    if not isinstance(body, dict):
+        raise ApiError(
+            400,
+            f"Invalid type for body: expected an object, but got {_json_type(body)} instead.",
+            code="invalid_type",
+        )
+    for key in body:
+        if key not in ALL_PARAMS:
+            raise ApiError(400, f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+
+    model = body.get("model")
+    if model is None:
+        model = "gpt-image-1" if any(k in GPT_PARAMS for k in body) else "dall-e-2"
+    if not isinstance(model, str):
+        raise _invalid_type("model", "a string", model)
+    spec = MODELS.get(model)
+    if spec is None:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    for key in body:
+        if key not in spec.params:
+            raise ApiError(400, f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
+
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise ApiError(
+            400,
+            "Missing required parameter: 'prompt'.",
+            param="prompt",
+            code="missing_required_parameter",
+        )
+    if not isinstance(prompt, str):
+        raise _invalid_type("prompt", "a string", prompt)
+    if not prompt:
+        raise ApiError(
+            400,
+            "Invalid 'prompt': string too short. Expected a string with minimum length 1, "
+            "but got an empty string instead.",
+            param="prompt",
+            code="string_below_min_length",
+        )
+    if len(prompt) > spec.max_prompt:
+        raise ApiError(
+            400,
+            f"Invalid 'prompt': string too long. Expected a string with maximum length "
+            f"{spec.max_prompt}, but got a string with length {len(prompt)} instead.",
+            param="prompt",
+            code="string_above_max_length",
+        )
+
+    n = _integer(body, "n", 1, spec.max_n, 1)
+    size = _choice(body, "size", spec.sizes, "auto" if spec.family == "gpt" else "1024x1024")
+    actual = "1024x1024" if size == "auto" else size
+    width, height = (int(part) for part in actual.split("x"))
+    quality = _choice(body, "quality", spec.qualities, spec.default_quality)
+    if quality == "auto":
+        quality = "medium"
+
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _invalid_type("user", "a string", user)
+
+    response_format = "b64_json"
+    style = None
+    background = None
+    output_format = "png"
+    output_compression = 100
+    if spec.family == "dall-e":
+        response_format = _choice(body, "response_format", ("url", "b64_json"), "url")
+        if spec.name == "dall-e-3":
+            style = _choice(body, "style", ("vivid", "natural"), "vivid")
+    else:
+        background = _choice(body, "background", ("transparent", "opaque", "auto"), "auto")
+        output_format = _choice(body, "output_format", ("png", "jpeg", "webp"), "png")
+        output_compression = _integer(body, "output_compression", 0, 100, 100)
+        _choice(body, "moderation", ("low", "auto"), "auto")
+        _integer(body, "partial_images", 0, 3, 0)
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise _invalid_type("stream", "a boolean", stream)
+        if stream:
+            raise ApiError(
+                400,
+                "Streaming is not supported by this simulator; send stream=false.",
+                param="stream",
+                code="unsupported_value",
+            )
+        if background == "transparent" and output_format == "jpeg":
+            raise ApiError(
+                400,
+                "Transparent background requires output_format 'png' or 'webp'.",
+                param="background",
+                code="invalid_value",
+            )
+        if background == "auto":
+            background = "opaque"
+
+    return GenerationRequest(
+        spec=spec,
+        prompt=prompt,
+        n=n,
+        size=size,
+        width=width,
+        height=height,
+        quality=quality,
+        response_format=response_format,
+        style=style,
+        background=background,
+        output_format=output_format,
+        output_compression=output_compression,
+    )
+
+
+def moderate(req: GenerationRequest) -> None:
+    if not FORBIDDEN_WORD.search(req.prompt):
+        return
+    if req.spec.family == "gpt":
+        raise ApiError(
+            400,
+            "Your request was rejected by the safety system. If you believe this is an "
+            "error, contact us and include the request ID.",
+            error_type="image_generation_user_error",
+            code="moderation_blocked",
+        )
+    raise ApiError(
+        400,
+        "Your request was rejected as a result of our safety system. Your prompt may "
+        "contain text that is not allowed by our safety system.",
+        code="content_policy_violation",
+    )
+
+
+# -- images ---------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _encode(
+    width: int, height: int, fmt: str, transparent: bool, colour: int, compression: int
+) -> bytes:
+    rgb = PALETTE[colour]
+    if transparent:
+        image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+        box = (width // 4, height // 4, width - width // 4, height - height // 4)
+        image.paste((*rgb, 255), box)
+    else:
+        image = Image.new("RGB", (width, height), rgb)
+    buf = io.BytesIO()
+    if fmt == "png":
+        image.save(buf, "PNG", compress_level=1)
+    elif fmt == "jpeg":
+        image.save(buf, "JPEG", quality=max(1, min(95, compression)))
+    else:
+        image.save(buf, "WEBP", quality=compression, method=0)
+    return buf.getvalue()
+
+
+def _tag(data: bytes, fmt: str, file_id: str) -> bytes:
+    """Embed ``file_id`` as metadata so each file's bytes are unique."""
+    text = f"imagegate-simulator {file_id}".encode()
+    if fmt == "png":
+        # signature (8) + IHDR chunk (4 len + 4 type + 13 data + 4 crc) = 33 bytes
+        chunk_data = b"Comment\x00" + text
+        chunk = (
+            struct.pack(">I", len(chunk_data))
+            + b"tEXt"
+            + chunk_data
+            + struct.pack(">I", zlib.crc32(b"tEXt" + chunk_data) & 0xFFFFFFFF)
+        )
+        return data[:33] + chunk + data[33:]
+    if fmt == "jpeg":
+        # COM segment right after SOI
+        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+    return data
+
+
+def render_image(req: GenerationRequest, index: int, base_colour: int, file_id: str) -> bytes:
+    colour = (base_colour + index) % len(PALETTE)
+    data = _encode(
+        req.width,
+        req.height,
+        req.output_format,
+        req.background == "transparent",
+        colour,
+        req.output_compression,
+    )
+    return _tag(data, req.output_format, file_id)
+
+
+def usage_for(req: GenerationRequest) -> dict[str, Any]:
+    text_tokens = max(1, math.ceil(len(req.prompt) / 4))
+    per_image = GPT_IMAGE_TOKENS[req.quality][f"{req.width}x{req.height}"]
+    output_tokens = per_image * req.n
+    return {
+        "input_tokens": text_tokens,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+        "output_tokens": output_tokens,
+        "total_tokens": text_tokens + output_tokens,
+        "output_tokens_details": {"image_tokens": output_tokens, "text_tokens": 0},
+    }
+
+
+# -- app ------------------------------------------------------------------------
+
+
+def _mask_key(key: str) -> str:
+    if len(key) <= 8:
+        return "*" * len(key)
+    return f"{key[:3]}{'*' * (len(key) - 7)}{key[-4:]}"
+
+
+def _check_auth(config: SimConfig) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an "
+            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            code="invalid_api_key",
+        )
+    if config.api_key is not None and token != config.api_key:
+        raise ApiError(
+            401,
+            f"Incorrect API key provided: {_mask_key(token)}. You can find your API key "
+            "at https://platform.openai.com/account/api-keys.",
+            code="invalid_api_key",
+        )
+
+
+def injected_failure(config: SimConfig) -> ApiError:
+    status = config.fail_status
+    headers: dict[str, str] = {}
+    if config.retry_after is not None:
+        seconds = config.retry_after
+        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+    if status == 429:
+        return ApiError(
+            429,
+            "Rate limit reached for requests. Please try again later.",
+            error_type="requests",
+            code="rate_limit_exceeded",
+            headers=headers,
+        )
+    if status == 503:
+        return ApiError(
+            503,
+            "The engine is currently overloaded, please try again later.",
+            error_type="server_error",
+            headers=headers,
+        )
+    if status >= 500:
+        return ApiError(status, SERVER_ERROR_MESSAGE, error_type="server_error", headers=headers)
+    return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
+
+
+def _parse_body() -> tuple[Any, str | None]:
+    """(parsed JSON or None, raw text if it was not valid JSON)."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        return None, ""
+    try:
+        return json.loads(raw), None
+    except (ValueError, UnicodeDecodeError):
+        return None, raw[:2000].decode("utf-8", "replace")
+
+
+def create_app(config: SimConfig | None = None) -> Flask:
+    """The OpenAI Images simulator as a Flask (WSGI) app."""
+    state = SimState(config or SimConfig())
+    initial_config = state.config
+    app = Flask(__name__)
+    app.config["SIM_STATE"] = state
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    @app.before_request
+    def _start() -> None:
+        g.request_id = f"req_{uuid.uuid4().hex}"
+        g.started = time.monotonic()
+        g.rate_limited = False
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        resp.headers["x-request-id"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+        elapsed = time.monotonic() - g.get("started", time.monotonic())
+        resp.headers["openai-processing-ms"] = str(int(elapsed * 1000))
+        resp.headers["openai-version"] = "2020-10-01"
+        resp.headers["x-ratelimit-limit-requests"] = "500"
+        resp.headers["x-ratelimit-remaining-requests"] = "0" if g.get("rate_limited") else "499"
+        resp.headers["x-ratelimit-reset-requests"] = "120ms"
+        resp.headers["x-ratelimit-limit-tokens"] = "100000"
+        resp.headers["x-ratelimit-remaining-tokens"] = "99000"
+        resp.headers["x-ratelimit-reset-tokens"] = "600ms"
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        return err.response()
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        if status in (404, 405):
+            message = f"Invalid URL ({request.method} {request.path})"
+        else:
+            message = err.description or err.name
+        return ApiError(status, message).response()
+
+    @app.post("/v1/images/generations")
+    def generations() -> Response:
+        body, raw_text = _parse_body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        entry = state.record_request(
+            {
+                "id": g.request_id,
+                "time": time.time(),
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string.decode("latin-1"),
+                "headers": headers,
+                "auth_present": "Authorization" in request.headers,
+                "json": body,
+                "raw_body": raw_text,
+                "status": None,
+            }
+        )
+        try:
+            resp = _generate(body, raw_text)
+        except ApiError as err:
+            resp = err.response()
+        state.set_request_status(entry, resp.status_code)
+        return resp
+
+    def _generate(body: Any, raw_text: str | None) -> Response:
+        config = state.config
+        if config.latency > 0:
+            time.sleep(config.latency)
+        _check_auth(config)
+        if state.should_fail():
+            failure = injected_failure(config)
+            g.rate_limited = failure.status == 429
+            raise failure
+        if raw_text is not None:
+            raise ApiError(
+                400,
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload, but what was sent was not valid JSON.)",
+            )
+        req = parse_generation(body)
+        moderate(req)
+
+        base_colour = int.from_bytes(uuid.uuid4().bytes[:2], "big") % len(PALETTE)
+        items: list[dict[str, Any]] = []
+        for index in range(req.n):
+            file_id = f"img_{uuid.uuid4().hex}"
+            data = render_image(req, index, base_colour, file_id)
+            item: dict[str, Any] = {}
+            if req.response_format == "url":
+                name = f"{file_id}.{req.output_format}"
+                state.put_file(name, data, CONTENT_TYPES[req.output_format])
+                item["url"] = f"{request.host_url}files/{name}"
+            else:
+                item["b64_json"] = base64.b64encode(data).decode("ascii")
+            if req.spec.name == "dall-e-3":
+                item["revised_prompt"] = req.prompt + REVISED_PROMPT_SUFFIX
+            items.append(item)
+
+        payload: dict[str, Any] = {"created": int(time.time()), "data": items}
+        if req.spec.family == "gpt":
+            payload.update(
+                {
+                    "background": req.background,
+                    "output_format": req.output_format,
+                    "quality": req.quality,
+                    "size": f"{req.width}x{req.height}",
+                    "usage": usage_for(req),
+                }
+            )
+        return jsonify(payload)
+
+    @app.get("/files/<name>")
+    def files(name: str) -> Response:
+        stored = state.get_file(name)
+        if stored is None:
+            raise ApiError(
+                404,
+                f"File '{name}' not found or expired.",
+                param="name",
+                code="file_not_found",
+            )
+        return Response(stored.data, status=200, content_type=stored.content_type)
+
+    # -- control endpoints for tests -------------------------------------------
+
+    @app.get("/_sim/health")
+    def health() -> Response:
+        return jsonify({"ok": True, "provider": PROVIDER})
+
+    @app.get("/_sim/config")
+    def get_config() -> Response:
+        return jsonify(state.config.to_dict())
+
+    @app.post("/_sim/config")
+    def post_config() -> Response:
+        changes = request.get_json(force=True, silent=True)
+        if not isinstance(changes, dict):
+            raise ApiError(400, "Expected a JSON object with config fields.")
+        try:
+            return jsonify(state.update_config(changes).to_dict())
+        except ValueError as exc:
+            raise ApiError(400, str(exc), code="invalid_config") from exc
+
+    @app.post("/_sim/reset")
+    def reset() -> Response:
+        state.update_config(initial_config.to_dict())
+        cleared = state.clear_requests()
+        return jsonify({"ok": True, "cleared": cleared, "config": state.config.to_dict()})
+
+    @app.get("/_sim/requests")
+    def get_requests() -> Response:
+        return jsonify(state.requests())
+
+    @app.delete("/_sim/requests")
+    def delete_requests() -> Response:
+        return jsonify({"ok": True, "cleared": state.clear_requests()})
+
+    return app
+
+
+__all__ = ["ApiError", "MODELS", "SimConfig", "create_app", "parse_generation"]

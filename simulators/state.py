@@ -1,0 +1,177 @@
+"""Shared, greenlet/thread-safe state for the upstream simulators.
+
+Every simulator app owns one :class:`SimState`: the fault-injection config
+(:class:`SimConfig`, changeable at runtime through ``POST /_sim/config``), a
+bounded log of the requests it received (``GET /_sim/requests``) and a bounded
+in-memory store of the files it serves.
+
+A plain :class:`threading.Lock` guards everything; under ``gevent`` (the CLI
+calls ``gevent.monkey.patch_all()``) it becomes a greenlet lock. The lock is
+only held for dictionary/list updates, never while sleeping or encoding.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+DEFAULT_MAX_REQUESTS = 1000
+DEFAULT_MAX_FILES = 2000
+
+
+@dataclass
+class SimConfig:
+    """Fault-injection knobs shared by every simulated provider.
+
+    ``latency``      seconds to sleep before answering a generation request.
+    ``failure_rate`` probability (0..1) that a generation request fails.
+    ``fail_status``  HTTP status of injected failures (default 500).
+    ``retry_after``  if set, injected failures carry ``Retry-After: <seconds>``.
+    ``fail_next``    the next N generation requests fail, whatever the rate.
+    ``api_key``      the key clients must present; ``None`` accepts any key.
+    """
+
+    latency: float = 0.0
+    failure_rate: float = 0.0
+    fail_status: int = 500
+    retry_after: float | None = None
+    fail_next: int = 0
+    api_key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def merged(self, changes: dict[str, Any]) -> SimConfig:
+        """A validated copy with ``changes`` applied; raises ``ValueError``."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"Unknown config field(s): {', '.join(unknown)}")
+        data = self.to_dict()
+        data.update(changes)
+        return SimConfig.validated(data)
+
+    @staticmethod
+    def validated(data: dict[str, Any]) -> SimConfig:
+        def number(name: str, value: Any) -> float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"'{name}' must be a number")
+            return float(value)
+
+        def integer(name: str, value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"'{name}' must be an integer")
+            return value
+
+        latency = number("latency", data["latency"])
+        if latency < 0:
+            raise ValueError("'latency' must be >= 0")
+        failure_rate = number("failure_rate", data["failure_rate"])
+        if not 0.0 <= failure_rate <= 1.0:
+            raise ValueError("'failure_rate' must be between 0 and 1")
+        fail_status = integer("fail_status", data["fail_status"])
+        if not 400 <= fail_status <= 599:
+            raise ValueError("'fail_status' must be an HTTP error status (400-599)")
+        retry_after = data["retry_after"]
+        if retry_after is not None:
+            retry_after = number("retry_after", retry_after)
+            if retry_after < 0:
+                raise ValueError("'retry_after' must be >= 0")
+        fail_next = integer("fail_next", data["fail_next"])
+        if fail_next < 0:
+            raise ValueError("'fail_next' must be >= 0")
+        api_key = data["api_key"]
+        if api_key is not None and not isinstance(api_key, str):
+            raise ValueError("'api_key' must be a string or null")
+        return SimConfig(
+            latency=latency,
+            failure_rate=failure_rate,
+            fail_status=fail_status,
+            retry_after=retry_after,
+            fail_next=fail_next,
+            api_key=api_key or None,
+        )
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    data: bytes
+    content_type: str
+
+
+class SimState:
+    """Config, request log and file store of one simulator app."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        *,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
+        max_files: int = DEFAULT_MAX_FILES,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._config = SimConfig.validated(config.to_dict())
+        self._requests: deque[dict[str, Any]] = deque(maxlen=max_requests)
+        self._files: OrderedDict[str, StoredFile] = OrderedDict()
+        self._max_files = max_files
+        self._random = random.Random()
+
+    # -- config -----------------------------------------------------------
+
+    @property
+    def config(self) -> SimConfig:
+        with self._lock:
+            return self._config
+
+    def update_config(self, changes: dict[str, Any]) -> SimConfig:
+        with self._lock:
+            self._config = self._config.merged(changes)
+            return self._config
+
+    def should_fail(self) -> bool:
+        """Decide (and consume ``fail_next``) whether this request fails."""
+        with self._lock:
+            cfg = self._config
+            if cfg.fail_next > 0:
+                self._config = SimConfig(**{**cfg.to_dict(), "fail_next": cfg.fail_next - 1})
+                return True
+            return cfg.failure_rate > 0 and self._random.random() < cfg.failure_rate
+
+    # -- request log --------------------------------------------------------
+
+    def record_request(self, entry: dict[str, Any]) -> dict[str, Any]:
+        entry.setdefault("time", time.time())
+        with self._lock:
+            self._requests.append(entry)
+        return entry
+
+    def set_request_status(self, entry: dict[str, Any], status: int) -> None:
+        with self._lock:
+            entry["status"] = status
+
+    def requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in self._requests]
+
+    def clear_requests(self) -> int:
+        with self._lock:
+            n = len(self._requests)
+            self._requests.clear()
+            return n
+
+    # -- file store ---------------------------------------------------------
+
+    def put_file(self, name: str, data: bytes, content_type: str) -> None:
+        with self._lock:
+            self._files[name] = StoredFile(data, content_type)
+            self._files.move_to_end(name)
+            while len(self._files) > self._max_files:
+                self._files.popitem(last=False)
+
+    def get_file(self, name: str) -> StoredFile | None:
+        with self._lock:
+            return self._files.get(name)

@@ -1,0 +1,152 @@
+"""Fixtures that start the real stack: redis-server, the upstream simulator,
+Celery worker processes (one per provider family) and gunicorn, and a key
+made with the admin CLI. Everything runs on free ports of this machine and
+is stopped at the end; nothing touches data the tests did not create.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+
+from tests.support.processes import BIN, Process, RedisServer, free_port, http_ok, log_contains
+
+SIM_KEY = "sim-upstream-key"
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def redis_server(run_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(run_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(run_dir: Path) -> Iterator[str]:
+    proc = Process(
+        "simulator",
+        [str(BIN / "python"), "-m", "simulators", "openai", "--port", "0", "--api-key", SIM_KEY],
+        log_dir=run_dir,
+    ).start()
+    found: dict[str, str] = {}
+
+    def ready() -> bool:
+        match = re.search(r"SIMULATOR READY (\S+)", proc.log())
+        if match:
+            found["url"] = match.group(1)
+        return bool(match)
+
+    proc.wait_until(ready)
+    yield found["url"]
+    proc.stop()
+
+
+@pytest.fixture()
+def sim(simulator: str) -> Iterator[str]:
+    """The simulator, reset to its start-up config with an empty request log."""
+    requests.post(f"{simulator}/_sim/reset", timeout=5).raise_for_status()
+    yield simulator
+    requests.post(f"{simulator}/_sim/reset", timeout=5)
+
+
+@pytest.fixture(scope="session")
+def stack_env(run_dir: Path, redis_server: RedisServer, simulator: str) -> dict[str, str]:
+    return {
+        "IMAGEGATE_REDIS_URL": redis_server.url,
+        "IMAGEGATE_STORAGE_DIR": str(run_dir / "images"),
+        "IMAGEGATE_BASE_URL_OPENAI": f"{simulator}/v1",
+        "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
+        "IMAGEGATE_LOG_LEVEL": "INFO",
+        "OPENAI_API_KEY": SIM_KEY,
+    }
+
+
+def start_worker(
+    run_dir: Path, env: dict[str, str], queue: str, name: str | None = None
+) -> Process:
+    name = name or f"worker-{queue}"
+    proc = Process(
+        name,
+        [
+            str(BIN / "celery"), "-A", "workers.celery_app", "worker",
+            "-Q", queue, "-n", f"{name}@%h", "--pool", "threads", "--concurrency", "4",
+            "--without-gossip", "--without-mingle", "-l", "INFO",
+        ],
+        env=env,
+        log_dir=run_dir,
+    ).start()  # fmt: skip
+    return proc.wait_until(log_contains(proc, " ready."), timeout=60)
+
+
+@pytest.fixture(scope="session")
+def workers(run_dir: Path, stack_env: dict[str, str]) -> Iterator[list[Process]]:
+    procs = [start_worker(run_dir, stack_env, queue) for queue in ("local", "openai")]
+    yield procs
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_gateway(run_dir: Path, stack_env: dict[str, str]) -> Iterator[Callable[..., str]]:
+    """Start a gunicorn front-end with extra settings; returns its base URL."""
+    started: list[Process] = []
+
+    def start(name: str = "web", **overrides: str) -> str:
+        port = free_port()
+        env = {**stack_env, "PORT": str(port), "IMAGEGATE_HOST": "127.0.0.1",
+               "IMAGEGATE_WEB_PROCESSES": "2"}  # fmt: skip
+        env.update(overrides)
+        env = {k: v for k, v in env.items() if v is not None and v != "<unset>"}
+        proc = Process(
+            f"{name}-{port}",
+            [str(BIN / "gunicorn"), "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
+            env=env,
+            log_dir=run_dir,
+        ).start()
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        proc.wait_until(http_ok(f"{url}/healthz"), timeout=60)
+        return url
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(start_gateway: Callable[..., str], workers: list[Process]) -> str:
+    return start_gateway()
+
+
+def create_key(env: dict[str, str], name: str = "tests") -> dict[str, str]:
+    out = subprocess.run(
+        [str(BIN / "imagegate"), "keys", "create", "--name", name, "--json"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="session")
+def api_key(stack_env: dict[str, str]) -> str:
+    return create_key(stack_env)["key"]
+
+
+@pytest.fixture()
+def client(gateway: str, api_key: str) -> OpenAI:
+    return OpenAI(api_key=api_key, base_url=f"{gateway}/v1", max_retries=0, timeout=60)

@@ -1,0 +1,1 @@
+"""Celery workers: size clamping, one adapter per upstream family, storage of results."""

@@ -1,0 +1,73 @@
+"""What every upstream adapter receives and returns.
+
+An adapter turns an :class:`ImageRequest` (OpenAI terms, size already clamped
+by the model's rule) into calls to its upstream through the shared
+:class:`workers.http.UpstreamHTTP` helper, and returns an :class:`ImageResult`.
+It raises only :mod:`shared.errors` classes (the HTTP helper already does so
+for transport faults) and never stores anything itself: the task downloads
+URL results, checks them and writes them to storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.catalog import Family, Model
+from workers.http import UpstreamHTTP
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One generation as the adapter must perform it."""
+
+    prompt: str
+    model: Model
+    n: int
+    width: int | None  # None when the model takes an aspect ratio instead of a size
+    height: int | None
+    aspect_ratio: str | None = None
+    quality: str | None = None
+    style: str | None = None
+    output_format: str | None = None
+    background: str | None = None
+    seed: int | None = None
+    user: str | None = None
+    image: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> str | None:
+        if self.width is None or self.height is None:
+            return None
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image from the upstream: its bytes, or a URL the task must fetch at once."""
+
+    data: bytes | None = None
+    url: str | None = None
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    images: list[GeneratedImage]
+    upstream_request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What an adapter needs to reach its upstream for one job."""
+
+    family: Family
+    base_url: str
+    api_key: str | None
+    http: UpstreamHTTP
+    deadline: float  # unix time; the HTTP helper enforces it too
+
+
+class Adapter(Protocol):
+    def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult: ...

@@ -1,0 +1,103 @@
+"""``openai`` family: the OpenAI Images API, or any upstream that speaks it.
+
+``POST {base_url}/images/generations`` with ``Authorization: Bearer <key>``,
+synchronous, JSON in and out. Field mapping (gateway request -> upstream body):
+
+* ``model.upstream`` -> ``model``; ``prompt``, ``n`` as is;
+* clamped size -> ``size`` (``WxH``); ``quality``, ``style``, ``background``,
+  ``output_format``, ``output_compression``, ``moderation``, ``user`` as is,
+  only when the client sent them (the catalog decides which a model accepts);
+* ``response_format``: sent only when the catalog entry sets
+  ``options.response_format`` (dall-e models: ``b64_json``, so no second
+  download is needed); GPT image models always answer base64 and reject it;
+* response ``data[].b64_json`` -> image bytes, ``data[].url`` -> fetched by the
+  task at once (OpenAI's URLs live 60 minutes), ``revised_prompt`` kept.
+
+Errors are OpenAI's envelope ``{"error": {message, type, param, code}}``,
+which :func:`workers.http.default_error_parser` reads; moderation refusals
+(400 ``content_policy_violation`` / ``moderation_blocked``) reach the client
+as 400 with that code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from shared.errors import UpstreamError
+from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.http import request_id_of
+
+_PASS_THROUGH = (
+    "quality",
+    "style",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "user",
+)
+
+
+class OpenAIImagesAdapter:
+    def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
+        body: dict[str, Any] = {
+            "model": request.model.upstream,
+            "prompt": request.prompt,
+            "n": request.n,
+        }
+        if request.size:
+            body["size"] = request.size
+        for name in _PASS_THROUGH:
+            value = getattr(request, name, None)
+            if value is None:
+                value = request.extra.get(name)
+            if value is not None:
+                body[name] = value
+        if fmt := request.model.options.get("response_format"):
+            body["response_format"] = fmt
+        response = ctx.http.request(
+            "POST",
+            f"{ctx.base_url}/images/generations",
+            json_body=body,
+            headers={"Authorization": f"Bearer {ctx.api_key}"},
+        )
+        payload = ctx.http.json(response)
+        rid = request_id_of(response)
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not items:
+            raise UpstreamError(
+                "The upstream answered without images.",
+                code="upstream_malformed_response",
+                upstream_request_id=rid,
+            )
+        return ImageResult(images=[_image(item, rid) for item in items], upstream_request_id=rid)
+
+
+def _image(item: Any, rid: str | None) -> GeneratedImage:
+    if not isinstance(item, dict):
+        raise UpstreamError(
+            "The upstream sent a malformed image entry.",
+            code="upstream_malformed_response",
+            upstream_request_id=rid,
+        )
+    revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
+    if isinstance(item.get("b64_json"), str):
+        try:
+            return GeneratedImage(
+                data=base64.b64decode(item["b64_json"], validate=True), revised_prompt=revised
+            )
+        except (binascii.Error, ValueError) as exc:
+            raise UpstreamError(
+                "The upstream sent invalid base64 image data.",
+                code="upstream_malformed_response",
+                upstream_request_id=rid,
+            ) from exc
+    if isinstance(item.get("url"), str):
+        return GeneratedImage(url=item["url"], revised_prompt=revised)
+    raise UpstreamError(
+        "The upstream sent an image entry with neither b64_json nor url.",
+        code="upstream_malformed_response",
+        upstream_request_id=rid,
+    )

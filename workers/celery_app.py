@@ -1,0 +1,54 @@
+"""The Celery application of the worker pools.
+
+One pool per provider family, each consuming its family's queue (see the
+Procfile): ``celery -A workers.celery_app worker -Q openai ...``.
+
+Delivery settings, and why:
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged
+  only when it has finished, so a worker that dies mid-job leaves the message
+  to be delivered again; the job record's fenced attempts make that safe.
+* ``worker_prefetch_multiplier = 1``: a busy worker does not hoard messages
+  another pool process could start now.
+* broker ``visibility_timeout`` above the longest job deadline, so Redis does
+  not hand a slow, healthy job to a second worker.
+* no result backend: results live in our job records, and image bytes never
+  pass through Celery or Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import after_setup_logger
+
+from shared.settings import Settings
+
+settings = Settings.from_env()
+
+app = Celery("imagegate", broker=settings.effective_broker_url, include=["workers.tasks"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    task_ignore_result=True,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    broker_transport_options={
+        "visibility_timeout": settings.broker_visibility_timeout,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
+    },
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    worker_send_task_events=False,
+    task_default_queue="local",
+)
+
+
+@after_setup_logger.connect
+def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)

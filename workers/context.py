@@ -1,0 +1,57 @@
+"""Per-process worker state: settings, catalog, Redis, job store, storage, HTTP sessions."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared.catalog import Catalog, load_catalog
+from shared.jobs import JobStore
+from shared.redis_client import connect
+from shared.settings import Settings
+from shared.storage import ImageStorage, build_storage
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    catalog: Catalog
+    redis: redis.Redis
+    jobs: JobStore
+    storage: ImageStorage
+
+    def session(self) -> requests.Session:
+        """One pooled HTTP session per worker thread (requests sessions are not thread-safe)."""
+        session = getattr(_local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers["User-Agent"] = "imagegate/0.1"
+            _local.session = session
+        return session
+
+
+_local = threading.local()
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    client = connect(settings.redis_url)
+    return WorkerContext(
+        settings=settings,
+        catalog=load_catalog(settings.catalog_path or None),
+        redis=client,
+        jobs=JobStore(client, retention_seconds=settings.job_retention_seconds),
+        storage=build_storage(settings.storage),
+    )
+
+
+@cache
+def get_context() -> WorkerContext:
+    return build_context(Settings.from_env())

@@ -1,0 +1,288 @@
+"""The one HTTP helper every adapter uses to talk to its upstream.
+
+It owns what adapters must not each reinvent:
+
+* **Deadlines.** Every call is bounded by the job's deadline: each attempt's
+  read timeout is the time left, and no retry starts that could not finish in
+  time. Past the deadline it raises :class:`shared.errors.DeadlineExceeded`.
+* **Retries** (tenacity) on connection faults, timeouts and 408/429/5xx, with
+  exponential backoff and jitter, honouring ``Retry-After`` (seconds or an
+  HTTP date) when the upstream sends one.
+* **Error translation**, once: the upstream's final answer becomes an
+  :class:`InvalidRequest` (the upstream rejected the request's content, e.g.
+  moderation) or an :class:`UpstreamError` (everything that is not the
+  client's fault), carrying the upstream's request id.
+* **Bounded downloads**: image downloads are streamed with a size cap and the
+  deadline checked between chunks, so an endless or trickling body cannot
+  hold a worker.
+
+Adapters pass a small ``ErrorParser`` that pulls (message, code) out of their
+upstream's error body.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
+
+ErrorParser = Callable[[requests.Response], tuple[str, str | None]]
+
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+CONNECT_TIMEOUT = 5.0
+_MIN_USEFUL_SECONDS = 0.05
+
+
+def default_error_parser(response: requests.Response) -> tuple[str, str | None]:
+    """Understands OpenAI-style ``{"error": {...}}`` and FastAPI-style ``{"detail": ...}``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return (response.text[:300] or response.reason or "no details"), None
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or err), (str(err["code"]) if err.get("code") else None)
+        if isinstance(err, str):
+            return err, None
+        if "detail" in body:
+            return json.dumps(body["detail"])[:300] if not isinstance(
+                body["detail"], str
+            ) else body["detail"], None
+    return json.dumps(body)[:300], None
+
+
+class RetryableStatus(Exception):
+    """An upstream answer worth another attempt (kept for the final translation)."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__(f"upstream answered {response.status_code}")
+        self.response = response
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+@dataclass
+class UpstreamHTTP:
+    session: requests.Session
+    deadline: float
+    provider: str
+    max_retries: int = 3
+    attempt_timeout: float = 90.0
+    error_parser: ErrorParser = default_error_parser
+    backoff_base: float = 0.5
+    backoff_cap: float = 8.0
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+    def check_deadline(self) -> None:
+        if self.remaining() <= _MIN_USEFUL_SECONDS:
+            raise DeadlineExceeded(f"deadline reached while calling {self.provider}")
+
+    # -- requests -----------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        json_body: Any = None,
+        data: Any = None,
+        files: Any = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        retry: bool = True,
+    ) -> requests.Response:
+        """One logical call with retries; returns a 2xx response or raises."""
+        try:
+            for attempt in self._retrying(retry=retry):
+                with attempt:
+                    return self._attempt(method, url, json_body, data, files, headers, params)
+        except RetryableStatus as exc:
+            raise self._translate(exc.response) from None
+        except requests.Timeout as exc:
+            self.check_deadline()
+            raise UpstreamError(
+                f"{self.provider} did not answer in time.", code="upstream_timeout"
+            ) from exc
+        except requests.RequestException as exc:
+            self.check_deadline()
+            raise UpstreamError(
+                f"Could not reach {self.provider}: {type(exc).__name__}.",
+                code="upstream_unreachable",
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def json(self, response: requests.Response) -> Any:
+        """The response's JSON body, or an UpstreamError if it has none."""
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise UpstreamError(
+                f"{self.provider} returned a malformed JSON body.",
+                code="upstream_malformed_response",
+                upstream_request_id=request_id_of(response),
+            ) from exc
+
+    def download(
+        self, url: str, *, max_bytes: int, headers: Mapping[str, str] | None = None
+    ) -> tuple[bytes, str]:
+        """GET a result file, streamed, bounded in size and by the deadline."""
+        try:
+            for attempt in self._retrying(retry=True):
+                with attempt:
+                    return self._download_once(url, max_bytes, headers)
+        except RetryableStatus as exc:
+            raise self._translate(exc.response, download=True) from None
+        except requests.RequestException as exc:
+            self.check_deadline()
+            raise UpstreamError(
+                f"Could not download the image from {self.provider}: {type(exc).__name__}.",
+                code="upstream_download_failed",
+            ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- internals ------------------------------------------------------------------
+
+    def _retrying(self, *, retry: bool) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(1 + (self.max_retries if retry else 0)),
+            wait=self._wait,
+            retry=retry_if_exception(_is_retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+
+    def _timeout(self) -> tuple[float, float]:
+        self.check_deadline()
+        read = min(self.attempt_timeout, self.remaining())
+        return (min(CONNECT_TIMEOUT, read), read)
+
+    def _attempt(self, method, url, json_body, data, files, headers, params) -> requests.Response:
+        response = self.session.request(
+            method,
+            url,
+            json=json_body,
+            data=data,
+            files=files,
+            headers=dict(headers or {}),
+            params=params,
+            timeout=self._timeout(),
+            allow_redirects=False,
+        )
+        if response.status_code in RETRY_STATUSES:
+            raise RetryableStatus(response)
+        if not 200 <= response.status_code < 300:
+            raise self._translate(response)
+        return response
+
+    def _download_once(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
+        with self.session.get(
+            url,
+            headers=dict(headers or {}),
+            timeout=self._timeout(),
+            stream=True,
+            allow_redirects=True,
+        ) as response:
+            if response.status_code in RETRY_STATUSES:
+                raise RetryableStatus(response)
+            if response.status_code != 200:
+                raise self._translate(response, download=True)
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise UpstreamError(
+                    f"The image from {self.provider} is larger than {max_bytes} bytes.",
+                    code="upstream_image_too_large",
+                )
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise UpstreamError(
+                        f"The image from {self.provider} is larger than {max_bytes} bytes.",
+                        code="upstream_image_too_large",
+                    )
+                chunks.append(chunk)
+                self.check_deadline()
+            return b"".join(chunks), response.headers.get("Content-Type", "")
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = None
+        if isinstance(exc, RetryableStatus):
+            hinted = parse_retry_after(exc.response.headers.get("Retry-After"))
+        backoff = min(self.backoff_cap, self.backoff_base * 2 ** (state.attempt_number - 1))
+        delay = hinted if hinted is not None else backoff * (0.5 + random.random() / 2)
+        if delay >= self.remaining() - _MIN_USEFUL_SECONDS:
+            # Waiting would overrun the deadline: give up now with the last answer.
+            raise exc if exc is not None else DeadlineExceeded("deadline reached")
+        return delay
+
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _translate(self, response: requests.Response, *, download: bool = False) -> Exception:
+        message, code = self.error_parser(response)
+        status = response.status_code
+        rid = request_id_of(response)
+        what = "image download" if download else "request"
+        if status in (400, 422) and not download:
+            return InvalidRequest(
+                f"{self.provider} rejected the request: {message}",
+                code=code or "upstream_rejected",
+                headers={"x-upstream-request-id": rid} if rid else None,
+            )
+        if status in (401, 403) and not download:
+            return UpstreamError(
+                f"{self.provider} rejected the gateway's credentials ({status}).",
+                code="upstream_auth_failed",
+                upstream_request_id=rid,
+            )
+        if status == 429:
+            return UpstreamError(
+                f"{self.provider} is rate-limiting the gateway; try again later.",
+                code="upstream_rate_limited",
+                upstream_request_id=rid,
+            )
+        return UpstreamError(
+            f"{self.provider} failed the {what} with HTTP {status}: {message}",
+            code=code if code and not download else "upstream_error",
+            upstream_request_id=rid,
+        )
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, (RetryableStatus, requests.ConnectionError, requests.Timeout))
+
+
+def request_id_of(response: requests.Response) -> str | None:
+    for name in ("x-request-id", "x-fal-request-id", "request-id", "x-amzn-requestid"):
+        if value := response.headers.get(name):
+            return value[:200]
+    return None

@@ -1,0 +1,169 @@
+"""What one generation task does, from job id to a finished job record.
+
+    claim (fenced attempt) -> clamp size by the model's rule -> adapter.generate
+    -> download URL results at once -> check every image with Pillow -> store
+    -> record success (only if our attempt still holds the fence)
+
+Failures end the job with the error the client will see; a passed deadline
+ends it ``timed_out``. Running it twice for the same job is harmless: a
+terminal job is skipped, and a re-run after a worker died takes a new attempt
+number, so the older run can no longer write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from shared.catalog import Model
+from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ServerError
+from shared.jobs import Job, StoredImage, timeout_error
+from shared.sizing import Size, parse_size
+from workers.adapters import ADAPTERS
+from workers.adapters.base import CallContext, ImageRequest, ImageResult
+from workers.context import WorkerContext
+from workers.http import UpstreamHTTP, default_error_parser
+from workers.images import check_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: str
+    status: str
+    attempt: int = 0
+
+
+def run_job(job_id: str, ctx: WorkerContext, *, worker: str = "") -> Outcome:
+    claim = ctx.jobs.claim(job_id, worker=worker)
+    if not claim.should_run:
+        log.info("job %s not run: %s", job_id, claim.outcome)
+        return Outcome(job_id, claim.outcome)
+    job = ctx.jobs.get(job_id)
+    if job is None:  # expired between claim and read
+        return Outcome(job_id, "missing")
+    started = time.monotonic()
+    try:
+        images = _generate(job, ctx)
+    except DeadlineExceeded:
+        ctx.jobs.fail(job_id, claim.attempt, timeout_error(job_id))
+        log.warning("job %s timed out at its deadline", job_id)
+        return Outcome(job_id, "timed_out", claim.attempt)
+    except GatewayError as exc:
+        ctx.jobs.fail(job_id, claim.attempt, exc)
+        log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
+        return Outcome(job_id, "failed", claim.attempt)
+    except Exception:
+        log.exception("job %s: unexpected error", job_id)
+        ctx.jobs.fail(
+            job_id,
+            claim.attempt,
+            ServerError(
+                f"The gateway failed while generating. Job id: {job_id}.", code="internal_error"
+            ),
+        )
+        return Outcome(job_id, "failed", claim.attempt)
+    if ctx.jobs.succeed(job_id, claim.attempt, images):
+        log.info(
+            "job %s succeeded: model=%s images=%d size=%s in %.2fs",
+            job_id,
+            job.model,
+            len(images),
+            images[0].size,
+            time.monotonic() - started,
+        )
+        return Outcome(job_id, "succeeded", claim.attempt)
+    log.warning("job %s finished but lost its fence (a newer attempt or a timeout won)", job_id)
+    return Outcome(job_id, "superseded", claim.attempt)
+
+
+def build_request(job: Job, model: Model) -> ImageRequest:
+    """The adapter's request: the client's fields with the size fitted to the model's rule."""
+    req = job.request
+    requested = parse_size(req["size"]) if req.get("size") else None
+    decision = model.size_rule.clamp(requested, req.get("aspect_ratio"), model.default_size)
+    size: Size | None = decision.size
+    return ImageRequest(
+        prompt=req["prompt"],
+        model=model,
+        n=int(req.get("n", 1)),
+        width=size.width if size else None,
+        height=size.height if size else None,
+        aspect_ratio=decision.aspect_ratio,
+        quality=req.get("quality"),
+        style=req.get("style"),
+        output_format=req.get("output_format"),
+        background=req.get("background"),
+        seed=req.get("seed"),
+        user=req.get("user"),
+        image=req.get("image"),
+        extra={k: req[k] for k in ("output_compression", "moderation") if k in req},
+    )
+
+
+def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
+    model = ctx.catalog.model(job.model)
+    family = ctx.catalog.family_of(model)
+    adapter = ADAPTERS.get(family.adapter)
+    if adapter is None:
+        raise ServerError(f"No adapter '{family.adapter}' in this worker build.", code="no_adapter")
+    request = build_request(job, model)
+    http = UpstreamHTTP(
+        session=ctx.session(),
+        deadline=job.deadline,
+        provider=family.name,
+        max_retries=ctx.settings.upstream_max_retries,
+        attempt_timeout=ctx.settings.upstream_attempt_timeout_seconds,
+        error_parser=default_error_parser,
+    )
+    call = CallContext(
+        family=family,
+        base_url=ctx.settings.base_url_for(family.name, family.base_url),
+        api_key=ctx.settings.credential(family.key_env),
+        http=http,
+        deadline=job.deadline,
+    )
+    log.info(
+        "job %s running: model=%s upstream=%s size=%s aspect=%s n=%d",
+        job.id,
+        model.id,
+        model.upstream,
+        request.size,
+        request.aspect_ratio,
+        request.n,
+    )
+    result = adapter.generate(request, call)
+    return _store(job, result, http, ctx, request)
+
+
+def _store(
+    job: Job, result: ImageResult, http: UpstreamHTTP, ctx: WorkerContext, request: ImageRequest
+) -> list[StoredImage]:
+    if not result.images:
+        raise InvalidRequest(
+            "The upstream returned no images (the request may have been filtered).",
+            code="no_images",
+        )
+    day = time.strftime("%Y/%m/%d", time.gmtime(job.created))
+    stored = []
+    for index, image in enumerate(result.images[: request.n]):
+        data = image.data
+        if data is None and image.url:
+            data, _ = http.download(image.url, max_bytes=ctx.settings.max_image_bytes)
+        if data is None:
+            raise ServerError("An adapter returned an image with neither bytes nor URL.")
+        checked = check_image(data, provider=http.provider, want_format=request.output_format)
+        key = f"{day}/{job.id}/{index}.{checked.extension}"
+        ctx.storage.put(key, checked.data, checked.content_type)
+        stored.append(
+            StoredImage(
+                key=key,
+                width=checked.width,
+                height=checked.height,
+                content_type=checked.content_type,
+                revised_prompt=image.revised_prompt,
+            )
+        )
+    return stored
