@@ -1,0 +1,51 @@
+"""Image storage: one :class:`ImageStorage` interface, local and S3 implementations.
+
+``build_storage(config)`` picks the implementation named by ``config.backend``
+from :data:`BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from shared.storage.base import (
+    DEFAULT_URL_TTL_SECONDS,
+    MAX_KEY_LENGTH,
+    ImageStorage,
+    StorageConfig,
+    validate_key,
+)
+from shared.storage.local import LocalStorage, content_type_for, verify_signature
+from shared.storage.s3 import S3Storage
+
+BACKENDS: dict[str, Callable[[StorageConfig], ImageStorage]] = {
+    "local": LocalStorage,
+    "s3": S3Storage,
+}
+
+
+def build_storage(config: StorageConfig) -> ImageStorage:
+    """The storage implementation for ``config.backend``."""
+    try:
+        factory = BACKENDS[config.backend]
+    except KeyError:
+        known = ", ".join(sorted(BACKENDS))
+        raise ValueError(
+            f"unknown storage backend {config.backend!r}; expected one of: {known}"
+        ) from None
+    return factory(config)
+
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_URL_TTL_SECONDS",
+    "MAX_KEY_LENGTH",
+    "ImageStorage",
+    "LocalStorage",
+    "S3Storage",
+    "StorageConfig",
+    "build_storage",
+    "content_type_for",
+    "validate_key",
+    "verify_signature",
+]
