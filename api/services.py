@@ -11,7 +11,7 @@ from flask import current_app
 
 from api.queue import TaskQueue
 from api.waiter import CompletionHub
-from shared.catalog import Catalog, load_catalog
+from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.keys import KeyStore
 from shared.redis_client import connect
@@ -41,7 +41,7 @@ class Services:
         storage_config = dataclasses.replace(settings.storage, signing_secret=secret.encode())
         return cls(
             settings=settings,
-            catalog=load_catalog(settings.catalog_path or None),
+            catalog=settings.load_catalog(),
             redis=client,
             keys=KeyStore(client),
             jobs=jobs,

@@ -130,14 +130,32 @@ def default_catalog_path() -> Path:
     return Path(str(resources.files("shared").joinpath(DEFAULT_CATALOG)))
 
 
-def load_catalog(path: str | Path | None = None) -> Catalog:
+def load_catalog(path: str | Path | None = None, overlays: tuple[str, ...] = ()) -> Catalog:
+    """Load the catalog at ``path`` (default: the shipped one) with ``overlays`` on top.
+
+    An overlay is a TOML file of the same shape: its families replace or add
+    families by name, its models replace or add models by id. Operators use it
+    to add a model without copying the whole shipped catalog.
+    """
     path = Path(path) if path else default_catalog_path()
+    raw = _read(path)
+    sources = [str(path)]
+    for overlay in overlays:
+        extra = _read(Path(overlay))
+        raw.setdefault("families", {}).update(extra.get("families", {}))
+        by_id = {m.get("id"): m for m in raw.get("models", [])}
+        by_id.update({m.get("id"): m for m in extra.get("models", [])})
+        raw["models"] = list(by_id.values())
+        sources.append(overlay)
+    return parse_catalog(raw, source=" + ".join(sources))
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
-            raw = tomllib.load(fh)
+            return tomllib.load(fh)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
-    return parse_catalog(raw, source=str(path))
 
 
 def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catalog:

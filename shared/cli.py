@@ -18,7 +18,7 @@ import time
 import click
 import redis
 
-from shared.catalog import CatalogError, load_catalog
+from shared.catalog import CatalogError
 from shared.errors import NotFound
 from shared.keys import KeyStore
 from shared.redis_client import connect
@@ -86,7 +86,7 @@ def keys_revoke(key_id: str) -> None:
 def models() -> None:
     """List the catalog and whether each model can be used with the current environment."""
     settings = _settings()
-    catalog = load_catalog(settings.catalog_path or None)
+    catalog = settings.load_catalog()
     for model in catalog.models.values():
         family = catalog.family_of(model)
         if not family.available:
@@ -102,7 +102,7 @@ def models() -> None:
 def check() -> None:
     """Validate settings and catalog, and reach Redis."""
     settings = _settings()
-    catalog = load_catalog(settings.catalog_path or None)
+    catalog = settings.load_catalog()
     try:
         connect(settings.redis_url).ping()
     except redis.RedisError as exc:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from shared.catalog import load_catalog
+from shared.catalog import Catalog, load_catalog
 from shared.storage.base import StorageConfig
 
 PREFIX = "IMAGEGATE_"
@@ -37,6 +37,7 @@ class Settings:
     sync_budget_seconds: float = 120.0
     job_retention_seconds: int = 86400
     catalog_path: str = ""  # empty: the catalog shipped with the package
+    catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
     default_model: str = "local/testcard"
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024
@@ -80,7 +81,8 @@ class Settings:
             return value
 
         catalog_path = get("CATALOG_PATH")
-        catalog = load_catalog(catalog_path or None)
+        overlays = tuple(p for p in get("CATALOG_OVERLAYS").split(os.pathsep) if p)
+        catalog = load_catalog(catalog_path or None, overlays)
         credentials = {name: env[name] for name in catalog.key_env_names() if env.get(name)}
         base_urls = {
             name[len(BASE_URL_PREFIX) :].lower(): value.rstrip("/")
@@ -114,6 +116,7 @@ class Settings:
                 number("JOB_RETENTION_SECONDS", cls.job_retention_seconds, int)
             ),
             catalog_path=catalog_path,
+            catalog_overlays=overlays,
             default_model=get("DEFAULT_MODEL", cls.default_model),
             max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes, int)),
             max_image_bytes=int(number("MAX_IMAGE_BYTES", cls.max_image_bytes, int)),
@@ -128,6 +131,9 @@ class Settings:
             upstream_base_urls=MappingProxyType(base_urls),
             credentials=MappingProxyType(credentials),
         )
+
+    def load_catalog(self) -> Catalog:
+        return load_catalog(self.catalog_path or None, self.catalog_overlays)
 
     def base_url_for(self, family_name: str, catalog_base_url: str) -> str:
         return self.upstream_base_urls.get(family_name.lower(), catalog_base_url)

@@ -6,31 +6,58 @@ nothing from the gateway. What it imitates (see section 1 of
 
 Request (JSON body, ``Authorization: Bearer <key>``):
 
-================== ======================== ======================= =========================
-field              dall-e-2                 dall-e-3                gpt-image-1, -1-mini, -1.5
-================== ======================== ======================= =========================
-prompt (required)  <= 1000 chars            <= 4000 chars           <= 32000 chars
-n                  1-10                     1 only                  1-10
-size               256x256 512x512          1024x1024 1792x1024     auto (= 1024x1024)
-                   1024x1024 (default)      1024x1792               1024x1024 1536x1024
-                                                                    1024x1536
-quality            standard                 standard hd             auto low medium high
-response_format    url (default) b64_json   url (default) b64_json  "Unknown parameter"
-style              "Unknown parameter"      vivid (default) natural "Unknown parameter"
-background         "Unknown parameter"      "Unknown parameter"     auto opaque transparent
-output_format      "Unknown parameter"      "Unknown parameter"     png (default) jpeg webp
-output_compression "Unknown parameter"      "Unknown parameter"     0-100
-moderation         "Unknown parameter"      "Unknown parameter"     auto low
-stream             "Unknown parameter"      "Unknown parameter"     false only (no SSE here)
-partial_images     "Unknown parameter"      "Unknown parameter"     0-3 (ignored)
-user               string                   string                  string
-================== ======================== ======================= =========================
+================== =================== ================= ================== =====================
+field              dall-e-2            dall-e-3          gpt-image-1,       compat-any
+                                                         -1-mini, -1.5
+================== =================== ================= ================== =====================
+prompt (required)  <= 1000 chars       <= 4000 chars     <= 32000 chars     <= 32000 chars
+n                  1-10                1 only            1-10               1-10
+size               256x256 512x512     1024x1024         auto (= 1024x1024) any WxH, each side
+                   1024x1024 (default) 1792x1024         1024x1024          16-8192 (default
+                                       1024x1792         1536x1024          1024x1024)
+                                                         1024x1536
+aspect_ratio       unknown             unknown           unknown            W:H, each 1-64;
+                                                                            not with size
+quality            standard            standard hd       auto low medium    standard hd auto
+                                                         high               low medium high
+response_format    url (default)       url (default)     unknown            url (default)
+                   b64_json            b64_json                             b64_json
+style              unknown             vivid (default)   unknown            unknown
+                                       natural
+background         unknown             unknown           auto opaque        unknown
+                                                         transparent
+output_format      unknown             unknown           png (default)      unknown
+                                                         jpeg webp
+output_compression unknown             unknown           0-100              unknown
+moderation         unknown             unknown           auto low           unknown
+stream             unknown             unknown           false only (no     unknown
+                                                         SSE here)
+partial_images     unknown             unknown           0-3 (ignored)      unknown
+seed               unknown             unknown           unknown            integer (optional)
+user               string              string            string             string
+================== =================== ================= ================== =====================
+
+"unknown" means 400 ``unknown_parameter`` (``Unknown parameter: '<field>'.``).
 
 ``model`` defaults to ``dall-e-2``, or to ``gpt-image-1`` when a GPT-only field
 is present (as OpenAI documents). ``transparent`` needs png or webp.
 
+``compat-any`` (family ``compat``) is not an OpenAI model: it imitates the
+OpenAI-compatible third-party upstreams (hosted gateways in front of FLUX,
+Seedream and the like) that gateways call with the OpenAI protocol but which
+accept any ``WxH`` size and an ``aspect_ratio`` extension. ``size`` is
+``<W>x<H>`` in plain ASCII digits with a lower-case ``x``, each side 16-8192
+(else 400 ``invalid_value``, ``param: "size"``); ``aspect_ratio`` is
+``<W>:<H>``, each 1-64 (else 400 ``param: "aspect_ratio"``). Sending both
+(non-null) is a 400 with ``param: "aspect_ratio"`` ("send either size or
+aspect_ratio"). With ``aspect_ratio`` alone the image has about 1024*1024
+pixels at that ratio, each side rounded to a multiple of 16 (16:9 ->
+1360x768); with neither, 1024x1024. ``seed`` picks the colour of the first
+image (same seed, same colours). Its ``quality`` is accepted and ignored.
+
 Response (200): ``{"created", "data": [{"url"} | {"b64_json"}]}``; dall-e-3
-items add ``revised_prompt`` (the prompt plus a short suffix). GPT models always
+items add ``revised_prompt`` (the prompt plus a short suffix); ``compat-any``
+answers like dall-e plus a top-level ``size`` (``"WxH"`` produced). GPT models always
 answer ``b64_json`` and add ``background``, ``output_format``, ``quality``,
 ``size`` (``auto`` values resolved: quality -> medium, size -> 1024x1024,
 background -> opaque) and ``usage`` ``{input_tokens, input_tokens_details:
@@ -55,7 +82,7 @@ Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
   Images API answers here, and it may be a 400 ``invalid_value``; the
   simulator uses the 404 ``model_not_found`` of the rest of the OpenAI API so
   the gateway's not-found mapping gets exercised.)
-* 400 for a prompt containing the word "forbidden": dall-e
+* 400 for a prompt containing the word "forbidden": dall-e and compat
   ``invalid_request_error``/``content_policy_violation``; GPT models
   ``image_generation_user_error``/``moderation_blocked``.
 * Injected failures (``/_sim/config``): 500 ``server_error`` by default; 429
@@ -105,13 +132,22 @@ DALLE3_PARAMS = frozenset({"style"})
 GPT_PARAMS = frozenset(
     {"background", "output_format", "output_compression", "moderation", "stream", "partial_images"}
 )
+COMPAT_PARAMS = frozenset({"response_format", "aspect_ratio", "seed"})
+
+COMPAT_QUALITIES = ("standard", "hd", "auto", "low", "medium", "high")
+COMPAT_MIN_SIDE = 16
+COMPAT_MAX_SIDE = 8192
+COMPAT_MAX_RATIO_TERM = 64
+COMPAT_TARGET_AREA = 1024 * 1024
+COMPAT_SIZE_RE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
+COMPAT_RATIO_RE = re.compile(r"([0-9]{1,3}):([0-9]{1,3})")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "dall-e" or "gpt"
-    sizes: tuple[str, ...]
+    family: str  # "dall-e", "gpt" or "compat"
+    sizes: tuple[str, ...]  # empty for "compat" (any WxH)
     max_n: int
     max_prompt: int
     qualities: tuple[str, ...]
@@ -153,9 +189,19 @@ MODELS: dict[str, ModelSpec] = {
         )
         for name in GPT_MODELS
     },
+    "compat-any": ModelSpec(
+        "compat-any",
+        "compat",
+        (),
+        10,
+        32000,
+        COMPAT_QUALITIES,
+        "auto",
+        COMMON_PARAMS | COMPAT_PARAMS,
+    ),
 }
 
-ALL_PARAMS = COMMON_PARAMS | DALLE_PARAMS | DALLE3_PARAMS | GPT_PARAMS
+ALL_PARAMS = COMMON_PARAMS | DALLE_PARAMS | DALLE3_PARAMS | GPT_PARAMS | COMPAT_PARAMS
 
 # OpenAI's published output-token cost per image for GPT image models.
 GPT_IMAGE_TOKENS: dict[str, dict[str, int]] = {
@@ -311,8 +357,60 @@ class GenerationRequest:
     response_format: str  # "url" or "b64_json"
     style: str | None
     background: str | None  # resolved, GPT only
-    output_format: str  # "png" for dall-e
+    output_format: str  # "png" for dall-e and compat
     output_compression: int
+    aspect_ratio: str | None = None  # compat only, as requested
+    seed: int | None = None  # compat only
+
+
+def _compat_dimensions(body: dict[str, Any]) -> tuple[str, int, int, str | None]:
+    """(size as requested or the produced size, width, height, aspect_ratio) for compat."""
+    size = body.get("size")
+    ratio = body.get("aspect_ratio")
+    if size is not None and ratio is not None:
+        raise ApiError(
+            400,
+            "Invalid 'aspect_ratio': send either size or aspect_ratio, not both.",
+            param="aspect_ratio",
+            code="invalid_value",
+        )
+    if ratio is not None:
+        if not isinstance(ratio, str):
+            raise _invalid_type("aspect_ratio", "a string", ratio)
+        match = COMPAT_RATIO_RE.fullmatch(ratio)
+        terms = (int(match[1]), int(match[2])) if match else (0, 0)
+        if not all(1 <= t <= COMPAT_MAX_RATIO_TERM for t in terms):
+            raise ApiError(
+                400,
+                f"Invalid value: '{ratio}'. Expected an aspect ratio 'W:H' with each term "
+                f"an integer between 1 and {COMPAT_MAX_RATIO_TERM}.",
+                param="aspect_ratio",
+                code="invalid_value",
+            )
+        w, h = terms
+        exact_w = math.sqrt(COMPAT_TARGET_AREA * w / h)
+        exact_h = math.sqrt(COMPAT_TARGET_AREA * h / w)
+        width, height = (
+            min(COMPAT_MAX_SIDE, max(COMPAT_MIN_SIDE, 16 * round(side / 16)))
+            for side in (exact_w, exact_h)
+        )
+        return f"{width}x{height}", width, height, ratio
+    if size is None:
+        return "1024x1024", 1024, 1024, None
+    if not isinstance(size, str):
+        raise _invalid_type("size", "a string", size)
+    match = COMPAT_SIZE_RE.fullmatch(size)
+    sides = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not all(COMPAT_MIN_SIDE <= s <= COMPAT_MAX_SIDE for s in sides):
+        raise ApiError(
+            400,
+            f"Invalid value: '{size}'. Expected a size 'WxH' with each side an integer "
+            f"between {COMPAT_MIN_SIDE} and {COMPAT_MAX_SIDE}.",
+            param="size",
+            code="invalid_value",
+        )
+    width, height = sides
+    return size, width, height, None
 
 
 def parse_generation(body: Any) -> GenerationRequest:
@@ -372,9 +470,13 @@ def parse_generation(body: Any) -> GenerationRequest:
         )
 
     n = _integer(body, "n", 1, spec.max_n, 1)
-    size = _choice(body, "size", spec.sizes, "auto" if spec.family == "gpt" else "1024x1024")
-    actual = "1024x1024" if size == "auto" else size
-    width, height = (int(part) for part in actual.split("x"))
+    aspect_ratio = None
+    if spec.family == "compat":
+        size, width, height, aspect_ratio = _compat_dimensions(body)
+    else:
+        size = _choice(body, "size", spec.sizes, "auto" if spec.family == "gpt" else "1024x1024")
+        actual = "1024x1024" if size == "auto" else size
+        width, height = (int(part) for part in actual.split("x"))
     quality = _choice(body, "quality", spec.qualities, spec.default_quality)
     if quality == "auto":
         quality = "medium"
@@ -388,7 +490,13 @@ def parse_generation(body: Any) -> GenerationRequest:
     background = None
     output_format = "png"
     output_compression = 100
-    if spec.family == "dall-e":
+    seed = None
+    if spec.family == "compat":
+        response_format = _choice(body, "response_format", ("url", "b64_json"), "url")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise _invalid_type("seed", "an integer", seed)
+    elif spec.family == "dall-e":
         response_format = _choice(body, "response_format", ("url", "b64_json"), "url")
         if spec.name == "dall-e-3":
             style = _choice(body, "style", ("vivid", "natural"), "vivid")
@@ -431,6 +539,8 @@ def parse_generation(body: Any) -> GenerationRequest:
         background=background,
         output_format=output_format,
         output_compression=output_compression,
+        aspect_ratio=aspect_ratio,
+        seed=seed,
     )
 
 
@@ -673,7 +783,10 @@ def create_app(config: SimConfig | None = None) -> Flask:
         req = parse_generation(body)
         moderate(req)
 
-        base_colour = int.from_bytes(uuid.uuid4().bytes[:2], "big") % len(PALETTE)
+        if req.seed is not None:
+            base_colour = req.seed % len(PALETTE)
+        else:
+            base_colour = int.from_bytes(uuid.uuid4().bytes[:2], "big") % len(PALETTE)
         items: list[dict[str, Any]] = []
         for index in range(req.n):
             file_id = f"img_{uuid.uuid4().hex}"
@@ -700,6 +813,8 @@ def create_app(config: SimConfig | None = None) -> Flask:
                     "usage": usage_for(req),
                 }
             )
+        elif req.spec.family == "compat":
+            payload["size"] = f"{req.width}x{req.height}"
         return jsonify(payload)
 
     @app.get("/files/<name>")

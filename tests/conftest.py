@@ -68,6 +68,7 @@ def stack_env(run_dir: Path, redis_server: RedisServer, simulator: str) -> dict[
         "IMAGEGATE_STORAGE_DIR": str(run_dir / "images"),
         "IMAGEGATE_BASE_URL_OPENAI": f"{simulator}/v1",
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
+        "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),
         "IMAGEGATE_LOG_LEVEL": "INFO",
         "OPENAI_API_KEY": SIM_KEY,
     }
@@ -108,7 +109,6 @@ def start_gateway(run_dir: Path, stack_env: dict[str, str]) -> Iterator[Callable
         env = {**stack_env, "PORT": str(port), "IMAGEGATE_HOST": "127.0.0.1",
                "IMAGEGATE_WEB_PROCESSES": "2"}  # fmt: skip
         env.update(overrides)
-        env = {k: v for k, v in env.items() if v is not None and v != "<unset>"}
         proc = Process(
             f"{name}-{port}",
             [str(BIN / "gunicorn"), "-c", "api/gunicorn_conf.py", "api.wsgi:app"],

@@ -35,3 +35,47 @@ def test_testcard_b64(client: OpenAI) -> None:
     data = base64.b64decode(r.data[0].b64_json)
     assert _png_size(data) == (1024, 1024)
     assert r.data[0].url is None
+
+
+def _received(sim: str) -> list[dict]:
+    return [
+        r["json"]
+        for r in requests.get(f"{sim}/_sim/requests", timeout=5).json()
+        if r["path"].endswith("/images/generations")
+    ]
+
+
+def test_openai_family_dalle3_fixed_size_is_mapped_and_revised_prompt_kept(
+    client: OpenAI, sim: str
+) -> None:
+    r = client.images.generate(model="dall-e-3", prompt="a lighthouse", size="1000x600")
+    sent = _received(sim)
+    assert len(sent) == 1
+    assert sent[0]["size"] == "1792x1024"
+    assert sent[0]["model"] == "dall-e-3"
+    assert sent[0]["response_format"] == "b64_json"
+    assert r.size == "1792x1024"
+    assert r.data[0].revised_prompt and r.data[0].revised_prompt.startswith("a lighthouse")
+    image = requests.get(r.data[0].url, timeout=10)
+    assert _png_size(image.content) == (1792, 1024)
+
+
+def test_openai_gpt_image_n3_b64(client: OpenAI, sim: str) -> None:
+    r = client.images.generate(
+        model="gpt-image-1", prompt="three cats", n=3, quality="low", response_format="b64_json"
+    )
+    assert len(r.data) == 3
+    assert {_png_size(base64.b64decode(d.b64_json)) for d in r.data} == {(1024, 1024)}
+    sent = _received(sim)[0]
+    assert sent["n"] == 3 and sent["quality"] == "low"
+    assert "response_format" not in sent  # GPT image models reject it upstream
+
+
+def test_upstream_url_results_are_downloaded_and_served_by_the_gateway(
+    client: OpenAI, sim: str
+) -> None:
+    r = client.images.generate(model="test/area-band", prompt="city", size="1024x1024")
+    assert not r.data[0].url.startswith(sim)  # our own URL, not the upstream's
+    assert _received(sim)[0]["response_format"] == "url"
+    got = requests.get(r.data[0].url, timeout=10)
+    assert got.status_code == 200 and _png_size(got.content) == (1920, 1920)

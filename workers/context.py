@@ -10,7 +10,7 @@ import redis
 import requests
 from requests.adapters import HTTPAdapter
 
-from shared.catalog import Catalog, load_catalog
+from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -45,7 +45,7 @@ def build_context(settings: Settings) -> WorkerContext:
     client = connect(settings.redis_url)
     return WorkerContext(
         settings=settings,
-        catalog=load_catalog(settings.catalog_path or None),
+        catalog=settings.load_catalog(),
         redis=client,
         jobs=JobStore(client, retention_seconds=settings.job_retention_seconds),
         storage=build_storage(settings.storage),

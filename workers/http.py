@@ -126,7 +126,8 @@ class UpstreamHTTP:
         except RetryableStatus as exc:
             raise self._translate(exc.response) from None
         except requests.Timeout as exc:
-            self.check_deadline()
+            if self.remaining() < 1.0:  # the read timeout was the deadline itself
+                raise DeadlineExceeded(f"deadline reached waiting for {self.provider}") from exc
             raise UpstreamError(
                 f"{self.provider} did not answer in time.", code="upstream_timeout"
             ) from exc

@@ -33,13 +33,14 @@ class Process:
         name: str,
         argv: Sequence[str],
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         log_dir: Path,
         cwd: Path = REPO,
     ) -> None:
         self.name = name
         self.argv = list(argv)
-        self.env = {**os.environ, **(env or {})}
+        merged = {**os.environ, **(env or {})}
+        self.env = {k: v for k, v in merged.items() if v is not None}  # None unsets
         self.log_path = log_dir / f"{name}.log"
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None

@@ -4,7 +4,9 @@
 synchronous, JSON in and out. Field mapping (gateway request -> upstream body):
 
 * ``model.upstream`` -> ``model``; ``prompt``, ``n`` as is;
-* clamped size -> ``size`` (``WxH``); ``quality``, ``style``, ``background``,
+* clamped size -> ``size`` (``WxH``), or ``aspect_ratio`` for models whose size
+  rule is an aspect-ratio enum (OpenAI-compatible upstreams that take it);
+  ``seed`` where the catalog lets the model take it; ``quality``, ``style``, ``background``,
   ``output_format``, ``output_compression``, ``moderation``, ``user`` as is,
   only when the client sent them (the catalog decides which a model accepts);
 * ``response_format``: sent only when the catalog entry sets
@@ -37,6 +39,7 @@ _PASS_THROUGH = (
     "output_compression",
     "moderation",
     "user",
+    "seed",
 )
 
 
@@ -49,6 +52,10 @@ class OpenAIImagesAdapter:
         }
         if request.size:
             body["size"] = request.size
+        elif request.aspect_ratio:
+            # Models whose rule is an aspect-ratio enum: OpenAI-compatible upstreams
+            # that take the `aspect_ratio` extension (OpenAI itself has no such model).
+            body["aspect_ratio"] = request.aspect_ratio
         for name in _PASS_THROUGH:
             value = getattr(request, name, None)
             if value is None:
