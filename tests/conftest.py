@@ -130,6 +130,19 @@ def gateway(start_gateway: Callable[..., str], workers: list[Process]) -> str:
     return start_gateway()
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint(run_dir: Path) -> Iterator[str]:
+    """An S3-compatible server (moto's server mode) on a free port."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = Process(
+        "moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_dir=run_dir
+    ).start()
+    proc.wait_until(lambda: requests.get(f"{endpoint}/moto-api/", timeout=1).ok)
+    yield endpoint
+    proc.stop()
+
+
 def create_key(env: dict[str, str], name: str = "tests") -> dict[str, str]:
     out = subprocess.run(
         [str(BIN / "imagegate"), "keys", "create", "--name", name, "--json"],

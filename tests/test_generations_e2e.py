@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import requests
 from openai import OpenAI
@@ -79,3 +80,39 @@ def test_upstream_url_results_are_downloaded_and_served_by_the_gateway(
     assert _received(sim)[0]["response_format"] == "url"
     got = requests.get(r.data[0].url, timeout=10)
     assert got.status_code == 200 and _png_size(got.content) == (1920, 1920)
+
+
+def test_local_urls_expire_and_cannot_be_tampered_with(
+    start_gateway, workers, api_key: str
+) -> None:
+    url = start_gateway("web-ttl", IMAGEGATE_URL_TTL_SECONDS="1")
+    client = OpenAI(api_key=api_key, base_url=f"{url}/v1", max_retries=0)
+    r = client.images.generate(model="local/testcard", prompt="short-lived", size="64x64", n=2)
+    first, second = r.data[0].url, r.data[1].url
+    assert requests.get(first, timeout=10).status_code == 200
+
+    tampered = first[:-4] + ("0000" if not first.endswith("0000") else "1111")
+    assert requests.get(tampered, timeout=10).status_code == 403
+    # The signature of one image does not open another.
+    other_path = second.split("?")[0] + "?" + first.split("?")[1]
+    assert requests.get(other_path, timeout=10).status_code == 403
+    # Extending the expiry breaks the signature.
+    import re
+
+    extended = re.sub(r"expires=(\d+)", lambda m: f"expires={int(m.group(1)) + 3600}", first)
+    assert requests.get(extended, timeout=10).status_code == 403
+
+    time.sleep(2.1)
+    expired = requests.get(first, timeout=10)
+    assert expired.status_code == 403
+    assert expired.json()["error"]["code"] == "url_expired"
+
+
+def test_models_list_in_openai_format(client: OpenAI) -> None:
+    models = {m.id: m for m in client.models.list().data}
+    assert {"local/testcard", "dall-e-3", "bytedance/seedream-4.0"} <= set(models)
+    m = models["zhipu/z-image-turbo"]
+    assert m.object == "model"
+    assert m.model_extra["price_per_image"] == "0.005"
+    assert m.model_extra["size_rule"] == {"kind": "max_side", "min": 256, "max": 1536}
+    assert client.models.retrieve("dall-e-3").model_extra["max_n"] == 1

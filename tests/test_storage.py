@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,6 +39,7 @@ from shared.storage import (
     validate_key,
 )
 from shared.storage.local import sign
+from tests.support.processes import free_port
 
 KEY = "2026/11/21/job_0123abcd-ef/0.png"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -69,12 +66,6 @@ BAD_KEYS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
@@ -91,41 +82,6 @@ def local_config(tmp_path: Path) -> StorageConfig:
 @pytest.fixture
 def local(local_config: StorageConfig) -> LocalStorage:
     return LocalStorage(local_config)
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    executable = Path(sys.executable).parent / "moto_server"
-    assert executable.exists(), f"moto_server not found next to {sys.executable}"
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(executable), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited early:\n{log_path.read_text()[-2000:]}")
-            try:
-                requests.get(f"{endpoint}/moto-api/", timeout=0.5)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not answer:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="session")
