@@ -35,30 +35,43 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 
-ErrorParser = Callable[[requests.Response], tuple[str, str | None]]
+
+@dataclass(frozen=True)
+class UpstreamFault:
+    """What an adapter's error parser reads out of an upstream error body."""
+
+    message: str
+    code: str | None = None
+    param: str | None = None
+
+
+ErrorParser = Callable[[requests.Response], UpstreamFault]
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 CONNECT_TIMEOUT = 5.0
 _MIN_USEFUL_SECONDS = 0.05
 
 
-def default_error_parser(response: requests.Response) -> tuple[str, str | None]:
+def default_error_parser(response: requests.Response) -> UpstreamFault:
     """Understands OpenAI-style ``{"error": {...}}`` and FastAPI-style ``{"detail": ...}``."""
     try:
         body = response.json()
     except ValueError:
-        return (response.text[:300] or response.reason or "no details"), None
+        return UpstreamFault(response.text[:300] or response.reason or "no details")
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            return str(err.get("message") or err), (str(err["code"]) if err.get("code") else None)
+            return UpstreamFault(
+                str(err.get("message") or err),
+                str(err["code"]) if err.get("code") else None,
+                str(err["param"]) if err.get("param") else None,
+            )
         if isinstance(err, str):
-            return err, None
-        if "detail" in body:
-            return json.dumps(body["detail"])[:300] if not isinstance(
-                body["detail"], str
-            ) else body["detail"], None
-    return json.dumps(body)[:300], None
+            return UpstreamFault(err)
+        detail = body.get("detail")
+        if detail is not None:
+            return UpstreamFault(detail if isinstance(detail, str) else json.dumps(detail)[:300])
+    return UpstreamFault(json.dumps(body)[:300])
 
 
 class RetryableStatus(Exception):
@@ -249,13 +262,15 @@ class UpstreamHTTP:
         time.sleep(seconds)
 
     def _translate(self, response: requests.Response, *, download: bool = False) -> Exception:
-        message, code = self.error_parser(response)
+        fault = self.error_parser(response)
+        message, code = fault.message, fault.code
         status = response.status_code
         rid = request_id_of(response)
         what = "image download" if download else "request"
         if status in (400, 422) and not download:
             return InvalidRequest(
                 f"{self.provider} rejected the request: {message}",
+                param=fault.param,
                 code=code or "upstream_rejected",
                 headers={"x-upstream-request-id": rid} if rid else None,
             )

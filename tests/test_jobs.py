@@ -1,0 +1,116 @@
+"""Job records against a real redis-server: atomic claims, fencing, notifications."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from api.waiter import CompletionHub
+from shared.errors import UpstreamError
+from shared.jobs import DONE_CHANNEL, Job, JobStatus, JobStore, StoredImage, new_job_id
+from shared.redis_client import connect
+
+
+@pytest.fixture()
+def store(redis_server) -> JobStore:
+    return JobStore(connect(redis_server.url), retention_seconds=600)
+
+
+def _job(store: JobStore, budget: float = 30.0) -> Job:
+    now = time.time()
+    return store.create(
+        Job(
+            id=new_job_id(),
+            key_id="key_test",
+            model="local/testcard",
+            family="local",
+            queue="local",
+            request={"prompt": "x", "n": 1},
+            created=now,
+            deadline=now + budget,
+        )
+    )
+
+
+IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
+
+
+def test_create_and_read_back(store: JobStore) -> None:
+    job = _job(store)
+    got = store.get(job.id)
+    assert got is not None and got.status == JobStatus.QUEUED and got.request == job.request
+    assert store.get("imgjob_missing") is None
+
+
+def test_a_newer_claim_fences_out_the_older_attempt(store: JobStore) -> None:
+    job = _job(store)
+    first = store.claim(job.id, worker="a")
+    second = store.claim(job.id, worker="b")  # e.g. redelivered after worker a died
+    assert (first.outcome, first.attempt) == ("run", 1)
+    assert (second.outcome, second.attempt) == ("run", 2)
+    assert store.succeed(job.id, first.attempt, [IMG]) is False
+    assert store.succeed(job.id, second.attempt, [IMG]) is True
+    assert store.get(job.id).images == (IMG,)
+    # Once terminal, nothing changes it and nobody runs it again.
+    assert store.fail(job.id, second.attempt, UpstreamError("late")) is False
+    assert store.claim(job.id).outcome == "terminal"
+    assert store.get(job.id).status == JobStatus.SUCCEEDED
+
+
+def test_claim_after_the_deadline_times_the_job_out(store: JobStore) -> None:
+    job = _job(store, budget=0.0)
+    assert store.claim(job.id).outcome == "expired"
+    done = store.get(job.id)
+    assert done.status == JobStatus.TIMED_OUT
+    assert done.error["status"] == 504 and done.error["extra"]["job_id"] == job.id
+
+
+def test_expire_if_overdue_only_after_the_deadline(store: JobStore) -> None:
+    job = _job(store, budget=0.3)
+    claim = store.claim(job.id)
+    assert store.expire_if_overdue(job.id) is False
+    time.sleep(0.35)
+    assert store.expire_if_overdue(job.id) is True
+    assert store.succeed(job.id, claim.attempt, [IMG]) is False  # the late run can't write
+
+
+def test_failure_keeps_the_error_envelope(store: JobStore) -> None:
+    job = _job(store)
+    claim = store.claim(job.id)
+    err = UpstreamError("boom", upstream_request_id="req_1")
+    assert store.fail(job.id, claim.attempt, err)
+    done = store.get(job.id)
+    assert done.status == JobStatus.FAILED
+    assert done.error["status"] == 502 and done.error["headers"]["x-upstream-request-id"] == "req_1"
+
+
+def test_terminal_transitions_are_published(store: JobStore, redis_server) -> None:
+    pubsub = connect(redis_server.url).pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(DONE_CHANNEL)
+    job = _job(store)
+    store.succeed(job.id, store.claim(job.id).attempt, [IMG])
+    deadline = time.time() + 5
+    seen = []
+    while time.time() < deadline and job.id not in seen:
+        msg = pubsub.get_message(timeout=0.5)
+        if msg:
+            seen.append(msg["data"])
+    assert job.id in seen
+
+
+def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
+    store: JobStore, redis_server
+) -> None:
+    hub = CompletionHub(connect(redis_server.url), store, poll_interval=30.0)
+    job = _job(store)
+    claim = store.claim(job.id)
+    threading.Timer(0.3, lambda: store.succeed(job.id, claim.attempt, [IMG])).start()
+    started = time.monotonic()
+    assert hub.wait(job.id, time.time() + 20) == JobStatus.SUCCEEDED
+    # Woken by the notice, not by the 30 s poll.
+    assert time.monotonic() - started < 20
+
+    other = _job(store)
+    assert hub.wait(other.id, time.time() + 0.3) == JobStatus.QUEUED

@@ -1,0 +1,129 @@
+"""The shared upstream HTTP helper against the simulator: retries, Retry-After,
+deadlines, bounded downloads and error translation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
+from tests.conftest import SIM_KEY
+from workers.http import UpstreamHTTP, parse_retry_after
+
+AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
+BODY = {"model": "dall-e-2", "prompt": "x", "size": "256x256", "response_format": "url"}
+
+
+def _http(budget: float = 20.0, retries: int = 2) -> UpstreamHTTP:
+    return UpstreamHTTP(
+        session=requests.Session(),
+        deadline=time.time() + budget,
+        provider="sim",
+        max_retries=retries,
+        backoff_base=0.05,
+    )
+
+
+def _config(sim: str, **config) -> None:
+    requests.post(f"{sim}/_sim/config", json=config, timeout=5).raise_for_status()
+
+
+def _calls(sim: str) -> list[dict]:
+    return requests.get(f"{sim}/_sim/requests", timeout=5).json()
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    future = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= parse_retry_after(future) <= 31
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_5xx_is_retried_then_succeeds(sim: str) -> None:
+    _config(sim, fail_next=2)
+    response = _http().request("POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH)
+    assert response.status_code == 200
+    assert [c["status"] for c in _calls(sim)] == [500, 500, 200]
+
+
+def test_retries_are_bounded_and_end_in_upstream_error(sim: str) -> None:
+    _config(sim, fail_next=10, fail_status=503)
+    with pytest.raises(UpstreamError) as info:
+        _http(retries=1).request(
+            "POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH
+        )
+    assert len(_calls(sim)) == 2
+    assert info.value.headers["x-upstream-request-id"].startswith("req_")
+
+
+def test_retry_after_beyond_the_deadline_gives_up_at_once(sim: str) -> None:
+    _config(sim, fail_next=1, fail_status=429, retry_after=60)
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        _http(budget=5).request(
+            "POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH
+        )
+    assert info.value.code == "upstream_rate_limited"
+    assert len(_calls(sim)) == 1
+    assert time.monotonic() - started < 5  # did not sleep into the deadline
+
+
+def test_a_slow_upstream_hits_the_deadline(sim: str) -> None:
+    _config(sim, latency=5)
+    with pytest.raises(DeadlineExceeded):
+        _http(budget=1).request(
+            "POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH
+        )
+
+
+def test_400_becomes_invalid_request_with_the_upstream_code(sim: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        _http().request(
+            "POST", f"{sim}/v1/images/generations", json_body={**BODY, "size": "7x7"}, headers=AUTH
+        )
+    assert info.value.param == "size"
+    assert "7x7" in info.value.message
+    assert len(_calls(sim)) == 1  # not retried
+
+
+def test_bad_credentials_are_an_upstream_error_not_the_clients(sim: str) -> None:
+    with pytest.raises(UpstreamError) as info:
+        _http().request(
+            "POST", f"{sim}/v1/images/generations", json_body=BODY,
+            headers={"Authorization": "Bearer wrong"},
+        )  # fmt: skip
+    assert info.value.code == "upstream_auth_failed"
+
+
+def test_downloads_are_bounded_in_size(sim: str) -> None:
+    response = _http().request("POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH)
+    url = response.json()["data"][0]["url"]
+    data, content_type = _http().download(url, max_bytes=10_000_000)
+    assert data.startswith(b"\x89PNG") and content_type == "image/png"
+    with pytest.raises(UpstreamError) as info:
+        _http().download(url, max_bytes=100)
+    assert info.value.code == "upstream_image_too_large"
+
+
+def test_a_missing_result_file_is_an_upstream_error(sim: str) -> None:
+    with pytest.raises(UpstreamError) as info:
+        _http().download(f"{sim}/files/does-not-exist.png", max_bytes=1000)
+    assert "404" in info.value.message
+
+
+def test_malformed_json_is_an_upstream_error(sim: str) -> None:
+    http = _http()
+    response = (
+        http.request("GET", f"{sim}/files/does-not-exist.png", retry=False) if False else None
+    )
+    del response
+    page = requests.get(f"{sim}/_sim/health", timeout=5)
+    page._content = b"{not json"
+    with pytest.raises(UpstreamError) as info:
+        http.json(page)
+    assert info.value.code == "upstream_malformed_response"
