@@ -333,7 +333,8 @@ class _Box:
             long_cap = float(self._long_cap())
             ideal_w, ideal_h = (long_cap, self.lo) if wf >= hf else (self.lo, long_cap)
         size = _snap(ideal_w, ideal_h, self.multiple, (self.lo, self._long_cap()), self._w_bounds)
-        assert size is not None  # (lo, lo) is always feasible: checked by the rules
+        if size is None:  # cannot happen: _make_box checks that (lo, lo) fits
+            raise RuntimeError(f"no size fits {self}")
         return size
 
 
@@ -341,10 +342,13 @@ def _make_box(rule: str, lo: int, hi: int, multiple: int, max_pixels: int | None
     """The grid-aligned box of a rule; ValueError if it holds no size at all."""
     box = _Box(_ceil_to(lo, multiple), _floor_to(hi, multiple), multiple, max_pixels)
     if box.lo > box.hi:
-        raise ValueError(f"{rule}: no multiple of {multiple} lies between {lo} and {hi}")
+        raise ValueError(
+            f"size rule '{rule}': no multiple of {multiple} lies between {lo} and {hi}"
+        )
     if max_pixels is not None and box.lo * box.lo > max_pixels:
         raise ValueError(
-            f"{rule}: max_pixels={max_pixels} is below the smallest allowed size {box.lo}x{box.lo}"
+            f"size rule '{rule}': max_pixels={max_pixels} is below the smallest allowed "
+            f"size {box.lo}x{box.lo}"
         )
     return box
 
@@ -607,7 +611,8 @@ class AreaBandRule:
         ideal_w, ideal_h = math.sqrt(area * ratio), math.sqrt(area / ratio)
         h_max = _ceil_to(math.sqrt(self.max_pixels / self.min_ratio), self.multiple)
         size = _snap(ideal_w, ideal_h, self.multiple, (self.multiple, h_max), self._w_bounds)
-        assert size is not None  # a square always fits: checked in __post_init__
+        if size is None:  # cannot happen: __post_init__ checks that a square fits
+            raise RuntimeError(f"no size fits {self}")
         return SizeDecision(size)
 
     def describe(self) -> dict[str, Any]:
@@ -651,8 +656,7 @@ class PassthroughRule:
         self, requested: Size | None, aspect_ratio: str | None, default: Size
     ) -> SizeDecision:
         target = _target(requested, aspect_ratio, default)
-        if target.source == "size":
-            assert requested is not None
+        if requested is not None:  # the client's own size: unchanged or rejected
             if not self._box.contains(requested):
                 raise InvalidRequest(
                     f"size {requested} is not supported by this model: {self._limits()}.",
