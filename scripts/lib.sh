@@ -10,10 +10,12 @@ as_root() {
     echo "need root to run: $*" >&2; return 1; fi
 }
 
-# Python >= 3.11 with venv, and redis-server, from Debian's packages when missing.
+# Python >= 3.11 with venv, redis-server (and npm for the tests, with "test"),
+# from Debian's packages when missing.
 ensure_system_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
+  [ "${1:-}" = test ] && ! command -v npm >/dev/null && missing+=(nodejs npm)  # S3 test server
   "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-ensure_system_packages
+ensure_system_packages test
 ensure_venv "test"
 export PATH="$PWD/$VENV/bin:$PATH"
 
