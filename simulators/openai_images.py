@@ -788,7 +788,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
         else:
             base_colour = int.from_bytes(uuid.uuid4().bytes[:2], "big") % len(PALETTE)
         items: list[dict[str, Any]] = []
-        for index in range(req.n):
+        for index in range(max(0, req.n - config.drop_images)):
             file_id = f"img_{uuid.uuid4().hex}"
             data = render_image(req, index, base_colour, file_id)
             item: dict[str, Any] = {}

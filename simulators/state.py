@@ -33,6 +33,8 @@ class SimConfig:
     ``retry_after``  if set, injected failures carry ``Retry-After: <seconds>``.
     ``fail_next``    the next N generation requests fail, whatever the rate.
     ``api_key``      the key clients must present; ``None`` accepts any key.
+    ``drop_images``  answer with this many images fewer than asked (as when an
+                     upstream's content filter drops some of a batch).
     """
 
     latency: float = 0.0
@@ -41,6 +43,7 @@ class SimConfig:
     retry_after: float | None = None
     fail_next: int = 0
     api_key: str | None = None
+    drop_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +87,9 @@ class SimConfig:
         fail_next = integer("fail_next", data["fail_next"])
         if fail_next < 0:
             raise ValueError("'fail_next' must be >= 0")
+        drop_images = integer("drop_images", data.get("drop_images", 0))
+        if drop_images < 0:
+            raise ValueError("'drop_images' must be >= 0")
         api_key = data["api_key"]
         if api_key is not None and not isinstance(api_key, str):
             raise ValueError("'api_key' must be a string or null")
@@ -94,6 +100,7 @@ class SimConfig:
             retry_after=retry_after,
             fail_next=fail_next,
             api_key=api_key or None,
+            drop_images=drop_images,
         )
 
 

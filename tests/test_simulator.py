@@ -536,6 +536,15 @@ def test_config_endpoint_merges_and_validates(sim: str) -> None:
     assert requests.get(f"{sim}/_sim/config", timeout=5).json() == config
 
 
+def test_drop_images_answers_with_fewer_images(sim: str, client: openai.OpenAI) -> None:
+    _configure(sim, drop_images=1)
+    r = client.images.generate(model="dall-e-2", prompt="partial", n=4, size="256x256")
+    assert len(r.data) == 3
+    assert (
+        requests.post(f"{sim}/_sim/config", json={"drop_images": -1}, timeout=5).status_code == 400
+    )
+
+
 # -- request log -----------------------------------------------------------------
 
 
