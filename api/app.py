@@ -8,7 +8,7 @@ import secrets
 
 from flask import Flask, Response, g, request
 
-from api import files, generations, models
+from api import files, generations, models, usage
 from api.errors import register_error_handlers
 from api.services import EXTENSION, Services
 from shared.settings import Settings
@@ -34,6 +34,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def _stamp(response: Response) -> Response:
         response.headers["x-request-id"] = g.get("request_id", "")
+        key = g.get("api_key")
+        if key is not None and "x-ratelimit-limit-requests" not in response.headers:
+            status = g.get("ratelimit")
+            if status is None:
+                try:
+                    status = app.extensions[EXTENSION].accounts.account_status(key)
+                except Exception:  # noqa: BLE001 - headers are best effort
+                    status = None
+            if status is not None:
+                response.headers.update(status.headers())
         return response
 
     @app.get("/healthz")
@@ -45,4 +55,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(generations.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(usage.bp)
     return app

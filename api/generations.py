@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from api.auth import current_key
 from api.responses import images_response
@@ -48,22 +48,43 @@ def create_generation():
             code="upstream_not_configured",
             headers={"x-should-retry": "false"},
         )
+    tier = svc.accounts.check_model(key, model)
     job_request = check_against_model(req, model)
 
     now = time.time()
-    job = svc.jobs.create(
-        Job(
-            id=new_job_id(),
-            key_id=key.id,
-            model=model.id,
-            family=family.name,
-            queue=family.queue,
-            request=job_request,
-            created=now,
-            deadline=now + svc.settings.sync_budget_seconds,
-        )
+    job = Job(
+        id=new_job_id(),
+        key_id=key.id,
+        model=model.id,
+        family=family.name,
+        queue=family.queue,
+        request=job_request,
+        created=now,
+        deadline=now + svc.settings.sync_budget_seconds,
     )
-    svc.queue.enqueue(job)
+    # Limits, balance and the job record in one atomic step (429 / 402 change nothing).
+    admission = svc.accounts.admit(
+        key,
+        tier,
+        model,
+        job_request["n"],
+        job_key=svc.jobs.record_key(job.id),
+        job_id=job.id,
+        spec_json=svc.jobs.spec_json(job),
+        deadline=job.deadline,
+        ttl=svc.jobs.ttl_for(job),
+        now=now,
+    )
+    g.ratelimit = admission.status
+    try:
+        svc.queue.enqueue(job)
+    except Exception as exc:
+        error = ServiceUnavailable(
+            "The job queue is unavailable; nothing was charged. Retry shortly.",
+            headers={"Retry-After": "2"},
+        )
+        svc.jobs.fail(job.id, None, error)  # refunds the reservation
+        raise error from exc
     log.info("job %s queued: key=%s model=%s n=%s", job.id, key.id, model.id, job_request["n"])
 
     status = svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS)

@@ -11,6 +11,7 @@ from flask import current_app
 
 from api.queue import TaskQueue
 from api.waiter import CompletionHub
+from shared.billing import Accounts
 from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.keys import KeyStore
@@ -29,6 +30,7 @@ class Services:
     redis: redis.Redis
     keys: KeyStore
     jobs: JobStore
+    accounts: Accounts
     storage: ImageStorage
     hub: CompletionHub
     queue: TaskQueue
@@ -39,12 +41,14 @@ class Services:
         jobs = JobStore(client, retention_seconds=settings.job_retention_seconds)
         secret = settings.signing_secret or _shared_secret(client)
         storage_config = dataclasses.replace(settings.storage, signing_secret=secret.encode())
+        catalog = settings.load_catalog()
         return cls(
             settings=settings,
-            catalog=settings.load_catalog(),
+            catalog=catalog,
             redis=client,
             keys=KeyStore(client),
             jobs=jobs,
+            accounts=Accounts(client, catalog),
             storage=build_storage(storage_config),
             hub=CompletionHub(client, jobs),
             queue=TaskQueue(settings),

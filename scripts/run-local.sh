@@ -39,7 +39,7 @@ imagegate check
 
 KEY_FILE="$RUN_DIR/demo-key"
 if [ ! -s "$KEY_FILE" ]; then
-  imagegate keys create --name demo --json \
+  imagegate keys create --name demo --tier internal --balance unlimited --json \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])' > "$KEY_FILE"
   chmod 600 "$KEY_FILE"
 fi

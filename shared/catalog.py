@@ -101,9 +101,45 @@ class Model:
 
 
 @dataclass(frozen=True)
+class ModelLimit:
+    """Images of one model a tier may generate per minute and per UTC day (0 = no limit)."""
+
+    per_minute: int = 0
+    per_day: int = 0
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str
+    description: str
+    requests_per_minute: int  # account-level generation calls per minute; 0 = no limit
+    limits: Mapping[str, ModelLimit]  # model id -> limit
+    all_models: bool = False  # every model, without per-model limits
+
+    def allows(self, model_id: str) -> bool:
+        return self.all_models or model_id in self.limits
+
+    def limit_for(self, model_id: str) -> ModelLimit:
+        return self.limits.get(model_id, ModelLimit())
+
+
+@dataclass(frozen=True)
 class Catalog:
     families: Mapping[str, Family]
     models: Mapping[str, Model]
+    tiers: Mapping[str, Tier] = field(default_factory=lambda: MappingProxyType({}))
+    default_tier: str = ""
+
+    def tier(self, name: str) -> Tier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            raise NotFound(
+                f"There is no tier '{name}'.", param="tier", code="tier_not_found"
+            ) from None
+
+    def tiers_allowing(self, model_id: str) -> list[str]:
+        return [t.name for t in self.tiers.values() if t.allows(model_id)]
 
     def model(self, model_id: str) -> Model:
         try:
@@ -135,7 +171,8 @@ def load_catalog(path: str | Path | None = None, overlays: tuple[str, ...] = ())
 
     An overlay is a TOML file of the same shape: its families replace or add
     families by name, its models replace or add models by id. Operators use it
-    to add a model without copying the whole shipped catalog.
+    to add a model without copying the whole shipped catalog. Tiers and the
+    ``[accounts]`` table merge the same way.
     """
     path = Path(path) if path else default_catalog_path()
     raw = _read(path)
@@ -143,6 +180,8 @@ def load_catalog(path: str | Path | None = None, overlays: tuple[str, ...] = ())
     for overlay in overlays:
         extra = _read(Path(overlay))
         raw.setdefault("families", {}).update(extra.get("families", {}))
+        raw.setdefault("tiers", {}).update(extra.get("tiers", {}))
+        raw.setdefault("accounts", {}).update(extra.get("accounts", {}))
         by_id = {m.get("id"): m for m in raw.get("models", [])}
         by_id.update({m.get("id"): m for m in extra.get("models", [])})
         raw["models"] = list(by_id.values())
@@ -170,7 +209,52 @@ def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catal
         models[model.id] = model
     if not models:
         raise CatalogError(f"{source}: no models defined")
-    return Catalog(families=MappingProxyType(families), models=MappingProxyType(models))
+    accounts = raw.get("accounts", {})
+    default_rpm = int(accounts.get("requests_per_minute", 60))
+    tiers = {
+        name: _parse_tier(name, spec, models, default_rpm, source)
+        for name, spec in raw.get("tiers", {}).items()
+    }
+    default_tier = str(accounts.get("default_tier", next(iter(tiers), "")))
+    if tiers and default_tier not in tiers:
+        raise CatalogError(f"{source}: accounts.default_tier '{default_tier}' is not a tier")
+    return Catalog(
+        families=MappingProxyType(families),
+        models=MappingProxyType(models),
+        tiers=MappingProxyType(tiers),
+        default_tier=default_tier,
+    )
+
+
+def _parse_tier(
+    name: str, spec: Mapping[str, Any], models: Mapping[str, Model], default_rpm: int, source: str
+) -> Tier:
+    where = f"{source}: tiers.{name}"
+    limits: dict[str, ModelLimit] = {}
+    for entry in spec.get("limits", []):
+        try:
+            limit = ModelLimit(int(entry.get("per_minute", 0)), int(entry.get("per_day", 0)))
+            ids = [str(m) for m in entry["models"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatalogError(f"{where}: bad limits entry {entry!r}: {exc}") from exc
+        if limit.per_minute < 0 or limit.per_day < 0:
+            raise CatalogError(f"{where}: limits must be >= 0")
+        for model_id in ids:
+            if model_id not in models:
+                raise CatalogError(f"{where}: unknown model '{model_id}'")
+            if model_id in limits:
+                raise CatalogError(f"{where}: model '{model_id}' is limited twice")
+            limits[model_id] = limit
+    rpm = int(spec.get("requests_per_minute", default_rpm))
+    if rpm < 0:
+        raise CatalogError(f"{where}: requests_per_minute must be >= 0")
+    return Tier(
+        name=name,
+        description=str(spec.get("description", "")),
+        requests_per_minute=rpm,
+        limits=MappingProxyType(limits),
+        all_models=bool(spec.get("all_models", False)),
+    )
 
 
 def _parse_family(name: str, spec: Mapping[str, Any], source: str) -> Family:

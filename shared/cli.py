@@ -1,7 +1,10 @@
 """The ``imagegate`` admin command.
 
-    imagegate keys create --name demo     # prints the new key once; Redis keeps only its hash
+    imagegate keys create --name demo [--tier free] [--balance 5.00 | --balance unlimited]
     imagegate keys list
+    imagegate keys topup KEY_ID 10.00
+    imagegate keys set-tier KEY_ID premium
+    imagegate keys usage KEY_ID [--ledger]
     imagegate keys revoke KEY_ID
     imagegate models                      # the catalog, with what is usable right now
     imagegate check                       # settings, catalog and Redis reachable
@@ -18,6 +21,7 @@ import time
 import click
 import redis
 
+from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import NotFound
 from shared.keys import KeyStore
@@ -36,6 +40,28 @@ def _keys() -> KeyStore:
     return KeyStore(connect(_settings().redis_url))
 
 
+def _accounts() -> Accounts:
+    settings = _settings()
+    return Accounts(connect(settings.redis_url), settings.load_catalog())
+
+
+def _tier_name(name: str | None) -> str:
+    catalog = _settings().load_catalog()
+    name = name or catalog.default_tier
+    if name not in catalog.tiers:
+        raise click.BadParameter(
+            f"no tier '{name}'; tiers: {', '.join(catalog.tiers)}", param_hint="--tier"
+        )
+    return name
+
+
+def _money(text: str, hint: str) -> int:
+    try:
+        return parse_money(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+
+
 @click.group()
 def main() -> None:
     """Administer an imagegate deployment."""
@@ -48,27 +74,102 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="A label for the key (who or what uses it).")
+@click.option("--tier", default=None, help="Tier from the catalog (default: the catalog's).")
+@click.option("--balance", default="0", help="Starting balance, e.g. 5.00, or 'unlimited'.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
-def keys_create(name: str, as_json: bool) -> None:
+def keys_create(name: str, tier: str | None, balance: str, as_json: bool) -> None:
     """Create a key and print it. It is shown only this once."""
+    tier = _tier_name(tier)
+    unlimited = balance.strip().lower() == "unlimited"
+    micros = 0 if unlimited else _money(balance, "--balance")
+    if micros < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--balance")
     try:
-        plaintext, record = _keys().create(name)
+        plaintext, record = _keys().create(name, tier=tier, unlimited=unlimited)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
+    if micros:
+        _accounts().top_up(record.id, micros)
+    shown = "unlimited" if unlimited else format_money(micros)
     if as_json:
-        click.echo(json.dumps({"id": record.id, "name": record.name, "key": plaintext}))
+        click.echo(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "name": record.name,
+                    "tier": tier,
+                    "balance": shown,
+                    "key": plaintext,
+                }
+            )
+        )
     else:
-        click.echo(f"id:   {record.id}\nname: {record.name}\nkey:  {plaintext}")
+        click.echo(f"id:      {record.id}\nname:    {record.name}\ntier:    {tier}")
+        click.echo(f"balance: {shown}\nkey:     {plaintext}")
         click.echo("Store the key now: only its SHA-256 hash is kept.", err=True)
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (never their secrets)."""
+    """List keys with tier and balance (never their secrets)."""
+    accounts = _accounts()
     for key in _keys().list():
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created))
         state = "revoked" if key.revoked else "active"
-        click.echo(f"{key.id}\t{state}\t{created}\t{key.name}")
+        balance = "unlimited" if key.unlimited else format_money(accounts.balance(key.id))
+        click.echo(f"{key.id}\t{state}\t{key.tier}\t{balance}\t{created}\t{key.name}")
+
+
+@keys.command("topup")
+@click.argument("key_id")
+@click.argument("amount")
+def keys_topup(key_id: str, amount: str) -> None:
+    """Add AMOUNT (e.g. 10.00) to a key's balance."""
+    try:
+        key = _keys().get(key_id)
+        balance = _accounts().top_up(key.id, _money(amount, "AMOUNT"))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="AMOUNT") from exc
+    click.echo(f"{key.id} balance: {format_money(balance)}")
+
+
+@keys.command("set-tier")
+@click.argument("key_id")
+@click.argument("tier")
+def keys_set_tier(key_id: str, tier: str) -> None:
+    """Move a key to another tier; its next request is judged by the new tier."""
+    try:
+        key = _keys().set_tier(key_id, _tier_name(tier))
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{key.id} tier: {key.tier}")
+
+
+@keys.command("usage")
+@click.argument("key_id")
+@click.option("--ledger", is_flag=True, help="Also print the latest ledger entries.")
+def keys_usage(key_id: str, ledger: bool) -> None:
+    """Balance, images and spend by day and model of any key."""
+    try:
+        key = _keys().get(key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    accounts = _accounts()
+    balance = "unlimited" if key.unlimited else format_money(accounts.balance(key.id))
+    click.echo(f"{key.id} ({key.name}) tier {key.tier}, balance {balance}")
+    for row in accounts.usage(key.id):
+        click.echo(
+            f"{row.day}\t{row.model}\t{row.images} images\t{format_money(row.amount_micros)}"
+        )
+    if ledger:
+        for entry in accounts.ledger(key.id):
+            amount = format_money(int(entry.get("amount", 0)))
+            click.echo(
+                f"{entry['id']}\t{entry.get('kind')}\t{entry.get('job')}\t{entry.get('model')}"
+                f"\t{entry.get('images')}\t{amount}"
+            )
 
 
 @keys.command("revoke")

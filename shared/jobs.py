@@ -17,8 +17,10 @@ and worker processes:
 * :meth:`JobStore.finish` writes a terminal state only if the job is not
   terminal yet *and* the caller still holds the latest attempt, so a slow or
   duplicated run can never overwrite the outcome of a newer one.
-* every terminal transition publishes the job id on :data:`DONE_CHANNEL`, which
-  the web processes' waiters listen to.
+* every terminal transition settles the job's bill in the same script
+  (:data:`shared.billing.SETTLE_LUA`: refund what was not delivered) and
+  publishes the job id on :data:`DONE_CHANNEL`, which the web processes'
+  waiters listen to. A job becomes terminal once, so it is settled once.
 
 Records expire ``retention`` seconds after creation.
 """
@@ -34,6 +36,7 @@ from typing import Any
 
 import redis
 
+from shared.billing import SETTLE_LUA, settle_keys
 from shared.errors import GatewayError, GatewayTimeout
 
 DONE_CHANNEL = "ig:jobs:done"
@@ -105,15 +108,20 @@ def timeout_error(job_id: str) -> GatewayTimeout:
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 
-# KEYS[1] job; ARGV: now, timeout error JSON, worker name, channel, job id
+# KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
+# ARGV: now, timeout error JSON, worker name, channel, job id
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
-local st = redis.call('HGET', KEYS[1], 'status')
+local job = KEYS[1]
+local st = redis.call('HGET', job, 'status')
 if not st then return {{'missing'}} end
 if terminal[st] then return {{'terminal', st}} end
-local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline'))
+local deadline = tonumber(redis.call('HGET', job, 'deadline'))
 if tonumber(ARGV[1]) >= deadline then
-  redis.call('HSET', KEYS[1], 'status', 'timed_out', 'finished', ARGV[1], 'error', ARGV[2])
+  redis.call('HSET', job, 'status', 'timed_out', 'finished', ARGV[1], 'error', ARGV[2])
+  local delivered = 0
+  local now = ARGV[1]
+  {SETTLE_LUA}
   redis.call('PUBLISH', ARGV[4], ARGV[5])
   return {{'expired'}}
 end
@@ -122,13 +130,18 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1], 'worker', A
 return {{'run', tostring(attempt)}}
 """
 
-# KEYS[1] job; ARGV: attempt ('' = any), status, field, payload, now, channel, job id
+# KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
+# ARGV: attempt ('' = any), status, field, payload, now, channel, job id, images delivered
 _FINISH = f"""
 local terminal = {_TERMINAL_LUA}
-local st = redis.call('HGET', KEYS[1], 'status')
+local job = KEYS[1]
+local st = redis.call('HGET', job, 'status')
 if not st or terminal[st] then return 0 end
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', ARGV[5])
+if ARGV[1] ~= '' and redis.call('HGET', job, 'attempt') ~= ARGV[1] then return 0 end
+redis.call('HSET', job, 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', ARGV[5])
+local delivered = tonumber(ARGV[8])
+local now = ARGV[5]
+{SETTLE_LUA}
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
@@ -151,7 +164,15 @@ class JobStore:
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
 
-    def create(self, job: Job) -> Job:
+    @staticmethod
+    def record_key(job_id: str) -> str:
+        return _JOB.format(job_id)
+
+    def ttl_for(self, job: Job) -> int:
+        return self._retention + int(max(0.0, job.deadline - job.created))
+
+    @staticmethod
+    def spec_json(job: Job) -> str:
         spec = {
             "id": job.id,
             "key_id": job.key_id,
@@ -163,18 +184,24 @@ class JobStore:
             "deadline": job.deadline,
             "meta": job.meta,
         }
+        return json.dumps(spec, separators=(",", ":"))
+
+    def create(self, job: Job) -> Job:
+        """Create an unbilled job record (billed jobs are created by ``Accounts.admit``)."""
         name = _JOB.format(job.id)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(
             name,
             mapping={
-                "spec": json.dumps(spec, separators=(",", ":")),
+                "spec": self.spec_json(job),
                 "status": job.status.value,
                 "attempt": job.attempt,
                 "deadline": repr(job.deadline),
+                "key_id": job.key_id,
+                "job_id": job.id,
             },
         )
-        pipe.expire(name, self._retention + int(max(0.0, job.deadline - job.created)))
+        pipe.expire(name, self.ttl_for(job))
         pipe.execute()
         return job
 
@@ -209,7 +236,7 @@ class JobStore:
     def claim(self, job_id: str, *, worker: str = "", now: float | None = None) -> Claim:
         now = time.time() if now is None else now
         reply = self._claim(
-            keys=[_JOB.format(job_id)],
+            keys=self._keys(job_id),
             args=[repr(now), _error_json(timeout_error(job_id)), worker, DONE_CHANNEL, job_id],
         )
         outcome = reply[0]
@@ -217,7 +244,9 @@ class JobStore:
 
     def succeed(self, job_id: str, attempt: int, images: list[StoredImage]) -> bool:
         payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))
-        return self._finish_with(job_id, attempt, JobStatus.SUCCEEDED, "result", payload)
+        return self._finish_with(
+            job_id, attempt, JobStatus.SUCCEEDED, "result", payload, delivered=len(images)
+        )
 
     def fail(self, job_id: str, attempt: int | None, error: GatewayError) -> bool:
         status = JobStatus.TIMED_OUT if isinstance(error, GatewayTimeout) else JobStatus.FAILED
@@ -237,12 +266,24 @@ class JobStore:
             job_id, None, JobStatus.TIMED_OUT, "error", _error_json(timeout_error(job_id))
         )
 
+    def _keys(self, job_id: str) -> list[str]:
+        name = _JOB.format(job_id)
+        key_id = self._redis.hget(name, "key_id") or "-"
+        return [name, *settle_keys(key_id)]
+
     def _finish_with(
-        self, job_id: str, attempt: int | None, status: JobStatus, fld: str, payload: str
+        self,
+        job_id: str,
+        attempt: int | None,
+        status: JobStatus,
+        fld: str,
+        payload: str,
+        *,
+        delivered: int = 0,
     ) -> bool:
         return bool(
             self._finish(
-                keys=[_JOB.format(job_id)],
+                keys=self._keys(job_id),
                 args=[
                     "" if attempt is None else str(attempt),
                     status.value,
@@ -251,6 +292,7 @@ class JobStore:
                     repr(time.time()),
                     DONE_CHANNEL,
                     job_id,
+                    delivered,
                 ],
             )
         )

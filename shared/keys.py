@@ -2,7 +2,7 @@
 
 Layout::
 
-    ig:apikey:<sha256 hex>   hash {id, name, created, revoked}
+    ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited}
     ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
     ig:apikeys               set of ids
 
@@ -39,23 +39,38 @@ class ApiKey:
     name: str
     created: int
     revoked: bool = False
+    tier: str = ""
+    unlimited: bool = False  # no balance: internal keys
 
 
 class KeyStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
-    def create(self, name: str) -> tuple[str, ApiKey]:
+    def create(self, name: str, *, tier: str, unlimited: bool = False) -> tuple[str, ApiKey]:
         name = name.strip()
         if not name or len(name) > 100:
             raise ValueError("a key name must be 1 to 100 characters")
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         digest = hash_key(plaintext)
-        record = ApiKey(id="key_" + secrets.token_hex(8), name=name, created=int(time.time()))
+        record = ApiKey(
+            id="key_" + secrets.token_hex(8),
+            name=name,
+            created=int(time.time()),
+            tier=tier,
+            unlimited=unlimited,
+        )
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(
             _RECORD.format(digest),
-            mapping={"id": record.id, "name": record.name, "created": record.created, "revoked": 0},
+            mapping={
+                "id": record.id,
+                "name": record.name,
+                "created": record.created,
+                "revoked": 0,
+                "tier": tier,
+                "unlimited": int(unlimited),
+            },
         )
         pipe.set(_BY_ID.format(record.id), digest)
         pipe.sadd(_IDS, record.id)
@@ -93,10 +108,19 @@ class KeyStore:
         return sorted(keys, key=lambda k: (k.created, k.id))
 
     def revoke(self, key_id: str) -> ApiKey:
+        return self._update(key_id, revoked=1)
+
+    def set_tier(self, key_id: str, tier: str) -> ApiKey:
+        return self._update(key_id, tier=tier)
+
+    def set_unlimited(self, key_id: str, unlimited: bool) -> ApiKey:
+        return self._update(key_id, unlimited=int(unlimited))
+
+    def _update(self, key_id: str, **fields: str | int) -> ApiKey:
         digest = self._redis.get(_BY_ID.format(key_id))
         if not digest or not self._redis.exists(_RECORD.format(digest)):
             raise NotFound(f"No API key with id '{key_id}'.")
-        self._redis.hset(_RECORD.format(digest), "revoked", 1)
+        self._redis.hset(_RECORD.format(digest), mapping=fields)
         return self.get(key_id)
 
 
@@ -106,4 +130,6 @@ def _from_fields(fields: dict[str, str]) -> ApiKey:
         name=fields.get("name", ""),
         created=int(fields.get("created", 0)),
         revoked=fields.get("revoked", "0") == "1",
+        tier=fields.get("tier", ""),
+        unlimited=fields.get("unlimited", "0") == "1",
     )

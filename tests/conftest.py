@@ -143,9 +143,22 @@ def moto_endpoint(run_dir: Path) -> Iterator[str]:
     proc.stop()
 
 
-def create_key(env: dict[str, str], name: str = "tests") -> dict[str, str]:
+def create_key(
+    env: dict[str, str], name: str = "tests", *, tier: str = "internal", balance: str = "unlimited"
+) -> dict[str, str]:
     out = subprocess.run(
-        [str(BIN / "imagegate"), "keys", "create", "--name", name, "--json"],
+        [
+            str(BIN / "imagegate"),
+            "keys",
+            "create",
+            "--name",
+            name,
+            "--json",
+            "--tier",
+            tier,
+            "--balance",
+            balance,
+        ],  # fmt: skip
         env={**__import__("os").environ, **env},
         capture_output=True,
         text=True,

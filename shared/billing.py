@@ -1,0 +1,386 @@
+"""Limits, balances and the usage ledger, kept exact in Redis.
+
+Money is integer micro-units of currency (1 unit = 1,000,000), never floats.
+
+**Admission** (:meth:`Accounts.admit`) is one Lua script that, atomically:
+checks every rate-limit window of the request (per-model images per minute
+and per UTC day, account calls per minute), checks the balance, and only if
+all pass increments the windows, deducts ``price x n``, creates the job
+record and appends a ``reserve`` entry to the ledger. Because it is a single
+script, any number of web processes admit exactly as many images as the
+limits and the balance allow, and a refused request changes nothing.
+
+**Settlement** happens inside the job's terminal transition (the Lua scripts
+of :mod:`shared.jobs` include :data:`SETTLE_LUA`): the cost of images not
+delivered is refunded, a failed or timed-out job is refunded in full, and the
+ledger gets ``settle``/``refund`` entries. A job becomes terminal exactly
+once, so a redelivered task can neither charge nor refund twice.
+
+Windows are fixed (the current UTC minute and UTC day), counted in Redis
+strings that expire with their window. The ``limits`` library was considered:
+its Redis storage takes a ``cost`` but checks and consumes one window at a
+time, so a request that passes the minute window and fails the day window
+would still have consumed the minute; nor can it deduct a balance in the same
+atomic step. One script does all of it.
+
+Keys::
+
+    ig:balance:<key id>                      integer micro-units
+    ig:rl:<key id>:<model | *>:<m|d>:<bucket>  window counters
+    ig:ledger:<key id>                       stream: kind, job, model, images, amount, ts
+    ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import redis
+
+from shared.catalog import MICROS_PER_UNIT, Catalog, Model, Tier
+from shared.errors import InsufficientBalance, PermissionDenied, RateLimited
+from shared.keys import ApiKey
+
+BALANCE = "ig:balance:{}"
+LEDGER = "ig:ledger:{}"
+USAGE = "ig:usage:{}"
+LEDGER_MAXLEN = 1_000_000  # per key; approximate trimming keeps the stream bounded
+
+
+def parse_money(text: str) -> int:
+    """``"1.50"`` -> 1_500_000 micro-units; ValueError for anything else."""
+    try:
+        value = Decimal(text.strip())
+    except (InvalidOperation, AttributeError) as exc:
+        raise ValueError(f"{text!r} is not an amount of money") from exc
+    micros = value * MICROS_PER_UNIT
+    if not value.is_finite() or micros != micros.to_integral_value():
+        raise ValueError(f"{text!r}: at most 6 decimals")
+    return int(micros)
+
+
+def format_money(micros: int) -> str:
+    return f"{Decimal(micros) / MICROS_PER_UNIT:.6f}"
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's style for ``x-ratelimit-reset-*``: ``250ms``, ``37s``, ``1m30s``, ``5h2m0s``."""
+    if seconds < 1:
+        return f"{max(0, int(seconds * 1000))}ms"
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class Window:
+    """One rate-limit window a request must fit in."""
+
+    name: str  # what the client is told, e.g. "images per minute for dall-e-3"
+    key: str
+    limit: int
+    amount: int
+    reset_at: float  # unix time the window ends
+
+    @property
+    def ttl(self) -> int:
+        return max(1, int(self.reset_at - time.time()) + 1)
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    """What goes into the x-ratelimit-* headers: the tightest window."""
+
+    limit: int
+    remaining: int
+    reset_seconds: float
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(max(0, self.remaining)),
+            "x-ratelimit-reset-requests": format_duration(self.reset_seconds),
+        }
+
+
+def windows_for(key: ApiKey, tier: Tier, model: Model, n: int, now: float) -> list[Window]:
+    minute = int(now // 60)
+    day = time.strftime("%Y%m%d", time.gmtime(now))
+    day_end = (int(now // 86400) + 1) * 86400
+    limit = tier.limit_for(model.id)
+    windows = []
+    if limit.per_minute:
+        windows.append(
+            Window(
+                f"images per minute for {model.id}",
+                f"ig:rl:{key.id}:{model.id}:m:{minute}",
+                limit.per_minute,
+                n,
+                (minute + 1) * 60,
+            )
+        )
+    if limit.per_day:
+        windows.append(
+            Window(
+                f"images per day for {model.id}",
+                f"ig:rl:{key.id}:{model.id}:d:{day}",
+                limit.per_day,
+                n,
+                day_end,
+            )
+        )
+    if tier.requests_per_minute:
+        windows.append(account_window(key, tier, now))
+    return windows
+
+
+def account_window(key: ApiKey, tier: Tier, now: float) -> Window:
+    minute = int(now // 60)
+    return Window(
+        "requests per minute for this account",
+        f"ig:rl:{key.id}:*:m:{minute}",
+        tier.requests_per_minute,
+        1,
+        (minute + 1) * 60,
+    )
+
+
+# KEYS: job, balance, ledger, windows...
+# ARGV: cost, unlimited, job fields JSON-free list (see admit), then per window: limit, amount, ttl
+_ADMIT = """
+local nwin = tonumber(ARGV[3])
+local base = 4
+for i = 1, nwin do
+  local limit = tonumber(ARGV[base + (i-1)*3])
+  local amount = tonumber(ARGV[base + (i-1)*3 + 1])
+  local cur = tonumber(redis.call('GET', KEYS[3+i]) or '0')
+  if cur + amount > limit then
+    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[3+i]))}
+  end
+end
+local cost = tonumber(ARGV[1])
+local unlimited = ARGV[2] == '1'
+local balance = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not unlimited and balance < cost then
+  return {'balance', tostring(balance)}
+end
+local used = {}
+for i = 1, nwin do
+  local amount = tonumber(ARGV[base + (i-1)*3 + 1])
+  local ttl = tonumber(ARGV[base + (i-1)*3 + 2])
+  local now = redis.call('INCRBY', KEYS[3+i], amount)
+  if now == amount then redis.call('EXPIRE', KEYS[3+i], ttl) end
+  used[i] = tostring(now)
+end
+if not unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
+local f = base + nwin*3
+-- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now
+redis.call('HSET', KEYS[1], 'spec', ARGV[f], 'status', 'queued', 'attempt', 0,
+  'deadline', ARGV[f+1], 'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
+  'n', ARGV[f+6],
+  'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
+  'unlimited', unlimited and '1' or '0', 'billed', '1')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[f+2]))
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'reserve',
+  'job', ARGV[f+4], 'model', ARGV[f+5], 'images', ARGV[f+6], 'amount', tostring(-cost),
+  'ts', ARGV[f+9])
+local out = {'ok', tostring(balance)}
+for i = 1, nwin do out[#out+1] = used[i] end
+return out
+""".replace("__MAXLEN__", str(LEDGER_MAXLEN))
+
+# A Lua fragment for the terminal transitions of shared.jobs. Expects
+# `job` (the job hash key), `delivered` (number of images delivered) and
+# `now` (string) in scope, and KEYS[2..4] = balance, ledger, usage.
+SETTLE_LUA = """
+if redis.call('HGET', job, 'billed') == '1' and not redis.call('HGET', job, 'settled') then
+  local charged = tonumber(redis.call('HGET', job, 'charged') or '0')
+  local unit = tonumber(redis.call('HGET', job, 'unit_price') or '0')
+  local n = tonumber(redis.call('HGET', job, 'n') or '0')
+  if delivered > n then delivered = n end
+  local spent = delivered * unit
+  if spent > charged then spent = charged end
+  local refund = charged - spent
+  local model = redis.call('HGET', job, 'model')
+  local jid = redis.call('HGET', job, 'job_id')
+  if refund > 0 and redis.call('HGET', job, 'unlimited') ~= '1' then
+    redis.call('INCRBY', KEYS[2], refund)
+  end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'settle', 'job', jid,
+    'model', model, 'images', tostring(delivered), 'amount', tostring(-spent), 'ts', now)
+  if refund > 0 then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'refund', 'job', jid,
+      'model', model, 'images', tostring(n - delivered), 'amount', tostring(refund), 'ts', now)
+  end
+  local day = redis.call('HGET', job, 'day')
+  redis.call('HINCRBY', KEYS[4], day .. '|' .. model .. '|images', delivered)
+  redis.call('HINCRBY', KEYS[4], day .. '|' .. model .. '|amount', spent)
+  redis.call('HSET', job, 'settled', tostring(spent), 'refunded', tostring(refund))
+end
+""".replace("__MAXLEN__", str(LEDGER_MAXLEN))
+
+
+def settle_keys(key_id: str) -> list[str]:
+    """KEYS[2..4] of every script that includes :data:`SETTLE_LUA`."""
+    return [BALANCE.format(key_id), LEDGER.format(key_id), USAGE.format(key_id)]
+
+
+@dataclass(frozen=True)
+class Admission:
+    balance_micros: int | None  # None for unlimited keys
+    status: LimitStatus | None  # the tightest window after this request
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: str
+    model: str
+    images: int
+    amount_micros: int
+
+
+class Accounts:
+    def __init__(self, client: redis.Redis, catalog: Catalog) -> None:
+        self._redis = client
+        self._catalog = catalog
+        self._admit = client.register_script(_ADMIT)
+
+    # -- admission --------------------------------------------------------------------
+
+    def check_model(self, key: ApiKey, model: Model) -> Tier:
+        tier = self._catalog.tier(key.tier)
+        if not tier.allows(model.id):
+            others = [t for t in self._catalog.tiers_allowing(model.id) if t != tier.name]
+            raise PermissionDenied(
+                f"Your tier '{tier.name}' does not include the model '{model.id}'. "
+                + (f"Tiers that do: {', '.join(others)}." if others else "No tier includes it."),
+                param="model",
+                code="model_not_in_tier",
+            )
+        return tier
+
+    def admit(
+        self,
+        key: ApiKey,
+        tier: Tier,
+        model: Model,
+        n: int,
+        *,
+        job_key: str,
+        job_id: str,
+        spec_json: str,
+        deadline: float,
+        ttl: int,
+        now: float,
+    ) -> Admission:
+        windows = windows_for(key, tier, model, n, now)
+        cost = model.price_micros * n
+        args: list[Any] = [cost, "1" if key.unlimited else "0", len(windows)]
+        for w in windows:
+            args += [w.limit, w.amount, w.ttl]
+        args += [
+            spec_json,
+            repr(deadline),
+            ttl,
+            key.id,
+            job_id,
+            model.id,
+            n,
+            model.price_micros,
+            time.strftime("%Y-%m-%d", time.gmtime(now)),
+            repr(now),
+        ]
+        keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id)] + [w.key for w in windows]
+        reply = self._admit(keys=keys, args=args)
+        if reply[0] == "limited":
+            window = windows[int(reply[1]) - 1]
+            used, pttl = int(reply[2]), int(reply[3])
+            reset = pttl / 1000 if pttl > 0 else window.reset_at - now
+            status = LimitStatus(window.limit, window.limit - used, reset)
+            raise RateLimited(
+                f"Rate limit reached: {window.name} is {window.limit} on tier '{tier.name}'; "
+                f"{used} used, this request needs {window.amount}. "
+                f"Try again in {format_duration(reset)}.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(max(1, int(reset + 0.999))), **status.headers()},
+                extra={"limit": window.name},
+            )
+        if reply[0] == "balance":
+            balance = int(reply[1])
+            raise InsufficientBalance(
+                f"Insufficient balance: this request costs {format_money(cost)} "
+                f"({n} x {format_money(model.price_micros)}), the balance is "
+                f"{format_money(balance)}.",
+            )
+        balance = None if key.unlimited else int(reply[1])
+        used = [int(v) for v in reply[2:]]
+        status = None
+        if windows:
+            tightest = min(
+                zip(windows, used, strict=True),
+                key=lambda wu: (wu[0].limit - wu[1], wu[0].reset_at),
+            )
+            w, u = tightest
+            status = LimitStatus(w.limit, w.limit - u, w.reset_at - now)
+        return Admission(balance, status)
+
+    def account_status(self, key: ApiKey, now: float | None = None) -> LimitStatus | None:
+        """The account-level window, for the headers of requests that consume nothing."""
+        now = time.time() if now is None else now
+        tier = self._catalog.tiers.get(key.tier)
+        if tier is None or not tier.requests_per_minute:
+            return None
+        window = account_window(key, tier, now)
+        used = int(self._redis.get(window.key) or 0)
+        return LimitStatus(window.limit, window.limit - used, window.reset_at - now)
+
+    # -- balances, ledger and usage ----------------------------------------------------
+
+    def balance(self, key_id: str) -> int:
+        return int(self._redis.get(BALANCE.format(key_id)) or 0)
+
+    def top_up(self, key_id: str, micros: int) -> int:
+        if micros <= 0:
+            raise ValueError("a top-up must be positive")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incrby(BALANCE.format(key_id), micros)
+        pipe.xadd(
+            LEDGER.format(key_id),
+            {
+                "kind": "topup",
+                "job": "",
+                "model": "",
+                "images": 0,
+                "amount": micros,
+                "ts": time.time(),
+            },
+            maxlen=LEDGER_MAXLEN,
+            approximate=True,
+        )
+        return int(pipe.execute()[0])
+
+    def set_balance(self, key_id: str, micros: int) -> None:
+        self._redis.set(BALANCE.format(key_id), micros)
+
+    def ledger(self, key_id: str, count: int = 100) -> list[dict[str, str]]:
+        entries = self._redis.xrevrange(LEDGER.format(key_id), count=count)
+        return [{"id": entry_id, **fields} for entry_id, fields in reversed(entries)]
+
+    def usage(self, key_id: str) -> list[UsageRow]:
+        totals: dict[tuple[str, str], dict[str, int]] = {}
+        for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
+            day, rest = field_name.split("|", 1)
+            model, what = rest.rsplit("|", 1)
+            totals.setdefault((day, model), {"images": 0, "amount": 0})[what] = int(value)
+        return [
+            UsageRow(day, model, t["images"], t["amount"])
+            for (day, model), t in sorted(totals.items())
+        ]
