@@ -44,6 +44,7 @@ class Settings:
     upstream_attempt_timeout_seconds: float = 90.0
     upstream_max_retries: int = 3
     signing_secret: str = ""  # empty: a random secret is created once and kept in Redis
+    visibility_timeout_seconds: int = 0  # 0: derived from the budget (see below)
     log_level: str = "INFO"
     upstream_base_urls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -59,7 +60,7 @@ class Settings:
         Above the longest job deadline, so a slow job is never run twice by
         the broker while its first run is still within its budget.
         """
-        return int(2 * self.sync_budget_seconds) + 300
+        return self.visibility_timeout_seconds or int(2 * self.sync_budget_seconds) + 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +128,9 @@ class Settings:
                 number("UPSTREAM_MAX_RETRIES", cls.upstream_max_retries, int, minimum=0)
             ),
             signing_secret=get("SIGNING_SECRET"),
+            visibility_timeout_seconds=int(
+                number("BROKER_VISIBILITY_TIMEOUT_SECONDS", 0, int, minimum=0)
+            ),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
             upstream_base_urls=MappingProxyType(base_urls),
             credentials=MappingProxyType(credentials),

@@ -39,6 +39,9 @@ app.conf.update(
     broker_connection_max_retries=None,
     broker_transport_options={
         "visibility_timeout": settings.broker_visibility_timeout,
+        # Sweep for messages of dead workers every few seconds, not every 100 s.
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
         "socket_timeout": 10,
     },

@@ -1,0 +1,273 @@
+"""Tiers, limits counted in images, balances and refunds, through the live stack
+(two gunicorn processes, real Celery workers, real Redis, the simulator)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+from openai import OpenAI
+
+from shared.billing import Accounts
+from shared.jobs import JobStatus, JobStore
+from shared.redis_client import connect
+from shared.settings import Settings
+from tests.conftest import create_key, start_worker
+from tests.support.processes import BIN
+
+
+def _accounts(env: dict[str, str]) -> Accounts:
+    settings = Settings.from_env(env)
+    return Accounts(connect(settings.redis_url), settings.load_catalog())
+
+
+def _balance(env: dict[str, str], key_id: str) -> int:
+    return _accounts(env).balance(key_id)
+
+
+def _kinds(env: dict[str, str], key_id: str) -> list[tuple[str, int]]:
+    return [(e["kind"], int(e["amount"])) for e in _accounts(env).ledger(key_id)]
+
+
+def _post(gateway: str, key: str, body: dict) -> requests.Response:
+    return requests.post(
+        f"{gateway}/v1/images/generations",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=60,
+    )
+
+
+def _burst(gateway: str, key: str, body: dict, count: int) -> list[requests.Response]:
+    barrier = threading.Barrier(min(count, 24))
+
+    def one(_: int) -> requests.Response:
+        try:
+            barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass
+        return _post(gateway, key, body)
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        return list(pool.map(one, range(count)))
+
+
+# -- exactness under concurrency -----------------------------------------------------
+
+
+def test_a_limit_of_L_images_admits_exactly_L_across_web_processes(
+    gateway: str, stack_env: dict[str, str]
+) -> None:
+    key = create_key(stack_env, "limited", tier="test-limited")["key"]
+    responses = _burst(gateway, key, {"model": "test/priced-card", "prompt": "x"}, 18)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(429) == 13, statuses
+    limited = next(r for r in responses if r.status_code == 429)
+    err = limited.json()["error"]
+    assert err["type"] == "rate_limit_error"
+    assert "images per" in err["message"] and "test/priced-card" in err["message"]
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.headers["x-ratelimit-limit-requests"] == "5"
+
+
+def test_images_count_towards_the_limit_not_calls(gateway: str, stack_env: dict[str, str]) -> None:
+    key = create_key(stack_env, "limited-n", tier="test-limited")["key"]
+    first = _post(gateway, key, {"model": "test/priced-card", "prompt": "x", "n": 3})
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    second = _post(gateway, key, {"model": "test/priced-card", "prompt": "x", "n": 3})
+    assert second.status_code == 429  # 3 + 3 > 5, and nothing of it was consumed
+    third = _post(gateway, key, {"model": "test/priced-card", "prompt": "x", "n": 2})
+    assert third.status_code == 200
+    assert third.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_a_balance_for_K_images_pays_for_exactly_K(gateway: str, stack_env: dict[str, str]) -> None:
+    created = create_key(stack_env, "billing", tier="test-billing", balance="0.070")
+    responses = _burst(gateway, created["key"], {"model": "test/priced-card", "prompt": "x"}, 20)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 7, statuses
+    assert statuses.count(402) == 13, statuses
+    assert _balance(stack_env, created["id"]) == 0
+    err = next(r for r in responses if r.status_code == 402).json()["error"]
+    assert err["type"] == "insufficient_balance"
+    assert "0.010000" in err["message"]
+    usage = requests.get(
+        f"{gateway}/v1/usage", headers={"Authorization": f"Bearer {created['key']}"}, timeout=10
+    ).json()
+    assert usage["balance"] == "0.000000"
+    assert usage["totals"] == [{"model": "test/priced-card", "images": 7, "amount": "0.070000"}]
+
+
+def test_account_requests_per_minute(gateway: str, stack_env: dict[str, str]) -> None:
+    key = create_key(stack_env, "account", tier="test-account")["key"]
+    client = OpenAI(api_key=key, base_url=f"{gateway}/v1", max_retries=0)
+    models = client.models.with_raw_response.list()
+    assert models.headers["x-ratelimit-limit-requests"] == "3"
+    for expected_remaining in ("2", "1", "0"):
+        raw = client.images.with_raw_response.generate(
+            model="local/testcard", prompt="x", n=4, size="32x32"
+        )
+        assert raw.headers["x-ratelimit-remaining-requests"] == expected_remaining
+    with pytest.raises(openai.RateLimitError) as info:
+        client.images.generate(model="local/testcard", prompt="x", size="32x32")
+    assert "requests per minute for this account" in info.value.body["message"]
+
+
+# -- tiers -----------------------------------------------------------------------------
+
+
+def test_a_model_outside_the_tier_is_403_naming_the_tiers_that_have_it(
+    gateway: str, stack_env: dict[str, str]
+) -> None:
+    key = create_key(stack_env, "free", tier="free", balance="1.00")["key"]
+    client = OpenAI(api_key=key, base_url=f"{gateway}/v1", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.images.generate(model="dall-e-3", prompt="x")
+    body = info.value.body
+    assert body["type"] == "permission_error" and body["param"] == "model"
+    assert "enhanced" in body["message"] and "premium" in body["message"]
+    assert "free" in body["message"].split("Tiers that do")[0]
+
+
+def test_changing_the_tier_applies_to_the_next_request(
+    gateway: str, stack_env: dict[str, str]
+) -> None:
+    created = create_key(stack_env, "upgrade", tier="free", balance="1.00")
+    client = OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.images.generate(model="dall-e-3", prompt="x")
+    _cli(stack_env, "keys", "set-tier", created["id"], "enhanced")
+    assert client.images.generate(model="dall-e-3", prompt="x").data
+
+
+# -- refunds ---------------------------------------------------------------------------
+
+
+def test_partial_delivery_is_charged_only_for_delivered_images(
+    client_for, sim: str, stack_env: dict[str, str]
+) -> None:
+    created, client = client_for("partial", "1.00")
+    requests.post(f"{sim}/_sim/config", json={"drop_images": 1}, timeout=5).raise_for_status()
+    r = client.images.generate(model="dall-e-2", prompt="four", n=4, size="256x256")
+    assert len(r.data) == 3
+    assert _balance(stack_env, created["id"]) == 1_000_000 - 3 * 20_000
+    assert _kinds(stack_env, created["id"])[-3:] == [
+        ("reserve", -80_000),
+        ("settle", -60_000),
+        ("refund", 20_000),
+    ]
+
+
+def test_upstream_failure_is_refunded_in_full(client_for, sim: str, stack_env) -> None:
+    created, client = client_for("failure", "1.00")
+    requests.post(f"{sim}/_sim/config", json={"fail_next": 3}, timeout=5).raise_for_status()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model="dall-e-2", prompt="x", n=2, size="256x256")
+    assert info.value.status_code == 502
+    assert _balance(stack_env, created["id"]) == 1_000_000
+    assert [k for k, _ in _kinds(stack_env, created["id"])][-3:] == ["reserve", "settle", "refund"]
+
+
+def test_a_timeout_is_refunded_in_full(start_gateway, workers, sim: str, stack_env) -> None:
+    url = start_gateway("web-short-billing", IMAGEGATE_SYNC_BUDGET_SECONDS="1.5")
+    created = create_key(stack_env, "timeout", tier="test-billing", balance="1.00")
+    client = OpenAI(api_key=created["key"], base_url=f"{url}/v1", max_retries=0)
+    requests.post(f"{sim}/_sim/config", json={"latency": 5}, timeout=5).raise_for_status()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model="dall-e-2", prompt="x", size="256x256")
+    assert info.value.status_code == 504
+    assert _balance(stack_env, created["id"]) == 1_000_000
+
+
+def test_a_task_redelivered_after_its_worker_is_killed_is_charged_once(
+    run_dir: Path, stack_env: dict[str, str], start_gateway, sim: str, redis_server
+) -> None:
+    # Its own Redis database, so the short visibility timeout and the killed worker
+    # touch nothing of the other tests.
+    env = {
+        **stack_env,
+        "IMAGEGATE_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/2",
+        "IMAGEGATE_BROKER_VISIBILITY_TIMEOUT_SECONDS": "4",
+    }
+    first = start_worker(run_dir, env, "openai", name="worker-openai-doomed")
+    url = start_gateway("web-redelivery", **env)
+    created = create_key(env, "redelivery", tier="test-billing", balance="1.00")
+    client = OpenAI(api_key=created["key"], base_url=f"{url}/v1", max_retries=0, timeout=90)
+    requests.post(f"{sim}/_sim/config", json={"latency": 3}, timeout=5).raise_for_status()
+
+    result: dict = {}
+    caller = threading.Thread(
+        target=lambda: result.update(
+            r=client.images.generate(model="dall-e-2", prompt="survivor", size="256x256")
+        )
+    )
+    caller.start()
+    deadline = time.monotonic() + 20
+    while "running: model=dall-e-2" not in first.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    job_id = re.search(r"job (imgjob_\w+) running", first.log()).group(1)
+    first.signal(signal.SIGKILL)
+    first.proc.wait(10)
+
+    second = start_worker(run_dir, env, "openai", name="worker-openai-heir")
+    try:
+        caller.join(60)
+        assert "r" in result, second.log()[-3000:]
+        assert result["r"].data[0].url
+        job = JobStore(connect(env["IMAGEGATE_REDIS_URL"])).get(job_id)
+        assert job.status == JobStatus.SUCCEEDED and job.attempt == 2
+        assert _balance(env, created["id"]) == 1_000_000 - 20_000
+        assert [k for k, _ in _kinds(env, created["id"])] == ["topup", "reserve", "settle"]
+    finally:
+        second.stop()
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+
+def _cli(env: dict[str, str], *args: str) -> str:
+    return subprocess.run(
+        [str(BIN / "imagegate"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+
+
+def test_cli_tops_up_lists_and_shows_usage(gateway: str, stack_env: dict[str, str]) -> None:
+    created = create_key(stack_env, "cli-user", tier="test-billing", balance="0.010")
+    client = OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
+    client.images.generate(model="test/priced-card", prompt="x")
+    with pytest.raises(openai.APIStatusError) as info:
+        client.images.generate(model="test/priced-card", prompt="x")
+    assert info.value.status_code == 402
+    assert "0.030000" in _cli(stack_env, "keys", "topup", created["id"], "0.03")
+    assert client.images.generate(model="test/priced-card", prompt="x", n=3).data
+    listing = _cli(stack_env, "keys", "list")
+    assert re.search(rf"{created['id']}\tactive\ttest-billing\t0\.000000", listing)
+    usage = _cli(stack_env, "keys", "usage", created["id"], "--ledger")
+    assert "test/priced-card\t4 images\t0.040000" in usage
+    assert "topup" in usage and "reserve" in usage
+
+
+@pytest.fixture()
+def client_for(gateway: str, stack_env: dict[str, str]):
+    def make(name: str, balance: str) -> tuple[dict[str, str], OpenAI]:
+        created = create_key(stack_env, name, tier="test-billing", balance=balance)
+        return created, OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
+
+    return make
