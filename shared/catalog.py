@@ -24,6 +24,15 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     choices = { quality = ["standard", "hd"] }      # allowed values, where narrower than the API's
     options = { response_format = "b64_json" }      # adapter-specific settings
 
+    [accounts]
+    default_tier = "free"
+    requests_per_minute = 60         # account-level generation calls per minute
+
+    [tiers.free]
+    requests_per_minute = 60         # optional override; 0 = no limit
+    limits = [{ models = ["flux-schnell"], per_minute = 1, per_day = 5 }]   # in images
+    # all_models = true              # every model, no per-model limits
+
 Loading validates everything (unknown family, bad size rule, bad price) and
 fails loudly: a broken catalog must stop a deployment, not a request.
 """
