@@ -1,18 +1,39 @@
-"""POST /v1/images/generations: validate, enqueue, wait within the budget."""
+"""POST /v1/images/generations and the job endpoints.
+
+Synchronous by default: validate, admit (limits + balance + job record, one
+atomic step), enqueue, wait within the budget, answer the images or 504 with
+the job id. Asynchronous when the body has ``webhook_url`` or the request
+says ``Prefer: respond-async``: the same admission, then ``202 Accepted``
+with the job object and a ``Location`` to poll.
+
+``Idempotency-Key`` (per API key, kept ``idempotency_ttl_seconds``) makes a
+retry with the same body return the same job instead of creating and
+charging a new one; the same key with another body is a 409.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 from flask import Blueprint, g, jsonify, request
+from shared.netguard import NetPolicy, check_url
 
 from api.auth import current_key
-from api.responses import images_response
-from api.services import services
+from api.responses import base_url, images_response, job_object
+from api.services import Services, services
 from api.validation import check_against_model, parse_body
-from shared.errors import InvalidRequest, ServiceUnavailable, error_from_dict
+from shared.billing import Idempotency, idempotency_key
+from shared.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    error_from_dict,
+)
 from shared.jobs import Job, JobStatus, new_job_id, timeout_error
+from shared.keys import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +42,29 @@ bp = Blueprint("generations", __name__, url_prefix="/v1/images")
 # After the deadline the worker records the timeout itself; give it this long
 # to do so before the web side declares the job timed out on its own.
 _GRACE_SECONDS = 0.5
+_MAX_IDEMPOTENCY_KEY = 255
+
+
+def _wants_async() -> bool:
+    prefer = request.headers.get("Prefer", "")
+    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+
+
+def _idempotency(key: ApiKey, svc: Services, body: bytes, job_id: str) -> Idempotency | None:
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return None
+    if not header or len(header) > _MAX_IDEMPOTENCY_KEY or not header.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {_MAX_IDEMPOTENCY_KEY} printable characters.",
+            code="invalid_idempotency_key",
+        )
+    digest = hashlib.sha256(body).hexdigest()
+    return Idempotency(
+        redis_key=idempotency_key(key.id, header),
+        value=f"{job_id}|{digest}",
+        ttl=svc.settings.idempotency_ttl_seconds,
+    )
 
 
 @bp.post("/generations")
@@ -32,7 +76,8 @@ def create_generation():
             "The request body must be JSON, sent with 'Content-Type: application/json'.",
             code="unsupported_content_type",
         )
-    req = parse_body(request.get_data(cache=False))
+    body = request.get_data(cache=False)
+    req = parse_body(body)
     model = svc.catalog.model(req.model or svc.settings.default_model)
     family = svc.catalog.family_of(model)
     if not family.available:
@@ -50,8 +95,13 @@ def create_generation():
         )
     tier = svc.accounts.check_model(key, model)
     job_request = check_against_model(req, model)
+    webhook_url = None
+    if req.webhook_url is not None:
+        webhook_url = check_url(req.webhook_url, _net_policy(svc), param="webhook_url")
+    is_async = webhook_url is not None or _wants_async()
 
     now = time.time()
+    budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
     job = Job(
         id=new_job_id(),
         key_id=key.id,
@@ -60,9 +110,12 @@ def create_generation():
         queue=family.queue,
         request=job_request,
         created=now,
-        deadline=now + svc.settings.sync_budget_seconds,
+        deadline=now + budget,
+        meta={"base_url": base_url(svc), "mode": "async" if is_async else "sync"},
     )
-    # Limits, balance and the job record in one atomic step (429 / 402 change nothing).
+    idempotency = _idempotency(key, svc, body, job.id)
+    # Limits, balance, idempotency and the job record in one atomic step:
+    # a 429 / 402 / duplicate changes nothing.
     admission = svc.accounts.admit(
         key,
         tier,
@@ -74,7 +127,11 @@ def create_generation():
         deadline=job.deadline,
         ttl=svc.jobs.ttl_for(job),
         now=now,
+        idempotency=idempotency,
+        webhook_url=webhook_url,
     )
+    if admission.duplicate_of is not None:
+        return _replay(admission.duplicate_of, idempotency, key, svc, is_async)
     g.ratelimit = admission.status
     try:
         svc.queue.enqueue(job)
@@ -85,10 +142,60 @@ def create_generation():
         )
         svc.jobs.fail(job.id, None, error)  # refunds the reservation
         raise error from exc
-    log.info("job %s queued: key=%s model=%s n=%s", job.id, key.id, model.id, job_request["n"])
+    log.info(
+        "job %s queued: key=%s model=%s n=%s mode=%s",
+        job.id,
+        key.id,
+        model.id,
+        job_request["n"],
+        job.meta["mode"],
+    )
+    if is_async:
+        return _accepted(job.id, svc)
+    return _wait_and_answer(job.id, svc)
 
+
+def _net_policy(svc: Services) -> NetPolicy:
+    return NetPolicy(
+        allow_http=svc.settings.allow_http_callbacks,
+        allowed_hosts=frozenset(svc.settings.allowed_internal_hosts),
+    )
+
+
+def _replay(stored: str, idempotency, key: ApiKey, svc: Services, is_async: bool):
+    job_id, _, digest = stored.partition("|")
+    if idempotency is None or digest != idempotency.value.partition("|")[2]:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key_reused",
+        )
+    job = svc.jobs.get(job_id)
+    if job is None or job.key_id != key.id:
+        raise Conflict(
+            "The job of this Idempotency-Key has expired.", code="idempotency_key_expired"
+        )
+    if is_async:
+        return _accepted(job.id, svc)
+    return _wait_and_answer(job.id, svc)
+
+
+def _accepted(job_id: str, svc: Services):
+    job = svc.jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"No job '{job_id}'.")
+    response = jsonify(job_object(job, svc))
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/images/generations/{job.id}"
+    response.headers["x-job-id"] = job.id
+    return response
+
+
+def _wait_and_answer(job_id: str, svc: Services):
+    job = svc.jobs.get(job_id)
+    if job is None:
+        raise timeout_error(job_id)
     status = svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS)
-    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
         svc.jobs.expire_if_overdue(job.id)
     done = svc.jobs.get(job.id)
     if done is None:
@@ -100,3 +207,34 @@ def create_generation():
     if done.status in (JobStatus.FAILED, JobStatus.CANCELED) and done.error:
         raise error_from_dict(done.error)
     raise timeout_error(job.id)
+
+
+def _own_job(job_id: str) -> Job:
+    """The caller's job; another key's job is 'not found', never 'forbidden'."""
+    key = current_key()
+    job = services().jobs.get(job_id) if job_id.startswith("imgjob_") else None
+    if job is None or job.key_id != key.id:
+        raise NotFound(f"No job '{job_id}'.", param="id", code="job_not_found")
+    return job
+
+
+@bp.get("/generations/<job_id>")
+def get_job(job_id: str):
+    svc = services()
+    job = _own_job(job_id)
+    if not job.terminal and time.time() >= job.deadline + _GRACE_SECONDS:
+        svc.jobs.expire_if_overdue(job.id)
+        job = svc.jobs.get(job.id) or job
+    return jsonify(job_object(job, svc))
+
+
+@bp.post("/generations/<job_id>/cancel")
+def cancel_job(job_id: str):
+    svc = services()
+    job = _own_job(job_id)
+    if job.terminal:
+        raise Conflict(
+            f"The job {job.id} has already ended ({job.status.value}).", code="job_already_ended"
+        )
+    svc.jobs.cancel(job.id)  # refunds; a worker still running it can no longer write
+    return jsonify(job_object(svc.jobs.get(job.id) or job, svc))

@@ -36,3 +36,4 @@ class GenerationRequest(BaseModel):
     aspect_ratio: Annotated[str, StringConstraints(max_length=16)] | None = None
     seed: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = None
     image: Annotated[str, StringConstraints(min_length=1)] | None = None
+    webhook_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None

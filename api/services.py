@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import secrets
 from dataclasses import dataclass
 
 import redis
@@ -17,10 +15,10 @@ from shared.jobs import JobStore
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from shared.storage import ImageStorage, build_storage
+from shared.signing import storage_for
+from shared.storage import ImageStorage
 
 EXTENSION = "imagegate"
-_SECRET_KEY = "ig:signing-secret"
 
 
 @dataclass(frozen=True)
@@ -39,8 +37,6 @@ class Services:
     def build(cls, settings: Settings) -> Services:
         client = connect(settings.redis_url, max_connections=2000)
         jobs = JobStore(client, retention_seconds=settings.job_retention_seconds)
-        secret = settings.signing_secret or _shared_secret(client)
-        storage_config = dataclasses.replace(settings.storage, signing_secret=secret.encode())
         catalog = settings.load_catalog()
         return cls(
             settings=settings,
@@ -49,16 +45,10 @@ class Services:
             keys=KeyStore(client),
             jobs=jobs,
             accounts=Accounts(client, catalog),
-            storage=build_storage(storage_config),
+            storage=storage_for(settings, client),
             hub=CompletionHub(client, jobs),
             queue=TaskQueue(settings),
         )
-
-
-def _shared_secret(client: redis.Redis) -> str:
-    """One random URL-signing secret for all web processes, made on first start."""
-    client.set(_SECRET_KEY, secrets.token_urlsafe(32), nx=True)
-    return str(client.get(_SECRET_KEY))
 
 
 def services() -> Services:

@@ -66,7 +66,7 @@ def _translate(exc: ValidationError) -> InvalidRequest:
 
 
 # Fields that only the gateway handles, so every model accepts them.
-_ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream"})
+_ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream", "webhook_url"})
 
 
 def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
@@ -129,4 +129,5 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
         model=model.id, n=n, size=size, response_format=response_format, requested_size=req.size
     )
     request.pop("stream", None)
+    request.pop("webhook_url", None)  # kept on the job record, not sent upstream
     return request

@@ -33,6 +33,7 @@ Keys::
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -153,17 +154,22 @@ def account_window(key: ApiKey, tier: Tier, now: float) -> Window:
     )
 
 
-# KEYS: job, balance, ledger, windows...
-# ARGV: cost, unlimited, job fields JSON-free list (see admit), then per window: limit, amount, ttl
+# KEYS: job, balance, ledger, idempotency key, windows...
+# ARGV: cost, unlimited, number of windows, idempotency value ('' = none), idempotency ttl,
+#       per window (limit, amount, ttl), then the job fields (see Accounts.admit)
 _ADMIT = """
+if ARGV[4] ~= '' then
+  local existing = redis.call('GET', KEYS[4])
+  if existing then return {'duplicate', existing} end
+end
 local nwin = tonumber(ARGV[3])
-local base = 4
+local base = 6
 for i = 1, nwin do
   local limit = tonumber(ARGV[base + (i-1)*3])
   local amount = tonumber(ARGV[base + (i-1)*3 + 1])
-  local cur = tonumber(redis.call('GET', KEYS[3+i]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[4+i]) or '0')
   if cur + amount > limit then
-    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[3+i]))}
+    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[4+i]))}
   end
 end
 local cost = tonumber(ARGV[1])
@@ -176,19 +182,20 @@ local used = {}
 for i = 1, nwin do
   local amount = tonumber(ARGV[base + (i-1)*3 + 1])
   local ttl = tonumber(ARGV[base + (i-1)*3 + 2])
-  local now = redis.call('INCRBY', KEYS[3+i], amount)
-  if now == amount then redis.call('EXPIRE', KEYS[3+i], ttl) end
+  local now = redis.call('INCRBY', KEYS[4+i], amount)
+  if now == amount then redis.call('EXPIRE', KEYS[4+i], ttl) end
   used[i] = tostring(now)
 end
 if not unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
 local f = base + nwin*3
--- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now
+-- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now, webhook url
 redis.call('HSET', KEYS[1], 'spec', ARGV[f], 'status', 'queued', 'attempt', 0,
   'deadline', ARGV[f+1], 'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
-  'n', ARGV[f+6],
-  'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
+  'n', ARGV[f+6], 'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
   'unlimited', unlimited and '1' or '0', 'billed', '1')
+if ARGV[f+10] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[f+10]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[f+2]))
+if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', tonumber(ARGV[5])) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'reserve',
   'job', ARGV[f+4], 'model', ARGV[f+5], 'images', ARGV[f+6], 'amount', tostring(-cost),
   'ts', ARGV[f+9])
@@ -237,6 +244,20 @@ def settle_keys(key_id: str) -> list[str]:
 class Admission:
     balance_micros: int | None  # None for unlimited keys
     status: LimitStatus | None  # the tightest window after this request
+    duplicate_of: str | None = None  # the idempotency key's stored value; nothing was admitted
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key, scoped to one API key; ``value`` is stored (job id and body hash)."""
+
+    redis_key: str
+    value: str
+    ttl: int
+
+
+def idempotency_key(key_id: str, header: str) -> str:
+    return f"ig:idem:{key_id}:" + hashlib.sha256(header.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -280,10 +301,18 @@ class Accounts:
         deadline: float,
         ttl: int,
         now: float,
+        idempotency: Idempotency | None = None,
+        webhook_url: str | None = None,
     ) -> Admission:
         windows = windows_for(key, tier, model, n, now)
         cost = model.price_micros * n
-        args: list[Any] = [cost, "1" if key.unlimited else "0", len(windows)]
+        args: list[Any] = [
+            cost,
+            "1" if key.unlimited else "0",
+            len(windows),
+            idempotency.value if idempotency else "",
+            idempotency.ttl if idempotency else 0,
+        ]
         for w in windows:
             args += [w.limit, w.amount, w.ttl]
         args += [
@@ -297,9 +326,13 @@ class Accounts:
             model.price_micros,
             time.strftime("%Y-%m-%d", time.gmtime(now)),
             repr(now),
+            webhook_url or "",
         ]
-        keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id)] + [w.key for w in windows]
-        reply = self._admit(keys=keys, args=args)
+        idem_key = idempotency.redis_key if idempotency else f"ig:idem:{key.id}:-"
+        keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key]
+        reply = self._admit(keys=keys + [w.key for w in windows], args=args)
+        if reply[0] == "duplicate":
+            return Admission(None, None, duplicate_of=str(reply[1]))
         if reply[0] == "limited":
             window = windows[int(reply[1]) - 1]
             used, pttl = int(reply[2]), int(reply[3])

@@ -5,6 +5,7 @@
     imagegate keys topup KEY_ID 10.00
     imagegate keys set-tier KEY_ID premium
     imagegate keys usage KEY_ID [--ledger]
+    imagegate keys webhook-secret KEY_ID [--rotate]
     imagegate keys revoke KEY_ID
     imagegate models                      # the catalog, with what is usable right now
     imagegate check                       # settings, catalog and Redis reachable
@@ -170,6 +171,23 @@ def keys_usage(key_id: str, ledger: bool) -> None:
                 f"{entry['id']}\t{entry.get('kind')}\t{entry.get('job')}\t{entry.get('model')}"
                 f"\t{entry.get('images')}\t{amount}"
             )
+
+
+@keys.command("webhook-secret")
+@click.argument("key_id")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Replace the secret; deliveries are signed with the new one at once.",
+)
+def keys_webhook_secret(key_id: str, rotate: bool) -> None:
+    """Show (or rotate) the whsec_ secret that signs this key's webhook deliveries."""
+    store = _keys()
+    try:
+        secret = store.rotate_webhook_secret(key_id) if rotate else store.webhook_secret(key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(secret)
 
 
 @keys.command("revoke")

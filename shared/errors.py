@@ -87,6 +87,12 @@ class NotFound(GatewayError):
     error_type = "not_found_error"
 
 
+class Conflict(GatewayError):
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     error_type = "invalid_request_error"
@@ -147,6 +153,7 @@ _BY_TYPE_AND_STATUS: dict[tuple[int, str], type[GatewayError]] = {
         InsufficientBalance,
         PermissionDenied,
         NotFound,
+        Conflict,
         RequestTooLarge,
         RateLimited,
         ServerError,

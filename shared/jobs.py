@@ -37,10 +37,13 @@ from typing import Any
 import redis
 
 from shared.billing import SETTLE_LUA, settle_keys
-from shared.errors import GatewayError, GatewayTimeout
+from shared.errors import Conflict, GatewayError, GatewayTimeout
 
 DONE_CHANNEL = "ig:jobs:done"
+WEBHOOKS_DUE = "ig:webhooks:due"  # zset: job id -> unix time its next delivery is due
 GENERATE_TASK = "imagegate.generate"  # the Celery task name both sides agree on
+DELIVER_WEBHOOK_TASK = "imagegate.deliver_webhook"
+WEBHOOK_QUEUE = "webhooks"
 _JOB = "ig:job:{}"
 
 
@@ -88,6 +91,8 @@ class Job:
     started: float | None = None
     finished: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    webhook: dict[str, Any] | None = None  # delivery state, kept by the webhook deliverer
 
     @property
     def terminal(self) -> bool:
@@ -108,6 +113,13 @@ def timeout_error(job_id: str) -> GatewayTimeout:
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 
+# After a terminal transition: a job with a webhook is due for delivery now.
+_NOTIFY_LUA = f"""
+if redis.call('HEXISTS', job, 'webhook_url') == 1 then
+  redis.call('ZADD', '{WEBHOOKS_DUE}', tonumber(now), redis.call('HGET', job, 'job_id'))
+end
+"""
+
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
 # ARGV: now, timeout error JSON, worker name, channel, job id
 _CLAIM = f"""
@@ -122,6 +134,7 @@ if tonumber(ARGV[1]) >= deadline then
   local delivered = 0
   local now = ARGV[1]
   {SETTLE_LUA}
+  {_NOTIFY_LUA}
   redis.call('PUBLISH', ARGV[4], ARGV[5])
   return {{'expired'}}
 end
@@ -142,6 +155,7 @@ redis.call('HSET', job, 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', ARGV[5]
 local delivered = tonumber(ARGV[8])
 local now = ARGV[5]
 {SETTLE_LUA}
+{_NOTIFY_LUA}
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return 1
 """
@@ -227,6 +241,8 @@ class JobStore:
             error=json.loads(fields["error"]) if fields.get("error") else None,
             started=float(fields["started"]) if fields.get("started") else None,
             finished=float(fields["finished"]) if fields.get("finished") else None,
+            webhook_url=fields.get("webhook_url") or None,
+            webhook=json.loads(fields["webhook"]) if fields.get("webhook") else None,
         )
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -251,6 +267,14 @@ class JobStore:
     def fail(self, job_id: str, attempt: int | None, error: GatewayError) -> bool:
         status = JobStatus.TIMED_OUT if isinstance(error, GatewayTimeout) else JobStatus.FAILED
         return self._finish_with(job_id, attempt, status, "error", _error_json(error))
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job (whatever attempt holds it); refunds it in full."""
+        error = Conflict(f"The job {job_id} was canceled.", code="job_canceled")
+        return self._finish_with(job_id, None, JobStatus.CANCELED, "error", _error_json(error))
+
+    def set_webhook_state(self, job_id: str, state: dict[str, Any]) -> None:
+        self._redis.hset(_JOB.format(job_id), "webhook", json.dumps(state, separators=(",", ":")))
 
     def expire_if_overdue(self, job_id: str, *, now: float | None = None) -> bool:
         """Mark a job timed out if its deadline passed and nobody finished it.

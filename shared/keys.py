@@ -2,7 +2,7 @@
 
 Layout::
 
-    ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited}
+    ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited, webhook_secret}
     ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
     ig:apikeys               set of ids
 
@@ -10,10 +10,15 @@ A key is ``ig-`` followed by 43 url-safe random characters (256 bits). The
 plaintext is returned once by :meth:`KeyStore.create` and never stored; a
 lookup hashes the presented key and reads the record, so no comparison of
 secrets happens in Python at all.
+
+Each key also has a webhook signing secret (``whsec_`` + base64 of 32 random
+bytes, the Standard Webhooks form). Unlike the API key it must be kept in
+clear to sign deliveries; the CLI shows and rotates it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -70,6 +75,7 @@ class KeyStore:
                 "revoked": 0,
                 "tier": tier,
                 "unlimited": int(unlimited),
+                "webhook_secret": new_webhook_secret(),
             },
         )
         pipe.set(_BY_ID.format(record.id), digest)
@@ -116,12 +122,29 @@ class KeyStore:
     def set_unlimited(self, key_id: str, unlimited: bool) -> ApiKey:
         return self._update(key_id, unlimited=int(unlimited))
 
-    def _update(self, key_id: str, **fields: str | int) -> ApiKey:
+    def webhook_secret(self, key_id: str) -> str:
+        digest = self._digest(key_id)
+        self._redis.hsetnx(_RECORD.format(digest), "webhook_secret", new_webhook_secret())
+        return str(self._redis.hget(_RECORD.format(digest), "webhook_secret"))
+
+    def rotate_webhook_secret(self, key_id: str) -> str:
+        secret = new_webhook_secret()
+        self._redis.hset(_RECORD.format(self._digest(key_id)), "webhook_secret", secret)
+        return secret
+
+    def _digest(self, key_id: str) -> str:
         digest = self._redis.get(_BY_ID.format(key_id))
         if not digest or not self._redis.exists(_RECORD.format(digest)):
             raise NotFound(f"No API key with id '{key_id}'.")
-        self._redis.hset(_RECORD.format(digest), mapping=fields)
+        return str(digest)
+
+    def _update(self, key_id: str, **fields: str | int) -> ApiKey:
+        self._redis.hset(_RECORD.format(self._digest(key_id)), mapping=fields)
         return self.get(key_id)
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
 
 
 def _from_fields(fields: dict[str, str]) -> ApiKey:

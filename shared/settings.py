@@ -35,6 +35,23 @@ class Settings:
     public_base_url: str = ""  # empty: URLs are built from the request's host
     url_ttl_seconds: int = 3600
     sync_budget_seconds: float = 120.0
+    async_budget_seconds: float = 900.0
+    idempotency_ttl_seconds: int = 86400
+    webhook_timeout_seconds: float = 10.0
+    # Seconds after the first failed delivery of each retry (Standard Webhooks' example).
+    webhook_retry_schedule: tuple[float, ...] = (
+        5,
+        300,
+        1800,
+        7200,
+        18000,
+        36000,
+        50400,
+        72000,
+        86400,
+    )
+    allow_http_callbacks: bool = False  # webhook and image URLs must be https unless set
+    allowed_internal_hosts: tuple[str, ...] = ()  # hosts exempt from the SSRF address check
     job_retention_seconds: int = 86400
     catalog_path: str = ""  # empty: the catalog shipped with the package
     catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
@@ -60,7 +77,8 @@ class Settings:
         Above the longest job deadline, so a slow job is never run twice by
         the broker while its first run is still within its budget.
         """
-        return self.visibility_timeout_seconds or int(2 * self.sync_budget_seconds) + 300
+        longest = max(self.sync_budget_seconds, self.async_budget_seconds)
+        return self.visibility_timeout_seconds or int(2 * longest) + 300
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -90,6 +108,19 @@ class Settings:
             for name, value in env.items()
             if name.startswith(BASE_URL_PREFIX) and value
         }
+        schedule_raw = get("WEBHOOK_RETRY_SCHEDULE")
+        try:
+            schedule = (
+                tuple(float(x) for x in schedule_raw.split(",") if x.strip())
+                if schedule_raw
+                else cls.webhook_retry_schedule
+            )
+        except ValueError:
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds"
+            ) from None
+        if any(x < 0 for x in schedule):
+            raise SettingsError(f"{PREFIX}WEBHOOK_RETRY_SCHEDULE must not be negative")
         backend = get("STORAGE", "local")
         if backend not in ("local", "s3"):
             raise SettingsError(f"{PREFIX}STORAGE must be 'local' or 's3', not {backend!r}")
@@ -113,6 +144,16 @@ class Settings:
             public_base_url=storage.public_base_url,
             url_ttl_seconds=int(number("URL_TTL_SECONDS", cls.url_ttl_seconds, int)),
             sync_budget_seconds=number("SYNC_BUDGET_SECONDS", cls.sync_budget_seconds),
+            async_budget_seconds=number("ASYNC_BUDGET_SECONDS", cls.async_budget_seconds),
+            idempotency_ttl_seconds=int(
+                number("IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, int)
+            ),
+            webhook_timeout_seconds=number("WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
+            webhook_retry_schedule=schedule,
+            allow_http_callbacks=get("ALLOW_HTTP_CALLBACKS").lower() in ("1", "true", "yes"),
+            allowed_internal_hosts=tuple(
+                h.strip().lower() for h in get("ALLOWED_INTERNAL_HOSTS").split(",") if h.strip()
+            ),
             job_retention_seconds=int(
                 number("JOB_RETENTION_SECONDS", cls.job_retention_seconds, int)
             ),

@@ -71,6 +71,11 @@ def stack_env(run_dir: Path, redis_server: RedisServer, simulator: str) -> dict[
         "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),
         "IMAGEGATE_LOG_LEVEL": "INFO",
         "OPENAI_API_KEY": SIM_KEY,
+        # Webhook receivers of the tests listen on loopback over plain http.
+        "IMAGEGATE_ALLOW_HTTP_CALLBACKS": "1",
+        "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",
+        "IMAGEGATE_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5",
+        "IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
     }
 
 
@@ -93,7 +98,7 @@ def start_worker(
 
 @pytest.fixture(scope="session")
 def workers(run_dir: Path, stack_env: dict[str, str]) -> Iterator[list[Process]]:
-    procs = [start_worker(run_dir, stack_env, queue) for queue in ("local", "openai")]
+    procs = [start_worker(run_dir, stack_env, q) for q in ("local", "openai", "webhooks")]
     yield procs
     for proc in procs:
         proc.stop()

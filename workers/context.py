@@ -14,7 +14,8 @@ from shared.catalog import Catalog
 from shared.jobs import JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from shared.storage import ImageStorage, build_storage
+from shared.signing import storage_for
+from shared.storage import ImageStorage
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def build_context(settings: Settings) -> WorkerContext:
         catalog=settings.load_catalog(),
         redis=client,
         jobs=JobStore(client, retention_seconds=settings.job_retention_seconds),
-        storage=build_storage(settings.storage),
+        storage=storage_for(settings, client),
     )
 
 

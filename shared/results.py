@@ -1,0 +1,65 @@
+"""What a client reads of a job: the images response and the job object.
+
+Used by the web side (responses, ``GET /v1/images/generations/{id}``) and by
+the webhook deliverer, so a webhook carries exactly what a fetch would show.
+URLs are signed afresh on every call: a job fetched later gets URLs that live
+a full ``ttl`` from then.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from shared.errors import error_from_dict
+from shared.jobs import Job, JobStatus
+from shared.storage import ImageStorage
+
+JOB_OBJECT = "image.generation.job"
+
+
+def images_response(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> dict[str, Any]:
+    response_format = job.request.get("response_format", "url")
+    data = []
+    for image in job.images:
+        item: dict[str, Any]
+        if response_format == "b64_json":
+            item = {"b64_json": base64.b64encode(storage.get(image.key)).decode("ascii")}
+        else:
+            item = {"url": storage.url(image.key, ttl, base_url=base_url)}
+        if image.revised_prompt:
+            item["revised_prompt"] = image.revised_prompt
+        data.append(item)
+    body: dict[str, Any] = {"created": int(job.created), "data": data}
+    if job.images:
+        body["size"] = job.images[0].size
+        body["output_format"] = job.images[0].content_type.rsplit("/", 1)[-1]
+    body["model"] = job.model
+    return body
+
+
+def job_object(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": job.id,
+        "object": JOB_OBJECT,
+        "status": job.status.value,
+        "created": int(job.created),
+        "model": job.model,
+        "expires_at": int(job.deadline),
+    }
+    if job.finished:
+        body["finished"] = int(job.finished)
+    if job.status == JobStatus.SUCCEEDED:
+        body["result"] = images_response(job, storage, base_url=base_url, ttl=ttl)
+    elif job.error:
+        error = error_from_dict(job.error)
+        body["error"] = error.envelope()["error"]
+        body["status_code"] = error.status
+    if job.webhook_url:
+        state = job.webhook or {}
+        body["webhook"] = {
+            "url": job.webhook_url,
+            "state": state.get("state", "pending" if job.terminal else "waiting"),
+            "attempts": state.get("attempts", []),
+        }
+    return body
