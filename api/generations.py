@@ -98,6 +98,9 @@ def create_generation():
     webhook_url = None
     if req.webhook_url is not None:
         webhook_url = check_url(req.webhook_url, _net_policy(svc), param="webhook_url")
+    if req.image is not None and not req.image.startswith("data:"):
+        # A reference image the workers will fetch on the client's behalf.
+        job_request["image"] = check_url(req.image, _net_policy(svc), param="image")
     is_async = webhook_url is not None or _wants_async()
 
     now = time.time()

@@ -432,3 +432,16 @@ def test_jobs_show_in_json(gateway: str, api_key: str) -> None:
     )
     assert resp.status_code == 404
     assert json.loads(resp.text)["error"]["type"] == "not_found_error"
+
+
+def test_reference_image_urls_get_the_same_guard(gateway: str, api_key: str) -> None:
+    # test/edit (tests/data/test_models.toml) takes a reference image.
+    resp = requests.post(
+        f"{gateway}/v1/images/generations",
+        json={"model": "test/edit", "prompt": "x", "image": "https://169.254.169.254/x.png"},
+        headers=_auth(api_key),
+        timeout=10,
+    )
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "image"
+    assert resp.json()["error"]["code"] == "unsafe_url"
