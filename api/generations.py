@@ -18,7 +18,6 @@ import logging
 import time
 
 from flask import Blueprint, g, jsonify, request
-from shared.netguard import NetPolicy, check_url
 
 from api.auth import current_key
 from api.responses import base_url, images_response, job_object
@@ -34,6 +33,7 @@ from shared.errors import (
 )
 from shared.jobs import Job, JobStatus, new_job_id, timeout_error
 from shared.keys import ApiKey
+from shared.netguard import NetPolicy, check_url
 
 log = logging.getLogger(__name__)
 
