@@ -137,6 +137,17 @@ class GatewayTimeout(GatewayError):
     default_code = "timeout"
 
 
+def content_policy_violation(
+    message: str, *, upstream_request_id: str | None = None
+) -> InvalidRequest:
+    """The one shape every upstream's moderation refusal takes: 400 content_policy_violation."""
+    return InvalidRequest(
+        message,
+        code="content_policy_violation",
+        headers={"x-upstream-request-id": upstream_request_id} if upstream_request_id else None,
+    )
+
+
 class DeadlineExceeded(Exception):
     """Raised inside workers when a job's deadline has passed.
 

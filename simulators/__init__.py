@@ -4,3 +4,15 @@ Each provider module offers ``create_app(SimConfig) -> Flask``; run one with
 ``python -m simulators <provider> --port 0`` (see ``simulators/__main__.py``).
 Simulators never import gateway code: they play the outside world.
 """
+
+# provider name (the CLI sub-command of ``python -m simulators``) -> module whose
+# ``create_app(SimConfig)`` makes the WSGI app; one module per upstream protocol.
+PROVIDERS: dict[str, str] = {
+    "openai": "simulators.openai_images",
+    "bfl": "simulators.bfl",
+    "replicate": "simulators.replicate",
+    "fal": "simulators.fal",
+    "ark": "simulators.ark",
+    "zhipu": "simulators.zhipu",
+    "stability": "simulators.stability",
+}

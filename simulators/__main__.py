@@ -17,6 +17,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
+import importlib  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -25,15 +26,14 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
-from simulators import openai_images  # noqa: E402
+from simulators import PROVIDERS  # noqa: E402
 from simulators.state import SimConfig  # noqa: E402
 
 AppFactory = Callable[[SimConfig], Callable]
 
-# provider name (the CLI sub-command) -> app factory ``create_app(SimConfig) -> WSGI app``.
-PROVIDERS: dict[str, AppFactory] = {
-    "openai": openai_images.create_app,
-}
+
+def app_factory(provider: str) -> AppFactory:
+    return importlib.import_module(PROVIDERS[provider]).create_app
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     _raise_fd_limit()
-    app = PROVIDERS[args.provider](config)
+    app = app_factory(args.provider)(config)
     server = WSGIServer(
         (args.host, args.port),
         app,

@@ -35,6 +35,10 @@ class SimConfig:
     ``api_key``      the key clients must present; ``None`` accepts any key.
     ``drop_images``  answer with this many images fewer than asked (as when an
                      upstream's content filter drops some of a batch).
+    ``result_ttl``   seconds a result URL stays downloadable (upstream URLs expire:
+                     BFL ~10 min, Replicate 1 h, Ark 24 h); after it they answer 404.
+    ``poll_steps``   for asynchronous protocols: how many status polls a task stays
+                     pending/processing before it is ready (on top of ``latency``).
     """
 
     latency: float = 0.0
@@ -44,6 +48,8 @@ class SimConfig:
     fail_next: int = 0
     api_key: str | None = None
     drop_images: int = 0
+    result_ttl: float = 600.0
+    poll_steps: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,6 +96,12 @@ class SimConfig:
         drop_images = integer("drop_images", data.get("drop_images", 0))
         if drop_images < 0:
             raise ValueError("'drop_images' must be >= 0")
+        result_ttl = number("result_ttl", data.get("result_ttl", 600.0))
+        if result_ttl <= 0:
+            raise ValueError("'result_ttl' must be > 0")
+        poll_steps = integer("poll_steps", data.get("poll_steps", 1))
+        if poll_steps < 0:
+            raise ValueError("'poll_steps' must be >= 0")
         api_key = data["api_key"]
         if api_key is not None and not isinstance(api_key, str):
             raise ValueError("'api_key' must be a string or null")
@@ -101,6 +113,8 @@ class SimConfig:
             fail_next=fail_next,
             api_key=api_key or None,
             drop_images=drop_images,
+            result_ttl=result_ttl,
+            poll_steps=poll_steps,
         )
 
 

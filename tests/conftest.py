@@ -6,16 +6,20 @@ is stopped at the end; nothing touches data the tests did not create.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from openai import OpenAI
 
+from shared.catalog import load_catalog
+from simulators import PROVIDERS
 from tests.support.processes import BIN, Process, RedisServer, free_port, http_ok, log_contains
 
 SIM_KEY = "sim-upstream-key"
@@ -33,13 +37,14 @@ def redis_server(run_dir: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def simulator(run_dir: Path) -> Iterator[str]:
+def start_simulator(run_dir: Path, provider: str, *extra: str) -> tuple[Process, str]:
+    """``python -m simulators <provider>`` on a free port; returns the process and its URL."""
     proc = Process(
-        "simulator",
-        [str(BIN / "python"), "-m", "simulators", "openai", "--port", "0", "--api-key", SIM_KEY],
+        f"simulator-{provider}",
+        [str(BIN / "python"), "-m", "simulators", provider, "--port", "0", "--api-key", SIM_KEY,
+         *extra],
         log_dir=run_dir,
-    ).start()
+    ).start()  # fmt: skip
     found: dict[str, str] = {}
 
     def ready() -> bool:
@@ -49,8 +54,26 @@ def simulator(run_dir: Path) -> Iterator[str]:
         return bool(match)
 
     proc.wait_until(ready)
-    yield found["url"]
-    proc.stop()
+    return proc, found["url"]
+
+
+def simulated_providers() -> list[str]:
+    """Providers whose simulator module exists (each upstream protocol has one)."""
+    return [p for p, module in PROVIDERS.items() if importlib.util.find_spec(module) is not None]
+
+
+@pytest.fixture(scope="session")
+def simulators(run_dir: Path) -> Iterator[dict[str, str]]:
+    """Every upstream simulator, by provider name -> base URL."""
+    started = {p: start_simulator(run_dir, p) for p in simulated_providers()}
+    yield {p: url for p, (_, url) in started.items()}
+    for proc, _ in started.values():
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def simulator(simulators: dict[str, str]) -> str:
+    return simulators["openai"]
 
 
 @pytest.fixture()
@@ -61,16 +84,31 @@ def sim(simulator: str) -> Iterator[str]:
     requests.post(f"{simulator}/_sim/reset", timeout=5)
 
 
+def available_families() -> list[str]:
+    catalog = load_catalog()
+    return [f.name for f in catalog.families.values() if f.available]
+
+
 @pytest.fixture(scope="session")
-def stack_env(run_dir: Path, redis_server: RedisServer, simulator: str) -> dict[str, str]:
+def stack_env(
+    run_dir: Path, redis_server: RedisServer, simulators: dict[str, str]
+) -> dict[str, str]:
+    # Every family with a simulator points at it, with the same key, keeping the path
+    # of the catalog's base URL (e.g. https://api.openai.com/v1 -> <simulator>/v1).
+    upstreams: dict[str, str] = {}
+    for family in load_catalog().families.values():
+        if family.name in simulators:
+            path = urlsplit(family.base_url).path.rstrip("/")
+            upstreams[f"IMAGEGATE_BASE_URL_{family.name.upper()}"] = simulators[family.name] + path
+            if family.key_env:
+                upstreams[family.key_env] = SIM_KEY
     return {
         "IMAGEGATE_REDIS_URL": redis_server.url,
         "IMAGEGATE_STORAGE_DIR": str(run_dir / "images"),
-        "IMAGEGATE_BASE_URL_OPENAI": f"{simulator}/v1",
+        **upstreams,
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
         "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),
         "IMAGEGATE_LOG_LEVEL": "INFO",
-        "OPENAI_API_KEY": SIM_KEY,
         # Webhook receivers of the tests listen on loopback over plain http.
         "IMAGEGATE_ALLOW_HTTP_CALLBACKS": "1",
         "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",
@@ -98,7 +136,8 @@ def start_worker(
 
 @pytest.fixture(scope="session")
 def workers(run_dir: Path, stack_env: dict[str, str]) -> Iterator[list[Process]]:
-    procs = [start_worker(run_dir, stack_env, q) for q in ("local", "openai", "webhooks")]
+    queues = [*available_families(), "webhooks"]
+    procs = [start_worker(run_dir, stack_env, q) for q in queues]
     yield procs
     for proc in procs:
         proc.stop()

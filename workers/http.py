@@ -33,7 +33,12 @@ from typing import Any
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
+from shared.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    UpstreamError,
+    content_policy_violation,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class UpstreamFault:
     message: str
     code: str | None = None
     param: str | None = None
+    moderated: bool = False  # the upstream refused the content (prompt or output)
+
+
+# Error codes by which OpenAI-style upstreams say "moderation refused this".
+MODERATION_CODES = frozenset({"content_policy_violation", "moderation_blocked", "content_filter"})
 
 
 ErrorParser = Callable[[requests.Response], UpstreamFault]
@@ -61,10 +71,12 @@ def default_error_parser(response: requests.Response) -> UpstreamFault:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
+            code = str(err["code"]) if err.get("code") else None
             return UpstreamFault(
                 str(err.get("message") or err),
-                str(err["code"]) if err.get("code") else None,
+                code,
                 str(err["param"]) if err.get("param") else None,
+                moderated=code in MODERATION_CODES,
             )
         if isinstance(err, str):
             return UpstreamFault(err)
@@ -151,6 +163,22 @@ class UpstreamHTTP:
                 code="upstream_unreachable",
             ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def pause(self, seconds: float) -> None:
+        """Sleep before the next poll, but never past the deadline."""
+        self.check_deadline()
+        time.sleep(max(0.0, min(seconds, self.remaining() - _MIN_USEFUL_SECONDS)))
+        self.check_deadline()
+
+    def best_effort(self, method: str, url: str, *, timeout: float = 3.0, **kw: Any) -> bool:
+        """One attempt that ignores the deadline and swallows errors (e.g. cancel upstream)."""
+        try:
+            response = self.session.request(
+                method, url, timeout=timeout, allow_redirects=False, **kw
+            )
+            return response.ok
+        except requests.RequestException:
+            return False
 
     def json(self, response: requests.Response) -> Any:
         """The response's JSON body, or an UpstreamError if it has none."""
@@ -267,6 +295,10 @@ class UpstreamHTTP:
         status = response.status_code
         rid = request_id_of(response)
         what = "image download" if download else "request"
+        if fault.moderated and not download:
+            return content_policy_violation(
+                f"{self.provider} refused the content: {message}", upstream_request_id=rid
+            )
         if status in (400, 422) and not download:
             return InvalidRequest(
                 f"{self.provider} rejected the request: {message}",

@@ -1,0 +1,41 @@
+"""Fan-out for upstreams that make one image per task (BFL, Stability, some Replicate models).
+
+``n > 1`` becomes n upstream tasks running concurrently. What succeeded is
+returned; images that failed are simply missing, and the job's settlement
+refunds them (the client is never charged for an image it did not get). If
+none succeeded, the first failure is raised, so the job ends with the
+upstream's own error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from shared.errors import DeadlineExceeded
+from workers.adapters.base import GeneratedImage
+
+log = logging.getLogger(__name__)
+
+MAX_PARALLEL = 8
+
+
+def fan_out(n: int, make_one: Callable[[int], GeneratedImage]) -> list[GeneratedImage]:
+    if n == 1:
+        return [make_one(0)]
+    results: list[GeneratedImage | None] = [None] * n
+    errors: list[BaseException] = []
+    with ThreadPoolExecutor(max_workers=min(n, MAX_PARALLEL), thread_name_prefix="fanout") as pool:
+        futures = {pool.submit(make_one, i): i for i in range(n)}
+        for future, index in futures.items():
+            try:
+                results[index] = future.result()
+            except Exception as exc:  # noqa: BLE001 - kept and re-raised below if nothing worked
+                errors.append(exc)
+                log.warning("image %d of %d failed: %s", index + 1, n, exc)
+    images = [r for r in results if r is not None]
+    if not images:
+        # A deadline beats other errors: the job is timed out, not failed.
+        raise next((e for e in errors if isinstance(e, DeadlineExceeded)), errors[0])
+    return images
