@@ -109,6 +109,9 @@ def stack_env(
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
         "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),
         "IMAGEGATE_LOG_LEVEL": "INFO",
+        # tests/data/test_models.toml's config-only OpenAI-compatible family.
+        "IMAGEGATE_BASE_URL_COMPAT": f"{simulators['openai']}/v1",
+        "COMPAT_API_KEY": SIM_KEY,
         # Webhook receivers of the tests listen on loopback over plain http.
         "IMAGEGATE_ALLOW_HTTP_CALLBACKS": "1",
         "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",

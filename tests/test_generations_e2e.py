@@ -116,3 +116,16 @@ def test_models_list_in_openai_format(client: OpenAI) -> None:
     assert m.model_extra["price_per_image"] == "0.005"
     assert m.model_extra["size_rule"] == {"kind": "max_side", "min": 256, "max": 1536}
     assert client.models.retrieve("dall-e-3").model_extra["max_n"] == 1
+
+
+def test_an_openai_compatible_upstream_added_by_configuration_alone(
+    client: OpenAI, sim: str
+) -> None:
+    r = client.images.generate(
+        model="compat/any-size", prompt="configured", size="640x480", extra_body={"seed": 7}
+    )
+    sent = _received(sim)[0]
+    assert sent["model"] == "compat-any" and sent["size"] == "640x480" and sent["seed"] == 7
+    assert r.size == "640x480"
+    got = [c for c in requests.get(f"{sim}/_sim/requests", timeout=5).json()]
+    assert got[0]["auth_present"] is True
