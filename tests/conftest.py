@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -190,29 +191,23 @@ def moto_endpoint(run_dir: Path) -> Iterator[str]:
     proc.stop()
 
 
-def create_key(
-    env: dict[str, str], name: str = "tests", *, tier: str = "internal", balance: str = "unlimited"
-) -> dict[str, str]:
-    out = subprocess.run(
-        [
-            str(BIN / "imagegate"),
-            "keys",
-            "create",
-            "--name",
-            name,
-            "--json",
-            "--tier",
-            tier,
-            "--balance",
-            balance,
-        ],  # fmt: skip
-        env={**__import__("os").environ, **env},
+def cli(env: dict[str, str], *args: str) -> str:
+    """Run the ``imagegate`` admin command against the stack's settings; its stdout."""
+    return subprocess.run(
+        [str(BIN / "imagegate"), *args],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
-    )
-    return json.loads(out.stdout)
+    ).stdout.strip()
+
+
+def create_key(
+    env: dict[str, str], name: str = "tests", *, tier: str = "internal", balance: str = "unlimited"
+) -> dict[str, str]:
+    out = cli(env, "keys", "create", "--name", name, "--json", "--tier", tier, "--balance", balance)
+    return json.loads(out)
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +19,7 @@ from shared.billing import Accounts
 from shared.jobs import JobStatus, JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from tests.conftest import create_key, start_worker
-from tests.support.processes import BIN
+from tests.conftest import cli, create_key, start_worker
 
 
 def _accounts(env: dict[str, str]) -> Accounts:
@@ -148,7 +145,7 @@ def test_changing_the_tier_applies_to_the_next_request(
     client = OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
     with pytest.raises(openai.PermissionDeniedError):
         client.images.generate(model="dall-e-3", prompt="x")
-    _cli(stack_env, "keys", "set-tier", created["id"], "enhanced")
+    cli(stack_env, "keys", "set-tier", created["id"], "enhanced")
     assert client.images.generate(model="dall-e-3", prompt="x").data
 
 
@@ -237,17 +234,6 @@ def test_a_task_redelivered_after_its_worker_is_killed_is_charged_once(
 # -- CLI ---------------------------------------------------------------------------------
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        [str(BIN / "imagegate"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout
-
-
 def test_cli_tops_up_lists_and_shows_usage(gateway: str, stack_env: dict[str, str]) -> None:
     created = create_key(stack_env, "cli-user", tier="test-billing", balance="0.010")
     client = OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
@@ -255,11 +241,11 @@ def test_cli_tops_up_lists_and_shows_usage(gateway: str, stack_env: dict[str, st
     with pytest.raises(openai.APIStatusError) as info:
         client.images.generate(model="test/priced-card", prompt="x")
     assert info.value.status_code == 402
-    assert "0.030000" in _cli(stack_env, "keys", "topup", created["id"], "0.03")
+    assert "0.030000" in cli(stack_env, "keys", "topup", created["id"], "0.03")
     assert client.images.generate(model="test/priced-card", prompt="x", n=3).data
-    listing = _cli(stack_env, "keys", "list")
+    listing = cli(stack_env, "keys", "list")
     assert re.search(rf"{created['id']}\tactive\ttest-billing\t0\.000000", listing)
-    usage = _cli(stack_env, "keys", "usage", created["id"], "--ledger")
+    usage = cli(stack_env, "keys", "usage", created["id"], "--ledger")
     assert "test/priced-card\t4 images\t0.040000" in usage
     assert "topup" in usage and "reserve" in usage
 

@@ -4,8 +4,6 @@ through the live stack with a real webhook receiver on loopback."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,8 +20,7 @@ from standardwebhooks import Webhook
 from shared.billing import Accounts
 from shared.redis_client import connect
 from shared.settings import Settings
-from tests.conftest import create_key
-from tests.support.processes import BIN
+from tests.conftest import cli, create_key
 
 
 @dataclass
@@ -88,17 +85,6 @@ def _poll(gateway: str, key: str, job_id: str, *, until=("succeeded",), timeout=
     raise AssertionError(f"job {job_id} never reached {until}: {job}")
 
 
-def _cli(env: dict[str, str], *args: str) -> str:
-    return subprocess.run(
-        [str(BIN / "imagegate"), *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    ).stdout.strip()
-
-
 # -- submit then fetch -------------------------------------------------------------------
 
 
@@ -161,7 +147,7 @@ def test_webhook_is_delivered_signed_and_verifies_with_standardwebhooks(
     client: OpenAI, gateway: str, api_key: str, stack_env: dict[str, str], receiver: Receiver
 ) -> None:
     key_id = _key_id(stack_env, api_key)
-    secret = _cli(stack_env, "keys", "webhook-secret", key_id)
+    secret = cli(stack_env, "keys", "webhook-secret", key_id)
     assert secret.startswith("whsec_")
     raw = client.images.with_raw_response.generate(
         model="local/testcard",

@@ -9,8 +9,9 @@ import pytest
 
 from api.waiter import CompletionHub
 from shared.errors import UpstreamError
-from shared.jobs import DONE_CHANNEL, Job, JobStatus, JobStore, StoredImage, new_job_id
+from shared.jobs import DONE_CHANNEL, JobStatus, JobStore, StoredImage
 from shared.redis_client import connect
+from tests.support.jobs import make_job
 
 
 @pytest.fixture()
@@ -18,34 +19,18 @@ def store(redis_server) -> JobStore:
     return JobStore(connect(redis_server.url), retention_seconds=600)
 
 
-def _job(store: JobStore, budget: float = 30.0) -> Job:
-    now = time.time()
-    return store.create(
-        Job(
-            id=new_job_id(),
-            key_id="key_test",
-            model="local/testcard",
-            family="local",
-            queue="local",
-            request={"prompt": "x", "n": 1},
-            created=now,
-            deadline=now + budget,
-        )
-    )
-
-
 IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
 
 
 def test_create_and_read_back(store: JobStore) -> None:
-    job = _job(store)
+    job = make_job(store)
     got = store.get(job.id)
     assert got is not None and got.status == JobStatus.QUEUED and got.request == job.request
     assert store.get("imgjob_missing") is None
 
 
 def test_a_newer_claim_fences_out_the_older_attempt(store: JobStore) -> None:
-    job = _job(store)
+    job = make_job(store)
     first = store.claim(job.id, worker="a")
     second = store.claim(job.id, worker="b")  # e.g. redelivered after worker a died
     assert (first.outcome, first.attempt) == ("run", 1)
@@ -60,7 +45,7 @@ def test_a_newer_claim_fences_out_the_older_attempt(store: JobStore) -> None:
 
 
 def test_claim_after_the_deadline_times_the_job_out(store: JobStore) -> None:
-    job = _job(store, budget=0.0)
+    job = make_job(store, budget=0.0)
     assert store.claim(job.id).outcome == "expired"
     done = store.get(job.id)
     assert done.status == JobStatus.TIMED_OUT
@@ -68,7 +53,7 @@ def test_claim_after_the_deadline_times_the_job_out(store: JobStore) -> None:
 
 
 def test_expire_if_overdue_only_after_the_deadline(store: JobStore) -> None:
-    job = _job(store, budget=0.3)
+    job = make_job(store, budget=0.3)
     claim = store.claim(job.id)
     assert store.expire_if_overdue(job.id) is False
     time.sleep(0.35)
@@ -77,7 +62,7 @@ def test_expire_if_overdue_only_after_the_deadline(store: JobStore) -> None:
 
 
 def test_failure_keeps_the_error_envelope(store: JobStore) -> None:
-    job = _job(store)
+    job = make_job(store)
     claim = store.claim(job.id)
     err = UpstreamError("boom", upstream_request_id="req_1")
     assert store.fail(job.id, claim.attempt, err)
@@ -89,7 +74,7 @@ def test_failure_keeps_the_error_envelope(store: JobStore) -> None:
 def test_terminal_transitions_are_published(store: JobStore, redis_server) -> None:
     pubsub = connect(redis_server.url).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(DONE_CHANNEL)
-    job = _job(store)
+    job = make_job(store)
     store.succeed(job.id, store.claim(job.id).attempt, [IMG])
     deadline = time.time() + 5
     seen = []
@@ -104,7 +89,7 @@ def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
     store: JobStore, redis_server
 ) -> None:
     hub = CompletionHub(connect(redis_server.url), store, poll_interval=30.0)
-    job = _job(store)
+    job = make_job(store)
     claim = store.claim(job.id)
     threading.Timer(0.3, lambda: store.succeed(job.id, claim.attempt, [IMG])).start()
     started = time.monotonic()
@@ -112,5 +97,5 @@ def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
     # Woken by the notice, not by the 30 s poll.
     assert time.monotonic() - started < 20
 
-    other = _job(store)
+    other = make_job(store)
     assert hub.wait(other.id, time.time() + 0.3) == JobStatus.QUEUED

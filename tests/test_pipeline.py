@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from shared.jobs import Job, JobStatus, new_job_id
+from shared.jobs import Job, JobStatus
 from shared.settings import Settings
+from tests.support.jobs import make_job
 from workers.context import build_context
 from workers.pipeline import run_job
 
@@ -24,20 +24,8 @@ def ctx(redis_server, tmp_path: Path):
 
 
 def _job(ctx, budget: float = 30.0, **request) -> Job:
-    now = time.time()
-    body = {"prompt": "pipeline", "n": 1, "size": "300x200", "response_format": "url", **request}
-    return ctx.jobs.create(
-        Job(
-            id=new_job_id(),
-            key_id="key_test",
-            model="local/testcard",
-            family="local",
-            queue="local",
-            request=body,
-            created=now,
-            deadline=now + budget,
-        )
-    )
+    body = {"prompt": "pipeline", "size": "300x200", "response_format": "url", **request}
+    return make_job(ctx.jobs, budget, **body)
 
 
 def test_a_job_runs_once_and_a_redelivery_is_a_no_op(ctx) -> None:
