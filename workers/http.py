@@ -39,6 +39,7 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
+from shared.netguard import UnsafeDestination
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,14 @@ class UpstreamHTTP:
         return response
 
     def _download_once(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
+        try:
+            return self._stream(url, max_bytes, headers)
+        except UnsafeDestination as exc:
+            raise UpstreamError(
+                f"Refused to fetch {self.provider} URL: {exc}", code="unsafe_url"
+            ) from exc
+
+    def _stream(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
         with self.session.get(
             url,
             headers=dict(headers or {}),

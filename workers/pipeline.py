@@ -12,6 +12,7 @@ number, so the older run can no longer write.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from shared.catalog import Model
 from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ServerError
 from shared.jobs import Job, StoredImage, timeout_error
+from shared.netguard import NetPolicy, safe_session
 from shared.sizing import Size, parse_size
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
@@ -118,12 +120,19 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         attempt_timeout=ctx.settings.upstream_attempt_timeout_seconds,
         error_parser=default_error_parser,
     )
+    policy = NetPolicy(
+        allow_http=ctx.settings.allow_http_callbacks,
+        allowed_hosts=frozenset(ctx.settings.allowed_internal_hosts),
+    )
     call = CallContext(
         family=family,
         base_url=ctx.settings.base_url_for(family.name, family.base_url),
         api_key=ctx.settings.credential(family.key_env),
         http=http,
         deadline=job.deadline,
+        client_http=dataclasses.replace(
+            http, session=safe_session(policy), provider="the client's URL"
+        ),
     )
     log.info(
         "job %s running: model=%s upstream=%s size=%s aspect=%s n=%d",

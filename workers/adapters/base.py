@@ -67,6 +67,9 @@ class CallContext:
     api_key: str | None
     http: UpstreamHTTP
     deadline: float  # unix time; the HTTP helper enforces it too
+    # For URLs the *client* gave (reference images): the SSRF guard checks every address
+    # at connection time, connects to the checked one and follows no redirects.
+    client_http: UpstreamHTTP | None = None
 
 
 class Adapter(Protocol):

@@ -301,7 +301,7 @@ def _reference_image(image: str, ctx: CallContext) -> tuple[bytes, str]:
         data = _decode_data_url(image)
     elif image.startswith(("https://", "http://")):
         try:
-            data, _ = ctx.http.download(image, max_bytes=MAX_IMAGE_BYTES)
+            data, _ = (ctx.client_http or ctx.http).download(image, max_bytes=MAX_IMAGE_BYTES)
         except UpstreamError as exc:
             # The URL is the client's, not the upstream's: its failure is a bad request.
             raise InvalidRequest(
