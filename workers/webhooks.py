@@ -32,10 +32,10 @@ from typing import Any
 
 import redis
 import requests
-from shared.netguard import NetPolicy, UnsafeDestination, safe_session
 
 from shared.jobs import WEBHOOKS_DUE, Job, JobStore
 from shared.keys import KeyStore
+from shared.netguard import NetPolicy, UnsafeDestination, safe_session
 from shared.results import job_object
 from shared.settings import Settings
 from shared.storage import ImageStorage
