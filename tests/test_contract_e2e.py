@@ -143,3 +143,31 @@ def test_the_deadline_is_a_504_naming_the_job(
         client.images.generate(model=REPRESENTATIVE[family], prompt="too slow")
     assert info.value.status_code == 504
     assert info.value.body["job_id"].startswith("imgjob_")
+
+
+SEED_MODELS = sorted(m.id for m in CATALOG.models.values() if CATALOG.family_of(m).available)
+
+
+@pytest.mark.parametrize("model_id", SEED_MODELS)
+def test_every_catalog_model_is_reachable_through_its_adapter(
+    client: OpenAI, model_id: str, simulators: dict[str, str]
+) -> None:
+    model = CATALOG.models[model_id]
+    family = CATALOG.family_of(model)
+    if family.name in simulators:
+        requests.post(f"{simulators[family.name]}/_sim/reset", timeout=5).raise_for_status()
+    r = client.images.generate(model=model_id, prompt="a red fox in the snow")
+    assert len(r.data) == 1
+    image = _decode(r.data[0])
+    assert f"{image.width}x{image.height}" == r.size
+    if family.name in simulators:
+        # The simulator of the family saw the request for this model's upstream.
+        log = requests.get(f"{simulators[family.name]}/_sim/requests", timeout=5).json()
+        # (community Replicate models are called by their version id, the part after ':')
+        name = model.upstream.rsplit(":", 1)[-1]
+        assert any(name in str(entry) for entry in log), model.upstream
+
+
+def test_every_seed_model_is_available() -> None:
+    # Every model the seed pages name is served by an available family.
+    assert all(CATALOG.family_of(m).available for m in CATALOG.models.values())
