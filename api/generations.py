@@ -21,9 +21,11 @@ from flask import Blueprint, g, jsonify, request
 
 from api.auth import current_key
 from api.responses import base_url, images_response, job_object
+from api.routing import Route, plan
 from api.services import Services, services
 from api.validation import check_against_model, parse_body
 from shared.billing import Idempotency, idempotency_key
+from shared.catalog import VirtualModel
 from shared.errors import (
     Conflict,
     InvalidRequest,
@@ -78,43 +80,45 @@ def create_generation():
         )
     body = request.get_data(cache=False)
     req = parse_body(body)
-    model = svc.catalog.model(req.model or svc.settings.default_model)
-    family = svc.catalog.family_of(model)
-    if not family.available:
-        raise ServiceUnavailable(
-            f"The model '{model.id}' is not available: {family.unavailable_reason}.",
-            code="model_unavailable",
-            headers={"x-should-retry": "false"},
+    target = svc.catalog.resolve(req.model or svc.settings.default_model)
+    routes: list[Route] = []
+    if isinstance(target, VirtualModel):
+        tier = svc.accounts.check_model(key, target)
+        routes = plan(
+            req, target, catalog=svc.catalog, settings=svc.settings, breakers=svc.breakers
         )
-    if family.key_env and not svc.settings.credential(family.key_env):
-        raise ServiceUnavailable(
-            f"The model '{model.id}' is not available: the gateway has no upstream key for "
-            f"'{family.name}' (set the environment variable {family.key_env}).",
-            code="upstream_not_configured",
-            headers={"x-should-retry": "false"},
-        )
-    tier = svc.accounts.check_model(key, model)
-    job_request = check_against_model(req, model)
+        model, family, job_request = routes[0].model, routes[0].family, routes[0].request
+    else:
+        model = target
+        family = svc.catalog.family_of(model)
+        _check_family(model, family, svc)
+        tier = svc.accounts.check_model(key, model)
+        job_request = check_against_model(req, model)
     webhook_url = None
     if req.webhook_url is not None:
         webhook_url = check_url(req.webhook_url, _net_policy(svc), param="webhook_url")
     if req.image is not None and not req.image.startswith("data:"):
         # A reference image the workers will fetch on the client's behalf.
-        job_request["image"] = check_url(req.image, _net_policy(svc), param="image")
+        checked = check_url(req.image, _net_policy(svc), param="image")
+        for request_dict in [job_request, *(route.request for route in routes)]:
+            request_dict["image"] = checked
     is_async = webhook_url is not None or _wants_async()
 
     now = time.time()
     budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
+    meta: dict = {"base_url": base_url(svc), "mode": "async" if is_async else "sync"}
+    if routes:
+        meta["routes"] = [route.to_meta() for route in routes]
     job = Job(
         id=new_job_id(),
         key_id=key.id,
-        model=model.id,
+        model=target.id,  # limits, price and usage go by the name the client asked for
         family=family.name,
         queue=family.queue,
         request=job_request,
         created=now,
         deadline=now + budget,
-        meta={"base_url": base_url(svc), "mode": "async" if is_async else "sync"},
+        meta=meta,
     )
     idempotency = _idempotency(key, svc, body, job.id)
     # Limits, balance, idempotency and the job record in one atomic step:
@@ -122,7 +126,7 @@ def create_generation():
     admission = svc.accounts.admit(
         key,
         tier,
-        model,
+        target,
         job_request["n"],
         job_key=svc.jobs.record_key(job.id),
         job_id=job.id,
@@ -146,9 +150,10 @@ def create_generation():
         svc.jobs.fail(job.id, None, error)  # refunds the reservation
         raise error from exc
     log.info(
-        "job %s queued: key=%s model=%s n=%s mode=%s",
+        "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
         job.id,
         key.id,
+        target.id,
         model.id,
         job_request["n"],
         job.meta["mode"],
@@ -156,6 +161,22 @@ def create_generation():
     if is_async:
         return _accepted(job.id, svc)
     return _wait_and_answer(job.id, svc)
+
+
+def _check_family(model, family, svc: Services) -> None:
+    if not family.available:
+        raise ServiceUnavailable(
+            f"The model '{model.id}' is not available: {family.unavailable_reason}.",
+            code="model_unavailable",
+            headers={"x-should-retry": "false"},
+        )
+    if family.key_env and not svc.settings.credential(family.key_env):
+        raise ServiceUnavailable(
+            f"The model '{model.id}' is not available: the gateway has no upstream key for "
+            f"'{family.name}' (set the environment variable {family.key_env}).",
+            code="upstream_not_configured",
+            headers={"x-should-retry": "false"},
+        )
 
 
 def _net_policy(svc: Services) -> NetPolicy:

@@ -12,12 +12,39 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.auth import current_key
+from api.routing import breaker_name
 from api.services import Services, services
-from shared.catalog import Model
+from shared.catalog import Model, VirtualModel
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 
 _CREATED = 1763683200  # catalog entries have no creation time of their own
+
+
+def describe_virtual(vm: VirtualModel, svc: Services) -> dict[str, Any]:
+    candidates = []
+    for candidate in vm.candidates:
+        real = describe(svc.catalog.models[candidate.model], svc)
+        candidates.append(
+            {
+                "model": candidate.model,
+                "weight": candidate.weight,
+                "params": dict(candidate.overrides),
+                "available": real["available"],
+                "health": real["health"],
+            }
+        )
+    return {
+        "id": vm.id,
+        "object": "model",
+        "created": _CREATED,
+        "owned_by": vm.owned_by,
+        "virtual": True,
+        "description": vm.description,
+        "price_per_image": str(vm.price),
+        "candidates": candidates,
+        "available": any(c["available"] and c["health"] != "open" for c in candidates),
+    }
 
 
 def describe(model: Model, svc: Services) -> dict[str, Any]:
@@ -43,6 +70,8 @@ def describe(model: Model, svc: Services) -> dict[str, Any]:
         "params": sorted(model.params),
         "available": not reason,
         **({"unavailable_reason": reason} if reason else {}),
+        "virtual": False,
+        "health": svc.breakers.status(breaker_name(model.id)).state.value,
     }
 
 
@@ -50,13 +79,16 @@ def describe(model: Model, svc: Services) -> dict[str, Any]:
 def list_models():
     current_key()
     svc = services()
-    return jsonify(
-        {"object": "list", "data": [describe(m, svc) for m in svc.catalog.models.values()]}
-    )
+    data = [describe_virtual(v, svc) for v in svc.catalog.virtual.values()]
+    data += [describe(m, svc) for m in svc.catalog.models.values()]
+    return jsonify({"object": "list", "data": data})
 
 
 @bp.get("/models/<path:model_id>")
 def get_model(model_id: str):
     current_key()
     svc = services()
-    return jsonify(describe(svc.catalog.model(model_id), svc))
+    target = svc.catalog.resolve(model_id)
+    if isinstance(target, VirtualModel):
+        return jsonify(describe_virtual(target, svc))
+    return jsonify(describe(target, svc))

@@ -11,6 +11,7 @@ from api.queue import TaskQueue
 from api.waiter import CompletionHub
 from shared.billing import Accounts
 from shared.catalog import Catalog
+from shared.health import Breakers, policy_from
 from shared.jobs import JobStore
 from shared.keys import KeyStore
 from shared.redis_client import connect
@@ -29,6 +30,7 @@ class Services:
     keys: KeyStore
     jobs: JobStore
     accounts: Accounts
+    breakers: Breakers
     storage: ImageStorage
     hub: CompletionHub
     queue: TaskQueue
@@ -45,6 +47,7 @@ class Services:
             keys=KeyStore(client),
             jobs=jobs,
             accounts=Accounts(client, catalog),
+            breakers=Breakers(client, policy_from(settings)),
             storage=storage_for(settings, client),
             hub=CompletionHub(client, jobs),
             queue=TaskQueue(settings),

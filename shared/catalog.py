@@ -85,6 +85,7 @@ class Family:
     key_env: str | None
     available: bool = True
     unavailable_reason: str = ""
+    max_concurrent: int = 0  # upstream jobs in flight per upstream key (0 = no cap)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,33 @@ class Model:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     owned_by: str = ""
     description: str = ""
+
+    @property
+    def price(self) -> Decimal:
+        return Decimal(self.price_micros) / MICROS_PER_UNIT
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A real model a virtual model may route to."""
+
+    model: str
+    weight: float = 1.0
+    overrides: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class VirtualModel:
+    """A quality level, not a vendor: routed per request to one of its candidates.
+
+    Tier limits and the price apply to the virtual model's own id.
+    """
+
+    id: str
+    candidates: tuple[Candidate, ...]
+    price_micros: int
+    description: str = ""
+    owned_by: str = "imagegate"
 
     @property
     def price(self) -> Decimal:
@@ -138,6 +166,13 @@ class Catalog:
     models: Mapping[str, Model]
     tiers: Mapping[str, Tier] = field(default_factory=lambda: MappingProxyType({}))
     default_tier: str = ""
+    virtual: Mapping[str, VirtualModel] = field(default_factory=lambda: MappingProxyType({}))
+
+    def resolve(self, model_id: str) -> Model | VirtualModel:
+        """A real or a virtual model by id; NotFound naming `model` otherwise."""
+        if model_id in self.virtual:
+            return self.virtual[model_id]
+        return self.model(model_id)
 
     def tier(self, name: str) -> Tier:
         try:
@@ -190,6 +225,9 @@ def load_catalog(path: str | Path | None = None, overlays: tuple[str, ...] = ())
         extra = _read(Path(overlay))
         raw.setdefault("families", {}).update(extra.get("families", {}))
         raw.setdefault("tiers", {}).update(extra.get("tiers", {}))
+        by_vid = {m.get("id"): m for m in raw.get("virtual_models", [])}
+        by_vid.update({m.get("id"): m for m in extra.get("virtual_models", [])})
+        raw["virtual_models"] = list(by_vid.values())
         raw.setdefault("accounts", {}).update(extra.get("accounts", {}))
         by_id = {m.get("id"): m for m in raw.get("models", [])}
         by_id.update({m.get("id"): m for m in extra.get("models", [])})
@@ -218,10 +256,17 @@ def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catal
         models[model.id] = model
     if not models:
         raise CatalogError(f"{source}: no models defined")
+    virtual: dict[str, VirtualModel] = {}
+    for index, spec in enumerate(raw.get("virtual_models", [])):
+        vm = _parse_virtual(spec, models, f"{source}: virtual_models[{index}]")
+        if vm.id in virtual or vm.id in models:
+            raise CatalogError(f"{source}: model id '{vm.id}' is defined twice")
+        virtual[vm.id] = vm
     accounts = raw.get("accounts", {})
     default_rpm = int(accounts.get("requests_per_minute", 60))
+    routable = {**models, **virtual}
     tiers = {
-        name: _parse_tier(name, spec, models, default_rpm, source)
+        name: _parse_tier(name, spec, routable, default_rpm, source)
         for name, spec in raw.get("tiers", {}).items()
     }
     default_tier = str(accounts.get("default_tier", next(iter(tiers), "")))
@@ -232,11 +277,46 @@ def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catal
         models=MappingProxyType(models),
         tiers=MappingProxyType(tiers),
         default_tier=default_tier,
+        virtual=MappingProxyType(virtual),
     )
 
 
+def _parse_virtual(
+    spec: Mapping[str, Any], models: Mapping[str, Model], where: str
+) -> VirtualModel:
+    try:
+        vm_id = str(spec["id"])
+        where = f"{where} ({vm_id})"
+        candidates = []
+        for entry in spec["candidates"]:
+            model_id = str(entry["model"])
+            if model_id not in models:
+                raise CatalogError(f"{where}: unknown candidate model '{model_id}'")
+            weight = float(entry.get("weight", 1))
+            if weight <= 0:
+                raise CatalogError(f"{where}: candidate '{model_id}' needs a positive weight")
+            overrides = dict(entry.get("params", {}))
+            unknown = set(overrides) - OPTIONAL_PARAMS
+            if unknown:
+                raise CatalogError(f"{where}: unknown override params {sorted(unknown)}")
+            candidates.append(Candidate(model_id, weight, MappingProxyType(overrides)))
+        if not candidates:
+            raise CatalogError(f"{where}: no candidates")
+        return VirtualModel(
+            id=vm_id,
+            candidates=tuple(candidates),
+            price_micros=_parse_price(spec.get("price", "0"), where),
+            description=str(spec.get("description", "")),
+            owned_by=str(spec.get("owned_by", "imagegate")),
+        )
+    except CatalogError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CatalogError(f"{where}: {exc}") from exc
+
+
 def _parse_tier(
-    name: str, spec: Mapping[str, Any], models: Mapping[str, Model], default_rpm: int, source: str
+    name: str, spec: Mapping[str, Any], models: Mapping[str, Any], default_rpm: int, source: str
 ) -> Tier:
     where = f"{source}: tiers.{name}"
     limits: dict[str, ModelLimit] = {}
@@ -277,6 +357,7 @@ def _parse_family(name: str, spec: Mapping[str, Any], source: str) -> Family:
             key_env=str(spec["key_env"]) if spec.get("key_env") else None,
             available=bool(spec.get("available", True)),
             unavailable_reason=str(spec.get("unavailable_reason", "")),
+            max_concurrent=int(spec.get("max_concurrent", 0)),
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{where}: {exc}") from exc

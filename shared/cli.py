@@ -25,6 +25,7 @@ import redis
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import NotFound
+from shared.health import Breakers, policy_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.settings import Settings, SettingsError
@@ -203,9 +204,15 @@ def keys_revoke(key_id: str) -> None:
 
 @main.command("models")
 def models() -> None:
-    """List the catalog and whether each model can be used with the current environment."""
+    """The catalog: price, whether each model is usable now, and its circuit-breaker state."""
     settings = _settings()
     catalog = settings.load_catalog()
+    breakers = Breakers(connect(settings.redis_url), policy_from(settings))
+    for vm in catalog.virtual.values():
+        click.echo(f"{vm.id}\tvirtual\t${vm.price}/image")
+        for c in vm.candidates:
+            state = breakers.status(f"model:{c.model}").state.value
+            click.echo(f"  -> {c.model}\tweight {c.weight:g}\t{state}")
     for model in catalog.models.values():
         family = catalog.family_of(model)
         if not family.available:
@@ -214,7 +221,8 @@ def models() -> None:
             state = f"needs {family.key_env}"
         else:
             state = "ready"
-        click.echo(f"{model.id}\t{family.name}\t${model.price}/image\t{state}")
+        health = breakers.status(f"model:{model.id}").state.value
+        click.echo(f"{model.id}\t{family.name}\t${model.price}/image\t{state}\t{health}")
 
 
 @main.command("check")

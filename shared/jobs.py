@@ -93,6 +93,9 @@ class Job:
     meta: dict[str, Any] = field(default_factory=dict)
     webhook_url: str | None = None
     webhook: dict[str, Any] | None = None  # delivery state, kept by the webhook deliverer
+    candidate: int = 0  # virtual models: index of the route being tried (meta["routes"])
+    serving: str | None = None  # the real model running (or that ran) the job
+    fallbacks: tuple[dict[str, Any], ...] = ()  # routes given up, with why
 
     @property
     def terminal(self) -> bool:
@@ -161,6 +164,20 @@ return 1
 """
 
 
+# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON
+_HANDOFF = f"""
+local terminal = {_TERMINAL_LUA}
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or terminal[st] then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+local notes = cjson.decode(redis.call('HGET', KEYS[1], 'fallbacks') or '[]')
+notes[#notes + 1] = cjson.decode(ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'candidate', ARGV[2],
+  'fallbacks', cjson.encode(notes))
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class Claim:
     outcome: str  # run | terminal | expired | missing
@@ -177,6 +194,7 @@ class JobStore:
         self._retention = retention_seconds
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
+        self._handoff = client.register_script(_HANDOFF)
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -243,6 +261,9 @@ class JobStore:
             finished=float(fields["finished"]) if fields.get("finished") else None,
             webhook_url=fields.get("webhook_url") or None,
             webhook=json.loads(fields["webhook"]) if fields.get("webhook") else None,
+            candidate=int(fields.get("candidate", 0)),
+            serving=fields.get("serving") or None,
+            fallbacks=tuple(json.loads(fields["fallbacks"])) if fields.get("fallbacks") else (),
         )
 
     def status(self, job_id: str) -> JobStatus | None:
@@ -272,6 +293,20 @@ class JobStore:
         """Cancel a queued or running job (whatever attempt holds it); refunds it in full."""
         error = Conflict(f"The job {job_id} was canceled.", code="job_canceled")
         return self._finish_with(job_id, None, JobStatus.CANCELED, "error", _error_json(error))
+
+    def handoff(self, job_id: str, attempt: int, next_index: int, note: dict[str, Any]) -> bool:
+        """Give a running job back to the queue for its next route (virtual models).
+
+        Only the attempt holding the fence can do it; the job stays billed once.
+        """
+        reply = self._handoff(
+            keys=[_JOB.format(job_id)],
+            args=[str(attempt), str(next_index), json.dumps(note, separators=(",", ":"))],
+        )
+        return bool(reply)
+
+    def set_serving(self, job_id: str, model_id: str) -> None:
+        self._redis.hset(_JOB.format(job_id), "serving", model_id)
 
     def set_webhook_state(self, job_id: str, state: dict[str, Any]) -> None:
         self._redis.hset(_JOB.format(job_id), "webhook", json.dumps(state, separators=(",", ":")))

@@ -35,6 +35,8 @@ def images_response(job: Job, storage: ImageStorage, *, base_url: str, ttl: int)
         body["size"] = job.images[0].size
         body["output_format"] = job.images[0].content_type.rsplit("/", 1)[-1]
     body["model"] = job.model
+    if job.meta.get("routes"):
+        body["served_by"] = job.serving  # the real model behind the virtual one
     return body
 
 
@@ -49,6 +51,9 @@ def job_object(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> d
     }
     if job.finished:
         body["finished"] = int(job.finished)
+    if job.meta.get("routes"):
+        body["served_by"] = job.serving
+        body["fallbacks"] = list(job.fallbacks)
     if job.status == JobStatus.SUCCEEDED:
         body["result"] = images_response(job, storage, base_url=base_url, ttl=ttl)
     elif job.error:

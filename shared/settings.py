@@ -52,6 +52,10 @@ class Settings:
     )
     allow_http_callbacks: bool = False  # webhook and image URLs must be https unless set
     allowed_internal_hosts: tuple[str, ...] = ()  # hosts exempt from the SSRF address check
+    breaker_failures: int = 5  # upstream failures within the window that open a breaker
+    breaker_window_seconds: float = 60.0
+    breaker_cooldown_seconds: float = 30.0  # open this long, then one trial (half-open)
+    fallback_min_seconds: float = 3.0  # hand a job to the next candidate only with this much left
     job_retention_seconds: int = 86400
     catalog_path: str = ""  # empty: the catalog shipped with the package
     catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
@@ -151,6 +155,14 @@ class Settings:
             webhook_timeout_seconds=number("WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
             webhook_retry_schedule=schedule,
             allow_http_callbacks=get("ALLOW_HTTP_CALLBACKS").lower() in ("1", "true", "yes"),
+            breaker_failures=int(number("BREAKER_FAILURES", cls.breaker_failures, int)),
+            breaker_window_seconds=number("BREAKER_WINDOW_SECONDS", cls.breaker_window_seconds),
+            breaker_cooldown_seconds=number(
+                "BREAKER_COOLDOWN_SECONDS", cls.breaker_cooldown_seconds
+            ),
+            fallback_min_seconds=number(
+                "FALLBACK_MIN_SECONDS", cls.fallback_min_seconds, minimum=0
+            ),
             allowed_internal_hosts=tuple(
                 h.strip().lower() for h in get("ALLOWED_INTERNAL_HOSTS").split(",") if h.strip()
             ),
@@ -185,3 +197,8 @@ class Settings:
 
     def credential(self, key_env: str | None) -> str | None:
         return self.credentials.get(key_env) if key_env else None
+
+    def credentials_for(self, key_env: str | None) -> list[str]:
+        """Every upstream key in the variable: several, comma-separated, are used in rotation."""
+        value = self.credential(key_env) or ""
+        return [k.strip() for k in value.split(",") if k.strip()]

@@ -113,6 +113,11 @@ def stack_env(
         # tests/data/test_models.toml's config-only OpenAI-compatible family.
         "IMAGEGATE_BASE_URL_COMPAT": f"{simulators['openai']}/v1",
         "COMPAT_API_KEY": SIM_KEY,
+        "IMAGEGATE_BASE_URL_CAPPED": f"{simulators['openai']}/v1",
+        "CAPPED_API_KEY": SIM_KEY,
+        # Short breaker settings so the routing tests can watch one open and recover.
+        "IMAGEGATE_BREAKER_FAILURES": "3",
+        "IMAGEGATE_BREAKER_COOLDOWN_SECONDS": "3",
         # Webhook receivers of the tests listen on loopback over plain http.
         "IMAGEGATE_ALLOW_HTTP_CALLBACKS": "1",
         "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",

@@ -231,6 +231,7 @@ def test_budget_exhausted_gives_504_with_job_id_and_the_worker_stops_too(
 
 def test_unavailable_family_gets_503(client: OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as info:
-        client.images.generate(model="black-forest-labs/flux-2-pro", prompt="x")
+        client.images.generate(model="test/retired", prompt="x")
     assert info.value.status_code == 503
     assert info.value.body["code"] == "model_unavailable"
+    assert "being migrated" in info.value.body["message"]

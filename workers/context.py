@@ -10,7 +10,9 @@ import redis
 import requests
 from requests.adapters import HTTPAdapter
 
+from shared.capacity import Capacity
 from shared.catalog import Catalog
+from shared.health import Breakers, policy_from
 from shared.jobs import JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -25,6 +27,8 @@ class WorkerContext:
     redis: redis.Redis
     jobs: JobStore
     storage: ImageStorage
+    breakers: Breakers
+    capacity: Capacity
 
     def session(self) -> requests.Session:
         """One pooled HTTP session per worker thread (requests sessions are not thread-safe)."""
@@ -50,6 +54,8 @@ def build_context(settings: Settings) -> WorkerContext:
         redis=client,
         jobs=JobStore(client, retention_seconds=settings.job_retention_seconds),
         storage=storage_for(settings, client),
+        breakers=Breakers(client, policy_from(settings)),
+        capacity=Capacity(client),
     )
 
 

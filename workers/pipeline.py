@@ -1,8 +1,15 @@
 """What one generation task does, from job id to a finished job record.
 
-    claim (fenced attempt) -> clamp size by the model's rule -> adapter.generate
-    -> download URL results at once -> check every image with Pillow -> store
-    -> record success (only if our attempt still holds the fence)
+    claim (fenced attempt) -> pick the route (virtual models) -> clamp size by the
+    model's rule -> take an upstream slot and key (capacity, key breakers)
+    -> adapter.generate -> download URL results at once -> check every image
+    with Pillow -> store -> record success (only if our attempt still holds the fence)
+
+Every upstream outcome feeds the circuit breakers of the model and of the key.
+For a virtual model, a failure another candidate could fix (an UpstreamError:
+5xx, 429, timeout, rejected key) hands the job to the next route — possibly a
+queue of another family — while enough of the deadline is left; the job stays
+billed once, at the virtual model's price.
 
 Failures end the job with the error the client will see; a passed deadline
 ends it ``timed_out``. Running it twice for the same job is harmless: a
@@ -15,10 +22,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from shared.catalog import Model
-from shared.errors import DeadlineExceeded, GatewayError, InvalidRequest, ServerError
+from shared.capacity import Lease
+from shared.catalog import Catalog, Family, Model
+from shared.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    ServerError,
+    UpstreamError,
+)
 from shared.jobs import Job, StoredImage, timeout_error
 from shared.netguard import NetPolicy, safe_session
 from shared.sizing import Size, parse_size
@@ -38,7 +54,12 @@ class Outcome:
     attempt: int = 0
 
 
-def run_job(job_id: str, ctx: WorkerContext, *, worker: str = "") -> Outcome:
+Handoff = Callable[[str, str], None]  # (job id, queue) -> send the task there
+
+
+def run_job(
+    job_id: str, ctx: WorkerContext, *, worker: str = "", handoff: Handoff | None = None
+) -> Outcome:
     claim = ctx.jobs.claim(job_id, worker=worker)
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
@@ -54,6 +75,8 @@ def run_job(job_id: str, ctx: WorkerContext, *, worker: str = "") -> Outcome:
         log.warning("job %s timed out at its deadline", job_id)
         return Outcome(job_id, "timed_out", claim.attempt)
     except GatewayError as exc:
+        if handoff is not None and _fall_back(job, claim.attempt, exc, ctx, handoff):
+            return Outcome(job_id, "handed_off", claim.attempt)
         ctx.jobs.fail(job_id, claim.attempt, exc)
         log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
         return Outcome(job_id, "failed", claim.attempt)
@@ -81,9 +104,47 @@ def run_job(job_id: str, ctx: WorkerContext, *, worker: str = "") -> Outcome:
     return Outcome(job_id, "superseded", claim.attempt)
 
 
-def build_request(job: Job, model: Model) -> ImageRequest:
+def route_of(job: Job, catalog: Catalog) -> tuple[Model, dict[str, Any]]:
+    """The real model and request this attempt runs: the current route of a virtual model."""
+    routes = job.meta.get("routes")
+    if routes:
+        route = routes[min(job.candidate, len(routes) - 1)]
+        return catalog.model(route["model"]), route["request"]
+    return catalog.model(job.model), job.request
+
+
+def _fall_back(
+    job: Job, attempt: int, error: GatewayError, ctx: WorkerContext, handoff: Handoff
+) -> bool:
+    routes = job.meta.get("routes") or []
+    nxt = job.candidate + 1
+    if not isinstance(error, UpstreamError) or nxt >= len(routes):
+        return False
+    if job.deadline - time.time() < ctx.settings.fallback_min_seconds:
+        return False
+    next_model = ctx.catalog.model(routes[nxt]["model"])
+    queue = ctx.catalog.family_of(next_model).queue
+    note = {"model": routes[job.candidate]["model"], "code": error.code, "at": time.time()}
+    if not ctx.jobs.handoff(job.id, attempt, nxt, note):
+        return False
+    try:
+        handoff(job.id, queue)
+    except Exception:  # noqa: BLE001 - the broker refused: end the job rather than lose it
+        log.exception("job %s: could not hand off to %s", job.id, queue)
+        return False
+    log.warning(
+        "job %s: %s failed (%s); falling back to %s",
+        job.id,
+        note["model"],
+        error.code,
+        next_model.id,
+    )
+    return True
+
+
+def build_request(job: Job, model: Model, req: dict[str, Any] | None = None) -> ImageRequest:
     """The adapter's request: the client's fields with the size fitted to the model's rule."""
-    req = job.request
+    req = job.request if req is None else req
     requested = parse_size(req["size"]) if req.get("size") else None
     decision = model.size_rule.clamp(requested, req.get("aspect_ratio"), model.default_size)
     size: Size | None = decision.size
@@ -106,12 +167,14 @@ def build_request(job: Job, model: Model) -> ImageRequest:
 
 
 def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
-    model = ctx.catalog.model(job.model)
+    model, req = route_of(job, ctx.catalog)
     family = ctx.catalog.family_of(model)
     adapter = ADAPTERS.get(family.adapter)
     if adapter is None:
         raise ServerError(f"No adapter '{family.adapter}' in this worker build.", code="no_adapter")
-    request = build_request(job, model)
+    request = build_request(job, model, req)
+    if job.meta.get("routes"):
+        ctx.jobs.set_serving(job.id, model.id)
     http = UpstreamHTTP(
         session=ctx.session(),
         deadline=job.deadline,
@@ -124,10 +187,12 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         allow_http=ctx.settings.allow_http_callbacks,
         allowed_hosts=frozenset(ctx.settings.allowed_internal_hosts),
     )
+    keys = ctx.settings.credentials_for(family.key_env)
+    lease = _take_slot(job, family, keys, ctx)
     call = CallContext(
         family=family,
         base_url=ctx.settings.base_url_for(family.name, family.base_url),
-        api_key=ctx.settings.credential(family.key_env),
+        api_key=keys[lease.key_index] if lease and keys else None,
         http=http,
         deadline=job.deadline,
         client_http=dataclasses.replace(
@@ -143,8 +208,44 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         request.aspect_ratio,
         request.n,
     )
-    result = adapter.generate(request, call)
-    return _store(job, result, http, ctx, request)
+    breakers = [f"model:{model.id}"] + ([f"key:{family.name}:{lease.key_index}"] if lease else [])
+    try:
+        result = adapter.generate(request, call)
+        stored = _store(job, result, http, ctx, request)
+    except UpstreamError:
+        for name in breakers:
+            ctx.breakers.record_failure(name)
+        raise
+    finally:
+        if lease is not None:
+            ctx.capacity.release(lease)
+    for name in breakers:
+        ctx.breakers.record_success(name)
+    return stored
+
+
+def _take_slot(job: Job, family: Family, keys: list[str], ctx: WorkerContext) -> Lease | None:
+    """An upstream slot (``max_concurrent`` per key) on a key whose breaker is not open.
+
+    Waits for a slot up to the deadline; families without a key or a cap get
+    a lease only to rotate among their keys.
+    """
+    if not keys:
+        return None
+    skip = [i for i in range(len(keys)) if not ctx.breakers.would_allow(f"key:{family.name}:{i}")]
+    if len(skip) == len(keys):
+        skip = []  # every key is failing: try anyway rather than refuse
+    lease = ctx.capacity.acquire_blocking(
+        family.name,
+        len(keys),
+        family.max_concurrent,
+        ttl=max(1.0, job.deadline - time.time()) + 30.0,
+        deadline=job.deadline,
+        skip=skip,
+    )
+    if lease is None:
+        raise DeadlineExceeded(f"no free {family.name} upstream slot before the deadline")
+    return lease
 
 
 def _store(

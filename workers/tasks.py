@@ -17,8 +17,15 @@ from workers.webhooks import deliver
 
 @app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def generate(self: Task, job_id: str) -> str:
-    outcome = run_job(job_id, get_context(), worker=self.request.hostname or "")
+    outcome = run_job(
+        job_id, get_context(), worker=self.request.hostname or "", handoff=_send_to_queue
+    )
     return outcome.status
+
+
+def _send_to_queue(job_id: str, queue: str) -> None:
+    """Fallback of a virtual model: the job continues on another family's queue."""
+    app.send_task(GENERATE_TASK, args=[job_id], queue=queue)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True)

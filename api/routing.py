@@ -1,0 +1,92 @@
+"""Choosing the real models behind a virtual model, per request.
+
+A virtual model (``image-turbo``, ``image``, ``image-pro``) lists candidate real
+models with weights. For each request :func:`plan` keeps the candidates that
+can honour it — family available with a key, the request valid for the model
+(n, prompt length, parameters and their values, edit mode, size rule) after
+the candidate's parameter overrides — and whose circuit breaker is not open,
+then orders them by weighted random choice without replacement
+(Efraimidis–Spirakis keys ``u ** (1 / weight)``). The job is sent to the
+first; the rest are its fallbacks, tried in order by the workers when a
+candidate fails in a way another can fix.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from api.schemas import GenerationRequest
+from api.validation import check_against_model
+from shared.catalog import Catalog, Family, Model, VirtualModel
+from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from shared.health import Breakers
+from shared.settings import Settings
+from shared.sizing import parse_size
+
+
+@dataclass(frozen=True)
+class Route:
+    model: Model
+    family: Family
+    request: dict[str, Any]  # the job request for this candidate (overrides applied)
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"model": self.model.id, "request": self.request}
+
+
+def breaker_name(model_id: str) -> str:
+    return f"model:{model_id}"
+
+
+def plan(
+    req: GenerationRequest,
+    virtual: VirtualModel,
+    *,
+    catalog: Catalog,
+    settings: Settings,
+    breakers: Breakers,
+    rng: random.Random | None = None,
+) -> list[Route]:
+    eligible: list[tuple[Route, float]] = []
+    first_error: GatewayError | None = None
+    for candidate in virtual.candidates:
+        model = catalog.models[candidate.model]
+        family = catalog.family_of(model)
+        if not family.available or (family.key_env and not settings.credential(family.key_env)):
+            continue
+        try:
+            merged = req.model_copy(update=dict(candidate.overrides))
+            request = check_against_model(merged, model)
+            requested = parse_size(request["size"]) if request.get("size") else None
+            model.size_rule.clamp(requested, request.get("aspect_ratio"), model.default_size)
+        except InvalidRequest as exc:
+            first_error = first_error or exc
+            continue
+        eligible.append((Route(model, family, request), candidate.weight))
+    if not eligible:
+        if first_error is not None:
+            first_error.message = (
+                f"No model behind '{virtual.id}' can serve this request: {first_error.message}"
+            )
+            raise first_error
+        raise ServiceUnavailable(
+            f"No model behind '{virtual.id}' is configured on this gateway.",
+            code="model_unavailable",
+            headers={"x-should-retry": "false"},
+        )
+    healthy = [(r, w) for r, w in eligible if breakers.would_allow(breaker_name(r.model.id))]
+    if not healthy:
+        retry = min(
+            (breakers.status(breaker_name(r.model.id)).retry_at or 0.0) for r, _ in eligible
+        )
+        raise ServiceUnavailable(
+            f"Every model behind '{virtual.id}' is failing right now; try again shortly.",
+            code="all_candidates_unhealthy",
+            headers={"Retry-After": str(max(1, int(retry - time.time()) + 1))},
+        )
+    rng = rng or random.Random()
+    keyed = sorted(healthy, key=lambda rw: rng.random() ** (1.0 / rw[1]), reverse=True)
+    return [route for route, _ in keyed]
