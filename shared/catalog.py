@@ -9,6 +9,7 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     base_url = "https://api.openai.com/v1"
     key_env = "OPENAI_API_KEY"       # env var holding the upstream key ("" = none needed)
     available = true                 # false: listed, but answers 503 with `unavailable_reason`
+    max_concurrent = 24              # upstream jobs in flight per key (0 = no cap)
 
     [[models]]
     id = "dall-e-3"                  # what clients send as `model`
@@ -23,6 +24,11 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     params = ["quality", "style", "user"]           # optional request fields it accepts
     choices = { quality = ["standard", "hd"] }      # allowed values, where narrower than the API's
     options = { response_format = "b64_json" }      # adapter-specific settings
+
+    [[virtual_models]]
+    id = "image-turbo"               # routed per request to one of its candidates
+    price = "0.005"                  # its own price; tier limits use this id too
+    candidates = [{ model = "flux-schnell", weight = 4, params = { output_format = "png" } }]
 
     [accounts]
     default_tier = "free"
