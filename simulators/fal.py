@@ -98,6 +98,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
+from simulators.control import register_control
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "fal"
@@ -846,39 +847,11 @@ def create_app(config: SimConfig | None = None) -> Flask:
 
     # -- control endpoints for tests ----------------------------------------------------
 
-    @app.get("/_sim/health")
-    def health() -> Response:
-        return jsonify({"ok": True, "provider": PROVIDER})
-
-    @app.get("/_sim/config")
-    def get_config() -> Response:
-        return jsonify(state.config.to_dict())
-
-    @app.post("/_sim/config")
-    def post_config() -> Response:
-        changes = request.get_json(force=True, silent=True)
-        if not isinstance(changes, dict):
-            raise FalError(400, "Expected a JSON object with config fields.")
-        try:
-            return jsonify(state.update_config(changes).to_dict())
-        except ValueError as exc:
-            raise FalError(400, str(exc)) from exc
-
-    @app.post("/_sim/reset")
-    def reset() -> Response:
-        state.update_config(initial_config.to_dict())
-        cleared = state.clear_requests()
+    def forget_tasks() -> None:
         with lock:
             tasks.clear()
-        return jsonify({"ok": True, "cleared": cleared, "config": state.config.to_dict()})
 
-    @app.get("/_sim/requests")
-    def get_requests() -> Response:
-        return jsonify(state.requests())
-
-    @app.delete("/_sim/requests")
-    def delete_requests() -> Response:
-        return jsonify({"ok": True, "cleared": state.clear_requests()})
+    register_control(app, state, initial_config, PROVIDER, on_reset=forget_tasks)
 
     return app
 

@@ -132,6 +132,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
+from simulators.control import register_control
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "replicate"
@@ -1174,24 +1175,6 @@ def create_app(config: SimConfig | None = None) -> Flask:
 
     # -- control endpoints for tests -------------------------------------------
 
-    @app.get("/_sim/health")
-    def health() -> Response:
-        return jsonify({"ok": True, "provider": PROVIDER})
-
-    @app.get("/_sim/config")
-    def get_config() -> Response:
-        return jsonify(state.config.to_dict())
-
-    @app.post("/_sim/config")
-    def post_config() -> Response:
-        changes = request.get_json(force=True, silent=True)
-        if not isinstance(changes, dict):
-            raise Problem(400, "Invalid config", "Expected a JSON object with config fields.")
-        try:
-            return jsonify(state.update_config(changes).to_dict())
-        except ValueError as exc:
-            raise Problem(400, "Invalid config", str(exc)) from exc
-
     @app.post("/_sim/malformed")
     def post_malformed() -> Response:
         body = request.get_json(force=True, silent=True)
@@ -1201,20 +1184,10 @@ def create_app(config: SimConfig | None = None) -> Flask:
         store.malformed_next = count
         return jsonify({"ok": True, "next": count})
 
-    @app.post("/_sim/reset")
-    def reset() -> Response:
-        state.update_config(initial_config.to_dict())
+    def forget_malformed() -> None:
         store.malformed_next = 0
-        cleared = state.clear_requests()
-        return jsonify({"ok": True, "cleared": cleared, "config": state.config.to_dict()})
 
-    @app.get("/_sim/requests")
-    def get_requests() -> Response:
-        return jsonify(state.requests())
-
-    @app.delete("/_sim/requests")
-    def delete_requests() -> Response:
-        return jsonify({"ok": True, "cleared": state.clear_requests()})
+    register_control(app, state, initial_config, PROVIDER, on_reset=forget_malformed)
 
     return app
 

@@ -1,0 +1,71 @@
+"""The control endpoints every simulator shares (they are ours, not the upstream's).
+
+``GET /_sim/health``; ``GET|POST /_sim/config`` (POST merges the JSON into the
+fault-injection knobs of :class:`simulators.state.SimConfig`); ``POST /_sim/reset``
+(start-up config back, request log cleared, plus whatever the provider forgets
+in ``on_reset``, e.g. its tasks); ``GET|DELETE /_sim/requests`` (the request log).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flask import Flask, Response, jsonify, request
+
+from simulators.state import SimConfig, SimState
+
+
+def register_control(
+    app: Flask,
+    state: SimState,
+    initial_config: SimConfig,
+    provider: str,
+    *,
+    on_reset: Callable[[], None] | None = None,
+) -> None:
+    def bad(message: str) -> Response:
+        response = jsonify(
+            {
+                "error": {
+                    "message": message,
+                    "type": "invalid_request_error",
+                    "code": "invalid_config",
+                }
+            }
+        )
+        response.status_code = 400
+        return response
+
+    @app.get("/_sim/health")
+    def sim_health() -> Response:
+        return jsonify({"ok": True, "provider": provider})
+
+    @app.get("/_sim/config")
+    def sim_get_config() -> Response:
+        return jsonify(state.config.to_dict())
+
+    @app.post("/_sim/config")
+    def sim_post_config() -> Response:
+        changes = request.get_json(force=True, silent=True)
+        if not isinstance(changes, dict):
+            return bad("Expected a JSON object with config fields.")
+        try:
+            return jsonify(state.update_config(changes).to_dict())
+        except ValueError as exc:
+            return bad(str(exc))
+
+    @app.post("/_sim/reset")
+    def sim_reset() -> Response:
+        state.update_config(initial_config.to_dict())
+        cleared = state.clear_requests()
+        if on_reset is not None:
+            on_reset()
+        return jsonify({"ok": True, "cleared": cleared, "config": state.config.to_dict()})
+
+    @app.get("/_sim/requests")
+    def sim_get_requests() -> Response:
+        return jsonify(state.requests())
+
+    @app.delete("/_sim/requests")
+    def sim_delete_requests() -> Response:
+        return jsonify({"ok": True, "cleared": state.clear_requests()})
