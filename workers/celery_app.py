@@ -42,6 +42,9 @@ app.conf.update(
         # Sweep for messages of dead workers every few seconds, not every 100 s.
         "unacked_restore_interval": 5,
         "unacked_restore_throttle": 1,
+        # kombu's channel pool is shared by every ack; high concurrency overflows the
+        # default of 10 (acks fail, messages are redelivered).
+        "max_connections": 2000,
         "socket_connect_timeout": 5,
         "socket_timeout": 10,
     },

@@ -1,0 +1,97 @@
+"""The project's OpenAI Images simulator, optionally with photo-like image payloads.
+
+    python -m bench.simulator --port 9100 --latency 1.0 --api-key sim-key \
+        [--images noise] [--prewarm 512x512,1024x1024]
+
+Everything is ``python -m simulators openai`` (same options, same
+``/_sim/config``), with TCP_NODELAY on its connections (see
+:class:`NoDelayWSGIServer`), and ``--images noise``: the simulator's images are
+solid colours, which PNG compresses to a few kB, far smaller than what image
+models return. With ``noise`` each image is random pixels quantised to 4 bits
+per channel, which PNG (level 1) stores in about as many bytes as a real
+generated image: 1024x1024 about 2 MB, 512x512 about 500 kB, 256x256 about
+125 kB. Like the solid ones they are cached per (size, colour), so the
+simulator spends almost no CPU on them after the first few; ``--prewarm
+WxH,...`` renders those sizes before the simulator starts serving.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import io  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+
+from gevent.pywsgi import WSGIServer  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import simulators.__main__ as simulator_cli  # noqa: E402
+import simulators.openai_images as openai_images  # noqa: E402
+
+_QUANTISE = bytes(b & 0xF0 for b in range(256))
+
+
+def noise_png(width: int, height: int, fmt: str, transparent: bool, colour: int, compression: int):
+    """Like ``openai_images._encode`` but with random, photo-sized pixels (tinted by colour)."""
+    if fmt != "png" or transparent:
+        return _solid(width, height, fmt, transparent, colour, compression)
+    raw = os.urandom(width * height * 3).translate(_QUANTISE)
+    image = Image.frombytes("RGB", (width, height), raw)
+    tint = Image.new("RGB", (width, height), openai_images.PALETTE[colour])
+    image = Image.blend(image, tint, 0.25)
+    buf = io.BytesIO()
+    image.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+_solid = openai_images._encode
+
+
+class NoDelayWSGIServer(WSGIServer):
+    """gevent's WSGI server with TCP_NODELAY on every connection.
+
+    gevent.pywsgi writes a response's headers and body in separate sends; with
+    Nagle's algorithm on, the body waits for the client's delayed ACK, which
+    adds about 40 ms to every small response (seen here: 44 ms for a 128-byte
+    JSON answer at latency 0). A real upstream does not add that, and the
+    benchmark would count it as gateway overhead.
+    """
+
+    def handle(self, sock, address):  # noqa: ANN001 - gevent's signature
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        return super().handle(sock, address)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    images = "solid"
+    if "--images" in args:
+        at = args.index("--images")
+        images = args[at + 1]
+        del args[at : at + 2]
+    prewarm: list[tuple[int, int]] = []
+    if "--prewarm" in args:
+        at = args.index("--prewarm")
+        prewarm = [tuple(int(x) for x in size.split("x")) for size in args[at + 1].split(",")]
+        del args[at : at + 2]
+    if images not in ("solid", "noise"):
+        print("error: --images must be 'solid' or 'noise'", file=sys.stderr)
+        return 2
+    if images == "noise":
+        cached = openai_images.functools.lru_cache(maxsize=256)(noise_png)
+        openai_images._encode = cached
+    for width, height in prewarm:
+        # Fill the image cache before serving, so no request waits for a first render.
+        for colour in range(len(openai_images.PALETTE)):
+            openai_images._encode(width, height, "png", False, colour, 100)
+    simulator_cli.WSGIServer = NoDelayWSGIServer
+    return simulator_cli.main(["openai", *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""A private imagegate stack for one benchmark run, on free ports of this machine.
+
+    redis-server                      own instance, no persistence
+    python -m bench.simulator         the project's OpenAI simulator (chosen latency, images)
+    celery ... worker -Q openai  x N  the pool under test (threads or gevent, concurrency C)
+    gunicorn api.wsgi:app             M gevent processes (api/gunicorn_conf.py, as in production)
+    imagegate keys create ...         an internal key with an unlimited balance
+
+The gateway sees two models, defined in a catalog overlay and served by the
+simulator's ``compat-any`` model (any WxH) through the ``openai`` family:
+``bench/url`` asks the upstream for a URL (the worker then downloads the
+image) and ``bench/b64`` asks for base64 in the JSON body.
+
+Use it as a context manager; every process is stopped (process groups,
+SIGTERM then SIGKILL) however the block ends::
+
+    with Stack(StackConfig(web_processes=2, worker_processes=2), run_dir) as stack:
+        stack.base_url, stack.api_key, stack.set_latency(0.0), stack.measure.memory()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from bench.procs import BIN, Group, Process, free_port
+
+SIM_KEY = "bench-upstream-key"
+MODEL_URL = "bench/url"
+MODEL_B64 = "bench/b64"
+
+OVERLAY = """\
+# imagegate benchmark models: the simulator's compat-any model (any WxH) via the openai family.
+[[models]]
+id = "bench/url"
+family = "openai"
+upstream = "compat-any"
+price = "0.001"
+size_rule = { kind = "passthrough", min = 16, max = 4096 }
+default_size = "512x512"
+max_n = 4
+max_prompt_length = 4000
+response_formats = ["url", "b64_json"]
+options = { response_format = "url" }
+
+[[models]]
+id = "bench/b64"
+family = "openai"
+upstream = "compat-any"
+price = "0.001"
+size_rule = { kind = "passthrough", min = 16, max = 4096 }
+default_size = "1024x1024"
+max_n = 4
+max_prompt_length = 4000
+response_formats = ["url", "b64_json"]
+options = { response_format = "b64_json" }
+"""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    web_processes: int = 2
+    web_connections: int = 2000  # requests held per web process (gevent worker_connections)
+    worker_processes: int = 2
+    worker_pool: str = "threads"  # celery --pool: threads | gevent
+    worker_concurrency: int = 500  # per worker process
+    upstream_latency: float = 0.0
+    images: str = "noise"  # simulator images: noise (photo-sized) | solid (tiny)
+    prewarm: str = "256x256,512x512,1024x1024"  # sizes the simulator renders before serving
+    log_level: str = "INFO"
+
+    def describe(self) -> str:
+        return (
+            f"{self.web_processes} web (gunicorn gevent) + {self.worker_processes} worker "
+            f"(celery {self.worker_pool} x{self.worker_concurrency})"
+        )
+
+
+class Stack:
+    def __init__(self, config: StackConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[Process] = []
+        self.redis: Process | None = None
+        self.simulator: Process | None = None
+        self.web: Process | None = None
+        self.workers: list[Process] = []
+        self.simulator_url = ""
+        self.base_url = ""
+        self.api_key = ""
+        self.env: dict[str, str] = {}
+
+    # -- life cycle ------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        cfg = self.config
+        redis_port = free_port()
+        redis_dir = self.run_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        self.redis = self._spawn(
+            "redis",
+            [
+                "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(redis_dir),
+                "--maxmemory-policy", "noeviction", "--maxclients", "20000",
+            ],
+        )  # fmt: skip
+        self.simulator = self._spawn(
+            "simulator",
+            [
+                str(BIN / "python"), "-m", "bench.simulator", "--port", "0",
+                "--latency", str(cfg.upstream_latency), "--api-key", SIM_KEY,
+                "--images", cfg.images, "--backlog", "4096",
+                *(["--prewarm", cfg.prewarm] if cfg.prewarm else []),
+            ],
+        )  # fmt: skip
+        overlay = self.run_dir / "bench_models.toml"
+        overlay.write_text(OVERLAY)
+        self.redis.wait_until(lambda: _redis_ping(redis_port), timeout=20)
+        found: dict[str, str] = {}
+
+        def sim_ready() -> bool:
+            match = re.search(r"SIMULATOR READY (\S+)", self.simulator.log())  # type: ignore[union-attr]
+            if match:
+                found["url"] = match.group(1)
+            return bool(match)
+
+        self.simulator.wait_until(sim_ready, timeout=30)
+        self.simulator_url = found["url"]
+        port = free_port()
+        self.env = {
+            "IMAGEGATE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "IMAGEGATE_STORAGE_DIR": str(self.run_dir / "images"),
+            "IMAGEGATE_CATALOG_OVERLAYS": str(overlay),
+            "IMAGEGATE_BASE_URL_OPENAI": f"{self.simulator_url}/v1",
+            "OPENAI_API_KEY": SIM_KEY,
+            "IMAGEGATE_LOG_LEVEL": cfg.log_level,
+            "PORT": str(port),
+            "IMAGEGATE_HOST": "127.0.0.1",
+            "IMAGEGATE_WEB_PROCESSES": str(cfg.web_processes),
+            "IMAGEGATE_WEB_CONNECTIONS": str(cfg.web_connections),
+        }
+        for i in range(cfg.worker_processes):
+            # As the Procfile's worker_openai line, with the pool under test.
+            argv = [
+                str(BIN / "celery"), "-A", "workers.celery_app", "worker",
+                "-Q", "openai", "-n", f"bench-openai-{i}@%h",
+                "--pool", cfg.worker_pool, "--concurrency", str(cfg.worker_concurrency),
+                "--without-gossip", "--without-mingle", "-l", cfg.log_level,
+            ]  # fmt: skip
+            self.workers.append(self._spawn(f"worker-{i}", argv, env=self.env))
+        self.web = self._spawn(
+            "web",
+            [str(BIN / "gunicorn"), "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
+            env=self.env,
+        )
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.api_key = self._create_key()
+        self.web.wait_until(
+            lambda: requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok, timeout=60
+        )
+        # A worker is consuming once its BRPOP on the queue is parked in Redis
+        # (whatever its log level says).
+        for worker in self.workers:
+            worker.wait_until(lambda: _consumers(redis_port) >= len(self.workers), timeout=60)
+        return self
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            try:
+                proc.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the others
+                pass
+        images = self.run_dir / "images"
+        shutil.rmtree(images, ignore_errors=True)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def set_latency(self, seconds: float) -> None:
+        set_simulator_latency(self.simulator_url, seconds)
+
+    @property
+    def measure(self) -> Group:
+        """The gateway's processes by component (web, workers, redis) plus the simulator."""
+        assert self.web and self.redis and self.simulator
+        return Group(
+            {
+                "web": [self.web.pid],
+                "workers": [w.pid for w in self.workers],
+                "redis": [self.redis.pid],
+                "simulator": [self.simulator.pid],
+            }
+        )
+
+    def description(self) -> dict:
+        return {**asdict(self.config), "summary": self.config.describe()}
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
+        proc = Process(name, argv, log_dir=self.run_dir, env=env).start()
+        self.processes.append(proc)
+        return proc
+
+    def _create_key(self) -> str:
+        out = subprocess.run(
+            [
+                str(BIN / "imagegate"), "keys", "create", "--name", "bench", "--json",
+                "--tier", "internal", "--balance", "unlimited",
+            ],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout  # fmt: skip
+        return json.loads(out)["key"]
+
+
+def set_simulator_latency(simulator_url: str, seconds: float) -> None:
+    """Change the simulator's latency at run time (``POST /_sim/config``)."""
+    response = requests.post(f"{simulator_url}/_sim/config", json={"latency": seconds}, timeout=10)
+    response.raise_for_status()
+
+
+def _redis_ping(port: int) -> bool:
+    import redis
+
+    return bool(redis.Redis(port=port, socket_timeout=1).ping())
+
+
+def _consumers(port: int) -> int:
+    """Redis clients blocked in BRPOP: Celery workers waiting on their queues."""
+    import redis
+
+    clients = redis.Redis(port=port, socket_timeout=1).client_list()
+    return sum(1 for c in clients if c.get("cmd") == "brpop")
