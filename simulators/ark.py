@@ -92,7 +92,6 @@ import base64
 import binascii
 import functools
 import io
-import json
 import math
 import re
 import struct
@@ -107,7 +106,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import parse_json_body, register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "ark"
@@ -556,17 +555,6 @@ def injected_failure(config: SimConfig) -> ArkError:
     )
 
 
-def _parse_body() -> tuple[Any, str | None]:
-    """(parsed JSON or None, raw text if it was not valid JSON)."""
-    raw = request.get_data(cache=True)
-    if not raw:
-        return None, ""
-    try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError):
-        return None, raw[:2000].decode("utf-8", "replace")
-
-
 def _not_found_xml(name: str) -> Response:
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
@@ -608,22 +596,8 @@ def create_app(config: SimConfig | None = None) -> Flask:
 
     @app.post(f"{API_PREFIX}/images/generations")
     def generations() -> Response:
-        body, raw_text = _parse_body()
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        entry = state.record_request(
-            {
-                "id": g.request_id,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode("latin-1"),
-                "headers": headers,
-                "auth_present": "Authorization" in request.headers,
-                "json": body,
-                "raw_body": raw_text,
-                "status": None,
-            }
-        )
+        body, raw_text = parse_json_body()
+        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
         try:
             resp = _generate(body, raw_text)
         except ArkError as err:

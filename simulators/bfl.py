@@ -119,7 +119,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "bfl"
@@ -697,19 +697,10 @@ def create_app(config: SimConfig | None = None) -> Flask:
     tasks: OrderedDict[str, Task] = OrderedDict()
 
     def record(body: Any) -> dict[str, Any]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "x-key"}
         return state.record_request(
-            {
-                "id": uuid.uuid4().hex,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode("latin-1"),
-                "headers": headers,
-                "key_present": "x-key" in request.headers,
-                "json": body,
-                "status": None,
-            }
+            request_entry(
+                uuid.uuid4().hex, auth_header="x-key", present_as="key_present", json=body
+            )
         )
 
     def check_key(config: SimConfig) -> None:

@@ -1,4 +1,5 @@
-"""The control endpoints every simulator shares (they are ours, not the upstream's).
+"""What every simulator shares: its control endpoints (ours, not the upstream's),
+reading a JSON body, and the request-log entry of a request.
 
 ``GET /_sim/health``; ``GET|POST /_sim/config`` (POST merges the JSON into the
 fault-injection knobs of :class:`simulators.state.SimConfig`); ``POST /_sim/reset``
@@ -8,7 +9,10 @@ in ``on_reset``, e.g. its tasks); ``GET|DELETE /_sim/requests`` (the request log
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
@@ -69,3 +73,39 @@ def register_control(
     @app.delete("/_sim/requests")
     def sim_delete_requests() -> Response:
         return jsonify({"ok": True, "cleared": state.clear_requests()})
+
+
+def parse_json_body() -> tuple[Any, str | None]:
+    """(parsed JSON or None, the raw text when it was not valid JSON; "" when empty)."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        return None, ""
+    try:
+        return json.loads(raw), None
+    except (ValueError, UnicodeDecodeError):
+        return None, raw[:2000].decode("utf-8", "replace")
+
+
+def request_entry(
+    request_id: str,
+    *,
+    auth_header: str = "Authorization",
+    present_as: str = "auth_present",
+    **fields: Any,
+) -> dict[str, Any]:
+    """The log entry of the current request, for ``SimState.record_request``.
+
+    The credential header is left out of ``headers``; only whether it was sent
+    is kept (under ``present_as``). ``fields`` add provider-specific details.
+    """
+    return {
+        "id": request_id,
+        "time": time.time(),
+        "method": request.method,
+        "path": request.path,
+        "query": request.query_string.decode("latin-1"),
+        "headers": {k: v for k, v in request.headers.items() if k.lower() != auth_header.lower()},
+        present_as: auth_header in request.headers,
+        **fields,
+        "status": None,
+    }

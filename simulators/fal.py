@@ -98,7 +98,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "fal"
@@ -528,22 +528,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
         return FalError(status, err.name if status in (404, 405) else err.description).response()
 
     def _record(kind: str, body: Any = None, raw: str | None = None) -> dict[str, Any]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        return state.record_request(
-            {
-                "kind": kind,
-                "id": g.request_id,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode("latin-1"),
-                "headers": headers,
-                "auth_present": "Authorization" in request.headers,
-                "json": body,
-                "raw_body": raw,
-                "status": None,
-            }
-        )
+        return state.record_request(request_entry(g.request_id, kind=kind, json=body, raw_body=raw))
 
     def _answer(entry: dict[str, Any], produce: Callable[[], Response]) -> Response:
         try:

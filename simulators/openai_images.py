@@ -106,7 +106,6 @@ from __future__ import annotations
 import base64
 import functools
 import io
-import json
 import math
 import re
 import struct
@@ -120,7 +119,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import parse_json_body, register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "openai"
@@ -688,17 +687,6 @@ def injected_failure(config: SimConfig) -> ApiError:
     return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
 
 
-def _parse_body() -> tuple[Any, str | None]:
-    """(parsed JSON or None, raw text if it was not valid JSON)."""
-    raw = request.get_data(cache=True)
-    if not raw:
-        return None, ""
-    try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError):
-        return None, raw[:2000].decode("utf-8", "replace")
-
-
 def create_app(config: SimConfig | None = None) -> Flask:
     """The OpenAI Images simulator as a Flask (WSGI) app."""
     state = SimState(config or SimConfig())
@@ -742,22 +730,8 @@ def create_app(config: SimConfig | None = None) -> Flask:
 
     @app.post("/v1/images/generations")
     def generations() -> Response:
-        body, raw_text = _parse_body()
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        entry = state.record_request(
-            {
-                "id": g.request_id,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode("latin-1"),
-                "headers": headers,
-                "auth_present": "Authorization" in request.headers,
-                "json": body,
-                "raw_body": raw_text,
-                "status": None,
-            }
-        )
+        body, raw_text = parse_json_body()
+        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
         try:
             resp = _generate(body, raw_text)
         except ApiError as err:

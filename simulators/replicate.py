@@ -115,7 +115,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
 import math
 import re
 import secrets
@@ -132,7 +131,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import parse_json_body, register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "replicate"
@@ -1015,16 +1014,6 @@ def _check_auth(config: SimConfig) -> None:
         raise Problem(401, "Unauthenticated", "You did not pass a valid authentication token")
 
 
-def _parse_body() -> tuple[Any, str | None]:
-    raw = request.get_data(cache=True)
-    if not raw:
-        return None, ""
-    try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError):
-        return None, raw[:2000].decode("utf-8", "replace")
-
-
 def create_app(config: SimConfig | None = None) -> Flask:
     """The Replicate simulator as a Flask (WSGI) app."""
     state = SimState(config or SimConfig())
@@ -1041,22 +1030,10 @@ def create_app(config: SimConfig | None = None) -> Flask:
         g.request_id = uuid.uuid4().hex
         g.entry = None
         if request.path.startswith("/v1/"):
-            body, raw_text = _parse_body()
+            body, raw_text = parse_json_body()
             g.body, g.raw_text = body, raw_text
-            headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
             g.entry = state.record_request(
-                {
-                    "id": g.request_id,
-                    "time": time.time(),
-                    "method": request.method,
-                    "path": request.path,
-                    "query": request.query_string.decode("latin-1"),
-                    "headers": headers,
-                    "auth_present": "Authorization" in request.headers,
-                    "json": body,
-                    "raw_body": raw_text,
-                    "status": None,
-                }
+                request_entry(g.request_id, json=body, raw_body=raw_text)
             )
 
     @app.after_request

@@ -106,7 +106,7 @@ from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "stability"
@@ -544,23 +544,15 @@ def create_app(config: SimConfig | None = None) -> Flask:
         else:
             raw_text = request.get_data(cache=True)[:2000].decode("utf-8", "replace")
         entry = state.record_request(
-            {
-                "id": g.request_id,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "endpoint": kind,
-                "headers": {
-                    k: v for k, v in request.headers.items() if k.lower() != "authorization"
-                },
-                "auth_present": "Authorization" in request.headers,
-                "content_type": request.mimetype,
-                "content_length": request.content_length,
-                "form": form,
-                "files": {name: _file_meta(part) for name, part in files.items()},
-                "raw_body": raw_text,
-                "status": None,
-            }
+            request_entry(
+                g.request_id,
+                endpoint=kind,
+                content_type=request.mimetype,
+                content_length=request.content_length,
+                form=form,
+                files={name: _file_meta(part) for name, part in files.items()},
+                raw_body=raw_text,
+            )
         )
         try:
             resp = _generate(endpoint, form, files, too_large)

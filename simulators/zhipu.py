@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import re
 import threading
 import time
@@ -84,7 +83,7 @@ from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control
+from simulators.control import parse_json_body, register_control, request_entry
 from simulators.state import SimConfig, SimState
 
 PROVIDER = "zhipu"
@@ -300,16 +299,6 @@ def injected_failure(config: SimConfig) -> ZhipuError:
     return ZhipuError(status, code, headers=headers)
 
 
-def _parse_body() -> tuple[Any, str | None]:
-    raw = request.get_data(cache=True)
-    if not raw:
-        return None, ""
-    try:
-        return json.loads(raw), None
-    except (ValueError, UnicodeDecodeError):
-        return None, raw[:2000].decode("utf-8", "replace")
-
-
 def create_app(config: SimConfig | None = None) -> Flask:
     """The Zhipu images simulator as a Flask (WSGI) app."""
     state = SimState(config or SimConfig())
@@ -343,22 +332,8 @@ def create_app(config: SimConfig | None = None) -> Flask:
         ).response()
 
     def _record() -> tuple[dict[str, Any], Any, str | None]:
-        body, raw_text = _parse_body()
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        entry = state.record_request(
-            {
-                "id": g.request_id,
-                "time": time.time(),
-                "method": request.method,
-                "path": request.path,
-                "query": request.query_string.decode("latin-1"),
-                "headers": headers,
-                "auth_present": "Authorization" in request.headers,
-                "json": body,
-                "raw_body": raw_text,
-                "status": None,
-            }
-        )
+        body, raw_text = parse_json_body()
+        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
         return entry, body, raw_text
 
     def _answer(entry: dict[str, Any], produce) -> Response:
