@@ -92,7 +92,6 @@ import base64
 import binascii
 import functools
 import io
-import math
 import re
 import struct
 import time
@@ -107,7 +106,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "ark"
 API_PREFIX = "/api/v3"
@@ -137,16 +136,6 @@ FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
 MALFORMED_TOKEN = "sim-malformed-json"
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
-
-# A few well-separated colours; one per image index.
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ from PIL.PngImagePlugin import PngInfo
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "bfl"
 REGION = "sim-region-1"  # path prefix of the polling URLs handed out
@@ -138,15 +138,6 @@ CONTENT_MODERATED_WORD = "sim:content-moderated"
 ERROR_WORD = "sim:error"
 LOST_WORD = "sim:lost"
 RATIO_RE = re.compile(r"([1-9][0-9]{0,2}):([1-9][0-9]{0,2})")
-
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 
 
 # -- errors -----------------------------------------------------------------------

@@ -99,7 +99,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "fal"
 
@@ -119,14 +119,6 @@ PRESETS: dict[str, tuple[int, int]] = {
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 BLACK = (0, 0, 0)
 
 

@@ -120,7 +120,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "openai"
 
@@ -217,16 +217,6 @@ FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
 REVISED_PROMPT_SUFFIX = ", rendered as a detailed digital illustration"
 
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
-
-# A few well-separated colours; one per image index (n <= 10 < len).
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 
 
 class ApiError(Exception):

@@ -132,7 +132,7 @@ from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "replicate"
 
@@ -149,15 +149,6 @@ MAX_PREDICTIONS = 5000
 THROTTLED = "Request was throttled. Your rate limit resets in ~30s."
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 
 
 # -- model schemas ----------------------------------------------------------------

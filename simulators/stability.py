@@ -107,7 +107,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
 from simulators.control import register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "stability"
 
@@ -181,14 +181,6 @@ RATE_LIMIT_MESSAGE = (
 )
 SERVER_ERROR_MESSAGE = "An unexpected server error has occurred, please try again later."
 
-PALETTE: tuple[tuple[int, int, int], ...] = tuple(
-    (
-        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
-        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
-    )
-    for k in range(16)
-)
 FILTERED_COLOUR = (128, 128, 128)
 
 

@@ -12,6 +12,7 @@ only held for dictionary/list updates, never while sleeping or encoding.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -21,6 +22,17 @@ from typing import Any
 
 DEFAULT_MAX_REQUESTS = 1000
 DEFAULT_MAX_FILES = 2000
+
+
+# Well-separated colours for simulated images, one per image index.
+PALETTE: tuple[tuple[int, int, int], ...] = tuple(
+    (
+        int(127.5 + 127.5 * math.cos(2 * math.pi * k / 16)),
+        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 1 / 3))),
+        int(127.5 + 127.5 * math.cos(2 * math.pi * (k / 16 + 2 / 3))),
+    )
+    for k in range(16)
+)
 
 
 @dataclass
