@@ -164,17 +164,11 @@ def create_generation():
 
 
 def _check_family(model, family, svc: Services) -> None:
-    if not family.available:
+    reason = svc.settings.why_unusable(family)
+    if reason:
         raise ServiceUnavailable(
-            f"The model '{model.id}' is not available: {family.unavailable_reason}.",
-            code="model_unavailable",
-            headers={"x-should-retry": "false"},
-        )
-    if family.key_env and not svc.settings.credential(family.key_env):
-        raise ServiceUnavailable(
-            f"The model '{model.id}' is not available: the gateway has no upstream key for "
-            f"'{family.name}' (set the environment variable {family.key_env}).",
-            code="upstream_not_configured",
+            f"The model '{model.id}' is not available: {reason}.",
+            code="model_unavailable" if not family.available else "upstream_not_configured",
             headers={"x-should-retry": "false"},
         )
 

@@ -49,11 +49,7 @@ def describe_virtual(vm: VirtualModel, svc: Services) -> dict[str, Any]:
 
 def describe(model: Model, svc: Services) -> dict[str, Any]:
     family = svc.catalog.family_of(model)
-    reason = ""
-    if not family.available:
-        reason = family.unavailable_reason
-    elif family.key_env and not svc.settings.credential(family.key_env):
-        reason = f"no upstream key: set {family.key_env}"
+    reason = svc.settings.why_unusable(family)
     return {
         "id": model.id,
         "object": "model",

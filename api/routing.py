@@ -55,7 +55,7 @@ def plan(
     for candidate in virtual.candidates:
         model = catalog.models[candidate.model]
         family = catalog.family_of(model)
-        if not family.available or (family.key_env and not settings.credential(family.key_env)):
+        if settings.why_unusable(family):
             continue
         try:
             merged = req.model_copy(update=dict(candidate.overrides))

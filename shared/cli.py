@@ -215,12 +215,8 @@ def models() -> None:
             click.echo(f"  -> {c.model}\tweight {c.weight:g}\t{state}")
     for model in catalog.models.values():
         family = catalog.family_of(model)
-        if not family.available:
-            state = "unavailable"
-        elif family.key_env and not settings.credential(family.key_env):
-            state = f"needs {family.key_env}"
-        else:
-            state = "ready"
+        reason = settings.why_unusable(family)
+        state = f"unavailable: {reason}" if reason else "ready"
         health = breakers.status(f"model:{model.id}").state.value
         click.echo(f"{model.id}\t{family.name}\t${model.price}/image\t{state}\t{health}")
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from shared.catalog import Catalog, load_catalog
+from shared.catalog import Catalog, Family, load_catalog
 from shared.storage.base import StorageConfig
 
 PREFIX = "IMAGEGATE_"
@@ -197,6 +197,17 @@ class Settings:
 
     def credential(self, key_env: str | None) -> str | None:
         return self.credentials.get(key_env) if key_env else None
+
+    def why_unusable(self, family: Family) -> str:
+        """Why this deployment cannot serve the family's models, or "" when it can."""
+        if not family.available:
+            return family.unavailable_reason or "the family is switched off in the catalog"
+        if family.key_env and not self.credential(family.key_env):
+            return (
+                f"the gateway has no upstream key for '{family.name}' "
+                f"(set the environment variable {family.key_env})"
+            )
+        return ""
 
     def credentials_for(self, key_env: str | None) -> list[str]:
         """Every upstream key in the variable: several, comma-separated, are used in rotation."""
