@@ -35,7 +35,7 @@ from shared.errors import (
 )
 from shared.jobs import Job, JobStatus, new_job_id, timeout_error
 from shared.keys import ApiKey
-from shared.netguard import NetPolicy, check_url
+from shared.netguard import check_url, policy_for
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,10 @@ def create_generation():
         job_request = check_against_model(req, model)
     webhook_url = None
     if req.webhook_url is not None:
-        webhook_url = check_url(req.webhook_url, _net_policy(svc), param="webhook_url")
+        webhook_url = check_url(req.webhook_url, policy_for(svc.settings), param="webhook_url")
     if req.image is not None and not req.image.startswith("data:"):
         # A reference image the workers will fetch on the client's behalf.
-        checked = check_url(req.image, _net_policy(svc), param="image")
+        checked = check_url(req.image, policy_for(svc.settings), param="image")
         for request_dict in [job_request, *(route.request for route in routes)]:
             request_dict["image"] = checked
     is_async = webhook_url is not None or _wants_async()
@@ -171,13 +171,6 @@ def _check_family(model, family, svc: Services) -> None:
             code="model_unavailable" if not family.available else "upstream_not_configured",
             headers={"x-should-retry": "false"},
         )
-
-
-def _net_policy(svc: Services) -> NetPolicy:
-    return NetPolicy(
-        allow_http=svc.settings.allow_http_callbacks,
-        allowed_hosts=frozenset(svc.settings.allowed_internal_hosts),
-    )
 
 
 def _replay(stored: str, idempotency, key: ApiKey, svc: Services, is_async: bool):

@@ -69,6 +69,7 @@ from requests.utils import select_proxy
 from urllib3.connectionpool import HTTPConnectionPool
 
 from shared.errors import InvalidRequest
+from shared.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -450,3 +451,11 @@ def safe_session(policy: NetPolicy) -> requests.Session:
     the URL's host.
     """
     return _GuardedSession(policy)
+
+
+def policy_for(settings: Settings) -> NetPolicy:
+    """The deployment's policy: IMAGEGATE_ALLOW_HTTP_CALLBACKS, IMAGEGATE_ALLOWED_INTERNAL_HOSTS."""
+    return NetPolicy(
+        allow_http=settings.allow_http_callbacks,
+        allowed_hosts=frozenset(settings.allowed_internal_hosts),
+    )

@@ -14,6 +14,7 @@ from shared.capacity import Capacity
 from shared.catalog import Catalog
 from shared.health import Breakers, policy_from
 from shared.jobs import JobStore
+from shared.netguard import policy_for, safe_session
 from shared.redis_client import connect
 from shared.settings import Settings
 from shared.signing import storage_for
@@ -40,6 +41,14 @@ class WorkerContext:
             session.mount("https://", adapter)
             session.headers["User-Agent"] = "imagegate/0.1"
             _local.session = session
+        return session
+
+    def client_session(self) -> requests.Session:
+        """One SSRF-guarded session per worker thread, for URLs a client gave us."""
+        session = getattr(_local, "client_session", None)
+        if session is None:
+            session = safe_session(policy_for(self.settings))
+            _local.client_session = session
         return session
 
 

@@ -36,7 +36,6 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.jobs import Job, StoredImage, timeout_error
-from shared.netguard import NetPolicy, safe_session
 from shared.sizing import Size, parse_size
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
@@ -183,10 +182,6 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         attempt_timeout=ctx.settings.upstream_attempt_timeout_seconds,
         error_parser=default_error_parser,
     )
-    policy = NetPolicy(
-        allow_http=ctx.settings.allow_http_callbacks,
-        allowed_hosts=frozenset(ctx.settings.allowed_internal_hosts),
-    )
     keys = ctx.settings.credentials_for(family.key_env)
     lease = _take_slot(job, family, keys, ctx)
     call = CallContext(
@@ -196,7 +191,7 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         http=http,
         deadline=job.deadline,
         client_http=dataclasses.replace(
-            http, session=safe_session(policy), provider="the client's URL"
+            http, session=ctx.client_session(), provider="the client's URL"
         ),
     )
     log.info(

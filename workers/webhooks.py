@@ -35,7 +35,7 @@ import requests
 
 from shared.jobs import WEBHOOKS_DUE, Job, JobStore
 from shared.keys import KeyStore
-from shared.netguard import NetPolicy, UnsafeDestination, safe_session
+from shared.netguard import UnsafeDestination, policy_for, safe_session
 from shared.results import job_object
 from shared.settings import Settings
 from shared.storage import ImageStorage
@@ -81,16 +81,12 @@ def deliver(
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(secret, msg_id, timestamp, body),
     }
-    policy = NetPolicy(
-        allow_http=settings.allow_http_callbacks,
-        allowed_hosts=frozenset(settings.allowed_internal_hosts),
-    )
     started = time.monotonic()
     record: dict[str, Any] = {"attempt": number, "at": timestamp}
     retry_after = None
     final = False
     try:
-        with safe_session(policy) as session:
+        with safe_session(policy_for(settings)) as session:
             timeout = settings.webhook_timeout_seconds
             response = session.post(
                 job.webhook_url,
