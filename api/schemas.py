@@ -12,14 +12,24 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-# A user id goes into logs and upstream requests: printable characters only.
-UserId = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
+# A user id goes into logs and upstream requests (some upstreams take it as an HTTP
+# header): printable characters only, so no C0/C1 control characters (CR, LF, NUL,
+# NEL) and no Unicode line or paragraph separators.
+UserId = Annotated[
+    str,
+    StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"),
+]
+# A prompt may span lines, but a NUL or another control character is never text: some
+# upstreams cut the prompt at a NUL or reject it with an unclear error.
+Prompt = Annotated[
+    str, StringConstraints(min_length=1, pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$")
+]
 
 
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    prompt: Annotated[str, StringConstraints(min_length=1)]
+    prompt: Prompt
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
     n: Annotated[int, Field(ge=1, le=100)] | None = None
     size: Annotated[str, StringConstraints(max_length=32)] | None = None

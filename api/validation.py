@@ -12,9 +12,12 @@ the worker's job, so what the upstream receives is decided in one place.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from flask import has_request_context, request
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.schemas import GenerationRequest
 from shared.catalog import Model
@@ -23,10 +26,57 @@ from shared.sizing import parse_aspect_ratio, parse_size
 
 
 def parse_body(body: bytes) -> GenerationRequest:
+    _reject_cut_body(body)
     try:
-        return GenerationRequest.model_validate_json(body)
+        parsed = GenerationRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _translate(exc) from None
+    _reject_duplicate_keys(body)
+    return parsed
+
+
+def _reject_cut_body(body: bytes) -> None:
+    """413 for a body that werkzeug cut short at ``MAX_CONTENT_LENGTH``.
+
+    A body whose Content-Length is above the limit is refused before it is read,
+    but one sent without it (chunked) is read up to the limit and then silently
+    cut, so a 20 MB upload became a 400 about truncated JSON (or, worse, a
+    truncated body that still parses). When a body without Content-Length fills
+    the limit, one more byte on the wire means it was cut.
+    """
+    if not has_request_context():
+        return
+    limit = request.max_content_length
+    if limit is None or request.content_length is not None or len(body) < limit:
+        return
+    if request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+
+
+def _reject_duplicate_keys(body: bytes) -> None:
+    """400 for a body that names a field twice.
+
+    JSON parsers disagree on which of two values wins (pydantic takes the last,
+    others the first), so a proxy or log and the gateway could read different
+    requests from the same bytes. A body that passed the schema is a flat object
+    of scalars, so parsing it once more is cheap and cannot recurse deeply.
+    """
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> None:
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise InvalidRequest(
+                    f"The parameter '{name}' appears more than once in the request body.",
+                    param=name,
+                    code="duplicate_parameter",
+                )
+            seen.add(name)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs_hook)
+    except ValueError:  # pragma: no cover - pydantic already accepted this JSON
+        return
 
 
 def _translate(exc: ValidationError) -> InvalidRequest:
@@ -52,6 +102,12 @@ def _translate(exc: ValidationError) -> InvalidRequest:
             param=param,
             code="missing_required_parameter",
         )
+    if kind == "string_pattern_mismatch" and param in _PATTERN_RULES:
+        return InvalidRequest(
+            f"Invalid value for '{param}': {_PATTERN_RULES[param]}.",
+            param=param,
+            code="invalid_value",
+        )
     if param == "stream":
         return InvalidRequest(
             "Streaming image generation is not supported by this gateway.",
@@ -64,6 +120,12 @@ def _translate(exc: ValidationError) -> InvalidRequest:
         code="invalid_value",
     )
 
+
+# What the character patterns of api.schemas mean, in words.
+_PATTERN_RULES = {
+    "prompt": "it must not contain NUL or other control characters (tab and line breaks are ok)",
+    "user": "it must be printable text, without control characters or line breaks",
+}
 
 # Fields that only the gateway handles, so every model accepts them.
 _ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream", "webhook_url"})
