@@ -3,7 +3,8 @@
 Every :class:`shared.errors.GatewayError` renders as OpenAI's envelope with its
 status and headers; werkzeug's HTTP errors, Redis outages and anything
 unexpected are translated here so a client never sees an HTML page or a
-stack trace.
+stack trace. (Requests gunicorn itself cannot parse are answered by
+``api/gunicorn_conf.py`` in the same envelope.)
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 
 import redis
 from flask import Flask, Response, g, jsonify
+from gunicorn.http.errors import ParseException as MalformedHTTP
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shared.errors import (
@@ -48,6 +50,16 @@ def register_error_handlers(app: Flask) -> None:
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return render(RequestTooLarge(f"The request body is larger than {limit} bytes."))
 
+    @app.errorhandler(MalformedHTTP)
+    def _malformed_http(error: MalformedHTTP) -> Response:
+        # gunicorn parses a chunked body only as the app reads it, so a bad chunk
+        # surfaces here, inside the request, not as one of gunicorn's own 400s.
+        return render(
+            InvalidRequest(
+                f"The request body is not valid HTTP: {error}.", code="malformed_http_request"
+            )
+        )
+
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:
         if error.code == 404:
@@ -59,6 +71,10 @@ def register_error_handlers(app: Flask) -> None:
                 InvalidRequest("Method not allowed for this URL.", code="method_not_allowed")
             )
             response.status_code = 405
+            # RFC 9110: a 405 lists the methods the URL does support.
+            allowed = getattr(error, "valid_methods", None)
+            if allowed:
+                response.headers["Allow"] = ", ".join(sorted(allowed))
             return response
         response = render(InvalidRequest(error.description or "Bad request."))
         response.status_code = error.code or 400

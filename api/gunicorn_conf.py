@@ -5,8 +5,12 @@ a thread, so each worker process holds up to ``worker_connections`` requests
 at once for a few kB each (see README, "Web server"). One process per core.
 """
 
+import json
 import multiprocessing
 import os
+import secrets
+
+from gunicorn import util
 
 bind = f"{os.environ.get('IMAGEGATE_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 worker_class = "gevent"
@@ -20,3 +24,41 @@ keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
+
+
+_CODES = {414: "request_line_too_large", 431: "request_header_too_large"}
+
+
+def _write_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it cannot parse, in the API's error envelope.
+
+    A bad or oversized header, request line or chunk never reaches Flask; gunicorn
+    answers it itself, by default with an HTML page. Clients of an OpenAI-compatible
+    API expect ``{"error": {...}}`` whatever went wrong, and every response to carry
+    ``x-request-id``.
+    """
+    error_type = "invalid_request_error" if status_int < 500 else "server_error"
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"{reason}: {mesg}",
+                "type": error_type,
+                "param": None,
+                "code": _CODES.get(status_int, "malformed_http_request"),
+            }
+        }
+    ).encode("ascii")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"x-request-id: req_{secrets.token_hex(12)}\r\n"
+        "\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# gunicorn's workers call util.write_error at the time of the error, so replacing it
+# here (the config is loaded in the arbiter before it forks them) covers every worker.
+util.write_error = _write_error
