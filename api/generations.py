@@ -17,6 +17,7 @@ import hashlib
 import logging
 import time
 
+import redis
 from flask import Blueprint, g, jsonify, request
 
 from api.auth import current_key
@@ -136,6 +137,7 @@ def create_generation():
         now=now,
         idempotency=idempotency,
         webhook_url=webhook_url,
+        watch=svc.jobs.watch_entry(job),
     )
     if admission.duplicate_of is not None:
         return _replay(admission.duplicate_of, idempotency, key, svc, is_async)
@@ -149,6 +151,10 @@ def create_generation():
         )
         svc.jobs.fail(job.id, None, error)  # refunds the reservation
         raise error from exc
+    try:
+        svc.jobs.mark_sent(job.id)
+    except redis.RedisError:  # the reaper sends it once more; a duplicate is harmless
+        log.warning("job %s: could not record that it was sent", job.id)
     log.info(
         "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
         job.id,
@@ -206,9 +212,19 @@ def _wait_and_answer(job_id: str, svc: Services):
     if job is None:
         raise timeout_error(job_id)
     status = svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS)
-    if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-        svc.jobs.expire_if_overdue(job.id)
-    done = svc.jobs.get(job.id)
+    try:
+        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
+            svc.jobs.expire_if_overdue(job.id)
+        done = svc.jobs.get(job.id)
+    except redis.RedisError as exc:
+        # Redis is down at the end of the budget: the job lives on (it is in Redis,
+        # which keeps it through a restart); say so, with its id to fetch it later.
+        raise ServiceUnavailable(
+            "The gateway's state store is unavailable; the job may still finish. "
+            f"Fetch it later with GET /v1/images/generations/{job.id}.",
+            headers={"Retry-After": "2", "x-job-id": job.id},
+            extra={"job_id": job.id},
+        ) from exc
     if done is None:
         raise timeout_error(job.id)
     if done.status == JobStatus.SUCCEEDED:

@@ -12,7 +12,7 @@ from api.waiter import CompletionHub
 from shared.billing import Accounts
 from shared.catalog import Catalog
 from shared.health import Breakers, policy_from
-from shared.jobs import JobStore
+from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -38,7 +38,11 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> Services:
         client = connect(settings.redis_url, max_connections=2000)
-        jobs = JobStore(client, retention_seconds=settings.job_retention_seconds)
+        jobs = JobStore(
+            client,
+            retention_seconds=settings.job_retention_seconds,
+            liveness=liveness_from(settings),
+        )
         catalog = settings.load_catalog()
         return cls(
             settings=settings,

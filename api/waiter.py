@@ -41,17 +41,25 @@ class CompletionHub:
     def wait(self, job_id: str, deadline: float) -> JobStatus | None:
         """Block until the job is terminal or ``deadline`` (unix time) passes.
 
-        Returns the terminal status, or the last status seen when time ran out.
+        Returns the terminal status, or the last status seen when time ran out
+        (``None`` if the job is gone). Redis being unreachable does not end the
+        wait early: the job survives a Redis restart, so the waiter keeps
+        reading until the deadline.
         """
         self._ensure_listener()
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(job_id, []).append(event)
+        status: JobStatus | None = JobStatus.QUEUED
         try:
             while True:
-                status = self._jobs.status(job_id)
-                if status is None or status in TERMINAL:
-                    return status
+                try:
+                    status = self._jobs.status(job_id)
+                except redis.RedisError as exc:
+                    log.warning("waiting for job %s: Redis unavailable (%s)", job_id, exc)
+                else:
+                    if status is None or status in TERMINAL:
+                        return status
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     return status

@@ -188,12 +188,15 @@ for i = 1, nwin do
 end
 if not unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
 local f = base + nwin*3
--- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now, webhook url
+-- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now, webhook url,
+-- watch zset key (or empty) and the time the job is looked at if nobody sent it
 redis.call('HSET', KEYS[1], 'spec', ARGV[f], 'status', 'queued', 'attempt', 0,
   'deadline', ARGV[f+1], 'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
   'n', ARGV[f+6], 'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
   'unlimited', unlimited and '1' or '0', 'billed', '1')
 if ARGV[f+10] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[f+10]) end
+-- the reaper's watch list: a job nobody has sent to a queue by then is sent again
+if ARGV[f+11] ~= '' then redis.call('ZADD', ARGV[f+11], tonumber(ARGV[f+12]), ARGV[f+4]) end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[f+2]))
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', tonumber(ARGV[5])) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'reserve',
@@ -303,6 +306,7 @@ class Accounts:
         now: float,
         idempotency: Idempotency | None = None,
         webhook_url: str | None = None,
+        watch: tuple[str, float] | None = None,
     ) -> Admission:
         windows = windows_for(key, tier, model, n, now)
         cost = model.price_micros * n
@@ -327,6 +331,8 @@ class Accounts:
             time.strftime("%Y-%m-%d", time.gmtime(now)),
             repr(now),
             webhook_url or "",
+            watch[0] if watch else "",
+            repr(watch[1]) if watch else "0",
         ]
         idem_key = idempotency.redis_key if idempotency else f"ig:idem:{key.id}:-"
         keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key]

@@ -22,6 +22,26 @@ and worker processes:
   publishes the job id on :data:`DONE_CHANNEL`, which the web processes'
   waiters listen to. A job becomes terminal once, so it is settled once.
 
+Liveness (nothing is lost when a process dies): every non-terminal job is in
+the sorted set :data:`WATCH`, scored with the time it must be looked at
+unless something refreshes it first:
+
+* queued, not yet sent to a queue: ``created + enqueue_grace`` (the web process
+  that admitted it may die before it sends the task);
+* queued and sent: a while later (one more send, in case the message was
+  lost), then its deadline;
+* running: the worker's last heartbeat + ``stale_after`` (capped just past
+  the deadline). A worker process beats for every job it runs
+  (:meth:`JobStore.beat`);
+* terminal: not in the set.
+
+Live workers run :meth:`JobStore.reap` on what is due (:mod:`workers.liveness`):
+a stale running job gets a new attempt number (so the lost run can never
+write) and goes back to its queue, an unsent job is sent, an overdue one ends
+``timed_out`` and is refunded. The script decides ownership, so any number
+of reapers act once. :meth:`JobStore.claim` refuses a running job whose
+heartbeat is fresh, so a redelivered duplicate never steals a live run.
+
 Records expire ``retention`` seconds after creation.
 """
 
@@ -40,6 +60,7 @@ from shared.billing import SETTLE_LUA, settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 
 DONE_CHANNEL = "ig:jobs:done"
+WATCH = "ig:jobs:watch"  # zset: non-terminal job id -> unix time it must be looked at
 WEBHOOKS_DUE = "ig:webhooks:due"  # zset: job id -> unix time its next delivery is due
 GENERATE_TASK = "imagegate.generate"  # the Celery task name both sides agree on
 DELIVER_WEBHOOK_TASK = "imagegate.deliver_webhook"
@@ -59,6 +80,26 @@ class JobStatus(StrEnum):
 TERMINAL = frozenset(
     {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.TIMED_OUT, JobStatus.CANCELED}
 )
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How the job records notice work that nobody is doing any more."""
+
+    stale_after: float = 15.0  # a running job without a heartbeat this long is taken over
+    enqueue_grace: float = 10.0  # a queued job not sent to a queue by then is sent again
+    resend_after: float = 60.0  # a sent job still queued this long is sent once more
+    late: float = 2.0  # past its deadline a running job's worker has this long to end it
+    max_sends: int = 2  # sends per queued spell (first send + one resend), then wait
+
+
+def liveness_from(settings: Any) -> Liveness:
+    """The :class:`Liveness` of a :class:`shared.settings.Settings`."""
+    return Liveness(
+        stale_after=settings.job_stale_seconds,
+        enqueue_grace=settings.enqueue_grace_seconds,
+        resend_after=settings.resend_after_seconds,
+    )
 
 
 @dataclass(frozen=True)
@@ -116,34 +157,111 @@ def timeout_error(job_id: str) -> GatewayTimeout:
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
 
-# After a terminal transition: a job with a webhook is due for delivery now.
+# After a terminal transition: nothing to watch any more, and a job with a
+# webhook is due for delivery now.
 _NOTIFY_LUA = f"""
+redis.call('ZREM', '{WATCH}', redis.call('HGET', job, 'job_id'))
 if redis.call('HEXISTS', job, 'webhook_url') == 1 then
   redis.call('ZADD', '{WEBHOOKS_DUE}', tonumber(now), redis.call('HGET', job, 'job_id'))
 end
 """
 
+# Moves the job (`job` in scope) to timed_out and settles it; needs `now`, ARGV[tmo] error.
+_EXPIRE_LUA = f"""
+redis.call('HSET', job, 'status', 'timed_out', 'finished', now, 'error', timeout_json)
+local delivered = 0
+{SETTLE_LUA}
+{_NOTIFY_LUA}
+redis.call('PUBLISH', '{DONE_CHANNEL}', redis.call('HGET', job, 'job_id'))
+"""
+
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
-# ARGV: now, timeout error JSON, worker name, channel, job id
+# ARGV: now, timeout error JSON, worker name, job id, stale_after, late
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
 local job = KEYS[1]
+local now = ARGV[1]
 local st = redis.call('HGET', job, 'status')
 if not st then return {{'missing'}} end
 if terminal[st] then return {{'terminal', st}} end
+if st == 'running' then
+  local beat = redis.call('ZSCORE', '{WATCH}', ARGV[4])
+  if beat and tonumber(beat) > tonumber(now) then return {{'busy'}} end
+end
 local deadline = tonumber(redis.call('HGET', job, 'deadline'))
-if tonumber(ARGV[1]) >= deadline then
-  redis.call('HSET', job, 'status', 'timed_out', 'finished', ARGV[1], 'error', ARGV[2])
-  local delivered = 0
-  local now = ARGV[1]
-  {SETTLE_LUA}
-  {_NOTIFY_LUA}
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+if tonumber(now) >= deadline then
+  local timeout_json = ARGV[2]
+  {_EXPIRE_LUA}
   return {{'expired'}}
 end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'started', ARGV[1], 'worker', ARGV[3])
+local attempt = redis.call('HINCRBY', job, 'attempt', 1)
+redis.call('HSET', job, 'status', 'running', 'started', now, 'worker', ARGV[3])
+redis.call('ZADD', '{WATCH}', math.min(tonumber(now) + tonumber(ARGV[5]),
+  deadline + tonumber(ARGV[6])), ARGV[4])
 return {{'run', tostring(attempt)}}
+"""
+
+# Heartbeat of one worker process. KEYS: job records; ARGV: now, stale_after, late,
+# then the attempt each job runs as. Returns how many are still held.
+_BEAT = f"""
+local now = tonumber(ARGV[1])
+local held = 0
+for i, job in ipairs(KEYS) do
+  local f = redis.call('HMGET', job, 'status', 'attempt', 'deadline', 'job_id')
+  if f[1] == 'running' and f[2] == ARGV[i + 3] then
+    local at = math.min(now + tonumber(ARGV[2]), tonumber(f[3]) + tonumber(ARGV[3]))
+    redis.call('ZADD', '{WATCH}', at, f[4])
+    held = held + 1
+  end
+end
+return held
+"""
+
+# A send of a queued job reached the broker. KEYS[1] job; ARGV: now, resend_after, max sends
+_SENT = f"""
+local f = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'job_id')
+if f[1] ~= 'queued' then return 0 end
+local sends = redis.call('HINCRBY', KEYS[1], 'sends', 1)
+local at = tonumber(f[2])
+if sends < tonumber(ARGV[3]) then at = math.min(at, tonumber(ARGV[1]) + tonumber(ARGV[2])) end
+redis.call('ZADD', '{WATCH}', at, f[3])
+return 1
+"""
+
+# What a reaper does with a job whose watch time has come.
+# KEYS[1] job, KEYS[2..4] billing; ARGV: now, timeout error JSON, job id, enqueue grace, max sends
+_REAP = f"""
+local terminal = {_TERMINAL_LUA}
+local job = KEYS[1]
+local now = ARGV[1]
+local at = redis.call('ZSCORE', '{WATCH}', ARGV[3])
+if not at or tonumber(at) > tonumber(now) then return {{'fresh'}} end
+local st = redis.call('HGET', job, 'status')
+if not st or terminal[st] then
+  redis.call('ZREM', '{WATCH}', ARGV[3])
+  return {{st and 'terminal' or 'missing'}}
+end
+local deadline = tonumber(redis.call('HGET', job, 'deadline'))
+if tonumber(now) >= deadline then
+  local timeout_json = ARGV[2]
+  {_EXPIRE_LUA}
+  return {{'expired'}}
+end
+local again = math.min(tonumber(now) + tonumber(ARGV[4]), deadline)
+if st == 'running' then
+  -- its worker stopped beating: fence the lost run off and queue the job again
+  local attempt = redis.call('HINCRBY', job, 'attempt', 1)
+  redis.call('HINCRBY', job, 'takeovers', 1)
+  redis.call('HSET', job, 'status', 'queued', 'sends', 0)
+  redis.call('ZADD', '{WATCH}', again, ARGV[3])
+  return {{'takeover', tostring(attempt)}}
+end
+if tonumber(redis.call('HGET', job, 'sends') or '0') >= tonumber(ARGV[5]) then
+  redis.call('ZADD', '{WATCH}', deadline, ARGV[3])
+  return {{'wait'}}
+end
+redis.call('ZADD', '{WATCH}', again, ARGV[3])
+return {{'requeue'}}
 """
 
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
@@ -164,7 +282,7 @@ return 1
 """
 
 
-# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON
+# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON, job id, watch time
 _HANDOFF = f"""
 local terminal = {_TERMINAL_LUA}
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -173,14 +291,15 @@ if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
 local notes = cjson.decode(redis.call('HGET', KEYS[1], 'fallbacks') or '[]')
 notes[#notes + 1] = cjson.decode(ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'candidate', ARGV[2],
-  'fallbacks', cjson.encode(notes))
+  'fallbacks', cjson.encode(notes), 'sends', 0)
+redis.call('ZADD', '{WATCH}', tonumber(ARGV[5]), ARGV[4])
 return 1
 """
 
 
 @dataclass(frozen=True)
 class Claim:
-    outcome: str  # run | terminal | expired | missing
+    outcome: str  # run | terminal | expired | missing | busy (another live worker runs it)
     attempt: int = 0
 
     @property
@@ -189,12 +308,22 @@ class Claim:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, retention_seconds: int = 86400) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        retention_seconds: int = 86400,
+        liveness: Liveness | None = None,
+    ) -> None:
         self._redis = client
         self._retention = retention_seconds
+        self.liveness = liveness or Liveness()
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._handoff = client.register_script(_HANDOFF)
+        self._beat = client.register_script(_BEAT)
+        self._sent = client.register_script(_SENT)
+        self._reap = client.register_script(_REAP)
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -218,10 +347,16 @@ class JobStore:
         }
         return json.dumps(spec, separators=(",", ":"))
 
+    def watch_entry(self, job: Job) -> tuple[str, float]:
+        """The watch-list entry a new job is created with (see ``Accounts.admit``)."""
+        return WATCH, job.created + self.liveness.enqueue_grace
+
     def create(self, job: Job) -> Job:
         """Create an unbilled job record (billed jobs are created by ``Accounts.admit``)."""
         name = _JOB.format(job.id)
         pipe = self._redis.pipeline(transaction=True)
+        if not job.terminal:
+            pipe.zadd(WATCH, {job.id: self.watch_entry(job)[1]})
         pipe.hset(
             name,
             mapping={
@@ -272,9 +407,17 @@ class JobStore:
 
     def claim(self, job_id: str, *, worker: str = "", now: float | None = None) -> Claim:
         now = time.time() if now is None else now
+        live = self.liveness
         reply = self._claim(
             keys=self._keys(job_id),
-            args=[repr(now), _error_json(timeout_error(job_id)), worker, DONE_CHANNEL, job_id],
+            args=[
+                repr(now),
+                _error_json(timeout_error(job_id)),
+                worker,
+                job_id,
+                live.stale_after,
+                live.late,
+            ],
         )
         outcome = reply[0]
         return Claim(outcome, int(reply[1]) if outcome == "run" else 0)
@@ -301,9 +444,68 @@ class JobStore:
         """
         reply = self._handoff(
             keys=[_JOB.format(job_id)],
-            args=[str(attempt), str(next_index), json.dumps(note, separators=(",", ":"))],
+            args=[
+                str(attempt),
+                str(next_index),
+                json.dumps(note, separators=(",", ":")),
+                job_id,
+                repr(time.time() + self.liveness.enqueue_grace),
+            ],
         )
         return bool(reply)
+
+    def mark_sent(self, job_id: str, *, now: float | None = None) -> bool:
+        """Record that the job's task reached the broker (the reaper then waits longer)."""
+        now = time.time() if now is None else now
+        live = self.liveness
+        return bool(
+            self._sent(
+                keys=[_JOB.format(job_id)], args=[repr(now), live.resend_after, live.max_sends]
+            )
+        )
+
+    def beat(self, running: dict[str, int], *, now: float | None = None) -> int:
+        """Heartbeat for the jobs one worker process runs (job id -> attempt).
+
+        Only jobs still running under that attempt are refreshed; returns how many.
+        """
+        if not running:
+            return 0
+        now = time.time() if now is None else now
+        live = self.liveness
+        ids = list(running)
+        return int(
+            self._beat(
+                keys=[_JOB.format(i) for i in ids],
+                args=[repr(now), live.stale_after, live.late, *(str(running[i]) for i in ids)],
+            )
+        )
+
+    def due(self, *, now: float | None = None, limit: int = 100) -> list[str]:
+        """Jobs whose watch time has come (see :meth:`reap`)."""
+        now = time.time() if now is None else now
+        return list(self._redis.zrangebyscore(WATCH, "-inf", now, start=0, num=limit))
+
+    def reap(self, job_id: str, *, now: float | None = None) -> str:
+        """Act on a job whose watch time has come; returns what was done.
+
+        ``takeover`` / ``requeue``: the caller must send the job to its queue
+        (then :meth:`mark_sent`); ``expired``: ended timed_out and refunded;
+        ``wait`` / ``fresh`` / ``terminal`` / ``missing``: nothing to do.
+        """
+        now = time.time() if now is None else now
+        live = self.liveness
+        reply = self._reap(
+            keys=self._keys(job_id),
+            args=[
+                repr(now),
+                _error_json(timeout_error(job_id)),
+                job_id,
+                live.enqueue_grace,
+                live.max_sends,
+            ],
+        )
+        return str(reply[0])
 
     def set_serving(self, job_id: str, model_id: str) -> None:
         self._redis.hset(_JOB.format(job_id), "serving", model_id)

@@ -57,6 +57,16 @@ class Settings:
     breaker_cooldown_seconds: float = 30.0  # open this long, then one trial (half-open)
     fallback_min_seconds: float = 3.0  # hand a job to the next candidate only with this much left
     job_retention_seconds: int = 86400
+    # Liveness (see shared/jobs.py): a running job whose worker stopped beating for
+    # job_stale_seconds is taken over; workers beat every heartbeat_seconds and reap
+    # every reaper_interval_seconds; a job not sent to a queue within enqueue_grace_seconds
+    # of its creation is sent by a reaper; a sent job still queued resend_after_seconds
+    # later is sent once more.
+    job_stale_seconds: float = 15.0
+    heartbeat_seconds: float = 3.0
+    reaper_interval_seconds: float = 5.0
+    enqueue_grace_seconds: float = 10.0
+    resend_after_seconds: float = 60.0
     catalog_path: str = ""  # empty: the catalog shipped with the package
     catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
     default_model: str = "local/testcard"
@@ -169,6 +179,11 @@ class Settings:
             job_retention_seconds=int(
                 number("JOB_RETENTION_SECONDS", cls.job_retention_seconds, int)
             ),
+            job_stale_seconds=number("JOB_STALE_SECONDS", cls.job_stale_seconds),
+            heartbeat_seconds=number("HEARTBEAT_SECONDS", cls.heartbeat_seconds),
+            reaper_interval_seconds=number("REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds),
+            enqueue_grace_seconds=number("ENQUEUE_GRACE_SECONDS", cls.enqueue_grace_seconds),
+            resend_after_seconds=number("RESEND_AFTER_SECONDS", cls.resend_after_seconds),
             catalog_path=catalog_path,
             catalog_overlays=overlays,
             default_model=get("DEFAULT_MODEL", cls.default_model),

@@ -123,6 +123,11 @@ def stack_env(
         "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",
         "IMAGEGATE_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5",
         "IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
+        # Liveness on a test scale: a killed worker's job is taken over within seconds.
+        "IMAGEGATE_JOB_STALE_SECONDS": "5",
+        "IMAGEGATE_HEARTBEAT_SECONDS": "0.5",
+        "IMAGEGATE_REAPER_INTERVAL_SECONDS": "0.5",
+        "IMAGEGATE_ENQUEUE_GRACE_SECONDS": "3",
     }
 
 

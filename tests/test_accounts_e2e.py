@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import re
-import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import openai
 import pytest
@@ -16,10 +13,9 @@ import requests
 from openai import OpenAI
 
 from shared.billing import Accounts
-from shared.jobs import JobStatus, JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from tests.conftest import cli, create_key, start_worker
+from tests.conftest import cli, create_key
 
 
 def _accounts(env: dict[str, str]) -> Accounts:
@@ -186,49 +182,6 @@ def test_a_timeout_is_refunded_in_full(start_gateway, workers, sim: str, stack_e
         client.images.generate(model="dall-e-2", prompt="x", size="256x256")
     assert info.value.status_code == 504
     assert _balance(stack_env, created["id"]) == 1_000_000
-
-
-def test_a_task_redelivered_after_its_worker_is_killed_is_charged_once(
-    run_dir: Path, stack_env: dict[str, str], start_gateway, sim: str, redis_server
-) -> None:
-    # Its own Redis database, so the short visibility timeout and the killed worker
-    # touch nothing of the other tests.
-    env = {
-        **stack_env,
-        "IMAGEGATE_REDIS_URL": redis_server.url.rsplit("/", 1)[0] + "/2",
-        "IMAGEGATE_BROKER_VISIBILITY_TIMEOUT_SECONDS": "4",
-    }
-    first = start_worker(run_dir, env, "openai", name="worker-openai-doomed")
-    url = start_gateway("web-redelivery", **env)
-    created = create_key(env, "redelivery", tier="test-billing", balance="1.00")
-    client = OpenAI(api_key=created["key"], base_url=f"{url}/v1", max_retries=0, timeout=90)
-    requests.post(f"{sim}/_sim/config", json={"latency": 3}, timeout=5).raise_for_status()
-
-    result: dict = {}
-    caller = threading.Thread(
-        target=lambda: result.update(
-            r=client.images.generate(model="dall-e-2", prompt="survivor", size="256x256")
-        )
-    )
-    caller.start()
-    deadline = time.monotonic() + 20
-    while "running: model=dall-e-2" not in first.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    job_id = re.search(r"job (imgjob_\w+) running", first.log()).group(1)
-    first.signal(signal.SIGKILL)
-    first.proc.wait(10)
-
-    second = start_worker(run_dir, env, "openai", name="worker-openai-heir")
-    try:
-        caller.join(60)
-        assert "r" in result, second.log()[-3000:]
-        assert result["r"].data[0].url
-        job = JobStore(connect(env["IMAGEGATE_REDIS_URL"])).get(job_id)
-        assert job.status == JobStatus.SUCCEEDED and job.attempt == 2
-        assert _balance(env, created["id"]) == 1_000_000 - 20_000
-        assert [k for k, _ in _kinds(env, created["id"])] == ["topup", "reserve", "settle"]
-    finally:
-        second.stop()
 
 
 # -- CLI ---------------------------------------------------------------------------------

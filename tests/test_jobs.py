@@ -32,7 +32,11 @@ def test_create_and_read_back(store: JobStore) -> None:
 def test_a_newer_claim_fences_out_the_older_attempt(store: JobStore) -> None:
     job = make_job(store)
     first = store.claim(job.id, worker="a")
-    second = store.claim(job.id, worker="b")  # e.g. redelivered after worker a died
+    # A duplicate while worker a is alive (its heartbeat is fresh) does not take the job...
+    assert store.claim(job.id, worker="b").outcome == "busy"
+    # ...once worker a stopped beating, it does.
+    later = time.time() + store.liveness.stale_after + 1
+    second = store.claim(job.id, worker="b", now=later)
     assert (first.outcome, first.attempt) == ("run", 1)
     assert (second.outcome, second.attempt) == ("run", 2)
     assert store.succeed(job.id, first.attempt, [IMG]) is False

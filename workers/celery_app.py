@@ -29,6 +29,8 @@ settings = Settings.from_env()
 
 app = Celery("imagegate", broker=settings.effective_broker_url, include=["workers.tasks"])
 app.conf.update(
+    # kombu's redis transport, fixed to reconnect after a Redis restart (workers/broker.py).
+    broker_transport="workers.broker:Transport",
     task_serializer="json",
     accept_content=["json"],
     task_acks_late=True,
@@ -48,7 +50,10 @@ app.conf.update(
         "socket_connect_timeout": 5,
         "socket_timeout": 10,
     },
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Off: the threads pool cannot cancel a running task (Celery only warns), and it
+    # need not — the job's fenced attempt and heartbeat already make a redelivered
+    # duplicate harmless (see workers/liveness.py).
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_send_task_events=False,
     task_default_queue="local",
 )

@@ -13,7 +13,7 @@ from requests.adapters import HTTPAdapter
 from shared.capacity import Capacity
 from shared.catalog import Catalog
 from shared.health import Breakers, policy_from
-from shared.jobs import JobStore
+from shared.jobs import JobStore, liveness_from
 from shared.netguard import policy_for, safe_session
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -64,7 +64,11 @@ def build_context(settings: Settings) -> WorkerContext:
         settings=settings,
         catalog=settings.load_catalog(),
         redis=client,
-        jobs=JobStore(client, retention_seconds=settings.job_retention_seconds),
+        jobs=JobStore(
+            client,
+            retention_seconds=settings.job_retention_seconds,
+            liveness=liveness_from(settings),
+        ),
         storage=storage_for(settings, client),
         breakers=Breakers(client, policy_from(settings)),
         capacity=Capacity(client),

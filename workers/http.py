@@ -17,11 +17,14 @@ It owns what adapters must not each reinvent:
   hold a worker.
 
 Adapters pass a small ``ErrorParser`` that pulls (message, code) out of their
-upstream's error body.
+upstream's error body. Whatever the upstream said is stripped of the credential
+the gateway sent it before it goes anywhere (client, job record, log): real
+providers echo keys in their errors ("Incorrect API key provided: sk-...").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import random
@@ -61,6 +64,41 @@ ErrorParser = Callable[[requests.Response], UpstreamFault]
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 CONNECT_TIMEOUT = 5.0
 _MIN_USEFUL_SECONDS = 0.05
+
+
+# Request headers that carry an upstream credential, and what replaces it in text.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-key", "x-api-key", "api-key", "x-goog-api-key"}
+)
+REDACTED = "[redacted]"
+_MIN_SECRET_LENGTH = 8  # shorter fragments ("Bearer", "Key") are not secrets
+
+
+def credentials_sent(headers: Mapping[str, str] | None) -> list[str]:
+    """The secrets in a request's credential headers, longest first.
+
+    ``Authorization: Bearer <key>`` yields the key (and the whole value); a
+    fal-style ``Key <id>:<secret>`` also yields the id and the secret, since an
+    upstream may echo either part.
+    """
+    found: set[str] = set()
+    for name, value in (headers or {}).items():
+        if name.lower() not in CREDENTIAL_HEADERS or not isinstance(value, str):
+            continue
+        value = value.strip()
+        _, _, token = value.partition(" ")
+        for candidate in (value, token.strip(), *token.strip().split(":")):
+            if len(candidate) >= _MIN_SECRET_LENGTH:
+                found.add(candidate)
+    return sorted(found, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret of ``secrets`` replaced by ``[redacted]``."""
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def default_error_parser(response: requests.Response) -> UpstreamFault:
@@ -299,7 +337,7 @@ class UpstreamHTTP:
         time.sleep(seconds)
 
     def _translate(self, response: requests.Response, *, download: bool = False) -> Exception:
-        fault = self.error_parser(response)
+        fault = self._redacted(self.error_parser(response), response)
         message, code = fault.message, fault.code
         status = response.status_code
         rid = request_id_of(response)
@@ -331,6 +369,19 @@ class UpstreamHTTP:
             f"{self.provider} failed the {what} with HTTP {status}: {message}",
             code=code if code and not download else "upstream_error",
             upstream_request_id=rid,
+        )
+
+    @staticmethod
+    def _redacted(fault: UpstreamFault, response: requests.Response) -> UpstreamFault:
+        """``fault`` without the credentials the request sent (an upstream may echo them)."""
+        sent = credentials_sent(response.request.headers if response.request else None)
+        if not sent:
+            return fault
+        return dataclasses.replace(
+            fault,
+            message=redact(fault.message, sent),
+            code=redact(fault.code, sent) if fault.code else fault.code,
+            param=redact(fault.param, sent) if fault.param else fault.param,
         )
 
 

@@ -42,6 +42,7 @@ from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.context import WorkerContext
 from workers.http import UpstreamHTTP, default_error_parser
 from workers.images import check_image
+from workers.liveness import RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def run_job(
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
         return Outcome(job_id, claim.outcome)
+    with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
+        return _run_claimed(job_id, claim.attempt, ctx, handoff)
+
+
+def _run_claimed(job_id: str, attempt: int, ctx: WorkerContext, handoff: Handoff | None) -> Outcome:
     job = ctx.jobs.get(job_id)
     if job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
@@ -70,26 +76,26 @@ def run_job(
     try:
         images = _generate(job, ctx)
     except DeadlineExceeded:
-        ctx.jobs.fail(job_id, claim.attempt, timeout_error(job_id))
+        ctx.jobs.fail(job_id, attempt, timeout_error(job_id))
         log.warning("job %s timed out at its deadline", job_id)
-        return Outcome(job_id, "timed_out", claim.attempt)
+        return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
-        if handoff is not None and _fall_back(job, claim.attempt, exc, ctx, handoff):
-            return Outcome(job_id, "handed_off", claim.attempt)
-        ctx.jobs.fail(job_id, claim.attempt, exc)
+        if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
+            return Outcome(job_id, "handed_off", attempt)
+        ctx.jobs.fail(job_id, attempt, exc)
         log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
-        return Outcome(job_id, "failed", claim.attempt)
+        return Outcome(job_id, "failed", attempt)
     except Exception:
         log.exception("job %s: unexpected error", job_id)
         ctx.jobs.fail(
             job_id,
-            claim.attempt,
+            attempt,
             ServerError(
                 f"The gateway failed while generating. Job id: {job_id}.", code="internal_error"
             ),
         )
-        return Outcome(job_id, "failed", claim.attempt)
-    if ctx.jobs.succeed(job_id, claim.attempt, images):
+        return Outcome(job_id, "failed", attempt)
+    if ctx.jobs.succeed(job_id, attempt, images):
         log.info(
             "job %s succeeded: model=%s images=%d size=%s in %.2fs",
             job_id,
@@ -98,9 +104,9 @@ def run_job(
             images[0].size,
             time.monotonic() - started,
         )
-        return Outcome(job_id, "succeeded", claim.attempt)
+        return Outcome(job_id, "succeeded", attempt)
     log.warning("job %s finished but lost its fence (a newer attempt or a timeout won)", job_id)
-    return Outcome(job_id, "superseded", claim.attempt)
+    return Outcome(job_id, "superseded", attempt)
 
 
 def route_of(job: Job, catalog: Catalog) -> tuple[Model, dict[str, Any]]:
@@ -128,9 +134,10 @@ def _fall_back(
         return False
     try:
         handoff(job.id, queue)
-    except Exception:  # noqa: BLE001 - the broker refused: end the job rather than lose it
-        log.exception("job %s: could not hand off to %s", job.id, queue)
-        return False
+    except Exception:  # noqa: BLE001 - the broker refused: the reaper sends it later
+        log.exception("job %s: could not hand off to %s; the reaper will", job.id, queue)
+        return True
+    ctx.jobs.mark_sent(job.id)
     log.warning(
         "job %s: %s failed (%s); falling back to %s",
         job.id,

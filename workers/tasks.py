@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from workers.celery_app import app
 from workers.context import get_context
+from workers.liveness import Liveness
 from workers.pipeline import run_job
 from workers.webhook_pump import start_pump
 from workers.webhooks import deliver
@@ -24,7 +25,7 @@ def generate(self: Task, job_id: str) -> str:
 
 
 def _send_to_queue(job_id: str, queue: str) -> None:
-    """Fallback of a virtual model: the job continues on another family's queue."""
+    """Send a job's task to a queue: a virtual model's fallback, or the reaper."""
     app.send_task(GENERATE_TASK, args=[job_id], queue=queue)
 
 
@@ -37,8 +38,17 @@ def deliver_webhook(job_id: str) -> str:
 
 
 @worker_ready.connect
-def _start_webhook_pump(sender: Any = None, **_: Any) -> None:
-    """Workers of the webhooks queue also run the pump that feeds it."""
+def _start_background_threads(sender: Any = None, **_: Any) -> None:
+    """Every worker beats for its jobs and reaps stale ones; webhooks workers also pump."""
+    ctx = get_context()
+    Liveness(
+        ctx.jobs,
+        ctx.catalog,
+        _send_to_queue,
+        heartbeat_seconds=ctx.settings.heartbeat_seconds,
+        reaper_interval_seconds=ctx.settings.reaper_interval_seconds,
+    ).start()
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if WEBHOOK_QUEUE in queues:
-        start_pump(get_context().redis, app)
+        # A delivery lease outlasts one attempt (timeout) plus time queued behind others.
+        start_pump(ctx.redis, app, lease_seconds=3 * ctx.settings.webhook_timeout_seconds + 60)

@@ -60,13 +60,21 @@ def deliver(
     jobs: JobStore,
     storage: ImageStorage,
 ) -> str:
-    """One delivery attempt; returns the webhook state afterwards."""
+    """One delivery attempt; returns the webhook state afterwards.
+
+    Safe to run for a duplicated message: a finished delivery is not repeated
+    and a retry is not made before its due time.
+    """
     job = jobs.get(job_id)
     if job is None or not job.webhook_url or not job.terminal:
+        client.zrem(WEBHOOKS_DUE, job_id)
         return "skipped"
     state: dict[str, Any] = dict(job.webhook or {"state": "pending", "attempts": []})
     if state.get("state") in ("delivered", "failed", "disabled"):
+        client.zrem(WEBHOOKS_DUE, job_id)
         return str(state["state"])
+    if state.get("state") == "retrying" and float(state.get("next_attempt", 0)) > time.time() + 1:
+        return "not_due"
     attempts: list[dict[str, Any]] = list(state.get("attempts", []))
     number = len(attempts) + 1
 
@@ -125,6 +133,8 @@ def deliver(
             state["next_attempt"] = time.time() + delay
             client.zadd(WEBHOOKS_DUE, {job.id: state["next_attempt"]})
     jobs.set_webhook_state(job.id, state)
+    if state["state"] != "retrying":
+        client.zrem(WEBHOOKS_DUE, job.id)
     log.info(
         "webhook for job %s attempt %d: %s -> %s",
         job.id,
