@@ -39,7 +39,9 @@ _CONTENT_TYPES: dict[str, str] = {
 }
 _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
-_EXPIRES_RE = re.compile(r"[0-9]{1,12}")
+# Canonical decimal only: "0" + expires is the same number, so with leading zeros
+# allowed one signature would open many different URLs.
+_EXPIRES_RE = re.compile(r"[1-9][0-9]{0,11}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _TEMP_PREFIX = ".tmp-"
 
