@@ -22,7 +22,9 @@ timeout = 30
 graceful_timeout = int(float(os.environ.get("IMAGEGATE_SYNC_BUDGET_SECONDS", "120"))) + 5
 keepalive = 5
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# The path without its query string: a signed file URL's signature is a credential
+# (whoever has the URL has the image) and has no place in a log.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
 
 
