@@ -149,12 +149,20 @@ def create_generation():
             "The job queue is unavailable; nothing was charged. Retry shortly.",
             headers={"Retry-After": "2"},
         )
-        svc.jobs.fail(job.id, None, error)  # refunds the reservation
-        raise error from exc
-    try:
-        svc.jobs.mark_sent(job.id)
-    except redis.RedisError:  # the reaper sends it once more; a duplicate is harmless
-        log.warning("job %s: could not record that it was sent", job.id)
+        try:
+            refunded = svc.jobs.fail(job.id, None, error)  # refunds the reservation
+        except redis.RedisError:
+            # Redis went away between admission and enqueueing: the job is stored and
+            # charged, and a worker's reaper will send it. Go on as if it was sent.
+            log.warning("job %s: not enqueued (%s); the reaper will send it", job.id, exc)
+        else:
+            if refunded:
+                raise error from exc
+    else:
+        try:
+            svc.jobs.mark_sent(job.id)
+        except redis.RedisError:  # the reaper sends it once more; a duplicate is harmless
+            log.warning("job %s: could not record that it was sent", job.id)
     log.info(
         "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
         job.id,
