@@ -6,10 +6,11 @@ import logging
 import re
 import secrets
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, jsonify, request
 
 from api import files, generations, models, usage
 from api.errors import register_error_handlers
+from api.openapi import build_openapi
 from api.services import EXTENSION, Services
 from shared.settings import Settings
 
@@ -50,6 +51,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     def healthz():
         app.extensions[EXTENSION].redis.ping()
         return {"ok": True}
+
+    document = build_openapi(default_model=settings.default_model)
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return jsonify(document)  # public, like the API's documentation
 
     register_error_handlers(app)
     app.register_blueprint(generations.bp)
