@@ -40,6 +40,8 @@ def register_control(
         response.status_code = 400
         return response
 
+    _trickle_responses(app, state)
+
     @app.get("/_sim/health")
     def sim_health() -> Response:
         return jsonify({"ok": True, "provider": provider})
@@ -73,6 +75,32 @@ def register_control(
     @app.delete("/_sim/requests")
     def sim_delete_requests() -> Response:
         return jsonify({"ok": True, "cleared": state.clear_requests()})
+
+
+def _trickle_responses(app: Flask, state: SimState) -> None:
+    """The ``trickle`` knob: upstream bodies dribble out (control endpoints never do)."""
+    inner = app.wsgi_app
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        delay = state.config.trickle
+        body = inner(environ, start_response)
+        if delay <= 0 or str(environ.get("PATH_INFO", "")).startswith("/_sim/"):
+            return body
+        return _dribble(body, delay)
+
+    app.wsgi_app = wsgi  # type: ignore[method-assign]
+
+
+def _dribble(body: Any, delay: float, piece: int = 16) -> Any:
+    try:
+        for chunk in body:
+            for i in range(0, len(chunk), piece):
+                yield chunk[i : i + piece]
+                time.sleep(delay)
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
 
 def parse_json_body() -> tuple[Any, str | None]:

@@ -51,6 +51,9 @@ class SimConfig:
                      BFL ~10 min, Replicate 1 h, Ark 24 h); after it they answer 404.
     ``poll_steps``   for asynchronous protocols: how many status polls a task stays
                      pending/processing before it is ready (on top of ``latency``).
+    ``trickle``      if > 0, every upstream response body (API answers and files) is
+                     sent 16 bytes at a time with this many seconds between pieces,
+                     as from an upstream whose connection stalls without closing.
     """
 
     latency: float = 0.0
@@ -62,6 +65,7 @@ class SimConfig:
     drop_images: int = 0
     result_ttl: float = 600.0
     poll_steps: int = 1
+    trickle: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +118,9 @@ class SimConfig:
         poll_steps = integer("poll_steps", data.get("poll_steps", 1))
         if poll_steps < 0:
             raise ValueError("'poll_steps' must be >= 0")
+        trickle = number("trickle", data.get("trickle", 0.0))
+        if trickle < 0:
+            raise ValueError("'trickle' must be >= 0")
         api_key = data["api_key"]
         if api_key is not None and not isinstance(api_key, str):
             raise ValueError("'api_key' must be a string or null")
@@ -127,6 +134,7 @@ class SimConfig:
             drop_images=drop_images,
             result_ttl=result_ttl,
             poll_steps=poll_steps,
+            trickle=trickle,
         )
 
 

@@ -81,6 +81,21 @@ def test_a_slow_upstream_hits_the_deadline(sim: str) -> None:
         )
 
 
+def test_a_trickling_answer_is_cut_off_at_the_deadline(sim: str) -> None:
+    """A read timeout is per socket read: 16 bytes every 0.5 s never trip it."""
+    _config(sim, trickle=0.5)
+    http = _http(budget=1.5, retries=0)
+    with pytest.raises(DeadlineExceeded):
+        http.request("POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH)
+
+
+def test_a_trickling_download_is_cut_off_at_the_deadline(sim: str) -> None:
+    answer = _http().request("POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH)
+    _config(sim, trickle=0.5)
+    with pytest.raises(DeadlineExceeded):
+        _http(budget=1.5, retries=0).download(answer.json()["data"][0]["url"], max_bytes=10**7)
+
+
 def test_400_becomes_invalid_request_with_the_upstream_code(sim: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         _http().request(

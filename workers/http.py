@@ -63,6 +63,8 @@ ErrorParser = Callable[[requests.Response], UpstreamFault]
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 CONNECT_TIMEOUT = 5.0
+# A JSON answer may carry several base64 images (Seedream: up to 15 at 16 MP).
+MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 _MIN_USEFUL_SECONDS = 0.05
 
 
@@ -275,12 +277,39 @@ class UpstreamHTTP:
             params=params,
             timeout=self._timeout(),
             allow_redirects=False,
+            stream=True,
         )
+        self._read_body(response)
         if response.status_code in RETRY_STATUSES:
             raise RetryableStatus(response)
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
         return response
+
+    def _read_body(self, response: requests.Response) -> None:
+        """Read the whole body, bounded by the deadline and in size.
+
+        requests' read timeout is per socket read, so an upstream that trickles
+        a byte every few seconds would hold the worker far past the job's
+        deadline; reading in chunks checks the deadline between them.
+        """
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                total += len(chunk)
+                if total > MAX_RESPONSE_BYTES:
+                    raise UpstreamError(
+                        f"The response from {self.provider} is larger than "
+                        f"{MAX_RESPONSE_BYTES} bytes.",
+                        code="upstream_response_too_large",
+                    )
+                chunks.append(chunk)
+                self.check_deadline()
+        finally:
+            response.close()
+        response._content = b"".join(chunks)  # what .json() / .content then read
+        response._content_consumed = True
 
     def _download_once(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
         try:
