@@ -40,7 +40,7 @@ from shared.sizing import Size, parse_size
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.context import WorkerContext
-from workers.http import UpstreamHTTP, default_error_parser
+from workers.http import UpstreamHTTP, default_error_parser, redact
 from workers.images import check_image
 from workers.liveness import RUNNING
 
@@ -80,6 +80,12 @@ def _run_claimed(job_id: str, attempt: int, ctx: WorkerContext, handoff: Handoff
         log.warning("job %s timed out at its deadline", job_id)
         return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
+        # Errors adapters build from a 2xx poll answer never passed workers.http's
+        # redaction: an upstream quoting our key must not reach the client or the log.
+        model, _ = route_of(job, ctx.catalog)
+        exc.message = redact(
+            exc.message, ctx.settings.credentials_for(ctx.catalog.family_of(model).key_env)
+        )
         if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
             return Outcome(job_id, "handed_off", attempt)
         ctx.jobs.fail(job_id, attempt, exc)
