@@ -737,6 +737,7 @@ def _paths(default_model: str) -> dict[str, Any]:
                         "name": "key",
                         "in": "path",
                         "required": True,
+                        "description": "The stored image's key; it contains `/`.",
                         "schema": {"type": "string"},
                     },
                     {
