@@ -21,9 +21,14 @@ LIVE = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0
 IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
 
 
+def _url(redis_server) -> str:
+    """A database of the test Redis that no running worker's reaper looks at."""
+    return redis_server.url.rsplit("/", 1)[0] + "/7"
+
+
 @pytest.fixture()
 def store(redis_server) -> JobStore:
-    return JobStore(connect(redis_server.url), retention_seconds=600, liveness=LIVE)
+    return JobStore(connect(_url(redis_server)), retention_seconds=600, liveness=LIVE)
 
 
 def watch_time(store: JobStore, job_id: str) -> float | None:
@@ -128,7 +133,7 @@ def test_reap_once_sends_each_due_job_once_to_its_queue(store: JobStore, redis_s
 
 def test_billing_settles_once_when_a_reaper_and_a_worker_race(redis_server) -> None:
     """The overdue reap and a late worker's success: exactly one settles the job."""
-    client = connect(redis_server.url)
+    client = connect(_url(redis_server))
     store = JobStore(client, retention_seconds=600, liveness=LIVE)
     catalog = load_catalog()
     accounts = Accounts(client, catalog)
