@@ -75,8 +75,14 @@ def _config(api_key: str) -> schemathesis.Config:
 
 
 @pytest.fixture(scope="module")
-def live_schema(gateway: str, api_key: str):
-    return schemathesis.openapi.from_url(f"{gateway}/openapi.json", config=_config(api_key))
+def own_key(stack_env: dict[str, str]) -> str:
+    """This module's own key: its idempotency keys and jobs meet no other test's."""
+    return create_key(stack_env, "openapi-fuzz")["key"]
+
+
+@pytest.fixture(scope="module")
+def live_schema(gateway: str, own_key: str):
+    return schemathesis.openapi.from_url(f"{gateway}/openapi.json", config=_config(own_key))
 
 
 @pytest.fixture(autouse=True)
@@ -124,14 +130,14 @@ Call = Callable[..., Response]
 
 
 @pytest.fixture()
-def call(live_schema, api_key: str) -> Call:
+def call(live_schema, own_key: str) -> Call:
     """Send one hand-made request of an operation and validate the answer like above."""
 
     def send(
         method: str,
         path: str,
         *,
-        key: str | None = api_key,
+        key: str | None = own_key,
         base_url: str | None = None,
         **kwargs: Any,
     ) -> Response:
