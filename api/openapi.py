@@ -538,13 +538,21 @@ def _errors(*statuses: int) -> dict[str, Any]:
     }
 
 
-def _ok(schema: str, description: str, *headers: str, **extra: Any) -> dict[str, Any]:
-    return {
+def _ok(
+    schema: str,
+    description: str,
+    *headers: str,
+    required: tuple[str, ...] = (),
+    links: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    response = {
         "description": description,
-        "headers": _headers(*_RATE, *headers, required=extra.pop("required", ())),
+        "headers": _headers(*_RATE, *headers, required=required),
         "content": {JSON: {"schema": _schema(schema)}},
-        **extra,
     }
+    if links:
+        response["links"] = links
+    return response
 
 
 # --- operations ------------------------------------------------------------------------------
@@ -633,16 +641,14 @@ def _paths(default_model: str) -> dict[str, Any]:
                             }
                         },
                     ),
-                    "202": {
-                        **_ok(
-                            "Job",
-                            "Accepted (asynchronous request): the job object; poll `Location`.",
-                            "Location",
-                            "JobId",
-                            required=("Location", "JobId"),
-                        ),
-                        "links": _JOB_LINKS,
-                    },
+                    "202": _ok(
+                        "Job",
+                        "Accepted (asynchronous request): the job object; poll `Location`.",
+                        "Location",
+                        "JobId",
+                        required=("Location", "JobId"),
+                        links=_JOB_LINKS,
+                    ),
                     **_errors(400, 401, 402, 403, 404, 409, 413, 429, 500, 502, 503, 504),
                 },
             }
