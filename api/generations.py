@@ -49,8 +49,10 @@ _MAX_IDEMPOTENCY_KEY = 255
 
 
 def _wants_async() -> bool:
+    # RFC 7240: comma-separated preferences, each maybe with ";"-parameters
+    # ("respond-async; wait=10"); names are case-insensitive.
     prefer = request.headers.get("Prefer", "")
-    return any(p.strip().lower() == "respond-async" for p in prefer.split(","))
+    return any(p.split(";", 1)[0].strip().lower() == "respond-async" for p in prefer.split(","))
 
 
 def _idempotency(key: ApiKey, svc: Services, body: bytes, job_id: str) -> Idempotency | None:
@@ -240,7 +242,9 @@ def _wait_and_answer(job_id: str, svc: Services):
         response.headers["x-job-id"] = done.id
         return response
     if done.status in (JobStatus.FAILED, JobStatus.CANCELED) and done.error:
-        raise error_from_dict(done.error)
+        error = error_from_dict(done.error)
+        error.headers["x-job-id"] = done.id  # the failed job's record can be fetched
+        raise error
     raise timeout_error(job.id)
 
 

@@ -431,3 +431,30 @@ def test_reference_image_urls_get_the_same_guard(gateway: str, api_key: str) -> 
     assert resp.status_code == 400
     assert resp.json()["error"]["param"] == "image"
     assert resp.json()["error"]["code"] == "unsafe_url"
+
+
+def test_prefer_respond_async_may_carry_parameters_and_company(gateway: str, api_key: str) -> None:
+    resp = requests.post(
+        f"{gateway}/v1/images/generations",
+        json={"model": "local/testcard", "prompt": "prefer"},
+        headers={**_auth(api_key), "Prefer": "wait=5, Respond-Async; foo=bar"},
+        timeout=10,
+    )
+    assert resp.status_code == 202, resp.text
+
+
+def test_a_failed_sync_generation_names_its_job(gateway: str, api_key: str, sim: str) -> None:
+    requests.post(f"{sim}/_sim/config", json={"fail_next": 10}, timeout=5).raise_for_status()
+    resp = requests.post(
+        f"{gateway}/v1/images/generations",
+        json={"model": "dall-e-2", "prompt": "fails", "size": "256x256"},
+        headers=_auth(api_key),
+        timeout=60,
+    )
+    assert resp.status_code == 502, resp.text
+    job = requests.get(
+        f"{gateway}/v1/images/generations/{resp.headers['x-job-id']}",
+        headers=_auth(api_key),
+        timeout=10,
+    ).json()
+    assert job["status"] == "failed" and job["status_code"] == 502
