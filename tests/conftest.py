@@ -21,7 +21,7 @@ from openai import OpenAI
 
 from shared.catalog import load_catalog
 from simulators import PROVIDERS
-from tests.support.processes import BIN, Process, RedisServer, free_port, http_ok, log_contains
+from tests.support.processes import BIN, Process, RedisServer, free_port, http_ok
 
 SIM_KEY = "sim-upstream-key"
 
@@ -144,8 +144,10 @@ def start_worker(
         ],
         env=env,
         log_dir=run_dir,
-    ).start()  # fmt: skip
-    return proc.wait_until(log_contains(proc, " ready."), timeout=60)
+    )  # fmt: skip
+    before = proc.log().count(" ready.")  # a replacement appends to its predecessor's log
+    proc.start()
+    return proc.wait_until(lambda: proc.log().count(" ready.") > before, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -247,6 +247,8 @@ def test_a_redis_restart_loses_no_job_and_workers_consume_again(stack: Stack, ke
     stack.latency(3)
     before = [stack.submit(key["key"], prompt=f"before restart {i}") for i in range(4)]
     stack.worker_running(before[0])
+    openai_workers = [p for n, p in stack.workers.items() if n.startswith("resil-openai")]
+    connected = {p.name: p.log().count("Connected to") for p in openai_workers}
     stack.redis.stop()  # SIGTERM: Redis writes its AOF and exits
     try:
         # During the outage: a clear 503 with Retry-After, quickly, never a hang or a trace.
@@ -271,7 +273,10 @@ def test_a_redis_restart_loses_no_job_and_workers_consume_again(stack: Stack, ke
         done = stack.wait_terminal(key["key"], job_id, timeout=90)
         assert done["status"] == "succeeded", done
         stack.charged_once(key["id"], job_id)
-    # Every worker consumes again after the reconnect (the known Celery failure is a
+    # Every worker reconnects by itself (Celery backs off up to several seconds)...
+    for proc in openai_workers:
+        proc.wait_until(lambda p=proc: p.log().count("Connected to") > connected[p.name], 60)
+    # ...and consumes again after the reconnect (the known Celery failure is a
     # worker that stays connected but never receives another message): keep more jobs
     # in flight than one worker takes, and require each openai worker to run some.
     stack.latency(1)
