@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from shared.capacity import Lease
 from shared.catalog import Catalog, Family, Model
 from shared.errors import (
@@ -91,6 +93,12 @@ def _run_claimed(job_id: str, attempt: int, ctx: WorkerContext, handoff: Handoff
         ctx.jobs.fail(job_id, attempt, exc)
         log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
         return Outcome(job_id, "failed", attempt)
+    except redis.RedisError as exc:
+        # Redis went away mid-job (a restart): the outcome cannot be recorded now, and
+        # failing the job would blame the client for our outage. Leave it running without
+        # a heartbeat; once Redis is back a reaper hands it to a new attempt.
+        log.warning("job %s interrupted, Redis unavailable (%s); to be taken over", job_id, exc)
+        return Outcome(job_id, "interrupted", attempt)
     except Exception:
         log.exception("job %s: unexpected error", job_id)
         ctx.jobs.fail(
@@ -226,7 +234,10 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         raise
     finally:
         if lease is not None:
-            ctx.capacity.release(lease)
+            try:
+                ctx.capacity.release(lease)
+            except redis.RedisError as exc:  # the lease runs out by itself
+                log.warning("job %s: could not release its upstream slot: %s", job.id, exc)
     for name in breakers:
         ctx.breakers.record_success(name)
     return stored
