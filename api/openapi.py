@@ -15,20 +15,7 @@ import copy
 from typing import Any
 
 from api.schemas import GenerationRequest
-from shared.errors import (
-    AuthenticationFailed,
-    Conflict,
-    GatewayTimeout,
-    InsufficientBalance,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RateLimited,
-    RequestTooLarge,
-    ServerError,
-    ServiceUnavailable,
-    UpstreamError,
-)
+from shared.errors import ERROR_CLASSES, InvalidRequest
 from shared.jobs import JobStatus
 from shared.results import JOB_OBJECT
 
@@ -104,23 +91,7 @@ def generation_request_schema(default_model: str) -> dict[str, Any]:
 # --- responses -------------------------------------------------------------------------------
 
 # The OpenAI error ``type`` of each status (one error class per status).
-ERROR_TYPES: dict[int, str] = {
-    cls.status: cls.error_type
-    for cls in (
-        InvalidRequest,
-        AuthenticationFailed,
-        InsufficientBalance,
-        PermissionDenied,
-        NotFound,
-        Conflict,
-        RequestTooLarge,
-        RateLimited,
-        ServerError,
-        UpstreamError,
-        ServiceUnavailable,
-        GatewayTimeout,
-    )
-}
+ERROR_TYPES: dict[int, str] = {cls.status: cls.error_type for cls in ERROR_CLASSES}
 
 _ERROR_BODY = {
     "type": "object",

@@ -156,22 +156,24 @@ class DeadlineExceeded(Exception):
     """
 
 
+# Every error class a client can receive, one per (status, OpenAI error type).
+ERROR_CLASSES: tuple[type[GatewayError], ...] = (
+    InvalidRequest,
+    AuthenticationFailed,
+    InsufficientBalance,
+    PermissionDenied,
+    NotFound,
+    Conflict,
+    RequestTooLarge,
+    RateLimited,
+    ServerError,
+    UpstreamError,
+    ServiceUnavailable,
+    GatewayTimeout,
+)
+
 _BY_TYPE_AND_STATUS: dict[tuple[int, str], type[GatewayError]] = {
-    (cls.status, cls.error_type): cls
-    for cls in (
-        InvalidRequest,
-        AuthenticationFailed,
-        InsufficientBalance,
-        PermissionDenied,
-        NotFound,
-        Conflict,
-        RequestTooLarge,
-        RateLimited,
-        ServerError,
-        UpstreamError,
-        ServiceUnavailable,
-        GatewayTimeout,
-    )
+    (cls.status, cls.error_type): cls for cls in ERROR_CLASSES
 }
 
 

@@ -22,17 +22,8 @@ from PIL import Image
 
 from shared.catalog import load_catalog
 from tests.conftest import available_families, simulated_providers
+from tests.support.models import REPRESENTATIVE
 
-# One representative model per family (the cheapest that takes n > 1 where one does).
-REPRESENTATIVE = {
-    "openai": "dall-e-2",
-    "bfl": "black-forest-labs/flux-2-pro",
-    "replicate": "flux-schnell",
-    "fal": "zhipu/z-image-turbo",
-    "ark": "bytedance/seedream-4.0",
-    "zhipu": "zhipu/glm-image",
-    "stability": "stability/stable-image-core",
-}
 FAMILIES = [f for f in available_families() if f in REPRESENTATIVE and f in simulated_providers()]
 CATALOG = load_catalog()
 # Families whose upstream returns several images from one call, so it can return fewer.

@@ -11,10 +11,10 @@ import pytest
 
 from shared.billing import LEDGER, Accounts
 from shared.catalog import load_catalog
-from shared.jobs import WATCH, Job, JobStatus, JobStore, Liveness, StoredImage, new_job_id
+from shared.jobs import WATCH, JobStatus, JobStore, Liveness, StoredImage
 from shared.keys import KeyStore
 from shared.redis_client import connect
-from tests.support.jobs import make_job
+from tests.support.jobs import admit_job, make_job
 from workers.liveness import Running, reap_once
 
 LIVE = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0, max_sends=2)
@@ -140,17 +140,8 @@ def test_billing_settles_once_when_a_reaper_and_a_worker_race(redis_server) -> N
     _, key = KeyStore(client).create("liveness", tier="internal")
     accounts.set_balance(key.id, 10_000_000)
     model = next(m for m in catalog.models.values() if m.price_micros > 0)
-    now = time.time()
-    job = Job(
-        id=new_job_id(), key_id=key.id, model=model.id, family=catalog.family_of(model).name,
-        queue=catalog.family_of(model).queue,
-        request={"prompt": "x", "n": 2}, created=now, deadline=now + 1.0,
-    )  # fmt: skip
-    accounts.admit(
-        key, catalog.tier("internal"), model, 2, job_key=store.record_key(job.id), job_id=job.id,
-        spec_json=store.spec_json(job), deadline=job.deadline, ttl=600, now=now,
-        watch=store.watch_entry(job),
-    )  # fmt: skip
+    job = admit_job(accounts, store, catalog, key, model.id, budget=1.0, n=2)
+    now = job.created
     job_id, key_id = job.id, key.id
     assert watch_time(store, job_id) == pytest.approx(now + LIVE.enqueue_grace)
     claim = store.claim(job_id)

@@ -18,11 +18,12 @@ import pytest
 import requests
 
 from shared.billing import Accounts
-from shared.jobs import Job, JobStatus, JobStore, Liveness, new_job_id
+from shared.jobs import JobStatus, JobStore, Liveness
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import create_key, start_simulator, start_worker
+from tests.support.jobs import admit_job
 from tests.support.processes import Process, RedisServer
 
 MODEL = "dall-e-2"  # served by the openai family (the simulator), priced
@@ -170,18 +171,10 @@ def test_a_job_admitted_but_never_sent_is_sent_by_the_reaper(stack: Stack, key) 
     catalog = Settings.from_env(stack.env).load_catalog()
     jobs = JobStore(client, liveness=Liveness(enqueue_grace=1.0))
     api_key = KeyStore(client).get(key["id"])
-    model = catalog.model(MODEL)
-    now = time.time()
-    job = Job(
-        id=new_job_id(), key_id=api_key.id, model=MODEL, family="openai", queue="openai",
-        request={"prompt": "orphan", "n": 1, "size": "256x256"}, created=now,
-        deadline=now + 60, meta={"mode": "async"},
-    )  # fmt: skip
-    Accounts(client, catalog).admit(
-        api_key, catalog.tier(api_key.tier), model, 1, job_key=jobs.record_key(job.id),
-        job_id=job.id, spec_json=jobs.spec_json(job), deadline=job.deadline, ttl=600,
-        now=now, watch=jobs.watch_entry(job),
-    )  # fmt: skip
+    accounts = Accounts(client, catalog)
+    job = admit_job(
+        accounts, jobs, catalog, api_key, MODEL, budget=60, prompt="orphan", size="256x256"
+    )
     # ...and no task is ever sent.
     done = stack.wait_terminal(key["key"], job.id)
     assert done["status"] == "succeeded"

@@ -43,21 +43,12 @@ from shared.settings import Settings
 from shared.signing import signing_secret
 from shared.storage.local import sign
 from tests.conftest import SIM_KEY, cli, create_key, start_worker
+from tests.support.models import REPRESENTATIVE
 from tests.support.processes import RedisServer
 from workers.http import REDACTED, UpstreamHTTP, credentials_sent, redact
 
 TIMEOUT = 30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# One model per family with a simulator (as in test_contract_e2e.py).
-REPRESENTATIVE = {
-    "openai": "dall-e-2",
-    "bfl": "black-forest-labs/flux-2-pro",
-    "replicate": "flux-schnell",
-    "fal": "zhipu/z-image-turbo",
-    "ark": "bytedance/seedream-4.0",
-    "zhipu": "zhipu/glm-image",
-    "stability": "stability/stable-image-core",
-}
 
 
 def _digest(key: str) -> str:

@@ -75,10 +75,12 @@ def queue_of(job_id: str, jobs: JobStore, catalog: Catalog) -> str | None:
     return catalog.family_of(model).queue
 
 
-def reap_once(jobs: JobStore, catalog: Catalog, send: Send, *, limit: int = 100) -> dict[str, int]:
-    """One pass over the due jobs; returns how many got each action."""
+def reap_once(
+    jobs: JobStore, catalog: Catalog, send: Send, due: list[str] | None = None
+) -> dict[str, int]:
+    """One pass over the due jobs (``due``, or read now); returns how many got each action."""
     counts: dict[str, int] = {}
-    for job_id in jobs.due(limit=limit):
+    for job_id in jobs.due() if due is None else due:
         action = jobs.reap(job_id)
         counts[action] = counts.get(action, 0) + 1
         if action in ("takeover", "requeue"):
@@ -139,7 +141,7 @@ class Liveness:
         stale_after = self._jobs.liveness.stale_after
         while not self._stop.wait(self._reap_every):
             try:
-                self._jobs.due(limit=1)  # cheap connectivity probe
+                due = self._jobs.due()
             except redis.RedisError as exc:
                 if self._connected_since is not None:
                     log.warning("reaper lost Redis (%s); pausing", exc)
@@ -151,7 +153,7 @@ class Liveness:
             if now - self._connected_since < stale_after:
                 continue  # heartbeats may be stale only because Redis was away
             try:
-                counts = reap_once(self._jobs, self._catalog, self._send)
+                counts = reap_once(self._jobs, self._catalog, self._send, due)
             except redis.RedisError as exc:
                 log.warning("reaper pass failed: %s", exc)
                 self._connected_since = None
