@@ -201,9 +201,9 @@ class Breakers:
             status.state is BreakerState.HALF_OPEN and not status.trial_running
         )
 
-    def record_success(self, name: str) -> None:
-        """The upstream answered: close the breaker, forget failures and any trial."""
-        self._redis.delete(*self.keys(name))
+    def record_success(self, *names: str) -> None:
+        """The upstream answered: close the breakers, forget failures and any trial."""
+        self._redis.delete(*(k for name in names for k in self.keys(name)))
 
     def record_failure(self, name: str, now: float | None = None) -> BreakerStatus:
         now = time.time() if now is None else now

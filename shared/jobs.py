@@ -297,10 +297,41 @@ return 1
 """
 
 
+def job_from_fields(fields: dict[str, str]) -> Job | None:
+    """A job from its record's fields (``HGETALL``); None for a missing or partial record."""
+    if not fields or "spec" not in fields:
+        return None
+    spec = json.loads(fields["spec"])
+    images = tuple(StoredImage(**img) for img in json.loads(fields.get("result") or "[]"))
+    return Job(
+        id=spec["id"],
+        key_id=spec["key_id"],
+        model=spec["model"],
+        family=spec["family"],
+        queue=spec["queue"],
+        request=spec["request"],
+        created=float(spec["created"]),
+        deadline=float(spec["deadline"]),
+        meta=spec.get("meta") or {},
+        status=JobStatus(fields.get("status", "queued")),
+        attempt=int(fields.get("attempt", 0)),
+        images=images,
+        error=json.loads(fields["error"]) if fields.get("error") else None,
+        started=float(fields["started"]) if fields.get("started") else None,
+        finished=float(fields["finished"]) if fields.get("finished") else None,
+        webhook_url=fields.get("webhook_url") or None,
+        webhook=json.loads(fields["webhook"]) if fields.get("webhook") else None,
+        candidate=int(fields.get("candidate", 0)),
+        serving=fields.get("serving") or None,
+        fallbacks=tuple(json.loads(fields["fallbacks"])) if fields.get("fallbacks") else (),
+    )
+
+
 @dataclass(frozen=True)
 class Claim:
     outcome: str  # run | terminal | expired | missing | busy (another live worker runs it)
     attempt: int = 0
+    job: Job | None = None  # the record as the claim left it (when it should run)
 
     @property
     def should_run(self) -> bool:
@@ -373,33 +404,7 @@ class JobStore:
         return job
 
     def get(self, job_id: str) -> Job | None:
-        fields = self._redis.hgetall(_JOB.format(job_id))
-        if not fields or "spec" not in fields:
-            return None
-        spec = json.loads(fields["spec"])
-        images = tuple(StoredImage(**img) for img in json.loads(fields.get("result") or "[]"))
-        return Job(
-            id=spec["id"],
-            key_id=spec["key_id"],
-            model=spec["model"],
-            family=spec["family"],
-            queue=spec["queue"],
-            request=spec["request"],
-            created=float(spec["created"]),
-            deadline=float(spec["deadline"]),
-            meta=spec.get("meta") or {},
-            status=JobStatus(fields.get("status", "queued")),
-            attempt=int(fields.get("attempt", 0)),
-            images=images,
-            error=json.loads(fields["error"]) if fields.get("error") else None,
-            started=float(fields["started"]) if fields.get("started") else None,
-            finished=float(fields["finished"]) if fields.get("finished") else None,
-            webhook_url=fields.get("webhook_url") or None,
-            webhook=json.loads(fields["webhook"]) if fields.get("webhook") else None,
-            candidate=int(fields.get("candidate", 0)),
-            serving=fields.get("serving") or None,
-            fallbacks=tuple(json.loads(fields["fallbacks"])) if fields.get("fallbacks") else (),
-        )
+        return job_from_fields(self._redis.hgetall(_JOB.format(job_id)))
 
     def status(self, job_id: str) -> JobStatus | None:
         raw = self._redis.hget(_JOB.format(job_id), "status")
@@ -408,19 +413,26 @@ class JobStore:
     def claim(self, job_id: str, *, worker: str = "", now: float | None = None) -> Claim:
         now = time.time() if now is None else now
         live = self.liveness
-        reply = self._claim(
-            keys=self._keys(job_id),
-            args=[
-                repr(now),
-                _error_json(timeout_error(job_id)),
-                worker,
-                job_id,
-                live.stale_after,
-                live.late,
-            ],
-        )
+        # The claim and the read of the record it leaves share one round trip.
+        with self._redis.pipeline(transaction=False) as pipe:
+            self._claim(
+                keys=self._keys(job_id),
+                args=[
+                    repr(now),
+                    _error_json(timeout_error(job_id)),
+                    worker,
+                    job_id,
+                    live.stale_after,
+                    live.late,
+                ],
+                client=pipe,
+            )
+            pipe.hgetall(_JOB.format(job_id))
+            reply, fields = pipe.execute()
         outcome = reply[0]
-        return Claim(outcome, int(reply[1]) if outcome == "run" else 0)
+        if outcome != "run":
+            return Claim(outcome)
+        return Claim(outcome, int(reply[1]), job_from_fields(fields))
 
     def succeed(self, job_id: str, attempt: int, images: list[StoredImage]) -> bool:
         payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))

@@ -66,14 +66,14 @@ def run_job(
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
         return Outcome(job_id, claim.outcome)
-    with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
-        return _run_claimed(job_id, claim.attempt, ctx, handoff)
-
-
-def _run_claimed(job_id: str, attempt: int, ctx: WorkerContext, handoff: Handoff | None) -> Outcome:
-    job = ctx.jobs.get(job_id)
-    if job is None:  # expired between claim and read
+    if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
+    with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
+        return _run_claimed(claim.job, claim.attempt, ctx, handoff)
+
+
+def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | None) -> Outcome:
+    job_id = job.id
     started = time.monotonic()
     try:
         images = _generate(job, ctx)
@@ -205,10 +205,11 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
     )
     keys = ctx.settings.credentials_for(family.key_env)
     lease = _take_slot(job, family, keys, ctx)
+    key_index = lease.key_index if lease else 0
     call = CallContext(
         family=family,
         base_url=ctx.settings.base_url_for(family.name, family.base_url),
-        api_key=keys[lease.key_index] if lease and keys else None,
+        api_key=keys[key_index] if keys else None,
         http=http,
         deadline=job.deadline,
         client_http=dataclasses.replace(
@@ -224,7 +225,7 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
         request.aspect_ratio,
         request.n,
     )
-    breakers = [f"model:{model.id}"] + ([f"key:{family.name}:{lease.key_index}"] if lease else [])
+    breakers = [f"model:{model.id}"] + ([f"key:{family.name}:{key_index}"] if keys else [])
     try:
         result = adapter.generate(request, call)
         stored = _store(job, result, http, ctx, request)
@@ -238,18 +239,18 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
                 ctx.capacity.release(lease)
             except redis.RedisError as exc:  # the lease runs out by itself
                 log.warning("job %s: could not release its upstream slot: %s", job.id, exc)
-    for name in breakers:
-        ctx.breakers.record_success(name)
+    ctx.breakers.record_success(*breakers)
     return stored
 
 
 def _take_slot(job: Job, family: Family, keys: list[str], ctx: WorkerContext) -> Lease | None:
     """An upstream slot (``max_concurrent`` per key) on a key whose breaker is not open.
 
-    Waits for a slot up to the deadline; families without a key or a cap get
-    a lease only to rotate among their keys.
+    Waits for a slot up to the deadline; families without a cap get a lease
+    only to rotate among their keys, and need none with a single key (whose
+    breaker cannot steer anything: with every key failing we try anyway).
     """
-    if not keys:
+    if not keys or (len(keys) == 1 and family.max_concurrent <= 0):
         return None
     skip = [i for i in range(len(keys)) if not ctx.breakers.would_allow(f"key:{family.name}:{i}")]
     if len(skip) == len(keys):
