@@ -18,10 +18,10 @@ import logging
 import time
 
 import redis
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, g, request
 
 from api.auth import current_key
-from api.responses import base_url, images_response, job_object
+from api.responses import base_url, images_response, job_object, json_response
 from api.routing import Route, plan
 from api.services import Services, services
 from api.validation import check_against_model, parse_body
@@ -144,6 +144,30 @@ def create_generation():
     if admission.duplicate_of is not None:
         return _replay(admission.duplicate_of, idempotency, key, svc, is_async)
     g.ratelimit = admission.status
+    # A synchronous request listens for its job before sending it, so the worker's
+    # notice cannot slip past, and its first look at the record waits for it.
+    waiter = None if is_async else svc.hub.expect(job.id)
+    try:
+        _send(job, svc)
+        log.info(
+            "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
+            job.id,
+            key.id,
+            target.id,
+            model.id,
+            job_request["n"],
+            job.meta["mode"],
+        )
+        if waiter is None:
+            return _accepted(job.id, svc)
+        return _answer(waiter.wait(job.deadline + _GRACE_SECONDS, read_first=False), job.id, svc)
+    finally:
+        if waiter is not None:
+            waiter.close()
+
+
+def _send(job: Job, svc: Services) -> None:
+    """Enqueue an admitted job; if the broker refuses it, fail it (refunded) with a 503."""
     try:
         svc.queue.enqueue(job)
     except Exception as exc:
@@ -165,18 +189,6 @@ def create_generation():
             svc.jobs.mark_sent(job.id)
         except redis.RedisError:  # the reaper sends it once more; a duplicate is harmless
             log.warning("job %s: could not record that it was sent", job.id)
-    log.info(
-        "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
-        job.id,
-        key.id,
-        target.id,
-        model.id,
-        job_request["n"],
-        job.meta["mode"],
-    )
-    if is_async:
-        return _accepted(job.id, svc)
-    return _wait_and_answer(job.id, svc)
 
 
 def _check_family(model, family, svc: Services) -> None:
@@ -210,8 +222,7 @@ def _accepted(job_id: str, svc: Services):
     job = svc.jobs.get(job_id)
     if job is None:
         raise NotFound(f"No job '{job_id}'.")
-    response = jsonify(job_object(job, svc))
-    response.status_code = 202
+    response = json_response(job_object(job, svc), 202)
     response.headers["Location"] = f"/v1/images/generations/{job.id}"
     response.headers["x-job-id"] = job.id
     return response
@@ -221,31 +232,35 @@ def _wait_and_answer(job_id: str, svc: Services):
     job = svc.jobs.get(job_id)
     if job is None:
         raise timeout_error(job_id)
-    status = svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS)
-    try:
-        if status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
-            svc.jobs.expire_if_overdue(job.id)
-        done = svc.jobs.get(job.id)
-    except redis.RedisError as exc:
-        # Redis is down at the end of the budget: the job lives on (it is in Redis,
-        # which keeps it through a restart); say so, with its id to fetch it later.
-        raise ServiceUnavailable(
-            "The gateway's state store is unavailable; the job may still finish. "
-            f"Fetch it later with GET /v1/images/generations/{job.id}.",
-            headers={"Retry-After": "2", "x-job-id": job.id},
-            extra={"job_id": job.id},
-        ) from exc
+    return _answer(svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS), job.id, svc)
+
+
+def _answer(done: Job | None, job_id: str, svc: Services):
+    """The synchronous answer from the job record a wait ended with."""
+    if done is None or not done.terminal:
+        try:
+            svc.jobs.expire_if_overdue(job_id)
+            done = svc.jobs.get(job_id)
+        except redis.RedisError as exc:
+            # Redis is down at the end of the budget: the job lives on (it is in Redis,
+            # which keeps it through a restart); say so, with its id to fetch it later.
+            raise ServiceUnavailable(
+                "The gateway's state store is unavailable; the job may still finish. "
+                f"Fetch it later with GET /v1/images/generations/{job_id}.",
+                headers={"Retry-After": "2", "x-job-id": job_id},
+                extra={"job_id": job_id},
+            ) from exc
     if done is None:
-        raise timeout_error(job.id)
+        raise timeout_error(job_id)
     if done.status == JobStatus.SUCCEEDED:
-        response = jsonify(images_response(done, svc))
+        response = json_response(images_response(done, svc))
         response.headers["x-job-id"] = done.id
         return response
     if done.status in (JobStatus.FAILED, JobStatus.CANCELED) and done.error:
         error = error_from_dict(done.error)
         error.headers["x-job-id"] = done.id  # the failed job's record can be fetched
         raise error
-    raise timeout_error(job.id)
+    raise timeout_error(job_id)
 
 
 def _own_job(job_id: str) -> Job:
@@ -264,7 +279,7 @@ def get_job(job_id: str):
     if not job.terminal and time.time() >= job.deadline + _GRACE_SECONDS:
         svc.jobs.expire_if_overdue(job.id)
         job = svc.jobs.get(job.id) or job
-    return jsonify(job_object(job, svc))
+    return json_response(job_object(job, svc))
 
 
 @bp.post("/generations/<job_id>/cancel")
@@ -276,4 +291,4 @@ def cancel_job(job_id: str):
             f"The job {job.id} has already ended ({job.status.value}).", code="job_already_ended"
         )
     svc.jobs.cancel(job.id)  # refunds; a worker still running it can no longer write
-    return jsonify(job_object(svc.jobs.get(job.id) or job, svc))
+    return json_response(job_object(svc.jobs.get(job.id) or job, svc))

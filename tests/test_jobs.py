@@ -97,9 +97,29 @@ def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
     claim = store.claim(job.id)
     threading.Timer(0.3, lambda: store.succeed(job.id, claim.attempt, [IMG])).start()
     started = time.monotonic()
-    assert hub.wait(job.id, time.time() + 20) == JobStatus.SUCCEEDED
+    assert hub.wait(job.id, time.time() + 20).status == JobStatus.SUCCEEDED
     # Woken by the notice, not by the 30 s poll.
     assert time.monotonic() - started < 20
 
     other = make_job(store)
-    assert hub.wait(other.id, time.time() + 0.3) == JobStatus.QUEUED
+    assert hub.wait(other.id, time.time() + 0.3).status == JobStatus.QUEUED
+
+
+def test_a_waiter_registered_before_enqueueing_sees_a_notice_sent_before_it_waits(
+    store: JobStore, redis_server
+) -> None:
+    hub = CompletionHub(connect(redis_server.url), store, poll_interval=30.0)
+    hub.wait(make_job(store).id, time.time() + 0.2)  # starts the listener
+    deadline = time.time() + 10
+    while not hub._subscribed.is_set() and time.time() < deadline:
+        time.sleep(0.01)
+    job = make_job(store)
+    with hub.expect(job.id) as waiter:
+        store.succeed(job.id, store.claim(job.id).attempt, [IMG])  # done before the wait
+        time.sleep(0.2)
+        started = time.monotonic()
+        done = waiter.wait(time.time() + 20, read_first=False)
+    assert done is not None and done.status == JobStatus.SUCCEEDED
+    # The notice woke it, not the 30 s poll.
+    assert time.monotonic() - started < 20
+    assert job.id not in hub._waiters  # closed: stops listening
