@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import request
+from flask import Response, request
 
 from api.services import Services
 from shared import results
@@ -25,3 +25,8 @@ def job_object(job: Job, svc: Services) -> dict[str, Any]:
     return results.job_object(
         job, svc.storage, base_url=base_url(svc), ttl=svc.settings.url_ttl_seconds
     )
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """A JSON response; base64 images are spliced in as bytes (:func:`shared.results.dumps`)."""
+    return Response(results.dumps(body), status=status, mimetype="application/json")

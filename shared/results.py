@@ -4,11 +4,18 @@ Used by the web side (responses, ``GET /v1/images/generations/{id}``) and by
 the webhook deliverer, so a webhook carries exactly what a fetch would show.
 URLs are signed afresh on every call: a job fetched later gets URLs that live
 a full ``ttl`` from then.
+
+Base64 images stay bytes (:class:`Base64Image`) until :func:`dumps` splices
+them into the JSON text: base64 needs no JSON escaping, and a JSON encoder's
+pass over a 2.7 MB string costs more than encoding the image (about 8 ms
+against 3 ms for 2 MB on the benchmark machine).
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import secrets
 from typing import Any
 
 from shared.errors import error_from_dict
@@ -18,13 +25,47 @@ from shared.storage import ImageStorage
 JOB_OBJECT = "image.generation.job"
 
 
+class Base64Image:
+    """An image to be written as a base64 JSON string by :func:`dumps`."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def b64(self) -> bytes:
+        return base64.b64encode(self.data)
+
+
+def dumps(body: Any) -> bytes:
+    """``body`` as compact JSON (UTF-8), with every :class:`Base64Image` as a string."""
+    blobs: list[Base64Image] = []
+    marker = f"b64-{secrets.token_hex(8)}-"  # cannot occur in any other string of the body
+
+    def placeholder(value: Any) -> str:
+        if not isinstance(value, Base64Image):
+            raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        blobs.append(value)
+        return f"{marker}{len(blobs) - 1}"
+
+    text = json.dumps(body, separators=(",", ":"), default=placeholder).encode()
+    if not blobs:
+        return text
+    parts: list[bytes] = []
+    for index, blob in enumerate(blobs):  # in the order the encoder met them
+        before, _, text = text.partition(f'{marker}{index}"'.encode())
+        parts += (before, blob.b64(), b'"')
+    parts.append(text)
+    return b"".join(parts)
+
+
 def images_response(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> dict[str, Any]:
     response_format = job.request.get("response_format", "url")
     data = []
     for image in job.images:
         item: dict[str, Any]
         if response_format == "b64_json":
-            item = {"b64_json": base64.b64encode(storage.get(image.key)).decode("ascii")}
+            item = {"b64_json": Base64Image(storage.get(image.key))}
         else:
             item = {"url": storage.url(image.key, ttl, base_url=base_url)}
         if image.revised_prompt:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import time
 from typing import Any
@@ -36,7 +35,7 @@ import requests
 from shared.jobs import WEBHOOKS_DUE, Job, JobStore
 from shared.keys import KeyStore
 from shared.netguard import UnsafeDestination, policy_for, safe_session
-from shared.results import job_object
+from shared.results import dumps, job_object
 from shared.settings import Settings
 from shared.storage import ImageStorage
 from workers.http import parse_retry_after
@@ -78,7 +77,7 @@ def deliver(
     attempts: list[dict[str, Any]] = list(state.get("attempts", []))
     number = len(attempts) + 1
 
-    body = json.dumps(_payload(job, settings, storage), separators=(",", ":")).encode()
+    body = dumps(_payload(job, settings, storage))
     msg_id = f"msg_{job.id}"
     timestamp = int(time.time())
     secret = KeyStore(client).webhook_secret(job.key_id)
