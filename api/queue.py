@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from shared.broker import transport_for
 from shared.jobs import GENERATE_TASK, Job
 from shared.settings import Settings
 
@@ -16,6 +17,7 @@ class TaskQueue:
     def __init__(self, settings: Settings) -> None:
         self._celery = Celery("imagegate-api", broker=settings.effective_broker_url)
         self._celery.conf.update(
+            broker_transport=transport_for(settings.effective_broker_url),
             task_serializer="json",
             accept_content=["json"],
             broker_connection_retry_on_startup=True,

@@ -23,14 +23,15 @@ import logging
 from celery import Celery
 from celery.signals import after_setup_logger
 
+from shared.broker import transport_for
 from shared.settings import Settings
 
 settings = Settings.from_env()
 
 app = Celery("imagegate", broker=settings.effective_broker_url, include=["workers.tasks"])
 app.conf.update(
-    # kombu's redis transport, fixed to reconnect after a Redis restart (workers/broker.py).
-    broker_transport="workers.broker:Transport",
+    # kombu's redis transport, fixed to reconnect after a Redis restart (shared/broker.py).
+    broker_transport=transport_for(settings.effective_broker_url),
     task_serializer="json",
     accept_content=["json"],
     task_acks_late=True,
