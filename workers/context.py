@@ -41,10 +41,12 @@ class WorkerContext:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = "imagegate/0.1"
-            # With trust_env, requests looks up proxies and ~/.netrc on every call
-            # (about 5% of a worker's CPU): only when the environment sets a proxy or
-            # a CA bundle is it worth that.
-            session.trust_env = _ENV_MATTERS
+            # With trust_env, requests looks up proxies, ~/.netrc and the CA bundle
+            # variables on every call (about 5% of a worker's CPU). Read them once:
+            # per call only when a proxy is set (no_proxy is per host).
+            session.trust_env = _PROXIES
+            if _CA_BUNDLE:
+                session.verify = _CA_BUNDLE
             _local.session = session
         return session
 
@@ -58,9 +60,8 @@ class WorkerContext:
 
 
 _local = threading.local()
-_ENV_MATTERS = bool(requests.utils.getproxies()) or any(
-    os.environ.get(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-)
+_PROXIES = bool(requests.utils.getproxies())
+_CA_BUNDLE = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
 
 
 def build_context(settings: Settings) -> WorkerContext:
