@@ -64,3 +64,10 @@ def _write_error(sock, status_int: int, reason: str, mesg: str) -> None:
 # gunicorn's workers call util.write_error at the time of the error, so replacing it
 # here (the config is loaded in the arbiter before it forks them) covers every worker.
 util.write_error = _write_error
+
+
+def post_worker_init(worker) -> None:
+    """A web process has loaded the app: keep its import-time objects out of full GCs."""
+    from shared.gc_tuning import freeze_startup_objects
+
+    freeze_startup_objects()

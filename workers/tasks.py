@@ -7,6 +7,7 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
+from shared.gc_tuning import freeze_startup_objects
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from workers.celery_app import app
 from workers.context import get_context
@@ -52,3 +53,4 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
     if WEBHOOK_QUEUE in queues:
         # A delivery lease outlasts one attempt (timeout) plus time queued behind others.
         start_pump(ctx.redis, app, lease_seconds=3 * ctx.settings.webhook_timeout_seconds + 60)
+    freeze_startup_objects()  # after the context: full GCs need not walk it ever again
