@@ -64,3 +64,8 @@ app.conf.update(
 def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    # Celery's own "Task ... received" / "... succeeded" lines repeat ours (which
+    # name the job, its model and outcome) and cost two log writes per job.
+    # Failures and retries still show: they are warnings or errors.
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
