@@ -7,16 +7,18 @@ a full ``ttl`` from then.
 
 Base64 images stay bytes (:class:`Base64Image`) until :func:`dumps` splices
 them into the JSON text: base64 needs no JSON escaping, and a JSON encoder's
-pass over a 2.7 MB string costs more than encoding the image (about 8 ms
-against 3 ms for 2 MB on the benchmark machine).
+pass over the 2.7 MB string of a 2 MB image cost about 8 ms on the benchmark
+machine. The encoding itself is pybase64's (SIMD): 0.07 ms for 2 MB against
+3 ms for the standard library's.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from typing import Any
+
+import pybase64 as base64
 
 from shared.errors import error_from_dict
 from shared.jobs import Job, JobStatus

@@ -103,7 +103,6 @@ Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
 import math
@@ -115,6 +114,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+import pybase64 as base64
 from flask import Flask, Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException

@@ -44,12 +44,12 @@ param, type}}``; :func:`ark_error_parser` reads it and flags the
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import logging
 from typing import Any
 
+import pybase64 as base64
 import requests
 
 from shared.errors import InvalidRequest, ServerError, UpstreamError, content_policy_violation

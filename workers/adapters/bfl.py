@@ -63,7 +63,6 @@ for ``get_result``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import ipaddress
 import math
@@ -72,6 +71,7 @@ import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pybase64 as base64
 import requests
 
 from shared.errors import InvalidRequest, ServerError, UpstreamError, content_policy_violation

@@ -52,7 +52,6 @@ error is raised (``DeadlineExceeded`` for the deadline).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
@@ -60,6 +59,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import pybase64 as base64
 import requests
 
 from shared.errors import (

@@ -23,9 +23,10 @@ as 400 with that code.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Any
+
+import pybase64 as base64
 
 from shared.errors import UpstreamError
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult

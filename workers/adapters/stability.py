@@ -42,7 +42,6 @@ lockout) and 5xx are retried by the HTTP helper. There is no cancel call.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import json
@@ -53,6 +52,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from urllib.parse import quote, unquote_to_bytes
 
+import pybase64 as base64
 import requests
 
 from shared.errors import (

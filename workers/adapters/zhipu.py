@@ -46,7 +46,6 @@ by the HTTP helper, then upstream_rate_limited).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import threading
@@ -55,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import pybase64 as base64
 import requests
 
 from shared.errors import (
