@@ -12,6 +12,10 @@ import secrets
 
 from gunicorn import util
 
+from shared.memory_tuning import keep_large_buffers
+
+keep_large_buffers()  # in the master: the web processes it forks inherit it
+
 bind = f"{os.environ.get('IMAGEGATE_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 worker_class = "gevent"
 workers = int(os.environ.get("IMAGEGATE_WEB_PROCESSES", multiprocessing.cpu_count()))
@@ -68,6 +72,6 @@ util.write_error = _write_error
 
 def post_worker_init(worker) -> None:
     """A web process has loaded the app: keep its import-time objects out of full GCs."""
-    from shared.gc_tuning import freeze_startup_objects
+    from shared.memory_tuning import freeze_startup_objects
 
     freeze_startup_objects()

@@ -59,6 +59,7 @@ from bench.load import (
 )
 from bench.procs import Group, cpu_delta, machine_busy_seconds
 from bench.stack import MODEL_B64, MODEL_URL, SIM_KEY, Stack, StackConfig
+from shared.memory_tuning import keep_large_buffers
 
 SCENARIOS = ("overhead", "held", "throughput", "b64", "scale-out")
 # Order of execution on the shared stack: the 1,000-request test last, so the
@@ -889,6 +890,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_large_buffers()  # as the gateway does: fewer page faults per image
     external: dict[str, str] = {}
     if args.base_url:
         if not (args.api_key and args.model and args.simulator):

@@ -29,6 +29,7 @@ from PIL import Image  # noqa: E402
 
 import simulators.__main__ as simulator_cli  # noqa: E402
 import simulators.openai_images as openai_images  # noqa: E402
+from shared.memory_tuning import keep_large_buffers  # noqa: E402
 
 _QUANTISE = bytes(b & 0xF0 for b in range(256))
 
@@ -69,6 +70,7 @@ class NoDelayWSGIServer(WSGIServer):
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    keep_large_buffers()  # as the gateway does: fewer page faults per image
     images = "solid"
     if "--images" in args:
         at = args.index("--images")

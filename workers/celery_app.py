@@ -24,7 +24,10 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 from shared.broker import transport_for
+from shared.memory_tuning import keep_large_buffers
 from shared.settings import Settings
+
+keep_large_buffers()  # image-sized buffers stay mapped between jobs (see the module)
 
 settings = Settings.from_env()
 

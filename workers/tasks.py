@@ -7,8 +7,8 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
-from shared.gc_tuning import freeze_startup_objects
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
+from shared.memory_tuning import freeze_startup_objects
 from workers.celery_app import app
 from workers.context import get_context
 from workers.liveness import Liveness
