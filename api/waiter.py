@@ -4,14 +4,20 @@ One subscriber per web process listens on :data:`shared.jobs.DONE_CHANNEL`
 (workers publish a job id there on every terminal transition) and wakes the
 requests waiting for that id. A waiting request therefore holds no Redis
 connection of its own: a thousand waiters cost one pub/sub connection plus a
-cheap status read every few seconds each.
+read of their job's record every ``poll_interval`` seconds each.
 
-Pub/sub is fire-and-forget, so it is only a fast path: a waiter reads the
-job's record again every ``poll_interval`` seconds, so a message lost to a
-reconnect costs at most that long, never a wrong answer. A request that
-registers (:meth:`CompletionHub.expect`) before it enqueues its job cannot
-miss the notice and skips the read before its first sleep; every wake-up
-reads the whole record, which is what the answer is built from.
+Pub/sub is fire-and-forget: a notice published while the listener is
+disconnected is lost. So when the listener loses Redis, and again once it is
+subscribed anew, it wakes every waiter to re-read its job's record; and each
+waiter also re-reads every ``poll_interval`` seconds, a safety net for what
+nothing else catches (at worst an answer that late, never a wrong one). The
+net is wide (10 s) because it is paid per waiting request: with 2 s, a
+thousand requests held for 20 s made 10,000 reads, a third of the web
+side's CPU in the held benchmark.
+
+A request that registers (:meth:`CompletionHub.expect`) before it enqueues its
+job cannot miss the notice and skips the read before its first sleep; every
+wake-up reads the whole record, which is what the answer is built from.
 
 Under gunicorn's gevent worker the threading primitives here are
 monkey-patched into greenlets; under a threaded server they are threads.
@@ -32,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 class CompletionHub:
-    def __init__(self, client: redis.Redis, jobs: JobStore, *, poll_interval: float = 2.0) -> None:
+    def __init__(self, client: redis.Redis, jobs: JobStore, *, poll_interval: float = 10.0) -> None:
         self._redis = client
         self._jobs = jobs
         self._poll = poll_interval
@@ -41,6 +47,7 @@ class CompletionHub:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._subscribed = threading.Event()  # the listener is subscribed right now
+        self._subscriptions = 0  # confirmed subscriptions so far (reconnects included)
 
     def expect(self, job_id: str) -> Waiter:
         """Start listening for ``job_id`` now, before it is enqueued, so that its
@@ -89,6 +96,11 @@ class CompletionHub:
                     if kind == "message":
                         self._wake(str(message["data"]))
                     elif kind == "subscribe":  # Redis confirmed: no notice is missed from now
+                        # After a reconnect (ours, or redis-py's own silent one, which
+                        # resubscribes by itself), re-read what finished meanwhile.
+                        if self._subscriptions:
+                            self._wake_all()
+                        self._subscriptions += 1
                         self._subscribed.set()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._subscribed.clear()

@@ -123,3 +123,32 @@ def test_a_waiter_registered_before_enqueueing_sees_a_notice_sent_before_it_wait
     # The notice woke it, not the 30 s poll.
     assert time.monotonic() - started < 20
     assert job.id not in hub._waiters  # closed: stops listening
+
+
+def test_a_notice_lost_while_the_listener_was_away_is_caught_when_it_resubscribes(
+    store: JobStore, redis_server
+) -> None:
+    client = connect(redis_server.url)
+    hub = CompletionHub(client, store, poll_interval=30.0)
+    hub.wait(make_job(store).id, time.time() + 0.2)  # starts the listener
+    deadline = time.time() + 10
+    while not hub._subscribed.is_set() and time.time() < deadline:
+        time.sleep(0.01)
+    job = make_job(store)
+    outcome: list = []
+    with hub.expect(job.id) as waiter:
+        waiting = threading.Thread(
+            target=lambda: outcome.append(waiter.wait(time.time() + 20, read_first=False))
+        )
+        started = time.monotonic()
+        waiting.start()
+        time.sleep(0.2)
+        # The job ends without a notice reaching the listener (as if published while
+        # it was disconnected) ...
+        client.hset(store.record_key(job.id), "status", JobStatus.SUCCEEDED.value)
+        # ... and the listener's connection drops; redis-py reconnects and resubscribes.
+        client.client_kill_filter(_type="pubsub")
+        waiting.join(timeout=25)
+    assert outcome and outcome[0] is not None and outcome[0].status == JobStatus.SUCCEEDED
+    # Re-read once subscribed again, not at the 30 s poll or the 20 s deadline.
+    assert time.monotonic() - started < 15
