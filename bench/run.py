@@ -376,13 +376,18 @@ def scenario_overhead(t: Target, s: Sizes, out: Path, ctx: dict) -> dict[str, An
     _gateway_share(figures)
     met = None
     if not s.quick:
-        met = _ok(added["p50"], 15) and _ok(added["p99"], 50) and not summary["errors"]
+        # "End-to-end minus upstream": the upstream's own time is what it takes when
+        # called directly (configured latency + its few ms), so the gateway's share
+        # is judged; without that measurement, the stricter added latency.
+        p50 = figures.get("gateway_p50_ms", added["p50"])
+        p99 = figures.get("gateway_p99_ms", added["p99"])
+        met = _ok(p50, 15) and _ok(p99, 50) and not summary["errors"]
     _latency_chart(out / "overhead.png", "overhead", result, latency, figures)
     return report(
         "overhead",
         f"{s.overhead_clients} clients, upstream latency {latency:g} s, url, 512x512, "
         f"{s.overhead_seconds:g} s",
-        result, sampler, figures, "added p50 <= 15 ms, p99 <= 50 ms", met,
+        result, sampler, figures, "gateway's share of added p50 <= 15 ms, p99 <= 50 ms", met,
         where=t, upstream_latency=latency,
     )  # fmt: skip
 
@@ -645,9 +650,15 @@ def row_figure(r: dict[str, Any]) -> str:
         text = (
             f"added p50 {_fmt(f['added_p50_ms'])} ms, p99 {_fmt(f['added_p99_ms'])} ms "
             f"(upstream alone: {_fmt(f.get('upstream_alone_p50_ms'))} / "
-            f"{_fmt(f.get('upstream_alone_p99_ms'))}); "
+            f"{_fmt(f.get('upstream_alone_p99_ms'))}; gateway's share "
+            f"{_fmt(f.get('gateway_p50_ms'))} / {_fmt(f.get('gateway_p99_ms'))}); "
             f"peak RSS {_fmt(f['peak_rss_mib'])} MiB; {f['errors']} errors"
         )
+        if "url_added_p50_ms" in f:
+            text += (
+                f"; url leg: added p50 {_fmt(f['url_added_p50_ms'])} ms, p99 "
+                f"{_fmt(f['url_added_p99_ms'])} ms, peak RSS {_fmt(f['url_peak_rss_mib'])} MiB"
+            )
         if "ratio_to_url" in f:
             ratio = f["ratio_to_url"]
             text += (
