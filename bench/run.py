@@ -447,7 +447,10 @@ def scenario_b64(t: Target, s: Sizes, out: Path, ctx: dict) -> dict[str, Any]:
             and not summary["errors"]
             and not url_summary["errors"]
         )
-    _latency_chart(out / "b64.png", "b64", result, latency, figures)
+    _latency_chart(
+        out / "b64.png", "b64", result, latency, figures,
+        compare=("b64_json", "url (same load)", url_result),
+    )  # fmt: skip
     upstream = "b64_json" if t.model_b64 == MODEL_B64 else "as the model answers"
     if t.model_b64 == MODEL_URL:
         upstream = "url (downloaded)"
@@ -602,7 +605,10 @@ def _latency_chart(
     rate: bool = False,
     completion: bool = False,
     sampler: Sampler | None = None,
+    compare: tuple[str, str, LoadResult] | None = None,
 ) -> None:
+    """The latency histogram of ``result``; ``compare`` = (this label, other label,
+    other result) overlays another leg's (the b64 scenario's url leg)."""
     ok = result.ok
     if completion:
         values = [x.end for x in ok]
@@ -624,9 +630,16 @@ def _latency_chart(
         for x in ok:
             counts[int(x.end)] += 1
         timeline = ("images completed per second", list(range(end)), counts)
-    shown = ", ".join(f"{k} {v}" for k, v in figures.items() if _scalar(v))
+    series = [(name, values)]
+    if compare is not None:
+        label, other_label, other = compare
+        other_values = [(x.latency - latency) * 1000 for x in other.ok]
+        series = [(other_label, other_values), (label, values)]
+    shown = ", ".join(
+        f"{k} {v}" for k, v in figures.items() if _scalar(v) and not k.startswith("url_")
+    )
     title = textwrap.fill(f"{name}: {shown}", width=100)
-    charts.histogram(path, title, xlabel, [(name, values)], marks=marks, timeline=timeline)
+    charts.histogram(path, title, xlabel, series, marks=marks, timeline=timeline)
 
 
 def _scalar(v: Any) -> bool:
