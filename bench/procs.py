@@ -1,115 +1,24 @@
-"""Child processes of a benchmark run, and what they cost (memory, CPU).
+"""What the child processes of a benchmark run cost (memory, CPU).
 
-Every process is started in its own session (process group) so that stopping
-it also stops whatever it forked (gunicorn's workers); stop() sends SIGTERM to
-the group, then SIGKILL. Memory and CPU are read with psutil when it is
-installed, else straight from ``/proc``.
+The processes themselves are started and stopped with the tests' helper
+(:class:`tests.support.processes.Process`: own session, SIGTERM then SIGKILL
+to the group). Memory and CPU are read with psutil when it is installed,
+else straight from ``/proc``.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
 try:  # optional: the /proc readers below do the same on Linux
     import psutil
 except ImportError:  # pragma: no cover - depends on the environment
     psutil = None
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Process:
-    """One child process (and its process group) with its own log file."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        log_dir: Path,
-        env: Mapping[str, str] | None = None,
-        cwd: Path = REPO,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.env = {**os.environ, **(env or {})}
-        self.log_path = log_dir / f"{name}.log"
-        self.cwd = cwd
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} was not started"
-        return self.proc.pid
-
-    def start(self) -> Process:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=self.cwd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_until(self, ready: Callable[[], bool], timeout: float = 60.0) -> Process:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
-                )
-            try:
-                if ready():
-                    return self
-            except Exception:  # noqa: BLE001 - not ready yet
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log()[-3000:]}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self._signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)  # type: ignore[union-attr]
-        except ProcessLookupError:
-            pass
 
 
 # -- process trees, memory and CPU ---------------------------------------------

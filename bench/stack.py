@@ -30,7 +30,8 @@ from pathlib import Path
 
 import requests
 
-from bench.procs import BIN, Group, Process, free_port
+from bench.procs import Group
+from tests.support.processes import BIN, Process, free_port
 
 SIM_KEY = "bench-upstream-key"
 MODEL_URL = "bench/url"
@@ -186,7 +187,7 @@ class Stack:
     def stop(self) -> None:
         for proc in reversed(self.processes):
             try:
-                proc.stop()
+                proc.stop(timeout=15)
             except Exception:  # noqa: BLE001 - keep stopping the others
                 pass
         images = self.run_dir / "images"

@@ -1,7 +1,9 @@
-"""Starting and stopping the real processes the tests run against.
+"""Starting and stopping the real processes the tests (and the benchmarks) run.
 
 Every process gets a free port, its own log file (printed when a start
-fails), and is stopped with SIGTERM then SIGKILL.
+fails), and its own session (process group), so that stopping it also stops
+whatever it forked (gunicorn's workers): SIGTERM to the group, then SIGKILL.
+``bench/`` starts its stacks with the same :class:`Process`.
 """
 
 from __future__ import annotations
@@ -45,18 +47,26 @@ class Process:
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
     def start(self) -> Process:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            cwd=self.cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
         try:
@@ -81,7 +91,10 @@ class Process:
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:  # exited meanwhile
+                pass
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
