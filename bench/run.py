@@ -451,9 +451,9 @@ def scenario_b64(t: Target, s: Sizes, out: Path, ctx: dict) -> dict[str, Any]:
         out / "b64.png", "b64", result, latency, figures,
         compare=("b64_json", "url (same load)", url_result),
     )  # fmt: skip
-    upstream = "b64_json" if t.model_b64 == MODEL_B64 else "as the model answers"
-    if t.model_b64 == MODEL_URL:
-        upstream = "url (downloaded)"
+    upstream = {MODEL_URL: "url (downloaded)", MODEL_B64: "b64_json"}.get(
+        t.model_b64, "as the model answers"
+    )
     return report(
         "b64",
         f"{s.overhead_clients} clients, upstream latency {latency:g} s, 1024x1024 PNG, "
