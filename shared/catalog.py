@@ -10,6 +10,7 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     key_env = "OPENAI_API_KEY"       # env var holding the upstream key ("" = none needed)
     available = true                 # false: listed, but answers 503 with `unavailable_reason`
     max_concurrent = 24              # upstream jobs in flight per key (0 = no cap)
+    worker_concurrency = 16          # jobs per worker process (default: planned, workers/pool.py)
 
     [[models]]
     id = "dall-e-3"                  # what clients send as `model`
@@ -92,6 +93,7 @@ class Family:
     available: bool = True
     unavailable_reason: str = ""
     max_concurrent: int = 0  # upstream jobs in flight per upstream key (0 = no cap)
+    worker_concurrency: int = 0  # jobs per worker process (0 = planned: workers/pool.py)
 
 
 @dataclass(frozen=True)
@@ -364,6 +366,7 @@ def _parse_family(name: str, spec: Mapping[str, Any], source: str) -> Family:
             available=bool(spec.get("available", True)),
             unavailable_reason=str(spec.get("unavailable_reason", "")),
             max_concurrent=int(spec.get("max_concurrent", 0)),
+            worker_concurrency=int(spec.get("worker_concurrency", 0)),
         )
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{where}: {exc}") from exc

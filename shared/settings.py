@@ -77,6 +77,10 @@ class Settings:
     signing_secret: str = ""  # empty: a random secret is created once and kept in Redis
     visibility_timeout_seconds: int = 0  # 0: derived from the budget (see below)
     log_level: str = "INFO"
+    # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
+    worker_concurrency: int = 0
+    worker_uncapped_concurrency: int = 2000  # jobs in flight per process, family without a cap
+    webhook_concurrency: int = 16
     upstream_base_urls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -200,6 +204,11 @@ class Settings:
                 number("BROKER_VISIBILITY_TIMEOUT_SECONDS", 0, int, minimum=0)
             ),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
+            worker_concurrency=int(number("WORKER_CONCURRENCY", 0, int, minimum=0)),
+            worker_uncapped_concurrency=int(
+                number("WORKER_UNCAPPED_CONCURRENCY", cls.worker_uncapped_concurrency, int)
+            ),
+            webhook_concurrency=int(number("WEBHOOK_CONCURRENCY", cls.webhook_concurrency, int)),
             upstream_base_urls=MappingProxyType(base_urls),
             credentials=MappingProxyType(credentials),
         )

@@ -8,6 +8,9 @@ Delivery settings, and why:
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged
   only when it has finished, so a worker that dies mid-job leaves the message
   to be delivered again; the job record's fenced attempts make that safe.
+* pool size planned from the catalog when the worker starts (``workers/pool.py``):
+  jobs wait on upstreams for seconds to minutes, so a family's pool holds as
+  many as its upstream allows, not a few per core.
 * ``worker_prefetch_multiplier = 1``: a busy worker does not hoard messages
   another pool process could start now.
 * broker ``visibility_timeout`` above the longest job deadline, so Redis does
@@ -21,11 +24,12 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from celery.signals import after_setup_logger
+from celery.signals import after_setup_logger, celeryd_init, worker_ready
 
 from shared.broker import transport_for
 from shared.memory_tuning import keep_large_buffers
 from shared.settings import Settings
+from workers.pool import apply_plan, log_plan
 
 keep_large_buffers()  # image-sized buffers stay mapped between jobs (see the module)
 
@@ -61,6 +65,20 @@ app.conf.update(
     worker_send_task_events=False,
     task_default_queue="local",
 )
+
+
+@celeryd_init.connect
+def _size_pool(conf: object, options: dict, **_: object) -> None:
+    """Before the pool is built: its size from the catalog, unless --concurrency says."""
+    planned = apply_plan(conf, options, settings).concurrency
+    # Every running task acks through the transport's pool: at least one each.
+    transport = app.conf.broker_transport_options
+    transport["max_connections"] = max(transport["max_connections"], planned + 256)
+
+
+@worker_ready.connect
+def _say_pool(**_: object) -> None:
+    log_plan()
 
 
 @after_setup_logger.connect

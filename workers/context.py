@@ -20,6 +20,7 @@ from shared.redis_client import connect
 from shared.settings import Settings
 from shared.signing import storage_for
 from shared.storage import ImageStorage
+from workers import pool
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def build_context(settings: Settings) -> WorkerContext:
     # A worker runs up to --concurrency tasks at once, each making Redis calls;
     # redis-py caps a pool at 100 connections and raises past it (jobs then
     # failed with 500 in the 1,000-held benchmark). Same ceiling as the web side.
-    client = connect(settings.redis_url, max_connections=2000)
+    client = connect(settings.redis_url, max_connections=max(2000, pool.planned() + 256))
     return WorkerContext(
         settings=settings,
         catalog=settings.load_catalog(),
