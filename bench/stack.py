@@ -2,8 +2,11 @@
 
     redis-server                      own instance, no persistence
     python -m bench.simulator         the project's OpenAI simulator (chosen latency, images)
+    every line of the Procfile        as shipped (default): web, worker_openai, the other
+                                      families' workers (idle here, but they count in memory)
+    or, tuned (``--tuned``):
     celery ... worker -Q openai  x N  the pool under test (threads or gevent, concurrency C)
-    gunicorn api.wsgi:app             M gevent processes (api/gunicorn_conf.py, as in production)
+    gunicorn api.wsgi:app             M gevent processes (api/gunicorn_conf.py)
     imagegate keys create ...         an internal key with an unlimited balance
 
 The gateway sees two models, defined in a catalog overlay and served by the
@@ -14,7 +17,7 @@ image) and ``bench/b64`` asks for base64 in the JSON body.
 Use it as a context manager; every process is stopped (process groups,
 SIGTERM then SIGKILL) however the block ends::
 
-    with Stack(StackConfig(web_processes=2, worker_processes=2), run_dir) as stack:
+    with Stack(StackConfig(), run_dir) as stack:
         stack.base_url, stack.api_key, stack.set_latency(0.0), stack.measure.memory()
 """
 
@@ -31,7 +34,7 @@ from pathlib import Path
 import requests
 
 from bench.procs import Group
-from tests.support.processes import BIN, Process, free_port
+from tests.support.processes import BIN, REPO, Process, free_port
 
 SIM_KEY = "bench-upstream-key"
 MODEL_URL = "bench/url"
@@ -67,21 +70,67 @@ options = { response_format = "b64_json" }
 
 @dataclass(frozen=True)
 class StackConfig:
-    web_processes: int = 2
-    web_connections: int = 2000  # requests held per web process (gevent worker_connections)
-    worker_processes: int = 2
-    worker_pool: str = "threads"  # celery --pool: threads | gevent
-    worker_concurrency: int = 500  # per worker process
+    """What runs. The defaults are the Procfile as shipped: every line of it, nothing tuned.
+
+    ``procfile=False`` (``--tuned``) starts only the web and ``worker_openai``
+    processes with the numbers given here (the earlier reference stack: 2 web
+    processes, 2 workers x 500 threads). In Procfile mode a number set here
+    (non-zero) is passed the way an operator would (the setting variables,
+    more copies of the worker line), and ``describe`` says so.
+    """
+
+    procfile: bool = True
+    web_processes: int = 0  # 0: as shipped (api/gunicorn_conf.py: one per core)
+    web_connections: int = 0  # 0: as shipped (gevent worker_connections 2000)
+    worker_processes: int = 1  # copies of the worker_openai line
+    worker_pool: str = "threads"  # celery --pool: threads | gevent (tuned stack only)
+    worker_concurrency: int = 0  # per worker process; 0: planned (workers/pool.py)
     upstream_latency: float = 0.0
     images: str = "noise"  # simulator images: noise (photo-sized) | solid (tiny)
     prewarm: str = "256x256,512x512,1024x1024"  # sizes the simulator renders before serving
     log_level: str = "INFO"
 
     def describe(self) -> str:
+        web = self.web_processes or os.cpu_count()
+        conc = self.worker_concurrency or "planned"
+        if self.procfile:
+            tuned = [
+                f"{k}={v}"
+                for k, v in (
+                    ("web processes", self.web_processes),
+                    ("web connections", self.web_connections),
+                    ("worker_openai copies", self.worker_processes * (self.worker_processes > 1)),
+                    ("worker concurrency", self.worker_concurrency),
+                )
+                if v
+            ]
+            return (
+                "Procfile as shipped"
+                + (f" with {', '.join(tuned)}" if tuned else "")
+                + (
+                    f": {web} web (gunicorn gevent) + {self.worker_processes} worker_openai "
+                    f"(celery threads x {conc}) + the other families' idle workers"
+                )
+            )
         return (
-            f"{self.web_processes} web (gunicorn gevent) + {self.worker_processes} worker "
-            f"(celery {self.worker_pool} x{self.worker_concurrency})"
+            f"tuned: {web} web (gunicorn gevent) + {self.worker_processes} worker "
+            f"(celery {self.worker_pool} x{conc})"
         )
+
+
+TUNED = StackConfig(procfile=False, web_processes=2, web_connections=2000, worker_processes=2,
+                    worker_concurrency=500)  # fmt: skip
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile's processes: name -> command line (run by a shell, as honcho does)."""
+    lines = (REPO / "Procfile").read_text().splitlines()
+    out = {}
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            out[name.strip()] = command.strip()
+    return out
 
 
 class Stack:
@@ -93,7 +142,8 @@ class Stack:
         self.redis: Process | None = None
         self.simulator: Process | None = None
         self.web: Process | None = None
-        self.workers: list[Process] = []
+        self.workers: list[Process] = []  # the openai pool under load
+        self.idle_workers: list[Process] = []  # the Procfile's other lines
         self.simulator_url = ""
         self.base_url = ""
         self.api_key = ""
@@ -156,23 +206,18 @@ class Stack:
             "IMAGEGATE_LOG_LEVEL": cfg.log_level,
             "PORT": str(port),
             "IMAGEGATE_HOST": "127.0.0.1",
-            "IMAGEGATE_WEB_PROCESSES": str(cfg.web_processes),
-            "IMAGEGATE_WEB_CONNECTIONS": str(cfg.web_connections),
+            # The Procfile's commands (celery, gunicorn) from this virtualenv, as in
+            # scripts/run-local.sh.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        for i in range(cfg.worker_processes):
-            # As the Procfile's worker_openai line, with the pool under test.
-            argv = [
-                str(BIN / "celery"), "-A", "workers.celery_app", "worker",
-                "-Q", "openai", "-n", f"bench-openai-{i}@%h",
-                "--pool", cfg.worker_pool, "--concurrency", str(cfg.worker_concurrency),
-                "--without-gossip", "--without-mingle", "-l", cfg.log_level,
-            ]  # fmt: skip
-            self.workers.append(self._spawn(f"worker-{i}", argv, env=self.env))
-        self.web = self._spawn(
-            "web",
-            [str(BIN / "gunicorn"), "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
-            env=self.env,
-        )
+        if cfg.web_processes:
+            self.env["IMAGEGATE_WEB_PROCESSES"] = str(cfg.web_processes)
+        if cfg.web_connections:
+            self.env["IMAGEGATE_WEB_CONNECTIONS"] = str(cfg.web_connections)
+        if cfg.procfile:
+            self._start_procfile(cfg)
+        else:
+            self._start_tuned(cfg)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.api_key = self._create_key()
         self.web.wait_until(
@@ -181,8 +226,45 @@ class Stack:
         # A worker is consuming once its BRPOP on the queue is parked in Redis
         # (whatever its log level says).
         for worker in self.workers:
-            worker.wait_until(lambda: _consumers(redis_port) >= len(self.workers), timeout=60)
+            worker.wait_until(
+                lambda: _consumers(redis_port) >= len(self.workers) + len(self.idle_workers),
+                timeout=90,
+            )
         return self
+
+    def _start_procfile(self, cfg: StackConfig) -> None:
+        """Every Procfile line, run by a shell as honcho runs it; worker_openai maybe copied."""
+        env = dict(self.env)
+        if cfg.worker_concurrency:
+            env["IMAGEGATE_WORKER_CONCURRENCY"] = str(cfg.worker_concurrency)
+        for name, command in procfile().items():
+            copies = cfg.worker_processes if name == "worker_openai" else 1
+            for i in range(copies):
+                line = command if i == 0 else command.replace("@%h", f"-{i}@%h")
+                proc = self._spawn(f"{name}-{i}", ["bash", "-c", f"exec {line}"], env=env)
+                if name == "web":
+                    self.web = proc
+                elif name == "worker_openai":
+                    self.workers.append(proc)
+                else:
+                    self.idle_workers.append(proc)
+        assert self.web is not None, "the Procfile has no web line"
+
+    def _start_tuned(self, cfg: StackConfig) -> None:
+        """The web process and N openai workers with the pool and concurrency given."""
+        for i in range(cfg.worker_processes):
+            argv = [
+                str(BIN / "celery"), "-A", "workers.celery_app", "worker",
+                "-Q", "openai", "-n", f"bench-openai-{i}@%h",
+                "--pool", cfg.worker_pool, "--concurrency", str(cfg.worker_concurrency or 500),
+                "--without-gossip", "--without-mingle", "-l", cfg.log_level,
+            ]  # fmt: skip
+            self.workers.append(self._spawn(f"worker-{i}", argv, env=self.env))
+        self.web = self._spawn(
+            "web",
+            [str(BIN / "gunicorn"), "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
+            env=self.env,
+        )
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -206,6 +288,7 @@ class Stack:
             {
                 "web": [self.web.pid],
                 "workers": [w.pid for w in self.workers],
+                "idle_workers": [w.pid for w in self.idle_workers],
                 "redis": [self.redis.pid],
                 "simulator": [self.simulator.pid],
             }

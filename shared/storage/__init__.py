@@ -7,6 +7,7 @@ from :data:`BACKENDS`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from shared.storage.base import (
     DEFAULT_URL_TTL_SECONDS,
@@ -16,11 +17,30 @@ from shared.storage.base import (
     validate_key,
 )
 from shared.storage.local import LocalStorage, content_type_for, verify_signature
-from shared.storage.s3 import S3Storage
+
+if TYPE_CHECKING:
+    from shared.storage.s3 import S3Storage
+
+
+def _s3(config: StorageConfig) -> ImageStorage:
+    # Imported when chosen: boto3 costs ~10 MB in every process that never uses it
+    # (each family's worker, the web processes) and ~0.3 s of start-up.
+    from shared.storage.s3 import S3Storage
+
+    return S3Storage(config)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "S3Storage":
+        from shared.storage.s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 BACKENDS: dict[str, Callable[[StorageConfig], ImageStorage]] = {
     "local": LocalStorage,
-    "s3": S3Storage,
+    "s3": _s3,
 }
 
 
