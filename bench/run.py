@@ -856,6 +856,107 @@ def _target_for(stack: Stack, model_b64: str = "") -> Target:
 # -- main ----------------------------------------------------------------------------------
 
 
+# -- side by side with another gateway ----------------------------------------------------
+
+PEER_AFTER = "throughput"  # the peer runs once these scenarios are done, on the same simulator
+PEER_SCENARIOS = ("overhead", "throughput")
+
+
+def run_peer(
+    opts: Options, stack: Stack, work: Path, ours: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The overhead and throughput scenarios against the peer; ratios to ours.
+
+    The peer is installed in its own virtualenv (``bench/peer.py``) and calls
+    the simulator our stack calls. Our stack stays up but idle meanwhile (its
+    idle CPU is counted in ``other_cores_busy``, ~0.01 cores).
+    """
+    from bench.peer import LiteLLMPeer
+
+    _say(f"peer {opts.peer}: installing (first time ~1 min) and starting")
+    with LiteLLMPeer(stack.simulator_url, SIM_KEY, work / "peer", workers=2) as peer:
+        roots = {**peer.pids(), "simulator": [stack.simulator.pid]}  # type: ignore[union-attr]
+        target = Target(
+            base_url=peer.base_url,
+            api_key=peer.api_key,
+            model_url=peer.model,
+            model_b64=peer.model,
+            simulator_url=stack.simulator_url,
+            group=Group(roots),
+            gateway=(peer.component,),
+        )
+        theirs = {}
+        for name in PEER_SCENARIOS:
+            if name in ours:
+                _say(f"peer {opts.peer}: scenario {name}")
+                out = opts.out / f"peer-{opts.peer}"
+                out.mkdir(parents=True, exist_ok=True)
+                theirs[name] = SCENARIO_FUNCS[name](target, opts.sizes, out, {})
+        version = peer.version
+    ratios: dict[str, Any] = {}
+    if "overhead" in theirs:
+        a, b = ours["overhead"]["figures"], theirs["overhead"]["figures"]
+        for q in ("p50", "p99"):
+            ratios[f"gateway_share_{q}"] = _ratio(
+                a.get(f"gateway_{q}_ms"), b.get(f"gateway_{q}_ms")
+            )
+    if "throughput" in theirs:
+        ratios["images_per_s"] = _ratio(
+            ours["throughput"]["figures"]["images_per_s"],
+            theirs["throughput"]["figures"]["images_per_s"],
+        )
+    met = None
+    if not opts.sizes.quick:
+        checks = []
+        if "gateway_share_p50" in ratios:
+            checks.append(
+                ratios["gateway_share_p50"] is not None and ratios["gateway_share_p50"] <= 0.1
+            )
+        if "images_per_s" in ratios:
+            checks.append(ratios["images_per_s"] is not None and ratios["images_per_s"] >= 1.3)
+        met = all(checks) if checks else None
+    return {
+        "name": opts.peer,
+        "version": version,
+        "setup": "LiteLLM proxy, 2 uvicorn workers, model openai/compat-any at the same simulator; "
+        "it hands the upstream's image URL through, imagegate downloads, checks, stores and "
+        "signs every image",
+        "scenarios": theirs,
+        "ratios": ratios,
+        "target": "gateway's share at 64 clients <= 1/10 of the peer's; images/s >= 1.3x",
+        "met": met,
+        "ours": {n: ours[n]["figures"] for n in PEER_SCENARIOS if n in ours},
+    }
+
+
+def peer_table(peer: dict[str, Any]) -> str:
+    """Side by side: our figures, the peer's, and the ratio."""
+    lines = [
+        f"Side by side with {peer['name']} {peer['version']} ({peer['setup']}):",
+        "",
+        "| scenario | imagegate | " + peer["name"] + " | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    ours, theirs, ratios = peer["ours"], peer["scenarios"], peer["ratios"]
+    if "overhead" in theirs:
+        a, b = ours["overhead"], theirs["overhead"]["figures"]
+        lines.append(
+            f"| overhead: gateway's share p50 / p99 ms | {_fmt(a.get('gateway_p50_ms'))} / "
+            f"{_fmt(a.get('gateway_p99_ms'))} | {_fmt(b.get('gateway_p50_ms'))} / "
+            f"{_fmt(b.get('gateway_p99_ms'))} | x{_fmt(ratios.get('gateway_share_p50'))} / "
+            f"x{_fmt(ratios.get('gateway_share_p99'))} | p50 <= x0.1 |"
+        )
+    if "throughput" in theirs:
+        a, b = ours["throughput"], theirs["throughput"]["figures"]
+        lines.append(
+            f"| throughput: images/s | {_fmt(a['images_per_s'])} | {_fmt(b['images_per_s'])} | "
+            f"x{_fmt(ratios.get('images_per_s'))} | >= x1.3 |"
+        )
+    met = {True: "yes", False: "**no**", None: "-"}[peer.get("met")]
+    lines.append(f"\ntargets met: {met}")
+    return "\n".join(lines)
+
+
 @dataclass
 class Options:
     scenarios: list[str]
@@ -865,6 +966,7 @@ class Options:
     external: dict[str, str] = field(default_factory=dict)
     keep_logs: bool = False
     model_b64: str = ""  # the private stack's model for the b64 scenario
+    peer: str = ""  # "litellm": overhead and throughput against it too, on the same simulator
 
 
 def run_all(opts: Options) -> dict[str, Any]:
@@ -873,6 +975,7 @@ def run_all(opts: Options) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="imagegate-bench-"))
     results: dict[str, dict[str, Any]] = {}
     stack: Stack | None = None
+    peer_doc: dict[str, Any] | None = None
     failed = False
     try:
         if opts.external:
@@ -898,6 +1001,8 @@ def run_all(opts: Options) -> dict[str, Any]:
             t0 = time.monotonic()
             results[name] = SCENARIO_FUNCS[name](target, opts.sizes, opts.out, results)
             results[name]["seconds"] = round(time.monotonic() - t0, 1)
+            if name == PEER_AFTER and opts.peer and stack is not None:
+                peer_doc = run_peer(opts, stack, work, results)
     except BaseException:
         failed = True
         raise
@@ -919,6 +1024,7 @@ def run_all(opts: Options) -> dict[str, Any]:
         "gateway": opts.external.get("base_url") if opts.external else opts.stack.describe(),
         "stack": None if opts.external else {**vars(opts.stack)},
         "scenarios": {r["scenario"]: r for r in ordered},
+        "peer": peer_doc,
     }
     (opts.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     text = table(ordered)
@@ -928,14 +1034,17 @@ def run_all(opts: Options) -> dict[str, Any]:
         f"Python {m.get('python')}; gateway: {doc['gateway']}; client: {doc['client']}"
     )
     more = details(ordered)
+    side = f"\n\n{peer_table(peer_doc)}" if peer_doc else ""
     (opts.out / "results.md").write_text(
-        f"{header}\n\n{text}\n\nWhere the time goes (p50, ms):\n\n{more}\n"
+        f"{header}\n\n{text}\n\nWhere the time goes (p50, ms):\n\n{more}{side}\n"
     )
     print(header)
     print(text)
     print()
     print("Where the time goes (p50, ms):")
     print(more)
+    if side:
+        print(side.strip("\n"))
     return doc
 
 
@@ -966,6 +1075,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", help="gateway log level (production: INFO)")
     p.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
+    p.add_argument(
+        "--peer", choices=["litellm"],
+        help="also run overhead and throughput against this gateway (installed into its own "
+        "virtualenv) on the same simulator, and print the ratios",
+    )  # fmt: skip
     ext = p.add_argument_group("another gateway (instead of the private stack)")
     ext.add_argument("--base-url", help="OpenAI-compatible base URL, e.g. http://host:4000/v1")
     ext.add_argument("--api-key")
@@ -1039,6 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
         external=external,
         keep_logs=args.keep_logs,
         model_b64="" if external else (args.model_b64 or ""),
+        peer="" if external else (args.peer or ""),
     )
     # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the stack is always stopped.
     signal.signal(signal.SIGTERM, _interrupt)
