@@ -42,7 +42,8 @@ write) and goes back to its queue, an unsent job is sent, an overdue one ends
 of reapers act once. :meth:`JobStore.claim` refuses a running job whose
 heartbeat is fresh, so a redelivered duplicate never steals a live run.
 
-Records expire ``retention`` seconds after creation.
+Records expire ``retention`` seconds after creation, or later while a webhook
+retry is pending (:meth:`JobStore.set_webhook_state`).
 """
 
 from __future__ import annotations
@@ -338,6 +339,16 @@ class Claim:
         return self.outcome == "run"
 
 
+# KEYS[1] job; ARGV: webhook state JSON, keep (seconds; 0: leave the TTL alone).
+_SET_WEBHOOK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook', ARGV[1])
+local keep = tonumber(ARGV[2])
+if keep > 0 and redis.call('TTL', KEYS[1]) < keep then redis.call('EXPIRE', KEYS[1], keep) end
+return 1
+"""
+
+
 class JobStore:
     def __init__(
         self,
@@ -355,6 +366,7 @@ class JobStore:
         self._beat = client.register_script(_BEAT)
         self._sent = client.register_script(_SENT)
         self._reap = client.register_script(_REAP)
+        self._set_webhook = client.register_script(_SET_WEBHOOK)
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -522,8 +534,19 @@ class JobStore:
     def set_serving(self, job_id: str, model_id: str) -> None:
         self._redis.hset(_JOB.format(job_id), "serving", model_id)
 
-    def set_webhook_state(self, job_id: str, state: dict[str, Any]) -> None:
-        self._redis.hset(_JOB.format(job_id), "webhook", json.dumps(state, separators=(",", ":")))
+    def set_webhook_state(
+        self, job_id: str, state: dict[str, Any], *, keep_until: float | None = None
+    ) -> None:
+        """Write the webhook delivery state of an existing record.
+
+        ``keep_until`` (unix time) extends the record's life to at least then,
+        e.g. past the retention while a delivery retry is pending. A record
+        that has expired is not recreated (it would never expire).
+        """
+        ttl = max(1, int(keep_until - time.time()) + 1) if keep_until is not None else 0
+        self._set_webhook(
+            keys=[_JOB.format(job_id)], args=[json.dumps(state, separators=(",", ":")), ttl]
+        )
 
     def expire_if_overdue(self, job_id: str, *, now: float | None = None) -> bool:
         """Mark a job timed out if its deadline passed and nobody finished it.

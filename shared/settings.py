@@ -38,6 +38,7 @@ class Settings:
     async_budget_seconds: float = 900.0
     idempotency_ttl_seconds: int = 86400
     webhook_timeout_seconds: float = 10.0
+    webhook_concurrency_per_key: int = 4  # deliveries of one API key in flight at once; 0: no cap
     # Seconds after the first failed delivery of each retry (Standard Webhooks' example).
     webhook_retry_schedule: tuple[float, ...] = (
         5,
@@ -168,6 +169,9 @@ class Settings:
             ),
             webhook_timeout_seconds=number("WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
             webhook_retry_schedule=schedule,
+            webhook_concurrency_per_key=int(
+                number("WEBHOOK_CONCURRENCY_PER_KEY", cls.webhook_concurrency_per_key, int, 0)
+            ),
             allow_http_callbacks=get("ALLOW_HTTP_CALLBACKS").lower() in ("1", "true", "yes"),
             breaker_failures=int(number("BREAKER_FAILURES", cls.breaker_failures, int)),
             breaker_window_seconds=number("BREAKER_WINDOW_SECONDS", cls.breaker_window_seconds),

@@ -123,6 +123,8 @@ def stack_env(
         "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",
         "IMAGEGATE_WEBHOOK_RETRY_SCHEDULE": "0.5,0.5,0.5",
         "IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
+        # At most 2 of one key's deliveries in flight: the webhooks worker runs 4 threads.
+        "IMAGEGATE_WEBHOOK_CONCURRENCY_PER_KEY": "2",
         # Liveness on a test scale: a killed worker's job is taken over within seconds.
         "IMAGEGATE_JOB_STALE_SECONDS": "5",
         "IMAGEGATE_HEARTBEAT_SECONDS": "0.5",

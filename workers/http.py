@@ -12,9 +12,17 @@ It owns what adapters must not each reinvent:
   :class:`InvalidRequest` (the upstream rejected the request's content, e.g.
   moderation) or an :class:`UpstreamError` (everything that is not the
   client's fault), carrying the upstream's request id.
-* **Bounded downloads**: image downloads are streamed with a size cap and the
-  deadline checked between chunks, so an endless or trickling body cannot
-  hold a worker.
+* **Wall-clock limits**: a socket timeout bounds each read, not the exchange,
+  so a peer trickling its head or body a byte at a time would hold a thread
+  for hours. :func:`wall_clock` arms one watchdog thread that shuts the
+  exchange's sockets down at its limit (the attempt's timeout or the job's
+  deadline, whichever is first); the blocked read then fails at once and the
+  exchange ends as a :class:`requests.ReadTimeout`. Sessions take part once
+  :func:`watch` has hooked their connection pools; :class:`UpstreamHTTP` does
+  that for the session it is given, so every adapter, download and reference
+  image fetch is covered, and webhook deliveries use the same two functions.
+* **Bounded bytes**: answers and downloads are streamed with a size cap, so an
+  endless body cannot fill a worker's memory.
 
 Adapters pass a small ``ErrorParser`` that pulls (message, code) out of their
 upstream's error body. Whatever the upstream said is stripped of the credential
@@ -24,17 +32,26 @@ providers echo keys in their errors ("Incorrect API key provided: sk-...").
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import email.utils
+import heapq
+import itertools
 import json
+import os
 import random
+import socket
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from shared.errors import (
     DeadlineExceeded,
@@ -152,6 +169,175 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+# -- wall-clock limits -------------------------------------------------------------
+
+
+class _Exchange:
+    """The connections one :func:`wall_clock` block uses, and its limit (monotonic)."""
+
+    __slots__ = ("closed", "expired", "conns", "limit", "lock")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.conns: list[Any] = []
+        self.expired = False
+        self.closed = False
+        self.lock = threading.Lock()
+
+    def add(self, conn: Any) -> None:
+        with self.lock:
+            if not self.closed:
+                self.conns.append(conn)
+        if self.expired:  # a connection taken after the limit: cut it too
+            self.cut()
+
+    def cut(self) -> bool:
+        """Shut down every socket of the exchange; False once it has ended."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.expired = True
+            for conn in self.conns:
+                sock = getattr(conn, "sock", None)
+                if sock is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    # The plain socket's shutdown, also for TLS sockets: it unblocks a
+                    # read in another thread without touching the TLS state.
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.conns.clear()
+
+
+class _Watchdog:
+    """One daemon thread that cuts exchanges at their limit.
+
+    An exchange past its limit is cut again every :data:`_RECUT_SECONDS` until
+    it ends, so a connection still connecting at the limit is cut once it has
+    a socket. Ended exchanges are dropped lazily (and the heap compacted when
+    they are most of it).
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Exchange]] = []
+        self._ended = 0
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, exchange: _Exchange) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (exchange.limit, next(self._order), exchange))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="http-watchdog", daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is exchange:
+                self._cond.notify()
+
+    def ended(self, exchange: _Exchange) -> None:
+        exchange.close()
+        with self._cond:
+            self._ended += 1
+            if self._ended > 1024 and self._ended * 2 > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].closed]
+                heapq.heapify(self._heap)
+                self._ended = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(wait)
+                _, _, exchange = heapq.heappop(self._heap)
+            if exchange.cut():
+                with self._cond:
+                    again = time.monotonic() + _RECUT_SECONDS
+                    heapq.heappush(self._heap, (again, next(self._order), exchange))
+            else:
+                with self._cond:
+                    self._ended = max(0, self._ended - 1)
+
+
+_RECUT_SECONDS = 0.25
+_WATCHDOG = _Watchdog()
+_CURRENT: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar(
+    "imagegate_http_exchange", default=None
+)
+
+
+@contextlib.contextmanager
+def wall_clock(deadline: float) -> Iterator[None]:
+    """Bound the HTTP exchanges made inside the block by ``deadline`` (unix time).
+
+    Connections of :func:`watch`-ed sessions used inside the block are shut
+    down when the deadline passes, whatever the peer is doing (trickling a
+    head, a body, or nothing). A cut block raises :class:`requests.ReadTimeout`,
+    also when it ended without an exception: what a cut connection yields
+    looks complete to http.client (a head cut short ends like an empty line,
+    a body without a length like the end of the body) but is not. Other
+    exceptions pass unchanged.
+    """
+    exchange = _Exchange(time.monotonic() + max(0.0, deadline - time.time()))
+    token = _CURRENT.set(exchange)
+    _WATCHDOG.arm(exchange)
+    try:
+        yield
+    except (requests.RequestException, OSError, ValueError) as exc:
+        if exchange.expired and not isinstance(exc, requests.Timeout):
+            raise requests.ReadTimeout(_CUT) from exc
+        raise
+    finally:
+        _CURRENT.reset(token)
+        _WATCHDOG.ended(exchange)
+    if exchange.expired:
+        raise requests.ReadTimeout(_CUT)
+
+
+_CUT = "the exchange reached its wall-clock limit"
+
+
+class _WatchedPoolMixin:
+    """Registers each connection a request uses with the current :func:`wall_clock`."""
+
+    def _make_request(self, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        exchange = _CURRENT.get()
+        if exchange is not None:
+            exchange.add(conn)
+        return super()._make_request(conn, *args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnectionPool(_WatchedPoolMixin, HTTPConnectionPool):
+    pass
+
+
+class _WatchedHTTPSConnectionPool(_WatchedPoolMixin, HTTPSConnectionPool):
+    pass
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+def watch(session: requests.Session) -> requests.Session:
+    """Let :func:`wall_clock` cut the connections of ``session`` (idempotent, cheap)."""
+    for adapter in session.adapters.values():
+        if not isinstance(adapter, HTTPAdapter):
+            continue
+        manager = adapter.poolmanager
+        if manager.pool_classes_by_scheme is not _WATCHED_POOLS:
+            manager.clear()  # pools made before were not watched
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+    return session
+
+
 @dataclass
 class UpstreamHTTP:
     session: requests.Session
@@ -162,6 +348,9 @@ class UpstreamHTTP:
     error_parser: ErrorParser = default_error_parser
     backoff_base: float = 0.5
     backoff_cap: float = 8.0
+
+    def __post_init__(self) -> None:
+        watch(self.session)
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -214,9 +403,10 @@ class UpstreamHTTP:
     def best_effort(self, method: str, url: str, *, timeout: float = 3.0, **kw: Any) -> bool:
         """One attempt that ignores the deadline and swallows errors (e.g. cancel upstream)."""
         try:
-            response = self.session.request(
-                method, url, timeout=timeout, allow_redirects=False, **kw
-            )
+            with wall_clock(time.time() + timeout):
+                response = self.session.request(
+                    method, url, timeout=timeout, allow_redirects=False, **kw
+                )
             return response.ok
         except requests.RequestException:
             return False
@@ -266,20 +456,26 @@ class UpstreamHTTP:
         read = min(self.attempt_timeout, self.remaining())
         return (min(CONNECT_TIMEOUT, read), read)
 
+    def _attempt_limit(self) -> float:
+        """When the current attempt must end (unix time): its timeout or the deadline."""
+        return min(self.deadline, time.time() + self.attempt_timeout)
+
     def _attempt(self, method, url, json_body, data, files, headers, params) -> requests.Response:
-        response = self.session.request(
-            method,
-            url,
-            json=json_body,
-            data=data,
-            files=files,
-            headers=dict(headers or {}),
-            params=params,
-            timeout=self._timeout(),
-            allow_redirects=False,
-            stream=True,
-        )
-        self._read_body(response)
+        timeout = self._timeout()
+        with wall_clock(self._attempt_limit()):
+            response = self.session.request(
+                method,
+                url,
+                json=json_body,
+                data=data,
+                files=files,
+                headers=dict(headers or {}),
+                params=params,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            self._read_body(response)
         if response.status_code in RETRY_STATUSES:
             raise RetryableStatus(response)
         if not 200 <= response.status_code < 300:
@@ -291,7 +487,7 @@ class UpstreamHTTP:
 
         requests' read timeout is per socket read, so an upstream that trickles
         a byte every few seconds would hold the worker far past the job's
-        deadline; reading in chunks checks the deadline between them.
+        deadline; the caller's :func:`wall_clock` cuts the connection then.
         """
         chunks: list[bytes] = []
         total = 0
@@ -312,18 +508,22 @@ class UpstreamHTTP:
         response._content_consumed = True
 
     def _download_once(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
+        timeout = self._timeout()
         try:
-            return self._stream(url, max_bytes, headers)
+            with wall_clock(self._attempt_limit()):
+                return self._stream(url, max_bytes, headers, timeout)
         except UnsafeDestination as exc:
             raise UpstreamError(
                 f"Refused to fetch {self.provider} URL: {exc}", code="unsafe_url"
             ) from exc
 
-    def _stream(self, url: str, max_bytes: int, headers) -> tuple[bytes, str]:
+    def _stream(
+        self, url: str, max_bytes: int, headers, timeout: tuple[float, float]
+    ) -> tuple[bytes, str]:
         with self.session.get(
             url,
             headers=dict(headers or {}),
-            timeout=self._timeout(),
+            timeout=timeout,
             stream=True,
             allow_redirects=True,
         ) as response:

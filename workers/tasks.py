@@ -31,10 +31,16 @@ def _send_to_queue(job_id: str, queue: str) -> None:
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True)
-def deliver_webhook(job_id: str) -> str:
+def deliver_webhook(job_id: str, lease: str | None = None) -> str:
+    """One delivery attempt; ``lease`` is the pump's token (absent in older messages)."""
     ctx = get_context()
     return deliver(
-        job_id, settings=ctx.settings, client=ctx.redis, jobs=ctx.jobs, storage=ctx.storage
+        job_id,
+        settings=ctx.settings,
+        client=ctx.redis,
+        jobs=ctx.jobs,
+        storage=ctx.storage,
+        lease=lease,
     )
 
 
@@ -52,5 +58,10 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if WEBHOOK_QUEUE in queues:
         # A delivery lease outlasts one attempt (timeout) plus time queued behind others.
-        start_pump(ctx.redis, app, lease_seconds=3 * ctx.settings.webhook_timeout_seconds + 60)
+        start_pump(
+            ctx.redis,
+            app,
+            lease_seconds=3 * ctx.settings.webhook_timeout_seconds + 60,
+            per_key=ctx.settings.webhook_concurrency_per_key,
+        )
     freeze_startup_objects()  # after the context: full GCs need not walk it ever again

@@ -13,7 +13,18 @@ pumps never enqueue the same delivery twice) and keeps it in the set while
 the message is queued or being delivered. The delivery then writes its next
 due time or removes the id; if the worker running it dies, the lease runs
 out and the id is sent again, long before the broker's visibility timeout
-would redeliver the message.
+would redeliver the message. The message carries the lease (its end time) as
+a token: a delivery runs only if the id's score is still that token, so a
+message that waited in the queue past its lease, and was sent again meanwhile,
+does nothing (see :func:`workers.webhooks.deliver`).
+
+**Per-key concurrency.** One API key's receivers must not occupy the whole
+delivery pool (a slow or hostile receiver holds a thread for a whole attempt),
+so at most ``per_key`` deliveries of one key are in flight, queued or running,
+at a time: each key has a sorted set ``ig:webhooks:inflight:<key id>`` of its
+leased ids (scored by lease end, so a lost delivery frees its place when its
+lease runs out). An id whose key is at its cap is not taken but pushed
+:data:`DEFER_SECONDS` back, so it never blocks other keys' due ids behind it.
 """
 
 from __future__ import annotations
@@ -25,45 +36,87 @@ import time
 import redis
 from celery import Celery
 
-from shared.jobs import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOKS_DUE
+from shared.jobs import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOKS_DUE, JobStore
 
 log = logging.getLogger(__name__)
 
+DEFER_SECONDS = 1.0  # how far back an id of a key at its cap is pushed
+_INFLIGHT = "ig:webhooks:inflight:{}"
 
-# KEYS[1] the due set; ARGV: job id, now, lease end. 1 if this pump took the id.
+
+def inflight_key(key_id: str | None) -> str:
+    """The sorted set of one API key's deliveries in flight."""
+    return _INFLIGHT.format(key_id or "-")
+
+
+# KEYS[1] the due set, KEYS[2] the key's in-flight set;
+# ARGV: job id, now, lease end, per-key cap (0: none), defer until.
+# 1 if this pump took the id, 0 if not due (or another pump took it), -1 if deferred.
 _TAKE = """
 local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+local cap = tonumber(ARGV[4])
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
+  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and redis.call('ZCARD', KEYS[2]) >= cap then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[5]), ARGV[1])
+    return -1
+  end
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
+  redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) - tonumber(ARGV[2])) + 60)
+end
 redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 
 
 def pump_once(
-    client: redis.Redis, app: Celery, *, lease_seconds: float = 120.0, limit: int = 200
+    client: redis.Redis,
+    app: Celery,
+    *,
+    lease_seconds: float = 120.0,
+    per_key: int = 0,
+    limit: int = 200,
 ) -> int:
+    """Send the due deliveries (at most ``per_key`` in flight per API key; 0: no cap)."""
     take = client.register_script(_TAKE)
     now = time.time()
+    due = client.zrangebyscore(WEBHOOKS_DUE, "-inf", now, start=0, num=limit)
+    if not due:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for job_id in due:
+        pipe.hget(JobStore.record_key(job_id), "key_id")
+    key_ids = pipe.execute()
     sent = 0
-    for job_id in client.zrangebyscore(WEBHOOKS_DUE, "-inf", now, start=0, num=limit):
-        if not take(keys=[WEBHOOKS_DUE], args=[job_id, repr(now), repr(now + lease_seconds)]):
-            continue  # another pump took it
+    for job_id, key_id in zip(due, key_ids, strict=True):
+        lease = repr(now + lease_seconds)
+        cap = per_key if key_id else 0  # a record that is gone: the delivery cleans up
+        args = [job_id, repr(now), lease, cap, repr(now + DEFER_SECONDS)]
+        if take(keys=[WEBHOOKS_DUE, inflight_key(key_id)], args=args) != 1:
+            continue  # another pump took it, or its key is at its cap
         try:
-            app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id], queue=WEBHOOK_QUEUE)
+            app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, lease], queue=WEBHOOK_QUEUE)
         except Exception:
             client.zadd(WEBHOOKS_DUE, {job_id: now})
+            client.zrem(inflight_key(key_id), job_id)
             raise
         sent += 1
     return sent
 
 
 def start_pump(
-    client: redis.Redis, app: Celery, *, lease_seconds: float = 120.0, interval: float = 0.5
+    client: redis.Redis,
+    app: Celery,
+    *,
+    lease_seconds: float = 120.0,
+    per_key: int = 0,
+    interval: float = 0.5,
 ) -> threading.Thread:
     def loop() -> None:
         while True:
             try:
-                pump_once(client, app, lease_seconds=lease_seconds)
+                pump_once(client, app, lease_seconds=lease_seconds, per_key=per_key)
             except Exception as exc:  # noqa: BLE001 - keep pumping through Redis hiccups
                 log.warning("webhook pump: %s", exc)
                 time.sleep(2.0)

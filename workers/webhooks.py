@@ -12,12 +12,20 @@ queue; :func:`deliver` makes one attempt:
   with the API key's ``whsec_`` secret;
 * through the SSRF guard (:mod:`shared.netguard`): the address is checked at
   delivery time and the connection goes to the checked address, no redirects;
-* a short timeout, so a receiver that never answers holds one pool thread
-  for that long at most.
+* a short timeout that bounds the whole attempt in wall-clock time
+  (:func:`workers.http.wall_clock`), whatever the receiver does: never
+  answering, trickling its head, trickling its body. Only the status line and
+  headers are read; the body of the answer is never read, so a huge answer
+  costs nothing. A receiver holds one pool thread for that long at most, and
+  at most ``IMAGEGATE_WEBHOOK_CONCURRENCY_PER_KEY`` of one API key's
+  deliveries are in flight at once (see :mod:`workers.webhook_pump`).
 
 2xx is success; 410 disables the endpoint for this job; anything else is
 retried on the configured schedule (honouring ``Retry-After``), and every
-attempt is recorded on the job.
+attempt is recorded on the job. While a retry is pending the job record is
+kept until :data:`KEEP_AFTER_ATTEMPT` after it, even past the job retention,
+so no scheduled retry is lost to an expired record and its final state can
+still be read.
 """
 
 from __future__ import annotations
@@ -38,11 +46,28 @@ from shared.netguard import UnsafeDestination, policy_for, safe_session
 from shared.results import dumps, job_object
 from shared.settings import Settings
 from shared.storage import ImageStorage
-from workers.http import parse_retry_after
+from workers.http import parse_retry_after, wall_clock, watch
+from workers.webhook_pump import inflight_key
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "imagegate-webhooks/0.1"
+# A job record outlives a pending retry by this much, so its outcome can be read.
+KEEP_AFTER_ATTEMPT = 3600.0
+# The lease of a running attempt outlasts its timeout by this much (payload, Redis).
+_ATTEMPT_LEASE_MARGIN = 30.0
+
+# KEYS[1] the due set, KEYS[2] the key's in-flight set; ARGV: job id, token, lease end.
+# 1 if the message still holds the lease named by its token (which is then renewed).
+_CLAIM = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[1])
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
+end
+return 1
+"""
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -58,17 +83,45 @@ def deliver(
     client: redis.Redis,
     jobs: JobStore,
     storage: ImageStorage,
+    lease: str | None = None,
 ) -> str:
     """One delivery attempt; returns the webhook state afterwards.
 
-    Safe to run for a duplicated message: a finished delivery is not repeated
-    and a retry is not made before its due time.
+    Safe to run for a duplicated message: a finished delivery is not repeated,
+    a retry is not made before its due time, and a message whose ``lease``
+    (the pump's token) is no longer the id's lease does nothing (returns
+    ``"not_owner"``): it waited in the queue so long that the pump sent the
+    delivery again.
     """
     job = jobs.get(job_id)
     if job is None or not job.webhook_url or not job.terminal:
+        if job is None:
+            log.warning("webhook for job %s: the job record is gone; delivery dropped", job_id)
         client.zrem(WEBHOOKS_DUE, job_id)
         return "skipped"
-    state: dict[str, Any] = dict(job.webhook or {"state": "pending", "attempts": []})
+    inflight = inflight_key(job.key_id)
+    if lease is not None:
+        renewed = repr(time.time() + settings.webhook_timeout_seconds + _ATTEMPT_LEASE_MARGIN)
+        claim = client.register_script(_CLAIM)
+        if not claim(keys=[WEBHOOKS_DUE, inflight], args=[job_id, lease, renewed]):
+            return "not_owner"
+    try:
+        return _attempt(job, state=dict(job.webhook or {"state": "pending", "attempts": []}),
+                        settings=settings, client=client, jobs=jobs, storage=storage)  # fmt: skip
+    finally:
+        client.zrem(inflight, job_id)
+
+
+def _attempt(
+    job: Job,
+    *,
+    state: dict[str, Any],
+    settings: Settings,
+    client: redis.Redis,
+    jobs: JobStore,
+    storage: ImageStorage,
+) -> str:
+    job_id = job.id
     if state.get("state") in ("delivered", "failed", "disabled"):
         client.zrem(WEBHOOKS_DUE, job_id)
         return str(state["state"])
@@ -92,16 +145,22 @@ def deliver(
     record: dict[str, Any] = {"attempt": number, "at": timestamp}
     retry_after = None
     final = False
+    timeout = settings.webhook_timeout_seconds
     try:
-        with safe_session(policy_for(settings)) as session:
-            timeout = settings.webhook_timeout_seconds
+        with (
+            safe_session(policy_for(settings)) as session,
+            wall_clock(time.time() + timeout),
+        ):
+            watch(session)
             response = session.post(
                 job.webhook_url,
                 data=body,
                 headers=headers,
                 timeout=(min(5.0, timeout), timeout),
                 allow_redirects=False,
+                stream=True,  # the status and headers are the answer; the body is not read
             )
+            response.close()
         record["status"] = response.status_code
         ok = 200 <= response.status_code < 300
         if response.status_code in (429, 502, 503, 504):
@@ -131,7 +190,10 @@ def deliver(
             state["state"] = "retrying"
             state["next_attempt"] = time.time() + delay
             client.zadd(WEBHOOKS_DUE, {job.id: state["next_attempt"]})
-    jobs.set_webhook_state(job.id, state)
+    keep_until = None
+    if state["state"] == "retrying":
+        keep_until = float(state["next_attempt"]) + timeout + KEEP_AFTER_ATTEMPT
+    jobs.set_webhook_state(job.id, state, keep_until=keep_until)
     if state["state"] != "retrying":
         client.zrem(WEBHOOKS_DUE, job.id)
     log.info(

@@ -1,0 +1,152 @@
+"""Hostile HTTP peers on loopback, written on raw sockets so they can misbehave.
+
+:class:`SlowPeer` reads each request (headers and a ``Content-Length`` body),
+then answers in one of these ways, chosen by ``mode``:
+
+* ``"trickle_body"``: ``200`` with ``Content-Length: <declared>``, then one byte
+  of the body every ``interval`` seconds;
+* ``"trickle_headers"``: the status line, then a header one byte every
+  ``interval`` seconds, never finishing the head;
+* ``"huge_body"``: ``200`` with ``Content-Length: <declared>``, then the body
+  as fast as the reader takes it;
+* ``"ok"``: ``204`` at once;
+* ``"error"``: ``500`` at once.
+
+It records every request it read (``requests``: the request head and body)
+and, per connection, how many body bytes it managed to send (``sent``), so a
+test can tell whether the other side stopped reading, and the most
+connections it held open at once (``max_open``).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+_CHUNK = b"\0" * (256 * 1024)
+
+
+@dataclass
+class SlowPeer:
+    mode: str
+    interval: float = 0.5
+    declared: int = 1000
+    content_type: str = "application/json"
+    requests: list[bytes] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    max_open: int = 0
+    _open: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sock: socket.socket | None = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> SlowPeer:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._sock is not None
+        return self._sock.getsockname()[1]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._sock is not None:
+            self._sock.close()
+
+    def _accept(self) -> None:
+        assert self._sock is not None
+        while not self._stopped.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with self._lock:
+            index = len(self.sent)
+            self.sent.append(0)
+            self._open += 1
+            self.max_open = max(self.max_open, self._open)
+        try:
+            with conn:
+                self.requests.append(_read_request(conn))
+                getattr(self, f"_{self.mode}")(conn, index)
+        except OSError:
+            pass  # the other side gave up: what the tests want to see
+        finally:
+            with self._lock:
+                self._open -= 1
+
+    def _head(self, status: str = "200 OK") -> bytes:
+        return (
+            f"HTTP/1.1 {status}\r\nContent-Type: {self.content_type}\r\n"
+            f"Content-Length: {self.declared}\r\n\r\n"
+        ).encode()
+
+    def _ok(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    def _error(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+    def _trickle_body(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(self._head())
+        for _ in range(self.declared):
+            if self._stopped.wait(self.interval):
+                return
+            conn.sendall(b"x")
+            self.sent[index] += 1
+
+    def _trickle_headers(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        conn.settimeout(1.0)
+        while not self._stopped.wait(self.interval):
+            conn.sendall(b"z")
+            try:
+                if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    return  # the other side closed
+            except BlockingIOError:
+                pass
+
+    def _huge_body(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(self._head())
+        left = self.declared
+        while left > 0 and not self._stopped.is_set():
+            piece = _CHUNK[: min(left, len(_CHUNK))]
+            conn.sendall(piece)
+            self.sent[index] += len(piece)
+            left -= len(piece)
+        time.sleep(0.5)  # let the reader finish before the connection closes
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    conn.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return data
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return head + b"\r\n\r\n" + body

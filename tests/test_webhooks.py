@@ -1,0 +1,135 @@
+"""Webhook delivery in-process against real Redis and a real receiver on loopback:
+a retry keeps its job record alive, and a message whose lease was handed on does
+nothing (so a delivery never runs twice at once)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+from shared.errors import InvalidRequest
+from shared.jobs import WEBHOOKS_DUE, Job, new_job_id
+from shared.keys import KeyStore
+from shared.settings import Settings
+from tests.support.peers import SlowPeer
+from workers.context import WorkerContext, build_context
+from workers.webhook_pump import inflight_key, pump_once
+from workers.webhooks import deliver
+
+
+@pytest.fixture()
+def ctx(redis_server, tmp_path: Path) -> WorkerContext:
+    # A database of its own: the stack's webhook pumps (db 0) must not take these jobs.
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    settings = Settings.from_env(
+        {
+            "IMAGEGATE_REDIS_URL": url,
+            "IMAGEGATE_STORAGE_DIR": str(tmp_path),
+            "IMAGEGATE_JOB_RETENTION_SECONDS": "2",
+            "IMAGEGATE_WEBHOOK_RETRY_SCHEDULE": "30",
+            "IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
+            "IMAGEGATE_ALLOW_HTTP_CALLBACKS": "1",
+            "IMAGEGATE_ALLOWED_INTERNAL_HOSTS": "127.0.0.1",
+        }
+    )
+    context = build_context(settings)
+    context.redis.flushdb()
+    return context
+
+
+@pytest.fixture()
+def peer() -> Iterator[SlowPeer]:
+    started = SlowPeer("ok").start()
+    yield started
+    started.stop()
+
+
+def _ended_job(ctx: WorkerContext, url: str, key_id: str | None = None) -> Job:
+    """A failed job of a real API key, with a webhook due now (as a terminal job has)."""
+    if key_id is None:
+        key_id = KeyStore(ctx.redis).create("hooks", tier="internal")[1].id
+    now = time.time()
+    job = ctx.jobs.create(
+        Job(
+            id=new_job_id(),
+            key_id=key_id,
+            model="local/testcard",
+            family="local",
+            queue="local",
+            request={"prompt": "x", "n": 1},
+            created=now,
+            deadline=now,
+        )
+    )
+    ctx.redis.hset(ctx.jobs.record_key(job.id), "webhook_url", url)
+    assert ctx.jobs.fail(job.id, None, InvalidRequest("no"))
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) is not None
+    return job
+
+
+def _deliver(ctx: WorkerContext, job_id: str, lease: str | None = None) -> str:
+    return deliver(
+        job_id,
+        settings=ctx.settings,
+        client=ctx.redis,
+        jobs=ctx.jobs,
+        storage=ctx.storage,
+        **({"lease": lease} if lease is not None else {}),
+    )
+
+
+def test_a_retry_due_after_the_retention_keeps_the_job_record(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    peer.mode = "error"
+    job = _ended_job(ctx, peer.url("/hook"))
+    assert _deliver(ctx, job.id) == "retrying"
+    # Retention is 2 s, the retry is due in 30 s: the record must still be there then.
+    assert ctx.redis.ttl(ctx.jobs.record_key(job.id)) >= 30
+    state = ctx.jobs.get(job.id).webhook
+    assert state["state"] == "retrying" and state["next_attempt"] > time.time() + 25
+
+
+def test_the_state_of_an_expired_record_is_not_written_back(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    job = _ended_job(ctx, peer.url("/hook"))
+    ctx.redis.delete(ctx.jobs.record_key(job.id))
+    ctx.jobs.set_webhook_state(job.id, {"state": "failed", "attempts": []}, keep_until=1e10)
+    assert not ctx.redis.exists(ctx.jobs.record_key(job.id))  # no record without a TTL
+
+
+def test_a_message_whose_lease_was_handed_on_does_nothing(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    job = _ended_job(ctx, peer.url("/hook"))
+    app = Celery("webhook-lease-test")
+    sent: list[str] = []
+    app.send_task = lambda name, args, queue: sent.append(args[1])  # type: ignore[method-assign]
+    assert pump_once(ctx.redis, app, lease_seconds=0.2, per_key=2) == 1
+    time.sleep(0.3)  # the first message waited in the queue past its lease: sent again
+    assert pump_once(ctx.redis, app, lease_seconds=0.2, per_key=2) == 1
+    first, second = sent
+    assert _deliver(ctx, job.id, first) == "not_owner"
+    assert peer.requests == []
+    assert _deliver(ctx, job.id, second) == "delivered"
+    assert len(peer.requests) == 1
+    assert ctx.redis.zscore(inflight_key(job.key_id), job.id) is None
+
+
+def test_a_key_at_its_cap_is_deferred_not_blocking_others(ctx: WorkerContext, peer) -> None:
+    first = _ended_job(ctx, peer.url("/a"))
+    same_key = [first, *(_ended_job(ctx, peer.url("/a"), first.key_id) for _ in range(3))]
+    other = _ended_job(ctx, peer.url("/b"))  # another key, due last
+    app = Celery("webhook-cap-test")
+    sent: list[str] = []
+    app.send_task = lambda name, args, queue: sent.append(args[0])  # type: ignore[method-assign]
+    pump_once(ctx.redis, app, per_key=2)
+    assert other.id in sent
+    assert len([j for j in sent if j != other.id]) == 2  # the key's cap
+    deferred = [j.id for j in same_key if j.id not in sent]
+    assert all(ctx.redis.zscore(WEBHOOKS_DUE, j) > time.time() for j in deferred)
