@@ -4,12 +4,14 @@ deadlines, bounded downloads and error translation."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
 
 from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 from tests.conftest import SIM_KEY
+from tests.support.peers import SlowPeer
 from workers.http import UpstreamHTTP, parse_retry_after
 
 AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
@@ -94,6 +96,64 @@ def test_a_trickling_download_is_cut_off_at_the_deadline(sim: str) -> None:
     _config(sim, trickle=0.5)
     with pytest.raises(DeadlineExceeded):
         _http(budget=1.5, retries=0).download(answer.json()["data"][0]["url"], max_bytes=10**7)
+
+
+@pytest.fixture()
+def slow_peers() -> Iterator[list[SlowPeer]]:
+    started: list[SlowPeer] = []
+    yield started
+    for peer in started:
+        peer.stop()
+
+
+def _slow(peers: list[SlowPeer], mode: str, **kw) -> str:
+    peer = SlowPeer(mode, **kw).start()
+    peers.append(peer)
+    return peer.url("/v1/images/generations")
+
+
+# A peer trickling 16 bytes every 2 s never trips a per-read timeout; the helper
+# must still end the exchange by the deadline (2 s here; 3 s of margin).
+SLOW = [
+    ("trickle_body", {"interval": 2.0, "piece": 16, "declared": 4096}),
+    ("trickle_headers", {"interval": 0.5}),
+]
+
+
+@pytest.mark.parametrize(("mode", "kw"), SLOW, ids=[m for m, _ in SLOW])
+def test_a_slow_answer_ends_by_the_deadline_in_wall_clock_time(
+    slow_peers: list[SlowPeer], mode: str, kw: dict
+) -> None:
+    url = _slow(slow_peers, mode, **kw)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        _http(budget=2, retries=1).request("POST", url, json_body=BODY)
+    assert time.monotonic() - started < 2 + 3
+
+
+@pytest.mark.parametrize(("mode", "kw"), SLOW, ids=[m for m, _ in SLOW])
+def test_a_slow_download_ends_by_the_deadline_in_wall_clock_time(
+    slow_peers: list[SlowPeer], mode: str, kw: dict
+) -> None:
+    url = _slow(slow_peers, mode, content_type="image/png", **kw)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        _http(budget=2, retries=1).download(url, max_bytes=10**7)
+    assert time.monotonic() - started < 2 + 3
+
+
+def test_a_slow_attempt_ends_at_the_attempt_timeout_and_is_retried(
+    slow_peers: list[SlowPeer],
+) -> None:
+    url = _slow(slow_peers, "trickle_body", interval=0.5, piece=16, declared=4096)
+    http = _http(budget=20, retries=1)
+    http.attempt_timeout = 1.0
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as info:
+        http.request("POST", url, json_body=BODY)
+    assert info.value.code == "upstream_timeout"
+    assert len(slow_peers[0].requests) == 2  # cut at 1 s, retried once, cut again
+    assert time.monotonic() - started < 2 * 1 + 3
 
 
 def test_400_becomes_invalid_request_with_the_upstream_code(sim: str) -> None:

@@ -3,8 +3,8 @@
 :class:`SlowPeer` reads each request (headers and a ``Content-Length`` body),
 then answers in one of these ways, chosen by ``mode``:
 
-* ``"trickle_body"``: ``200`` with ``Content-Length: <declared>``, then one byte
-  of the body every ``interval`` seconds;
+* ``"trickle_body"``: ``200`` with ``Content-Length: <declared>``, then
+  ``piece`` bytes of the body every ``interval`` seconds;
 * ``"trickle_headers"``: the status line, then a header one byte every
   ``interval`` seconds, never finishing the head;
 * ``"huge_body"``: ``200`` with ``Content-Length: <declared>``, then the body
@@ -33,6 +33,7 @@ class SlowPeer:
     mode: str
     interval: float = 0.5
     declared: int = 1000
+    piece: int = 1
     content_type: str = "application/json"
     requests: list[bytes] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
@@ -102,15 +103,16 @@ class SlowPeer:
 
     def _trickle_body(self, conn: socket.socket, index: int) -> None:
         conn.sendall(self._head())
-        for _ in range(self.declared):
+        while self.sent[index] < self.declared:
             if self._stopped.wait(self.interval):
                 return
-            conn.sendall(b"x")
-            self.sent[index] += 1
+            piece = b"x" * min(self.piece, self.declared - self.sent[index])
+            conn.sendall(piece)
+            self.sent[index] += len(piece)
 
     def _trickle_headers(self, conn: socket.socket, index: int) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
-        conn.settimeout(1.0)
+        conn.settimeout(None)  # blocking, so that MSG_DONTWAIT alone decides
         while not self._stopped.wait(self.interval):
             conn.sendall(b"z")
             try:
