@@ -148,7 +148,7 @@ def create_generation():
     # notice cannot slip past, and its first look at the record waits for it.
     waiter = None if is_async else svc.hub.expect(job.id)
     try:
-        _send(job, svc)
+        _send(job, svc, idempotency)
         log.info(
             "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
             job.id,
@@ -166,17 +166,25 @@ def create_generation():
             waiter.close()
 
 
-def _send(job: Job, svc: Services) -> None:
-    """Enqueue an admitted job; if the broker refuses it, fail it (refunded) with a 503."""
+def _send(job: Job, svc: Services, idempotency: Idempotency | None) -> None:
+    """Enqueue an admitted job; if the broker refuses it, fail it (refunded) with a 503.
+
+    The 503 names the job (``error.job_id``, ``x-job-id``), and the request's
+    ``Idempotency-Key`` is released: the job never ran, so a retry with the same
+    key must make a new one rather than replay this refusal.
+    """
     try:
         svc.queue.enqueue(job)
     except Exception as exc:
         error = ServiceUnavailable(
-            "The job queue is unavailable; nothing was charged. Retry shortly.",
-            headers={"Retry-After": "2"},
+            f"The job queue is unavailable; nothing was charged. Retry shortly. Job id: {job.id}.",
+            headers={"Retry-After": "2", "x-job-id": job.id},
+            extra={"job_id": job.id},
         )
         try:
             refunded = svc.jobs.fail(job.id, None, error)  # refunds the reservation
+            if refunded and idempotency is not None:
+                svc.accounts.release_idempotency(idempotency)
         except redis.RedisError:
             # Redis went away between admission and enqueueing: the job is stored and
             # charged, and a worker's reaper will send it. Go on as if it was sent.

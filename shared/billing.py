@@ -250,6 +250,13 @@ class Admission:
     duplicate_of: str | None = None  # the idempotency key's stored value; nothing was admitted
 
 
+# KEYS[1] the idempotency key; ARGV[1] the value this request stored. 1 if released.
+_RELEASE_IDEMPOTENCY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Idempotency:
     """An Idempotency-Key, scoped to one API key; ``value`` is stored (job id and body hash)."""
@@ -276,6 +283,7 @@ class Accounts:
         self._redis = client
         self._catalog = catalog
         self._admit = client.register_script(_ADMIT)
+        self._release = client.register_script(_RELEASE_IDEMPOTENCY)
 
     # -- admission --------------------------------------------------------------------
 
@@ -370,6 +378,14 @@ class Accounts:
             w, u = tightest
             status = LimitStatus(w.limit, w.limit - u, w.reset_at - now)
         return Admission(balance, status)
+
+    def release_idempotency(self, idempotency: Idempotency) -> bool:
+        """Forget an ``Idempotency-Key`` if it still names this request's job.
+
+        For a job that was admitted but never queued (and is refunded): a retry
+        with the same key then starts afresh. Another job's key is left alone.
+        """
+        return bool(self._release(keys=[idempotency.redis_key], args=[idempotency.value]))
 
     def account_status(self, key: ApiKey, now: float | None = None) -> LimitStatus | None:
         """The account-level window, for the headers of requests that consume nothing."""

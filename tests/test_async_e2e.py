@@ -21,6 +21,7 @@ from shared.billing import Accounts
 from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import cli, create_key
+from tests.support.processes import free_port
 
 
 @dataclass
@@ -351,6 +352,36 @@ def test_concurrent_duplicates_with_one_idempotency_key_make_one_job_and_one_cha
     )
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_a_job_refused_before_it_was_queued_releases_its_idempotency_key(
+    gateway: str, start_gateway, stack_env: dict[str, str]
+) -> None:
+    # A front-end whose broker is down (nothing listens there) refuses with 503 before
+    # anything is queued; the client retries with the same key, as it should.
+    broken = start_gateway(
+        "web-nobroker", IMAGEGATE_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
+    created = create_key(stack_env, "idem-outage", tier="test-billing", balance="1.00")
+    body = {"model": "test/priced-card", "prompt": "after the outage", "size": "32x32"}
+    headers = {**_auth(created["key"]), "Idempotency-Key": "order-outage"}
+    first = requests.post(f"{broken}/v1/images/generations", json=body, headers=headers, timeout=30)
+    assert first.status_code == 503, first.text
+    refused = first.json()["error"]
+    assert refused["job_id"] == first.headers["x-job-id"]
+    assert _job(gateway, created["key"], refused["job_id"]).json()["status"] == "failed"
+    retry = requests.post(
+        f"{gateway}/v1/images/generations", json=body, headers=headers, timeout=30
+    )
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["x-job-id"] != refused["job_id"]
+    again = requests.post(
+        f"{gateway}/v1/images/generations", json=body, headers=headers, timeout=30
+    )
+    assert again.headers["x-job-id"] == retry.headers["x-job-id"]  # the key now holds that job
+    settings = Settings.from_env(stack_env)
+    accounts = Accounts(connect(settings.redis_url), settings.load_catalog())
+    assert accounts.balance(created["id"]) == 1_000_000 - 10_000  # one image, charged once
 
 
 def test_another_key_can_neither_read_nor_cancel_a_job(
