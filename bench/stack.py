@@ -82,7 +82,7 @@ class StackConfig:
     procfile: bool = True
     web_processes: int = 0  # 0: as shipped (api/gunicorn_conf.py: one per core)
     web_connections: int = 0  # 0: as shipped (gevent worker_connections 2000)
-    worker_processes: int = 1  # copies of the worker_openai line
+    worker_processes: int = 0  # openai worker processes; 0: as shipped (workers/launch.py)
     worker_pool: str = "threads"  # celery --pool: threads | gevent (tuned stack only)
     worker_concurrency: int = 0  # per worker process; 0: planned (workers/pool.py)
     upstream_latency: float = 0.0
@@ -93,13 +93,14 @@ class StackConfig:
     def describe(self) -> str:
         web = self.web_processes or os.cpu_count()
         conc = self.worker_concurrency or "planned"
+        procs = self.worker_processes or "as planned"
         if self.procfile:
             tuned = [
                 f"{k}={v}"
                 for k, v in (
                     ("web processes", self.web_processes),
                     ("web connections", self.web_connections),
-                    ("worker_openai copies", self.worker_processes * (self.worker_processes > 1)),
+                    ("IMAGEGATE_WORKER_PROCESSES", self.worker_processes),
                     ("worker concurrency", self.worker_concurrency),
                 )
                 if v
@@ -108,8 +109,8 @@ class StackConfig:
                 "Procfile as shipped"
                 + (f" with {', '.join(tuned)}" if tuned else "")
                 + (
-                    f": {web} web (gunicorn gevent) + {self.worker_processes} worker_openai "
-                    f"(celery threads x {conc}) + the other families' idle workers"
+                    f": {web} web (gunicorn gevent) + worker_openai ({procs} processes, "
+                    f"celery threads x {conc}) + the other lines"
                 )
             )
         return (
@@ -144,6 +145,7 @@ class Stack:
         self.web: Process | None = None
         self.workers: list[Process] = []  # the openai pool under load
         self.idle_workers: list[Process] = []  # the Procfile's other lines
+        self.line_env: dict[str, str] = {}
         self.simulator_url = ""
         self.base_url = ""
         self.api_key = ""
@@ -225,34 +227,47 @@ class Stack:
         )
         # A worker is consuming once its BRPOP on the queue is parked in Redis
         # (whatever its log level says).
-        for worker in self.workers:
-            worker.wait_until(
-                lambda: _consumers(redis_port) >= len(self.workers) + len(self.idle_workers),
-                timeout=90,
-            )
+        consumers = self._expected_consumers()
+        self.web.wait_until(lambda: _consumers(redis_port) >= consumers, timeout=90)
         return self
 
+    def _expected_consumers(self) -> int:
+        """Worker processes that will consume: as the launcher decides for each line."""
+        if not self.config.procfile:
+            return len(self.workers)
+        from shared.settings import Settings
+        from workers.launch import process_count, queues_in, why_idle
+
+        settings = Settings.from_env({**os.environ, **self.line_env})
+        total = 0
+        for name, command in procfile().items():
+            if name.startswith("worker"):
+                queues = queues_in(command.split())
+                if not why_idle(settings, queues):
+                    total += process_count(settings, queues, os.cpu_count())
+        return total
+
     def _start_procfile(self, cfg: StackConfig) -> None:
-        """Every Procfile line, run by a shell as honcho runs it; worker_openai maybe copied."""
+        """Every Procfile line, run by a shell as honcho runs it."""
         env = dict(self.env)
         if cfg.worker_concurrency:
             env["IMAGEGATE_WORKER_CONCURRENCY"] = str(cfg.worker_concurrency)
+        if cfg.worker_processes:
+            env["IMAGEGATE_WORKER_PROCESSES"] = str(cfg.worker_processes)
+        self.line_env = env
         for name, command in procfile().items():
-            copies = cfg.worker_processes if name == "worker_openai" else 1
-            for i in range(copies):
-                line = command if i == 0 else command.replace("@%h", f"-{i}@%h")
-                proc = self._spawn(f"{name}-{i}", ["bash", "-c", f"exec {line}"], env=env)
-                if name == "web":
-                    self.web = proc
-                elif name == "worker_openai":
-                    self.workers.append(proc)
-                else:
-                    self.idle_workers.append(proc)
+            proc = self._spawn(name, ["bash", "-c", f"exec {command}"], env=env)
+            if name == "web":
+                self.web = proc
+            elif name == "worker_openai":
+                self.workers.append(proc)
+            else:
+                self.idle_workers.append(proc)
         assert self.web is not None, "the Procfile has no web line"
 
     def _start_tuned(self, cfg: StackConfig) -> None:
         """The web process and N openai workers with the pool and concurrency given."""
-        for i in range(cfg.worker_processes):
+        for i in range(cfg.worker_processes or 2):
             argv = [
                 str(BIN / "celery"), "-A", "workers.celery_app", "worker",
                 "-Q", "openai", "-n", f"bench-openai-{i}@%h",

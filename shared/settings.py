@@ -80,6 +80,7 @@ class Settings:
     log_level: str = "INFO"
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
     worker_concurrency: int = 0
+    worker_processes: int = 0  # per Procfile worker line (workers/launch.py); 0 = 2 / 1
     worker_uncapped_concurrency: int = 2000  # jobs in flight per process, family without a cap
     webhook_concurrency: int = 16
     upstream_base_urls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -209,6 +210,7 @@ class Settings:
             ),
             log_level=get("LOG_LEVEL", cls.log_level).upper(),
             worker_concurrency=int(number("WORKER_CONCURRENCY", 0, int, minimum=0)),
+            worker_processes=int(number("WORKER_PROCESSES", 0, int, minimum=0)),
             worker_uncapped_concurrency=int(
                 number("WORKER_UNCAPPED_CONCURRENCY", cls.worker_uncapped_concurrency, int)
             ),
