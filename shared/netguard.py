@@ -453,6 +453,26 @@ def safe_session(policy: NetPolicy) -> requests.Session:
     return _GuardedSession(policy)
 
 
+def policy_with_hosts_of(policy: NetPolicy, *urls: str) -> NetPolicy:
+    """``policy`` that also allows the hosts (with their ports) of ``urls``.
+
+    For files an upstream returns: its own host, configured by the operator
+    (the catalog's or an ``IMAGEGATE_BASE_URL_<FAMILY>`` base URL), may be
+    internal; ``http`` is allowed when one of these URLs uses it.
+    """
+    hosts = set(policy.allowed_hosts)
+    allow_http = policy.allow_http
+    for url in urls:
+        parts = urlsplit(url)
+        if not parts.hostname:
+            continue
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        hosts.add(f"{host}:{port}" if port else host)
+        allow_http = allow_http or parts.scheme.lower() == "http"
+    return NetPolicy(allow_http=allow_http, allowed_hosts=frozenset(hosts))
+
+
 def policy_for(settings: Settings) -> NetPolicy:
     """The deployment's policy: IMAGEGATE_ALLOW_HTTP_CALLBACKS, IMAGEGATE_ALLOWED_INTERNAL_HOSTS."""
     return NetPolicy(

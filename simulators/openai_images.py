@@ -760,7 +760,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             if req.response_format == "url":
                 name = f"{file_id}.{req.output_format}"
                 state.put_file(name, data, CONTENT_TYPES[req.output_format])
-                item["url"] = f"{request.host_url}files/{name}"
+                item["url"] = f"{config.result_url_base or request.host_url}files/{name}"
             else:
                 item["b64_json"] = base64.b64encode(data).decode("ascii")
             if req.spec.name == "dall-e-3":

@@ -54,6 +54,8 @@ class SimConfig:
     ``trickle``      if > 0, every upstream response body (API answers and files) is
                      sent 16 bytes at a time with this many seconds between pieces,
                      as from an upstream whose connection stalls without closing.
+    ``result_url_base`` if set, result URLs start with it instead of this simulator's
+                     own URL, as from a compromised or spoofed upstream (OpenAI protocol).
     """
 
     latency: float = 0.0
@@ -66,6 +68,7 @@ class SimConfig:
     result_ttl: float = 600.0
     poll_steps: int = 1
     trickle: float = 0.0
+    result_url_base: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +127,11 @@ class SimConfig:
         api_key = data["api_key"]
         if api_key is not None and not isinstance(api_key, str):
             raise ValueError("'api_key' must be a string or null")
+        result_url_base = data.get("result_url_base")
+        if result_url_base is not None and not (
+            isinstance(result_url_base, str) and result_url_base.endswith("/")
+        ):
+            raise ValueError("'result_url_base' must be a URL ending in '/' or null")
         return SimConfig(
             latency=latency,
             failure_rate=failure_rate,
@@ -135,6 +143,7 @@ class SimConfig:
             result_ttl=result_ttl,
             poll_steps=poll_steps,
             trickle=trickle,
+            result_url_base=result_url_base,
         )
 
 

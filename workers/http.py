@@ -23,6 +23,10 @@ It owns what adapters must not each reinvent:
   image fetch is covered, and webhook deliveries use the same two functions.
 * **Bounded bytes**: answers and downloads are streamed with a size cap, so an
   endless body cannot fill a worker's memory.
+* **Guarded downloads**: result files and reference images are fetched through
+  ``fetch_session`` (SSRF-guarded by :mod:`shared.netguard`), and a redirect is
+  followed only as a new URL the guard checks again, at most
+  :data:`MAX_REDIRECTS` times.
 
 Adapters pass a small ``ErrorParser`` that pulls (message, code) out of their
 upstream's error body. Whatever the upstream said is stripped of the credential
@@ -47,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -79,6 +84,8 @@ MODERATION_CODES = frozenset({"content_policy_violation", "moderation_blocked", 
 ErrorParser = Callable[[requests.Response], UpstreamFault]
 
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 3  # hops a download follows, each through the guard
 CONNECT_TIMEOUT = 5.0
 # A JSON answer may carry several base64 images (Seedream: up to 15 at 16 MP).
 MAX_RESPONSE_BYTES = 512 * 1024 * 1024
@@ -348,9 +355,15 @@ class UpstreamHTTP:
     error_parser: ErrorParser = default_error_parser
     backoff_base: float = 0.5
     backoff_cap: float = 8.0
+    # Downloads (result files, reference images) go through this session when set:
+    # an SSRF-guarded one (shared.netguard.safe_session), since their URLs come from
+    # an upstream's answer or a client, not from our configuration.
+    fetch_session: requests.Session | None = None
 
     def __post_init__(self) -> None:
         watch(self.session)
+        if self.fetch_session is not None:
+            watch(self.fetch_session)
 
     def remaining(self) -> float:
         return self.deadline - time.time()
@@ -520,35 +533,51 @@ class UpstreamHTTP:
     def _stream(
         self, url: str, max_bytes: int, headers, timeout: tuple[float, float]
     ) -> tuple[bytes, str]:
-        with self.session.get(
-            url,
-            headers=dict(headers or {}),
-            timeout=timeout,
-            stream=True,
-            allow_redirects=True,
-        ) as response:
-            if response.status_code in RETRY_STATUSES:
-                raise RetryableStatus(response)
-            if response.status_code != 200:
-                raise self._translate(response, download=True)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
+        """GET ``url`` through the fetch session, following at most
+        :data:`MAX_REDIRECTS` redirects, each checked by that session's guard
+        like the first URL (headers are not sent on to another host)."""
+        session = self.fetch_session or self.session
+        sent_headers = dict(headers or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            with session.get(
+                url, headers=sent_headers, timeout=timeout, stream=True, allow_redirects=False
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status_code in _REDIRECTS and location:
+                    target = urljoin(url, location)
+                    if urlsplit(target).netloc != urlsplit(url).netloc:
+                        sent_headers = {}
+                    url = target
+                    continue
+                return self._read_download(response, max_bytes)
+        raise UpstreamError(
+            f"The image from {self.provider} redirected more than {MAX_REDIRECTS} times.",
+            code="upstream_too_many_redirects",
+        )
+
+    def _read_download(self, response: requests.Response, max_bytes: int) -> tuple[bytes, str]:
+        if response.status_code in RETRY_STATUSES:
+            raise RetryableStatus(response)
+        if response.status_code != 200:
+            raise self._translate(response, download=True)
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise UpstreamError(
+                f"The image from {self.provider} is larger than {max_bytes} bytes.",
+                code="upstream_image_too_large",
+            )
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.iter_content(chunk_size=64 * 1024):
+            total += len(chunk)
+            if total > max_bytes:
                 raise UpstreamError(
                     f"The image from {self.provider} is larger than {max_bytes} bytes.",
                     code="upstream_image_too_large",
                 )
-            chunks: list[bytes] = []
-            total = 0
-            for chunk in response.iter_content(chunk_size=64 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise UpstreamError(
-                        f"The image from {self.provider} is larger than {max_bytes} bytes.",
-                        code="upstream_image_too_large",
-                    )
-                chunks.append(chunk)
-                self.check_deadline()
-            return b"".join(chunks), response.headers.get("Content-Type", "")
+            chunks.append(chunk)
+            self.check_deadline()
+        return b"".join(chunks), response.headers.get("Content-Type", "")
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

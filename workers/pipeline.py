@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import requests
 
 from shared.capacity import Lease
 from shared.catalog import Catalog, Family, Model
@@ -38,6 +40,7 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.jobs import Job, StoredImage, timeout_error
+from shared.netguard import NetPolicy, policy_for, policy_with_hosts_of, safe_session
 from shared.sizing import Size, parse_size
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
@@ -47,6 +50,20 @@ from workers.images import check_image
 from workers.liveness import RUNNING
 
 log = logging.getLogger(__name__)
+_local = threading.local()
+
+
+def _result_session(policy: NetPolicy) -> requests.Session:
+    """One SSRF-guarded session per worker thread and policy, for upstream result URLs.
+
+    The policy is the deployment's plus the upstream's own host: a compromised
+    or spoofed upstream cannot make a worker fetch another internal address.
+    """
+    sessions: dict[NetPolicy, requests.Session] = _local.__dict__.setdefault("result", {})
+    session = sessions.get(policy)
+    if session is None:
+        session = sessions[policy] = safe_session(policy)
+    return session
 
 
 @dataclass(frozen=True)
@@ -195,8 +212,10 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
     request = build_request(job, model, req)
     if job.meta.get("routes"):
         ctx.jobs.set_serving(job.id, model.id)
+    base_url = ctx.settings.base_url_for(family.name, family.base_url)
     http = UpstreamHTTP(
         session=ctx.session(),
+        fetch_session=_result_session(policy_with_hosts_of(policy_for(ctx.settings), base_url)),
         deadline=job.deadline,
         provider=family.name,
         max_retries=ctx.settings.upstream_max_retries,
@@ -208,12 +227,15 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
     key_index = lease.key_index if lease else 0
     call = CallContext(
         family=family,
-        base_url=ctx.settings.base_url_for(family.name, family.base_url),
+        base_url=base_url,
         api_key=keys[key_index] if keys else None,
         http=http,
         deadline=job.deadline,
         client_http=dataclasses.replace(
-            http, session=ctx.client_session(), provider="the client's URL"
+            http,
+            session=ctx.client_session(),
+            fetch_session=ctx.client_session(),
+            provider="the client's URL",
         ),
     )
     log.info(

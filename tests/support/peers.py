@@ -10,7 +10,8 @@ then answers in one of these ways, chosen by ``mode``:
 * ``"huge_body"``: ``200`` with ``Content-Length: <declared>``, then the body
   as fast as the reader takes it;
 * ``"ok"``: ``204`` at once;
-* ``"error"``: ``500`` at once.
+* ``"error"``: ``500`` at once;
+* ``"redirect"``: ``302`` to ``location``.
 
 It records every request it read (``requests``: the request head and body)
 and, per connection, how many body bytes it managed to send (``sent``), so a
@@ -34,6 +35,7 @@ class SlowPeer:
     interval: float = 0.5
     declared: int = 1000
     piece: int = 1
+    location: str = ""
     content_type: str = "application/json"
     requests: list[bytes] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
@@ -97,6 +99,11 @@ class SlowPeer:
 
     def _ok(self, conn: socket.socket, index: int) -> None:
         conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+
+    def _redirect(self, conn: socket.socket, index: int) -> None:
+        conn.sendall(
+            f"HTTP/1.1 302 Found\r\nLocation: {self.location}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
 
     def _error(self, conn: socket.socket, index: int) -> None:
         conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
