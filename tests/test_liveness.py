@@ -98,6 +98,29 @@ def test_a_job_whose_worker_stopped_beating_is_taken_over_and_fenced(store: JobS
     assert store._redis.hget(store.record_key(job.id), "takeovers") == "1"
 
 
+def test_a_run_that_lost_its_job_cannot_hand_it_to_the_next_candidate(store: JobStore) -> None:
+    """Virtual models: only the attempt holding the fence moves the job to its next route."""
+    job = make_job(store, budget=300)
+    lost = store.claim(job.id, worker="dead", now=job.created)
+    t = job.created + LIVE.stale_after + 0.1
+    assert store.reap(job.id, now=t) == "takeover"
+    owner = store.claim(job.id, worker="alive", now=t + 0.5)
+    assert owner.should_run and owner.attempt > lost.attempt
+    before = store._redis.hgetall(store.record_key(job.id))
+    watched = watch_time(store, job.id)
+
+    assert store.handoff(job.id, lost.attempt, 1, {"model": "a", "code": "x"}) is False
+    assert store._redis.hgetall(store.record_key(job.id)) == before
+    assert watch_time(store, job.id) == watched
+    still = store.get(job.id)
+    assert (still.status, still.candidate, still.fallbacks) == (JobStatus.RUNNING, 0, ())
+
+    assert store.handoff(job.id, owner.attempt, 1, {"model": "a", "code": "x"}) is True
+    moved = store.get(job.id)
+    assert (moved.status, moved.candidate) == (JobStatus.QUEUED, 1)
+    assert moved.fallbacks == ({"model": "a", "code": "x"},)
+
+
 def test_a_running_job_is_capped_just_past_its_deadline(store: JobStore) -> None:
     job = make_job(store, budget=5)
     claim = store.claim(job.id, worker="a", now=job.created)
