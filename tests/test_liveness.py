@@ -1,11 +1,14 @@
 """Heartbeats, takeover and the reaper's decisions, against a real redis-server.
 
-Times are passed explicitly (``now=``), so nothing here sleeps.
+Times are passed explicitly (``now=``), so nothing here sleeps, except the
+test of the reaper thread's pause, which needs a real Redis outage.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,8 @@ from shared.jobs import WATCH, JobStatus, JobStore, Liveness, StoredImage
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from tests.support.jobs import admit_job, make_job
+from tests.support.processes import RedisServer
+from workers import liveness as threads
 from workers.liveness import Running, reap_once
 
 LIVE = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0, max_sends=2)
@@ -174,6 +179,78 @@ def test_billing_settles_once_when_a_reaper_and_a_worker_race(redis_server) -> N
     assert [e["kind"] for e in entries] == ["reserve", "settle", "refund"]
     assert sum(int(e["amount"]) for e in entries if e["kind"] != "settle") == 0
     assert accounts.balance(key.id) == 10_000_000
+
+
+def _wait_for(what: Callable[[], bool], timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if what():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_after_a_redis_outage_the_reaper_leaves_a_live_workers_job_alone(
+    tmp_path: Path,
+) -> None:
+    """Redis is away longer than ``stale_after``; when it is back, the worker running a job
+    beats again within a moment. The reaper must give it that moment (``stale_after`` of
+    continuous connection) instead of taking the job over at once for its old heartbeat."""
+    stale = 2.0
+    live = Liveness(stale_after=stale, enqueue_grace=5.0, resend_after=30.0, late=2.0)
+    server = RedisServer(tmp_path, appendonly=True).start()  # the job survives the restart
+    reaper = worker = None
+    try:
+        store = JobStore(connect(server.url), retention_seconds=600, liveness=live)
+        sent: list[str] = []
+        reaper = threads.Liveness(
+            store,
+            load_catalog(),
+            lambda job_id, queue: sent.append(job_id),
+            heartbeat_seconds=3600,  # runs nothing: only its reaper matters
+            reaper_interval_seconds=0.05,
+            running=Running(),
+        ).start()
+
+        def reaper_sends_an_unsent_job() -> str:
+            unsent = make_job(store)
+            store._redis.zadd(WATCH, {unsent.id: time.time() - 1})
+            return unsent.id
+
+        # The reaper is past its start-up pause once it acts on a due job.
+        first = reaper_sends_an_unsent_job()
+        assert _wait_for(lambda: first in sent, timeout=stale + 10)
+        job = make_job(store, budget=300)
+        run = store.claim(job.id, worker="elsewhere")
+        server.stop()
+        time.sleep(stale + 0.5)  # the job's heartbeat goes stale while nobody can beat
+        server.start()
+        assert watch_time(store, job.id) < time.time()  # stale by its heartbeat alone
+        # The worker running it (another process) finds Redis again a little later.
+        time.sleep(0.5)
+        other = Running()
+        worker = threads.Liveness(
+            store,
+            load_catalog(),
+            lambda *a: None,
+            heartbeat_seconds=0.2,
+            reaper_interval_seconds=3600,  # beats only
+            running=other,
+        ).start()
+        with other.track(job.id, run.attempt):
+            # Once the reaper acts again (it sends a job due now), it has judged the job too.
+            second = reaper_sends_an_unsent_job()
+            assert _wait_for(lambda: second in sent, timeout=stale + 10)
+            time.sleep(0.3)  # a few more reaper passes
+            record = store._redis.hgetall(store.record_key(job.id))
+        assert job.id not in sent
+        assert (record["status"], record["attempt"]) == ("running", str(run.attempt))
+        assert "takeovers" not in record
+    finally:
+        for thread_set in (reaper, worker):
+            if thread_set is not None:
+                thread_set.stop()
+        server.stop()
 
 
 def test_running_registry_tracks_only_the_current_attempt() -> None:
