@@ -22,7 +22,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = Flask("imagegate")
+    # No static route: Flask's default one would serve the working directory's static/.
+    app = Flask("imagegate", static_folder=None)
+    # "//v1/models" is an unknown URL (404 JSON), not a 308 whose Location comes from Host.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Services.build(settings)

@@ -12,7 +12,18 @@ from shared.jobs import Job
 
 
 def base_url(svc: Services) -> str:
-    return svc.settings.public_base_url or request.host_url.rstrip("/")
+    """The base of image URLs in answers and webhook payloads.
+
+    ``IMAGEGATE_PUBLIC_BASE_URL`` when set. Otherwise the request's ``Host``
+    only if it is one of ``IMAGEGATE_ALLOWED_HOSTS``, else the listen address:
+    a forged ``Host`` header never makes the gateway hand out URLs to another site.
+    """
+    settings = svc.settings
+    if settings.public_base_url:
+        return settings.public_base_url
+    if request.host.lower() in settings.allowed_hosts:
+        return request.host_url.rstrip("/")
+    return settings.listen_base_url
 
 
 def images_response(job: Job, svc: Services) -> dict[str, Any]:

@@ -32,7 +32,12 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: same as redis_url
     storage: StorageConfig = field(default_factory=StorageConfig)
-    public_base_url: str = ""  # empty: URLs are built from the request's host
+    # Base of image URLs and webhook payloads. Empty: the request's Host if it is one of
+    # allowed_hosts, else the listen address (listen_host:listen_port); never any Host.
+    public_base_url: str = ""
+    allowed_hosts: tuple[str, ...] = ()  # Host header values (host[:port]) URLs may use
+    listen_host: str = "0.0.0.0"  # IMAGEGATE_HOST, where the web process listens
+    listen_port: int = 8080  # PORT
     url_ttl_seconds: int = 3600
     sync_budget_seconds: float = 120.0
     async_budget_seconds: float = 900.0
@@ -89,6 +94,15 @@ class Settings:
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def listen_base_url(self) -> str:
+        """``http://`` + the listen address, as a base URL (a wildcard address as loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(
+            self.listen_host, self.listen_host
+        )
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.listen_port}"
 
     @property
     def broker_visibility_timeout(self) -> int:
@@ -182,6 +196,11 @@ class Settings:
             fallback_min_seconds=number(
                 "FALLBACK_MIN_SECONDS", cls.fallback_min_seconds, minimum=0
             ),
+            allowed_hosts=tuple(
+                h.strip().lower() for h in get("ALLOWED_HOSTS").split(",") if h.strip()
+            ),
+            listen_host=get("HOST", cls.listen_host),
+            listen_port=_port(env.get("PORT", ""), cls.listen_port),
             allowed_internal_hosts=tuple(
                 h.strip().lower() for h in get("ALLOWED_INTERNAL_HOSTS").split(",") if h.strip()
             ),
@@ -243,3 +262,11 @@ class Settings:
         """Every upstream key in the variable: several, comma-separated, are used in rotation."""
         value = self.credential(key_env) or ""
         return [k.strip() for k in value.split(",") if k.strip()]
+
+
+def _port(raw: str, default: int) -> int:
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SettingsError(f"PORT={raw!r} is not a port number")
+    return int(raw)

@@ -586,3 +586,46 @@ def test_malformed_framing_headers_are_400_in_the_envelope(
 def test_a_request_line_too_long_is_414_in_the_envelope(gateway: str) -> None:
     resp = requests.get(f"{gateway}/v1/images/generations/imgjob_" + "a" * 10_000, timeout=30)
     assert _error(resp, 414)["code"] == "request_line_too_large"
+
+
+# -- the Host header ---------------------------------------------------------------------
+
+
+def test_a_forged_host_header_never_decides_image_urls(gateway: str, api_key: str) -> None:
+    # The stack sets no IMAGEGATE_PUBLIC_BASE_URL: URLs come from the listen address.
+    resp = _post(
+        gateway,
+        api_key,
+        {"model": "local/testcard", "prompt": "x", "size": "32x32", "response_format": "url"},
+        headers={"Host": "evil.example"},
+    )
+    assert resp.status_code == 200, resp.text
+    url = resp.json()["data"][0]["url"]
+    assert urlsplit(url).netloc == urlsplit(gateway).netloc, url
+    assert requests.get(url, timeout=10).status_code == 200
+
+
+# ("//v1/models" never reaches the app as such: gunicorn reads "//v1" as an authority.)
+@pytest.mark.parametrize("path", ["/v1//models", "/v1/images//generations/x", "//evil.example/x"])
+def test_double_slashes_are_404_json_not_a_redirect(gateway: str, api_key: str, path) -> None:
+    resp = requests.get(
+        f"{gateway}{path}",
+        headers={"Authorization": f"Bearer {api_key}", "Host": "evil.example"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert "Location" not in resp.headers
+    assert _error(resp, 404)["type"] == "not_found_error"
+
+
+def test_there_is_no_static_route(gateway: str) -> None:
+    # Flask's default /static/ route served files of the working directory's static/.
+    folder = Path(__file__).resolve().parents[1] / "static"
+    folder.mkdir(exist_ok=False)
+    try:
+        (folder / "probe.txt").write_text("not for everyone")
+        resp = requests.get(f"{gateway}/static/probe.txt", allow_redirects=False, timeout=10)
+    finally:
+        (folder / "probe.txt").unlink(missing_ok=True)
+        folder.rmdir()
+    assert _error(resp, 404)["type"] == "not_found_error"
