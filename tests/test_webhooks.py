@@ -1,11 +1,13 @@
 """Webhook delivery in-process against real Redis and a real receiver on loopback:
-a retry keeps its job record alive, and a message whose lease was handed on does
-nothing (so a delivery never runs twice at once)."""
+a retry keeps its job record alive, a message whose lease was handed on does
+nothing (so a delivery never runs twice at once), the receiver's ``Retry-After``
+postpones the next attempt and ``410 Gone`` ends deliveries for the job."""
 
 from __future__ import annotations
 
+import email.utils
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,53 @@ def test_a_key_at_its_cap_is_deferred_not_blocking_others(ctx: WorkerContext, pe
     assert len([j for j in sent if j != other.id]) == 2  # the key's cap
     deferred = [j.id for j in same_key if j.id not in sent]
     assert all(ctx.redis.zscore(WEBHOOKS_DUE, j) > time.time() for j in deferred)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [
+        ("503 Service Unavailable", lambda: "600"),
+        ("429 Too Many Requests", lambda: email.utils.formatdate(time.time() + 600, usegmt=True)),
+    ],
+    ids=["503-seconds", "429-http-date"],
+)
+def test_a_receivers_retry_after_beyond_the_schedule_postpones_the_next_attempt(
+    ctx: WorkerContext, peer: SlowPeer, status: str, retry_after: Callable[[], str]
+) -> None:
+    """The schedule says 30 s; the receiver asks for 600 s: the retry waits 600 s."""
+    peer.mode, peer.answer = "answer", status
+    peer.answer_headers = {"Retry-After": retry_after()}
+    job = _ended_job(ctx, peer.url("/hook"))
+    before = time.time()
+    assert _deliver(ctx, job.id) == "retrying"
+    state = ctx.jobs.get(job.id).webhook
+    assert state["next_attempt"] >= before + 598  # an HTTP date has whole seconds
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) == pytest.approx(state["next_attempt"])
+    assert state["attempts"][0]["status"] == int(status.split()[0])
+
+
+def test_a_receivers_retry_after_shorter_than_the_schedule_does_not_hurry_the_retry(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    """Retry-After only ever lengthens the wait: the schedule's 30 s still hold."""
+    peer.mode, peer.answer = "answer", "503 Service Unavailable"
+    peer.answer_headers = {"Retry-After": "1"}
+    job = _ended_job(ctx, peer.url("/hook"))
+    before = time.time()
+    assert _deliver(ctx, job.id) == "retrying"
+    assert ctx.jobs.get(job.id).webhook["next_attempt"] >= before + 30
+
+
+def test_410_gone_disables_the_webhook_and_nothing_is_sent_again(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    """410 is final: no retry is scheduled, and a duplicated message sends nothing."""
+    peer.mode, peer.answer = "answer", "410 Gone"
+    job = _ended_job(ctx, peer.url("/hook"))
+    assert _deliver(ctx, job.id) == "disabled"
+    state = ctx.jobs.get(job.id).webhook
+    assert state["state"] == "disabled" and "next_attempt" not in state
+    assert [a["status"] for a in state["attempts"]] == [410]
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) is None
+    assert _deliver(ctx, job.id) == "disabled"
+    assert len(peer.requests) == 1

@@ -11,6 +11,9 @@ then answers in one of these ways, chosen by ``mode``:
   as fast as the reader takes it;
 * ``"ok"``: ``204`` at once;
 * ``"error"``: ``500`` at once;
+* ``"answer"``: the status line ``answer`` with the headers ``answer_headers``
+  and an empty body, at once (e.g. ``"503 Service Unavailable"`` with a
+  ``Retry-After``, or ``"410 Gone"``);
 * ``"redirect"``: ``302`` to ``location``.
 
 It records every request it read (``requests``: the request head and body)
@@ -37,6 +40,8 @@ class SlowPeer:
     piece: int = 1
     location: str = ""
     content_type: str = "application/json"
+    answer: str = "503 Service Unavailable"
+    answer_headers: dict[str, str] = field(default_factory=dict)
     requests: list[bytes] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
     max_open: int = 0
@@ -107,6 +112,10 @@ class SlowPeer:
 
     def _error(self, conn: socket.socket, index: int) -> None:
         conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+
+    def _answer(self, conn: socket.socket, index: int) -> None:
+        extra = "".join(f"{name}: {value}\r\n" for name, value in self.answer_headers.items())
+        conn.sendall(f"HTTP/1.1 {self.answer}\r\n{extra}Content-Length: 0\r\n\r\n".encode())
 
     def _trickle_body(self, conn: socket.socket, index: int) -> None:
         conn.sendall(self._head())
