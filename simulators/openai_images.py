@@ -93,9 +93,10 @@ Every response carries ``x-request-id: req_<hex>``, ``openai-processing-ms``
 and static ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers.
 
 Order of processing for a generation request: record it in the request log,
-sleep ``latency``, check the key, inject a failure (``fail_next`` first, then
+sleep ``latency``, check the key, inject a failure (a fault the prompt names,
+see :data:`simulators.state.FAULT_DIRECTIVE`; then ``fail_next``; then
 ``failure_rate``), validate, moderate, generate. A request with a bad key does
-therefore not use up ``fail_next``.
+therefore not use up ``fail_next`` or a named fault.
 
 Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 ``GET|DELETE /_sim/requests``, ``POST /_sim/reset``, ``GET /_sim/health``.
@@ -734,8 +735,9 @@ def create_app(config: SimConfig | None = None) -> Flask:
         if config.latency > 0:
             time.sleep(config.latency)
         _check_auth(config)
-        if state.should_fail():
-            failure = injected_failure(config)
+        fault = state.request_fault(body.get("prompt") if isinstance(body, dict) else None)
+        if fault is not None or state.should_fail():
+            failure = injected_failure(fault or config)
             g.rate_limited = failure.status == 429
             raise failure
         if raw_text is not None:

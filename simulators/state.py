@@ -14,14 +14,26 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 DEFAULT_MAX_REQUESTS = 1000
 DEFAULT_MAX_FILES = 2000
+DEFAULT_MAX_FAULT_TOKENS = 1000
+
+# Per-request fault injection, named in the request itself (e.g. in its prompt):
+# ``sim-fault=<status>x<times>[,retry-after=<seconds>]@<token>``. The first <times>
+# requests that carry the same <token> fail with <status>; later ones do not. Only
+# requests that name it are affected, so tests sharing a simulator cannot use up
+# each other's failures (as they can with the global ``fail_next``).
+FAULT_DIRECTIVE = re.compile(
+    r"sim-fault=(?P<status>[45]\d\d)x(?P<times>\d{1,4})"
+    r"(?:,retry-after=(?P<retry_after>\d{1,4}(?:\.\d{1,3})?))?@(?P<token>[\w-]{1,64})"
+)
 
 
 # Well-separated colours for simulated images, one per image index.
@@ -169,6 +181,7 @@ class SimState:
         self._files: OrderedDict[str, StoredFile] = OrderedDict()
         self._max_files = max_files
         self._random = random.Random()
+        self._faults_used: OrderedDict[str, int] = OrderedDict()  # token -> failures so far
 
     # -- config -----------------------------------------------------------
 
@@ -190,6 +203,30 @@ class SimState:
                 self._config = SimConfig(**{**cfg.to_dict(), "fail_next": cfg.fail_next - 1})
                 return True
             return cfg.failure_rate > 0 and self._random.random() < cfg.failure_rate
+
+    def request_fault(self, text: str | None) -> SimConfig | None:
+        """The config to fail this request with, if ``text`` names a fault still due.
+
+        See :data:`FAULT_DIRECTIVE`. Counts one use of the fault's token when it fails.
+        """
+        match = FAULT_DIRECTIVE.search(text) if isinstance(text, str) else None
+        if match is None:
+            return None
+        token = match["token"]
+        with self._lock:
+            used = self._faults_used.get(token, 0)
+            if used >= int(match["times"]):
+                return None
+            self._faults_used[token] = used + 1
+            self._faults_used.move_to_end(token)
+            while len(self._faults_used) > DEFAULT_MAX_FAULT_TOKENS:
+                self._faults_used.popitem(last=False)
+            retry_after = match["retry_after"]
+            return replace(
+                self._config,
+                fail_status=int(match["status"]),
+                retry_after=float(retry_after) if retry_after is not None else None,
+            )
 
     # -- request log --------------------------------------------------------
 

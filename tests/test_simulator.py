@@ -494,6 +494,20 @@ def test_fail_next_then_success(sim: str, client: openai.OpenAI) -> None:
     assert resp.data[0].url
 
 
+def test_a_fault_named_in_the_prompt_fails_only_requests_that_carry_it(sim: str) -> None:
+    """``sim-fault=<status>x<times>[,retry-after=<s>]@<token>``: per request, not global."""
+    prompt = "x sim-fault=429x2,retry-after=3@t1"
+    body = {"model": "dall-e-2", "size": "256x256"}
+    first = _post(sim, {**body, "prompt": prompt})
+    assert first.status_code == 429 and first.headers["Retry-After"] == "3"
+    assert _post(sim, {**body, "prompt": "x"}).status_code == 200  # others are not affected
+    assert _post(sim, {**body, "prompt": prompt}).status_code == 429
+    assert _post(sim, {**body, "prompt": prompt}).status_code == 200  # used up after 2
+    other = _post(sim, {**body, "prompt": "y sim-fault=503x1@t2"})
+    assert other.status_code == 503 and "Retry-After" not in other.headers
+    assert requests.get(f"{sim}/_sim/config", timeout=5).json()["fail_next"] == 0
+
+
 def test_fail_status_429_with_retry_after(sim: str, client: openai.OpenAI) -> None:
     _configure(sim, fail_next=2, fail_status=429, retry_after=7)
     r = _post(sim, {"model": "dall-e-2", "prompt": "x"})
