@@ -12,6 +12,7 @@ import requests
 from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 from tests.conftest import SIM_KEY
 from tests.support.peers import SlowPeer
+from tests.support.sim import fault, sent_with, tagged
 from workers.http import UpstreamHTTP, parse_retry_after
 
 AUTH = {"Authorization": f"Bearer {SIM_KEY}"}
@@ -32,10 +33,6 @@ def _config(sim: str, **config) -> None:
     requests.post(f"{sim}/_sim/config", json=config, timeout=5).raise_for_status()
 
 
-def _calls(sim: str) -> list[dict]:
-    return requests.get(f"{sim}/_sim/requests", timeout=5).json()
-
-
 def test_parse_retry_after() -> None:
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after("0.5") == 0.5
@@ -47,31 +44,34 @@ def test_parse_retry_after() -> None:
 
 
 def test_5xx_is_retried_then_succeeds(sim: str) -> None:
-    _config(sim, fail_next=2)
-    response = _http().request("POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH)
+    prompt = fault(500, 2)
+    body = {**BODY, "prompt": prompt}
+    response = _http().request("POST", f"{sim}/v1/images/generations", json_body=body, headers=AUTH)
     assert response.status_code == 200
-    assert [c["status"] for c in _calls(sim)] == [500, 500, 200]
+    assert [c["status"] for c in sent_with(sim, prompt)] == [500, 500, 200]
 
 
 def test_retries_are_bounded_and_end_in_upstream_error(sim: str) -> None:
-    _config(sim, fail_next=10, fail_status=503)
+    prompt = fault(503, 10)
     with pytest.raises(UpstreamError) as info:
         _http(retries=1).request(
-            "POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH
-        )
-    assert len(_calls(sim)) == 2
+            "POST", f"{sim}/v1/images/generations", json_body={**BODY, "prompt": prompt},
+            headers=AUTH,
+        )  # fmt: skip
+    assert len(sent_with(sim, prompt)) == 2
     assert info.value.headers["x-upstream-request-id"].startswith("req_")
 
 
 def test_retry_after_beyond_the_deadline_gives_up_at_once(sim: str) -> None:
-    _config(sim, fail_next=1, fail_status=429, retry_after=60)
+    prompt = fault(429, 1, retry_after=60)
     started = time.monotonic()
     with pytest.raises(UpstreamError) as info:
         _http(budget=5).request(
-            "POST", f"{sim}/v1/images/generations", json_body=BODY, headers=AUTH
-        )
+            "POST", f"{sim}/v1/images/generations", json_body={**BODY, "prompt": prompt},
+            headers=AUTH,
+        )  # fmt: skip
     assert info.value.code == "upstream_rate_limited"
-    assert len(_calls(sim)) == 1
+    assert len(sent_with(sim, prompt)) == 1
     assert time.monotonic() - started < 5  # did not sleep into the deadline
 
 
@@ -157,13 +157,12 @@ def test_a_slow_attempt_ends_at_the_attempt_timeout_and_is_retried(
 
 
 def test_400_becomes_invalid_request_with_the_upstream_code(sim: str) -> None:
+    body = {**BODY, "size": "7x7", "prompt": tagged()}
     with pytest.raises(InvalidRequest) as info:
-        _http().request(
-            "POST", f"{sim}/v1/images/generations", json_body={**BODY, "size": "7x7"}, headers=AUTH
-        )
+        _http().request("POST", f"{sim}/v1/images/generations", json_body=body, headers=AUTH)
     assert info.value.param == "size"
     assert "7x7" in info.value.message
-    assert len(_calls(sim)) == 1  # not retried
+    assert len(sent_with(sim, body["prompt"])) == 1  # not retried
 
 
 def test_bad_credentials_are_an_upstream_error_not_the_clients(sim: str) -> None:
@@ -192,13 +191,8 @@ def test_a_missing_result_file_is_an_upstream_error(sim: str) -> None:
 
 
 def test_malformed_json_is_an_upstream_error(sim: str) -> None:
-    http = _http()
-    response = (
-        http.request("GET", f"{sim}/files/does-not-exist.png", retry=False) if False else None
-    )
-    del response
     page = requests.get(f"{sim}/_sim/health", timeout=5)
     page._content = b"{not json"
     with pytest.raises(UpstreamError) as info:
-        http.json(page)
+        _http().json(page)
     assert info.value.code == "upstream_malformed_response"
