@@ -15,6 +15,7 @@ from shared.jobs import JobStatus, JobStore
 from shared.redis_client import connect
 from tests.conftest import create_key
 from tests.support.processes import BIN
+from tests.support.sim import fault, sent_with
 
 
 def _post(gateway: str, key: str, body, **kw) -> requests.Response:
@@ -166,25 +167,22 @@ def test_megabyte_prompt_gets_400_not_500(gateway: str, api_key: str) -> None:
 def test_upstream_failure_after_retries_is_502_with_upstream_request_id(
     client: OpenAI, sim: str
 ) -> None:
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 3}, timeout=5).raise_for_status()
+    prompt = fault(500, 3)
     with pytest.raises(openai.APIStatusError) as info:
-        client.images.generate(model="dall-e-2", prompt="x", size="256x256")
+        client.images.generate(model="dall-e-2", prompt=prompt, size="256x256")
     assert info.value.status_code == 502
     assert info.value.body["type"] == "upstream_error"
     assert info.value.response.headers.get("x-upstream-request-id", "").startswith("req_")
     # The gateway retried (1 try + 2 retries) before giving up.
-    calls = [r for r in requests.get(f"{sim}/_sim/requests", timeout=5).json()]
-    assert len(calls) == 3
+    assert [c["status"] for c in sent_with(sim, prompt)] == [500, 500, 500]
 
 
 def test_upstream_429_with_retry_after_is_retried_and_succeeds(client: OpenAI, sim: str) -> None:
-    requests.post(
-        f"{sim}/_sim/config", json={"fail_next": 1, "fail_status": 429, "retry_after": 1}, timeout=5
-    ).raise_for_status()
+    prompt = fault(429, 1, retry_after=1)
     started = time.monotonic()
-    r = client.images.generate(model="dall-e-2", prompt="x", size="256x256")
+    r = client.images.generate(model="dall-e-2", prompt=prompt, size="256x256")
     assert r.data[0].url
-    calls = requests.get(f"{sim}/_sim/requests", timeout=5).json()
+    calls = sent_with(sim, prompt)
     assert [c["status"] for c in calls] == [429, 200]
     assert calls[1]["time"] - calls[0]["time"] >= 0.9  # Retry-After: 1 was honoured
     assert time.monotonic() - started >= 0.9
