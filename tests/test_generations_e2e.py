@@ -10,6 +10,8 @@ import requests
 from openai import OpenAI
 from PIL import Image
 
+from tests.support.sim import sent_with, tagged
+
 
 def _png_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
@@ -38,36 +40,35 @@ def test_testcard_b64(client: OpenAI) -> None:
     assert r.data[0].url is None
 
 
-def _received(sim: str) -> list[dict]:
-    return [
-        r["json"]
-        for r in requests.get(f"{sim}/_sim/requests", timeout=5).json()
-        if r["path"].endswith("/images/generations")
-    ]
+def _received(sim: str, prompt: str) -> list[dict]:
+    """The bodies the simulator got for this test's prompt (and no other test's)."""
+    return [r["json"] for r in sent_with(sim, prompt) if r["path"].endswith("/images/generations")]
 
 
 def test_openai_family_dalle3_fixed_size_is_mapped_and_revised_prompt_kept(
     client: OpenAI, sim: str
 ) -> None:
-    r = client.images.generate(model="dall-e-3", prompt="a lighthouse", size="1000x600")
-    sent = _received(sim)
+    prompt = tagged("a lighthouse")
+    r = client.images.generate(model="dall-e-3", prompt=prompt, size="1000x600")
+    sent = _received(sim, prompt)
     assert len(sent) == 1
     assert sent[0]["size"] == "1792x1024"
     assert sent[0]["model"] == "dall-e-3"
     assert sent[0]["response_format"] == "b64_json"
     assert r.size == "1792x1024"
-    assert r.data[0].revised_prompt and r.data[0].revised_prompt.startswith("a lighthouse")
+    assert r.data[0].revised_prompt and r.data[0].revised_prompt.startswith(prompt)
     image = requests.get(r.data[0].url, timeout=10)
     assert _png_size(image.content) == (1792, 1024)
 
 
 def test_openai_gpt_image_n3_b64(client: OpenAI, sim: str) -> None:
+    prompt = tagged("three cats")
     r = client.images.generate(
-        model="gpt-image-1", prompt="three cats", n=3, quality="low", response_format="b64_json"
+        model="gpt-image-1", prompt=prompt, n=3, quality="low", response_format="b64_json"
     )
     assert len(r.data) == 3
     assert {_png_size(base64.b64decode(d.b64_json)) for d in r.data} == {(1024, 1024)}
-    sent = _received(sim)[0]
+    [sent] = _received(sim, prompt)
     assert sent["n"] == 3 and sent["quality"] == "low"
     assert "response_format" not in sent  # GPT image models reject it upstream
 
@@ -75,9 +76,10 @@ def test_openai_gpt_image_n3_b64(client: OpenAI, sim: str) -> None:
 def test_upstream_url_results_are_downloaded_and_served_by_the_gateway(
     client: OpenAI, sim: str
 ) -> None:
-    r = client.images.generate(model="test/area-band", prompt="city", size="1024x1024")
+    prompt = tagged("city")
+    r = client.images.generate(model="test/area-band", prompt=prompt, size="1024x1024")
     assert not r.data[0].url.startswith(sim)  # our own URL, not the upstream's
-    assert _received(sim)[0]["response_format"] == "url"
+    assert [sent["response_format"] for sent in _received(sim, prompt)] == ["url"]
     got = requests.get(r.data[0].url, timeout=10)
     assert got.status_code == 200 and _png_size(got.content) == (1920, 1920)
 
@@ -121,11 +123,12 @@ def test_models_list_in_openai_format(client: OpenAI) -> None:
 def test_an_openai_compatible_upstream_added_by_configuration_alone(
     client: OpenAI, sim: str
 ) -> None:
+    prompt = tagged("configured")
     r = client.images.generate(
-        model="compat/any-size", prompt="configured", size="640x480", extra_body={"seed": 7}
+        model="compat/any-size", prompt=prompt, size="640x480", extra_body={"seed": 7}
     )
-    sent = _received(sim)[0]
+    [call] = sent_with(sim, prompt)
+    sent = call["json"]
     assert sent["model"] == "compat-any" and sent["size"] == "640x480" and sent["seed"] == 7
     assert r.size == "640x480"
-    got = [c for c in requests.get(f"{sim}/_sim/requests", timeout=5).json()]
-    assert got[0]["auth_present"] is True
+    assert call["auth_present"] is True
