@@ -81,6 +81,13 @@ def create_generation():
             "The request body must be JSON, sent with 'Content-Type: application/json'.",
             code="unsupported_content_type",
         )
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Not decoded: a compressed body would be a decompression bomb past the size limit.
+        raise InvalidRequest(
+            f"Content-Encoding '{encoding[:40]}' is not supported; send the JSON uncompressed.",
+            code="unsupported_content_encoding",
+        )
     body = request.get_data(cache=False)
     req = parse_body(body)
     target = svc.catalog.resolve(req.model or svc.settings.default_model)

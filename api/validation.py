@@ -13,6 +13,7 @@ the worker's job, so what the upstream receives is decided in one place.
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 from flask import has_request_context, request
@@ -140,7 +141,7 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
             param="prompt",
             code="string_above_max_length",
         )
-    if not req.prompt.strip():
+    if _blank(req.prompt):
         raise InvalidRequest("The prompt must not be blank.", param="prompt", code="invalid_value")
     n = req.n if req.n is not None else 1
     if n > model.max_n:
@@ -193,3 +194,9 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
     request.pop("stream", None)
     request.pop("webhook_url", None)  # kept on the job record, not sent upstream
     return request
+
+
+def _blank(text: str) -> bool:
+    """True when ``text`` shows nothing: only whitespace and invisible format
+    characters (zero-width space and joiners, BOM, word joiner)."""
+    return all(ch.isspace() or unicodedata.category(ch) == "Cf" for ch in text)

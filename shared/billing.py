@@ -51,14 +51,24 @@ USAGE = "ig:usage:{}"
 LEDGER_MAXLEN = 1_000_000  # per key; approximate trimming keeps the stream bounded
 
 
+# Largest amount one command takes: balances are 64-bit counts of micro-units in
+# Redis (INCRBY), about 9.2e12 units; a larger one failed half-way (a key created
+# without its balance, a traceback).
+MAX_AMOUNT = Decimal(1_000_000_000)
+
+
 def parse_money(text: str) -> int:
     """``"1.50"`` -> 1_500_000 micro-units; ValueError for anything else."""
     try:
         value = Decimal(text.strip())
     except (InvalidOperation, AttributeError) as exc:
         raise ValueError(f"{text!r} is not an amount of money") from exc
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not an amount of money")
+    if abs(value) > MAX_AMOUNT:
+        raise ValueError(f"{text!r}: at most {MAX_AMOUNT} per amount")
     micros = value * MICROS_PER_UNIT
-    if not value.is_finite() or micros != micros.to_integral_value():
+    if micros != micros.to_integral_value():
         raise ValueError(f"{text!r}: at most 6 decimals")
     return int(micros)
 

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +18,7 @@ from shared.billing import Accounts
 from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import cli, create_key
+from tests.support.processes import BIN
 
 
 def _accounts(env: dict[str, str]) -> Accounts:
@@ -210,3 +213,22 @@ def client_for(gateway: str, stack_env: dict[str, str]):
         return created, OpenAI(api_key=created["key"], base_url=f"{gateway}/v1", max_retries=0)
 
     return make
+
+
+def test_cli_refuses_absurd_amounts_before_creating_anything(stack_env: dict[str, str]) -> None:
+    before = cli(stack_env, "keys", "list").count("\n")
+    env = {**os.environ, **stack_env}
+    made = subprocess.run(
+        [str(BIN / "imagegate"), "keys", "create", "--name", "rich", "--balance", "1e30"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert made.returncode == 2 and "Traceback" not in made.stderr, made.stderr
+    assert "--balance" in made.stderr
+    assert cli(stack_env, "keys", "list").count("\n") == before  # no unusable key left behind
+    created = create_key(stack_env, "topped", tier="test-billing", balance="1.00")
+    topped = subprocess.run(
+        [str(BIN / "imagegate"), "keys", "topup", created["id"], "1e30"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert topped.returncode == 2 and "Traceback" not in topped.stderr, topped.stderr
+    assert "balance 1.000000" in cli(stack_env, "keys", "usage", created["id"])

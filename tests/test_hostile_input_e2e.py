@@ -12,6 +12,7 @@ body with Content-Length, a 1 MB prompt for one model) are in
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -629,3 +630,20 @@ def test_there_is_no_static_route(gateway: str) -> None:
         (folder / "probe.txt").unlink(missing_ok=True)
         folder.rmdir()
     assert _error(resp, 404)["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("prompt", ["\u200b\u200c\u200d", "\ufeff \u2060", " \u200b\n"])
+def test_a_prompt_of_only_invisible_characters_is_blank(
+    gateway: str, api_key: str, prompt: str
+) -> None:
+    error = _error(_post(gateway, api_key, {**BASE, "prompt": prompt}), 400)
+    assert error["param"] == "prompt"
+
+
+def test_a_compressed_body_is_refused_not_read_as_plain(gateway: str, api_key: str) -> None:
+    body = gzip.compress(json.dumps(BASE).encode())
+    resp = _post(gateway, api_key, body, headers={"Content-Encoding": "gzip"})
+    assert _error(resp, 400)["code"] == "unsupported_content_encoding"
+    # Declared gzip but sent plain: the same, the body is not taken as it comes.
+    plain = _post(gateway, api_key, json.dumps(BASE).encode(), {"Content-Encoding": "gzip"})
+    assert _error(plain, 400)["code"] == "unsupported_content_encoding"

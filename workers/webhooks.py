@@ -170,7 +170,7 @@ def _attempt(
             final = True
     except UnsafeDestination as exc:
         ok, final = False, True
-        record["error"] = f"refused: {exc}"
+        record["error"] = str(exc)  # "refused: <why>"
         state["state"] = "failed"
     except requests.RequestException as exc:
         ok = False
