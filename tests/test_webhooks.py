@@ -185,3 +185,16 @@ def test_410_gone_disables_the_webhook_and_nothing_is_sent_again(
     assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) is None
     assert _deliver(ctx, job.id) == "disabled"
     assert len(peer.requests) == 1
+
+
+def test_a_claimed_delivery_that_is_not_due_keeps_its_schedule(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    job = _ended_job(ctx, peer.url("/hook"))
+    later = time.time() + 600
+    ctx.jobs.set_webhook_state(job.id, {"state": "retrying", "attempts": [], "next_attempt": later})
+    lease = repr(time.time())
+    ctx.redis.zadd(WEBHOOKS_DUE, {job.id: float(lease)})  # as if a pump had leased it
+    assert _deliver(ctx, job.id, lease) == "not_due"
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) == pytest.approx(later)
+    assert peer.requests == []

@@ -105,9 +105,11 @@ def deliver(
         claim = client.register_script(_CLAIM)
         if not claim(keys=[WEBHOOKS_DUE, inflight], args=[job_id, lease, renewed]):
             return "not_owner"
+    state = dict(job.webhook or {"state": "pending", "attempts": []})
     try:
-        return _attempt(job, state=dict(job.webhook or {"state": "pending", "attempts": []}),
-                        settings=settings, client=client, jobs=jobs, storage=storage)  # fmt: skip
+        return _attempt(
+            job, state=state, settings=settings, client=client, jobs=jobs, storage=storage
+        )
     finally:
         client.zrem(inflight, job_id)
 
@@ -125,7 +127,9 @@ def _attempt(
     if state.get("state") in ("delivered", "failed", "disabled"):
         client.zrem(WEBHOOKS_DUE, job_id)
         return str(state["state"])
-    if state.get("state") == "retrying" and float(state.get("next_attempt", 0)) > time.time() + 1:
+    next_attempt = float(state.get("next_attempt", 0))
+    if state.get("state") == "retrying" and next_attempt > time.time() + 1:
+        client.zadd(WEBHOOKS_DUE, {job_id: next_attempt})  # the claim moved it: put it back
         return "not_due"
     attempts: list[dict[str, Any]] = list(state.get("attempts", []))
     number = len(attempts) + 1
