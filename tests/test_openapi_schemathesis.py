@@ -48,6 +48,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api.openapi import build_openapi
 from tests.conftest import create_key
+from tests.support.sim import fault
 
 JOB_CANCEL = "/v1/images/generations/{job_id}/cancel"
 ASYNC = {"Prefer": "respond-async"}
@@ -218,13 +219,12 @@ def test_accounts_and_models_answer_as_documented(
         assert _header(usage, "x-ratelimit-limit-requests") == "60"
 
 
-def test_upstream_failures_answer_as_documented(call: Call, sim: str) -> None:
+def test_upstream_failures_answer_as_documented(call: Call) -> None:
     body = {"model": "dall-e-2", "prompt": "something forbidden", "size": "256x256"}
     refused = call("POST", "/v1/images/generations", body=body)
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "content_policy_violation"
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 20, "fail_status": 500}, timeout=5)
-    failed = call("POST", "/v1/images/generations", body={**body, "prompt": "boom"})
+    failed = call("POST", "/v1/images/generations", body={**body, "prompt": fault(500, 20)})
     assert failed.status_code == 502
 
 
@@ -239,10 +239,9 @@ def _until_ended(call: Call, job_id: str, done=lambda job: job["status"] != "que
         time.sleep(0.2)
 
 
-def test_failed_jobs_and_webhooks_answer_as_documented(call: Call, sim: str) -> None:
+def test_failed_jobs_and_webhooks_answer_as_documented(call: Call) -> None:
     # A job the upstream fails, fetched afterwards: its error and status code.
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 20, "fail_status": 500}, timeout=5)
-    body = {"model": "dall-e-2", "prompt": "boom", "size": "256x256"}
+    body = {"model": "dall-e-2", "prompt": fault(500, 20), "size": "256x256"}
     accepted = call("POST", "/v1/images/generations", body=body, headers=ASYNC)
     failed = _until_ended(call, accepted.json()["id"], lambda job: job["status"] == "failed")
     assert failed["status_code"] == 502
