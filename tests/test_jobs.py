@@ -14,9 +14,15 @@ from shared.redis_client import connect
 from tests.support.jobs import make_job
 
 
+def _url(redis_server) -> str:
+    """A database of the test Redis that no running worker's reaper looks at: the queued
+    jobs these tests leave behind must not be sent to the live stack's queues."""
+    return redis_server.url.rsplit("/", 1)[0] + "/8"
+
+
 @pytest.fixture()
 def store(redis_server) -> JobStore:
-    return JobStore(connect(redis_server.url), retention_seconds=600)
+    return JobStore(connect(_url(redis_server)), retention_seconds=600)
 
 
 IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
@@ -76,7 +82,7 @@ def test_failure_keeps_the_error_envelope(store: JobStore) -> None:
 
 
 def test_terminal_transitions_are_published(store: JobStore, redis_server) -> None:
-    pubsub = connect(redis_server.url).pubsub(ignore_subscribe_messages=True)
+    pubsub = connect(_url(redis_server)).pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(DONE_CHANNEL)
     job = make_job(store)
     store.succeed(job.id, store.claim(job.id).attempt, [IMG])
@@ -92,7 +98,7 @@ def test_terminal_transitions_are_published(store: JobStore, redis_server) -> No
 def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
     store: JobStore, redis_server
 ) -> None:
-    hub = CompletionHub(connect(redis_server.url), store, poll_interval=30.0)
+    hub = CompletionHub(connect(_url(redis_server)), store, poll_interval=30.0)
     job = make_job(store)
     claim = store.claim(job.id)
     threading.Timer(0.3, lambda: store.succeed(job.id, claim.attempt, [IMG])).start()
@@ -108,7 +114,7 @@ def test_hub_wakes_a_waiter_on_completion_and_gives_up_at_its_deadline(
 def test_a_waiter_registered_before_enqueueing_sees_a_notice_sent_before_it_waits(
     store: JobStore, redis_server
 ) -> None:
-    hub = CompletionHub(connect(redis_server.url), store, poll_interval=30.0)
+    hub = CompletionHub(connect(_url(redis_server)), store, poll_interval=30.0)
     hub.wait(make_job(store).id, time.time() + 0.2)  # starts the listener
     deadline = time.time() + 10
     while not hub._subscribed.is_set() and time.time() < deadline:
@@ -128,7 +134,7 @@ def test_a_waiter_registered_before_enqueueing_sees_a_notice_sent_before_it_wait
 def test_a_notice_lost_while_the_listener_was_away_is_caught_when_it_resubscribes(
     store: JobStore, redis_server
 ) -> None:
-    client = connect(redis_server.url)
+    client = connect(_url(redis_server))
     hub = CompletionHub(client, store, poll_interval=30.0)
     hub.wait(make_job(store).id, time.time() + 0.2)  # starts the listener
     deadline = time.time() + 10
