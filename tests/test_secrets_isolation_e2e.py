@@ -482,8 +482,9 @@ def test_an_api_key_does_not_open_an_image(two_images: list[str], api_key: str) 
 # -- isolation between keys -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def two_keys(stack_env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Fresh keys for each test: the usage test counts everything a key ever did."""
     return create_key(stack_env, "tenant-a"), create_key(stack_env, "tenant-b")
 
 
