@@ -40,11 +40,12 @@ class TaskQueue:
 
     def enqueue(self, job: Job) -> None:
         if self._redis is not None:
-            self._redis.lpush(job.queue, task_message(GENERATE_TASK, [job.id], job.queue))
+            args = [job.id, job.key_id]  # the key id saves the worker a read
+            self._redis.lpush(job.queue, task_message(GENERATE_TASK, args, job.queue))
             return
         self._celery.send_task(
             GENERATE_TASK,
-            args=[job.id],
+            args=[job.id, job.key_id],
             queue=job.queue,
             routing_key=job.queue,
             retry=True,

@@ -178,6 +178,7 @@ redis.call('PUBLISH', '{DONE_CHANNEL}', redis.call('HGET', job, 'job_id'))
 
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
 # ARGV: now, timeout error JSON, worker name, job id, stale_after, late
+# Returns {'run', attempt, <the record as HGETALL gives it>} or {outcome, ...}.
 _CLAIM = f"""
 local terminal = {_TERMINAL_LUA}
 local job = KEYS[1]
@@ -199,7 +200,10 @@ local attempt = redis.call('HINCRBY', job, 'attempt', 1)
 redis.call('HSET', job, 'status', 'running', 'started', now, 'worker', ARGV[3])
 redis.call('ZADD', '{WATCH}', math.min(tonumber(now) + tonumber(ARGV[5]),
   deadline + tonumber(ARGV[6])), ARGV[4])
-return {{'run', tostring(attempt)}}
+local out = redis.call('HGETALL', job)
+table.insert(out, 1, tostring(attempt))
+table.insert(out, 1, 'run')
+return out
 """
 
 # Heartbeat of one worker process. KEYS: job records; ARGV: now, stale_after, late,
@@ -422,39 +426,52 @@ class JobStore:
         raw = self._redis.hget(_JOB.format(job_id), "status")
         return JobStatus(raw) if raw else None
 
-    def claim(self, job_id: str, *, worker: str = "", now: float | None = None) -> Claim:
+    def claim(
+        self, job_id: str, *, worker: str = "", now: float | None = None, key_id: str = ""
+    ) -> Claim:
+        """Take a new attempt at the job (see the module docstring); ``key_id``, when the
+        caller knows the job's API key id (the task message carries it), saves a read."""
         now = time.time() if now is None else now
         live = self.liveness
-        # The claim and the read of the record it leaves share one round trip.
-        with self._redis.pipeline(transaction=False) as pipe:
-            self._claim(
-                keys=self._keys(job_id),
-                args=[
-                    repr(now),
-                    _error_json(timeout_error(job_id)),
-                    worker,
-                    job_id,
-                    live.stale_after,
-                    live.late,
-                ],
-                client=pipe,
-            )
-            pipe.hgetall(_JOB.format(job_id))
-            reply, fields = pipe.execute()
+        # The claim returns the record it leaves: one round trip.
+        reply = self._claim(
+            keys=self._keys(job_id, key_id),
+            args=[
+                repr(now),
+                _error_json(timeout_error(job_id)),
+                worker,
+                job_id,
+                live.stale_after,
+                live.late,
+            ],
+        )
         outcome = reply[0]
         if outcome != "run":
             return Claim(outcome)
+        fields = dict(zip(reply[2::2], reply[3::2], strict=True))
         return Claim(outcome, int(reply[1]), job_from_fields(fields))
 
-    def succeed(self, job_id: str, attempt: int, images: list[StoredImage]) -> bool:
+    def succeed(
+        self, job_id: str, attempt: int, images: list[StoredImage], *, key_id: str = ""
+    ) -> bool:
         payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))
         return self._finish_with(
-            job_id, attempt, JobStatus.SUCCEEDED, "result", payload, delivered=len(images)
+            job_id,
+            attempt,
+            JobStatus.SUCCEEDED,
+            "result",
+            payload,
+            delivered=len(images),
+            key_id=key_id,
         )
 
-    def fail(self, job_id: str, attempt: int | None, error: GatewayError) -> bool:
+    def fail(
+        self, job_id: str, attempt: int | None, error: GatewayError, *, key_id: str = ""
+    ) -> bool:
         status = JobStatus.TIMED_OUT if isinstance(error, GatewayTimeout) else JobStatus.FAILED
-        return self._finish_with(job_id, attempt, status, "error", _error_json(error))
+        return self._finish_with(
+            job_id, attempt, status, "error", _error_json(error), key_id=key_id
+        )
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job (whatever attempt holds it); refunds it in full."""
@@ -562,9 +579,10 @@ class JobStore:
             job_id, None, JobStatus.TIMED_OUT, "error", _error_json(timeout_error(job_id))
         )
 
-    def _keys(self, job_id: str) -> list[str]:
+    def _keys(self, job_id: str, key_id: str = "") -> list[str]:
+        """The job's record and its key's settlement keys (read from the record if not given)."""
         name = _JOB.format(job_id)
-        key_id = self._redis.hget(name, "key_id") or "-"
+        key_id = key_id or self._redis.hget(name, "key_id") or "-"
         return [name, *settle_keys(key_id)]
 
     def _finish_with(
@@ -576,10 +594,11 @@ class JobStore:
         payload: str,
         *,
         delivered: int = 0,
+        key_id: str = "",
     ) -> bool:
         return bool(
             self._finish(
-                keys=self._keys(job_id),
+                keys=self._keys(job_id, key_id),
                 args=[
                     "" if attempt is None else str(attempt),
                     status.value,

@@ -60,17 +60,17 @@ def test_enqueue_pushes_onto_the_jobs_family_queue(redis_server: RedisServer) ->
     client = connect(redis_server.url)
     client.delete("famq")
     queue = TaskQueue(Settings.from_env({"IMAGEGATE_REDIS_URL": redis_server.url}))
-    queue.enqueue(_Job("imgjob_q1", "famq"))  # type: ignore[arg-type]
+    queue.enqueue(_Job("imgjob_q1", "famq", "key_1"))  # type: ignore[arg-type]
     (raw,) = client.lrange("famq", 0, -1)
     message = json.loads(raw)
     assert message["headers"]["task"] == GENERATE_TASK
-    assert json.loads(base64.b64decode(message["body"]))[0] == ["imgjob_q1"]
+    assert json.loads(base64.b64decode(message["body"]))[0] == ["imgjob_q1", "key_1"]
     assert message["properties"]["delivery_info"]["routing_key"] == "famq"
     client.delete("famq")
 
 
 class _Job:
-    """The two attributes of a job that enqueue reads."""
+    """The attributes of a job that enqueue reads."""
 
-    def __init__(self, id: str, queue: str) -> None:
-        self.id, self.queue = id, queue
+    def __init__(self, id: str, queue: str, key_id: str) -> None:
+        self.id, self.queue, self.key_id = id, queue, key_id

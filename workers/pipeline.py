@@ -77,9 +77,16 @@ Handoff = Callable[[str, str], None]  # (job id, queue) -> send the task there
 
 
 def run_job(
-    job_id: str, ctx: WorkerContext, *, worker: str = "", handoff: Handoff | None = None
+    job_id: str,
+    ctx: WorkerContext,
+    *,
+    worker: str = "",
+    handoff: Handoff | None = None,
+    key_id: str = "",
 ) -> Outcome:
-    claim = ctx.jobs.claim(job_id, worker=worker)
+    """Run one job; ``key_id`` (the job's API key id, when the task message carries it)
+    saves reading it before the claim."""
+    claim = ctx.jobs.claim(job_id, worker=worker, key_id=key_id)
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
         return Outcome(job_id, claim.outcome)
@@ -95,7 +102,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
     try:
         images = _generate(job, ctx)
     except DeadlineExceeded:
-        ctx.jobs.fail(job_id, attempt, timeout_error(job_id))
+        ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id)
         log.warning("job %s timed out at its deadline", job_id)
         return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
@@ -107,7 +114,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         )
         if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
             return Outcome(job_id, "handed_off", attempt)
-        ctx.jobs.fail(job_id, attempt, exc)
+        ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id)
         log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
         return Outcome(job_id, "failed", attempt)
     except redis.RedisError as exc:
@@ -124,9 +131,10 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
             ServerError(
                 f"The gateway failed while generating. Job id: {job_id}.", code="internal_error"
             ),
+            key_id=job.key_id,
         )
         return Outcome(job_id, "failed", attempt)
-    if ctx.jobs.succeed(job_id, attempt, images):
+    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id):
         log.info(
             "job %s succeeded: model=%s images=%d size=%s in %.2fs",
             job_id,

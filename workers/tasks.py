@@ -18,9 +18,15 @@ from workers.webhooks import deliver
 
 
 @app.task(name=GENERATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
-def generate(self: Task, job_id: str) -> str:
+def generate(self: Task, job_id: str, key_id: str = "") -> str:
+    """Run a job. The web side also sends the job's API key id (saves a read); messages
+    sent by reapers and fallbacks carry only the job id."""
     outcome = run_job(
-        job_id, get_context(), worker=self.request.hostname or "", handoff=_send_to_queue
+        job_id,
+        get_context(),
+        worker=self.request.hostname or "",
+        handoff=_send_to_queue,
+        key_id=key_id,
     )
     return outcome.status
 
