@@ -54,6 +54,7 @@ but not the scheme and URL-shape checks.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 import socket
@@ -273,6 +274,13 @@ def _inspect(url: object, policy: NetPolicy) -> _Target:
     """Check everything about ``url`` that needs no DNS; raise :class:`_Refused`."""
     if not isinstance(url, str) or not url:
         raise _Refused("the URL must be a non-empty string")
+    return _inspect_text(url, policy)
+
+
+# A pure function of its arguments; a guarded request inspects its URL twice
+# (connection, Host header). Refusals are raised anew each time (not cached).
+@functools.lru_cache(maxsize=512)
+def _inspect_text(url: str, policy: NetPolicy) -> _Target:
     if len(url) > MAX_URL_LENGTH:
         raise _Refused(f"the URL is longer than {MAX_URL_LENGTH} characters")
     if any(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf") for ch in url):
