@@ -149,6 +149,7 @@ class Sampler:
         self.rss: list[int] = []
         self.pss: list[int] = []
         self.by_component: dict[str, int] = {}
+        self.first_by_component: dict[str, int] = {}  # at the start of the load
         self.cpu: dict[str, float] = {}
         self.machine: dict[str, float] = {}
         self._cpu0: dict = {}
@@ -184,6 +185,7 @@ class Sampler:
             data = self._receive.recv()
             self.times, self.rss, self.pss = data["times"], data["rss"], data["pss"]
             self.by_component = data["by_component"]
+            self.first_by_component = data["first"]
         self._child.join(5)
         self.cpu = cpu_delta(self._cpu0, group.cpu())
         busy0, client0, t0 = self._busy0
@@ -208,6 +210,9 @@ class Sampler:
             "rss_at_peak_by_component_mib": {
                 c: round(v / 2**20, 1) for c, v in self.by_component.items()
             },
+            "rss_at_start_by_component_mib": {
+                c: round(v / 2**20, 1) for c, v in self.first_by_component.items()
+            },
             "cpu_s": {c: round(v, 2) for c, v in self.cpu.items()},
             "cpu_ms_per_image": {
                 c: round(v * 1000 / images, 2) for c, v in self.cpu.items() if images
@@ -223,11 +228,14 @@ def _sample(roots: dict, gateway: tuple[str, ...], interval: float, pss_every: i
     rss: list[int] = []
     pss: list[int] = []
     by_component: dict[str, int] = {}
+    first: dict[str, int] = {}
     t0 = time.monotonic()
     n = 0
     while True:
         with_pss = n % pss_every == 0
         memory = group.memory(pss=with_pss)
+        if not first:
+            first = {c: memory[c][0] for c in memory}
         parts = [memory[c] for c in gateway if c in memory]
         total = sum(m[0] for m in parts)
         times.append(time.monotonic() - t0)
@@ -239,7 +247,9 @@ def _sample(roots: dict, gateway: tuple[str, ...], interval: float, pss_every: i
         n += 1
         if stop.wait(interval):
             break
-    send.send({"times": times, "rss": rss, "pss": pss, "by_component": by_component})
+    send.send(
+        {"times": times, "rss": rss, "pss": pss, "by_component": by_component, "first": first}
+    )
     send.close()
 
 
@@ -516,6 +526,7 @@ def scenario_held(t: Target, s: Sizes, out: Path, ctx: dict) -> dict[str, Any]:
         "added_p99_ms": summary["added_ms"]["p99"],
         "peak_rss_mib": res.get("peak_rss_mib"),
         "peak_pss_mib": res.get("peak_pss_mib"),
+        "held_job_kib": per_held_job(res, n),
     }
     met = None
     if not s.quick:
@@ -583,6 +594,17 @@ def queue_waits(target: Target, result: LoadResult) -> list[float]:
         if job is not None and job.started is not None:
             waits.append(job.started - job.created)
     return waits
+
+
+def per_held_job(resources: dict[str, Any], n: int) -> dict[str, float]:
+    """What one held request cost in memory, by component (KiB): (peak - start) / n."""
+    peak = resources.get("rss_at_peak_by_component_mib") or {}
+    start = resources.get("rss_at_start_by_component_mib") or {}
+    return {
+        c: round(max(0.0, peak[c] - start.get(c, 0.0)) * 1024 / n, 1)
+        for c in peak
+        if c != "simulator" and n
+    }
 
 
 def scenario_scale_out(t: Target, s: Sizes, out: Path, ctx: dict) -> dict[str, Any]:
