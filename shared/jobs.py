@@ -110,6 +110,10 @@ class StoredImage:
     height: int
     content_type: str
     revised_prompt: str | None = None
+    # What the upstream reported of the call that made it (OpenAI's GPT image models:
+    # `quality`, `background`, `usage`), kept on the job's first image only and shown as
+    # OpenAI's top-level response fields.
+    reported: dict[str, Any] | None = None
 
     @property
     def size(self) -> str:

@@ -77,6 +77,7 @@ def images_response(job: Job, storage: ImageStorage, *, base_url: str, ttl: int)
     if job.images:
         body["size"] = job.images[0].size
         body["output_format"] = job.images[0].content_type.rsplit("/", 1)[-1]
+        body.update(job.images[0].reported or {})  # quality, background, usage (GPT models)
     body["model"] = job.model
     if job.meta.get("routes"):
         body["served_by"] = job.serving  # the real model behind the virtual one

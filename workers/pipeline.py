@@ -324,6 +324,7 @@ def _store(
                 height=checked.height,
                 content_type=checked.content_type,
                 revised_prompt=image.revised_prompt,
+                reported=dict(result.reported) if result.reported and index == 0 else None,
             )
         )
     return stored

@@ -56,6 +56,9 @@ class GeneratedImage:
 class ImageResult:
     images: list[GeneratedImage]
     upstream_request_id: str | None = None
+    # OpenAI's top-level response fields the upstream reported for the call
+    # (`quality`, `background`, `usage`); the client's response repeats them.
+    reported: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ synchronous, JSON in and out. Field mapping (gateway request -> upstream body):
   ``options.response_format`` (dall-e models: ``b64_json``, so no second
   download is needed); GPT image models always answer base64 and reject it;
 * response ``data[].b64_json`` -> image bytes, ``data[].url`` -> fetched by the
-  task at once (OpenAI's URLs live 60 minutes), ``revised_prompt`` kept.
+  task at once (OpenAI's URLs live 60 minutes), ``revised_prompt`` kept;
+  top-level ``quality``, ``background`` (strings) and ``usage`` (an object),
+  which GPT image models report, -> ``ImageResult.reported`` (the client's
+  response repeats them; ``size`` and ``output_format`` are read from the image).
 
 Errors are OpenAI's envelope ``{"error": {message, type, param, code}}``,
 which :func:`workers.http.default_error_parser` reads; moderation refusals
@@ -80,7 +83,31 @@ class OpenAIImagesAdapter:
                 code="upstream_malformed_response",
                 upstream_request_id=rid,
             )
-        return ImageResult(images=[_image(item, rid) for item in items], upstream_request_id=rid)
+        return ImageResult(
+            images=[_image(item, rid) for item in items],
+            upstream_request_id=rid,
+            reported=_reported(payload),
+        )
+
+
+# OpenAI's top-level response fields the gateway repeats: the values OpenAI's schema
+# allows for each (None: any JSON object). Anything else an upstream sends is dropped.
+_REPORTED: dict[str, frozenset[str] | None] = {
+    "quality": frozenset({"low", "medium", "high"}),
+    "background": frozenset({"transparent", "opaque"}),
+    "usage": None,
+}
+
+
+def _reported(payload: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, allowed in _REPORTED.items():
+        value = payload.get(name)
+        if (allowed is None and isinstance(value, dict)) or (
+            allowed is not None and isinstance(value, str) and value in allowed
+        ):
+            out[name] = value
+    return out
 
 
 def _image(item: Any, rid: str | None) -> GeneratedImage:
