@@ -63,6 +63,7 @@ def describe(model: Model, svc: Services) -> dict[str, Any]:
         "max_n": model.max_n,
         "max_prompt_length": model.max_prompt_length,
         "response_formats": list(model.response_formats),
+        "default_response_format": model.default_response_format,
         "params": sorted(model.params),
         "available": not reason,
         **({"unavailable_reason": reason} if reason else {}),

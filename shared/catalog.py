@@ -22,6 +22,7 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     max_n = 1
     max_prompt_length = 4000
     response_formats = ["url", "b64_json"]
+    default_response_format = "url"  # without `response_format` (GPT image models: "b64_json")
     params = ["quality", "style", "user"]           # optional request fields it accepts
     choices = { quality = ["standard", "hd"] }      # allowed values, where narrower than the API's
     options = { response_format = "b64_json" }      # adapter-specific settings
@@ -78,6 +79,16 @@ OPTIONAL_PARAMS = frozenset(
 )
 RESPONSE_FORMATS = ("url", "b64_json")
 
+# OpenAI clients' tuning fields: accepted by every model unless strict mode is on,
+# and mapped to what the model has or ignored (api/validation.py, `fit_tuning`).
+TUNING_PARAMS = ("user", "quality", "style")
+
+# OpenAI's quality vocabulary as levels, to map a value onto a model's own choices:
+# dall-e-3's `hd` and the GPT models' `high` are the same level.
+QUALITY_LEVELS: Mapping[str, int] = MappingProxyType(
+    {"low": 0, "standard": 1, "medium": 1, "hd": 2, "high": 2}
+)
+
 
 class CatalogError(ValueError):
     """The catalog file is invalid."""
@@ -108,6 +119,7 @@ class Model:
     max_prompt_length: int
     response_formats: tuple[str, ...]
     params: frozenset[str]
+    default_response_format: str = "url"
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     owned_by: str = ""
@@ -397,6 +409,9 @@ def _parse_model(spec: Mapping[str, Any], families: Mapping[str, Family], where:
         formats = tuple(spec.get("response_formats", RESPONSE_FORMATS))
         if not formats or set(formats) - set(RESPONSE_FORMATS):
             raise CatalogError(f"{where}: response_formats must be a subset of {RESPONSE_FORMATS}")
+        default_format = str(spec.get("default_response_format", "url"))
+        if default_format not in formats:
+            raise CatalogError(f"{where}: default_response_format must be one of response_formats")
         choices = {str(k): tuple(str(v) for v in vs) for k, vs in spec.get("choices", {}).items()}
         if set(choices) - params:
             raise CatalogError(f"{where}: choices given for params the model does not accept")
@@ -415,6 +430,7 @@ def _parse_model(spec: Mapping[str, Any], families: Mapping[str, Family], where:
             max_prompt_length=max_prompt,
             response_formats=formats,
             params=params,
+            default_response_format=default_format,
             choices=MappingProxyType(choices),
             options=MappingProxyType(dict(spec.get("options", {}))),
             owned_by=str(spec.get("owned_by", family)),

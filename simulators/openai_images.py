@@ -8,7 +8,7 @@ Request (JSON body, ``Authorization: Bearer <key>``):
 
 ================== =================== ================= ================== =====================
 field              dall-e-2            dall-e-3          gpt-image-1,       compat-any
-                                                         -1-mini, -1.5
+                                                         -1-mini, -1.5, -2
 ================== =================== ================= ================== =====================
 prompt (required)  <= 1000 chars       <= 4000 chars     <= 32000 chars     <= 32000 chars
 n                  1-10                1 only            1-10               1-10
@@ -125,7 +125,13 @@ from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "openai"
 
-GPT_MODELS = ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5")
+GPT_MODELS = (
+    "gpt-image-1",
+    "gpt-image-1-mini",
+    "gpt-image-1.5",
+    "gpt-image-2",
+    "gpt-image-2-2026-04-21",
+)
 
 COMMON_PARAMS = frozenset({"prompt", "model", "n", "size", "quality", "user"})
 DALLE_PARAMS = frozenset({"response_format"})
