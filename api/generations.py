@@ -6,6 +6,13 @@ the job id. Asynchronous when the body has ``webhook_url`` or the request
 says ``Prefer: respond-async``: the same admission, then ``202 Accepted``
 with the job object and a ``Location`` to poll.
 
+OpenAI clients' tuning fields (``user``, ``quality``, ``style``) are fitted to
+the model unless strict mode is on (``IMAGEGATE_STRICT_PARAMS`` or the key's
+flag); what was mapped or ignored is kept on the job and listed in the
+``x-imagegate-mapped-params`` / ``x-imagegate-ignored-params`` headers of its
+answer. ``user`` is recorded on the job (``meta.user``) even where it is not
+sent upstream.
+
 ``Idempotency-Key`` (per API key, kept ``idempotency_ttl_seconds``) makes a
 retry with the same body return the same job instead of creating and
 charging a new one; the same key with another body is a 409.
@@ -24,7 +31,7 @@ from api.auth import current_key
 from api.responses import base_url, images_response, job_object, json_response
 from api.routing import Route, plan
 from api.services import Services, services
-from api.validation import check_against_model, parse_body
+from api.validation import ParamNotes, check_against_model, fit_tuning, parse_body
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -91,11 +98,18 @@ def create_generation():
     body = request.get_data(cache=False)
     req = parse_body(body)
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
+    strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []
+    notes = ParamNotes()
     if isinstance(target, VirtualModel):
         tier = svc.accounts.check_model(key, target)
         routes = plan(
-            req, target, catalog=svc.catalog, settings=svc.settings, breakers=svc.breakers
+            req,
+            target,
+            catalog=svc.catalog,
+            settings=svc.settings,
+            breakers=svc.breakers,
+            strict=strict,
         )
         model, family, job_request = routes[0].model, routes[0].family, routes[0].request
     else:
@@ -103,7 +117,10 @@ def create_generation():
         family = svc.catalog.family_of(model)
         _check_family(model, family, svc)
         tier = svc.accounts.check_model(key, model)
-        job_request = check_against_model(req, model)
+        fitted = req
+        if not strict:
+            fitted, notes = fit_tuning(req, model)
+        job_request = check_against_model(fitted, model)
     webhook_url = None
     if req.webhook_url is not None:
         webhook_url = check_url(req.webhook_url, policy_for(svc.settings), param="webhook_url")
@@ -119,6 +136,10 @@ def create_generation():
     meta: dict = {"base_url": base_url(svc), "mode": "async" if is_async else "sync"}
     if routes:
         meta["routes"] = [route.to_meta() for route in routes]
+    else:
+        meta["params"] = notes.to_meta()
+    if req.user is not None:
+        meta["user"] = req.user  # recorded even where the upstream does not take it
     job = Job(
         id=new_job_id(),
         key_id=key.id,
@@ -240,7 +261,17 @@ def _accepted(job_id: str, svc: Services):
     response = json_response(job_object(job, svc), 202)
     response.headers["Location"] = f"/v1/images/generations/{job.id}"
     response.headers["x-job-id"] = job.id
+    response.headers.update(_param_headers(job))
     return response
+
+
+def _param_headers(job: Job) -> dict[str, str]:
+    """The mapped/ignored tuning fields of the route the job ran (or will run) on."""
+    routes = job.meta.get("routes")
+    if routes:
+        route = routes[min(job.candidate, len(routes) - 1)]
+        return ParamNotes.from_meta(route.get("params")).headers()
+    return ParamNotes.from_meta(job.meta.get("params")).headers()
 
 
 def _wait_and_answer(job_id: str, svc: Services):
@@ -270,6 +301,7 @@ def _answer(done: Job | None, job_id: str, svc: Services):
     if done.status == JobStatus.SUCCEEDED:
         response = json_response(images_response(done, svc))
         response.headers["x-job-id"] = done.id
+        response.headers.update(_param_headers(done))
         return response
     if done.status in (JobStatus.FAILED, JobStatus.CANCELED) and done.error:
         error = error_from_dict(done.error)

@@ -56,8 +56,9 @@ _EXTENSION_DOCS = {
     "n": "How many images (default 1); each model has its own `max_n`.",
     "size": "`WxH` or `auto`. Fitted to the model's size rule, not refused; the "
     "response's `size` says what was produced.",
-    "response_format": "`url` (default): signed, expiring URLs served by the gateway; "
-    "`b64_json`: the image bytes in base64.",
+    "response_format": "`url`: signed, expiring URLs served by the gateway; "
+    "`b64_json`: the image bytes in base64. Default: the model's `default_response_format` "
+    "(`b64_json` for GPT image models, as OpenAI; `url` for the others and virtual models).",
     "stream": "Streaming is not supported; only `false` is accepted.",
     "aspect_ratio": "Extension: `W:H`, for models whose size rule takes a ratio.",
     "seed": "Extension: a seed, for models that take one.",
@@ -132,6 +133,27 @@ _IMAGES_RESPONSE = {
         "data": {"type": "array", "items": _schema("Image")},
         "size": {**_SIZE, "description": "The size produced, read from the image."},
         "output_format": {"type": "string", "examples": ["png", "jpeg", "webp"]},
+        "quality": {
+            "type": "string",
+            "enum": ["low", "medium", "high"],
+            "description": "The quality the upstream reports it used (GPT image models).",
+        },
+        "background": {
+            "type": "string",
+            "enum": ["transparent", "opaque"],
+            "description": "The background the upstream reports it made (GPT image models).",
+        },
+        "usage": {
+            "type": "object",
+            "description": "The upstream's token usage, as OpenAI reports it (GPT image models).",
+            "properties": {
+                "input_tokens": {"type": "integer"},
+                "output_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+                "input_tokens_details": {"type": "object"},
+                "output_tokens_details": {"type": "object"},
+            },
+        },
         "model": {"type": "string", "description": "The model id the request named."},
         "served_by": {
             **_nullable({"type": "string"}),
@@ -217,6 +239,7 @@ _REAL_MODEL = {
         "max_n",
         "max_prompt_length",
         "response_formats",
+        "default_response_format",
         "params",
         "virtual",
         "health",
@@ -248,6 +271,12 @@ _REAL_MODEL = {
         "response_formats": {
             "type": "array",
             "items": {"type": "string", "enum": ["url", "b64_json"]},
+        },
+        "default_response_format": {
+            "type": "string",
+            "enum": ["url", "b64_json"],
+            "description": "What the model answers without `response_format` "
+            "(`b64_json` for GPT image models, as OpenAI does).",
         },
         "params": {
             "type": "array",
@@ -355,6 +384,19 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "description": "`false` when retrying cannot help (the model is not configured here).",
         "schema": {"type": "string", "enum": ["true", "false"]},
     },
+    "MappedParams": {
+        "description": "OpenAI tuning fields (`quality`) the model takes under another value, "
+        "as `field=asked->sent`, comma-separated, e.g. `quality=hd->high`. Absent when none "
+        "was mapped, and in strict mode (`IMAGEGATE_STRICT_PARAMS` or the key's flag), which "
+        "refuses such fields with a 400 instead.",
+        "schema": {"type": "string", "examples": ["quality=hd->high"]},
+    },
+    "IgnoredParams": {
+        "description": "OpenAI tuning fields (`user`, `quality`, `style`) the model has no "
+        "knob for, comma-separated: not sent upstream (`user` is still recorded on the job). "
+        "Absent when none was ignored, and in strict mode.",
+        "schema": {"type": "string", "examples": ["style, user"]},
+    },
     "Location": {
         "description": "Where to poll the job.",
         "required": True,
@@ -374,6 +416,8 @@ def _headers(*names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
         "JobId": "x-job-id",
         "UpstreamRequestId": "x-upstream-request-id",
         "ShouldRetry": "x-should-retry",
+        "MappedParams": "x-imagegate-mapped-params",
+        "IgnoredParams": "x-imagegate-ignored-params",
         "Location": "Location",
     }
     out: dict[str, Any] = {}
@@ -604,6 +648,8 @@ def _paths(default_model: str) -> dict[str, Any]:
                         "ImagesResponse",
                         "The images (synchronous request).",
                         "JobId",
+                        "MappedParams",
+                        "IgnoredParams",
                         required=("JobId",),
                         links={
                             "GetJob": {
@@ -617,6 +663,8 @@ def _paths(default_model: str) -> dict[str, Any]:
                         "Accepted (asynchronous request): the job object; poll `Location`.",
                         "Location",
                         "JobId",
+                        "MappedParams",
+                        "IgnoredParams",
                         required=("Location", "JobId"),
                         links=_JOB_LINKS,
                     ),

@@ -9,6 +9,12 @@ then orders them by weighted random choice without replacement
 (Efraimidis–Spirakis keys ``u ** (1 / weight)``). The job is sent to the
 first; the rest are its fallbacks, tried in order by the workers when a
 candidate fails in a way another can fix.
+
+Each candidate fits the client's tuning fields for itself
+(:func:`api.validation.fit_tuning`, unless ``strict``), so a route carries its
+own :class:`~api.validation.ParamNotes`. Without ``response_format`` a
+virtual model answers ``url`` whatever its candidates' defaults are: the
+client asked for the gateway's model, not for a GPT image model.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.schemas import GenerationRequest
-from api.validation import check_against_model
+from api.validation import ParamNotes, check_against_model, fit_tuning
 from shared.catalog import Catalog, Family, Model, VirtualModel
 from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
@@ -32,9 +38,10 @@ class Route:
     model: Model
     family: Family
     request: dict[str, Any]  # the job request for this candidate (overrides applied)
+    notes: ParamNotes = ParamNotes()  # tuning fields mapped or ignored for this candidate
 
     def to_meta(self) -> dict[str, Any]:
-        return {"model": self.model.id, "request": self.request}
+        return {"model": self.model.id, "request": self.request, "params": self.notes.to_meta()}
 
 
 def breaker_name(model_id: str) -> str:
@@ -49,6 +56,7 @@ def plan(
     settings: Settings,
     breakers: Breakers,
     rng: random.Random | None = None,
+    strict: bool = False,
 ) -> list[Route]:
     eligible: list[tuple[Route, float]] = []
     first_error: GatewayError | None = None
@@ -58,14 +66,19 @@ def plan(
         if settings.why_unusable(family):
             continue
         try:
-            merged = req.model_copy(update=dict(candidate.overrides))
+            merged = req.model_copy(
+                update={"response_format": req.response_format or "url", **candidate.overrides}
+            )
+            notes = ParamNotes()
+            if not strict:
+                merged, notes = fit_tuning(merged, model)
             request = check_against_model(merged, model)
             requested = parse_size(request["size"]) if request.get("size") else None
             model.size_rule.clamp(requested, request.get("aspect_ratio"), model.default_size)
         except InvalidRequest as exc:
             first_error = first_error or exc
             continue
-        eligible.append((Route(model, family, request), candidate.weight))
+        eligible.append((Route(model, family, request, notes), candidate.weight))
     if not eligible:
         if first_error is not None:
             first_error.message = (

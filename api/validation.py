@@ -6,6 +6,17 @@ applies the model's limits from the catalog (n, prompt length, response
 formats, which optional fields it takes and their values, size syntax).
 Everything it rejects is an :class:`InvalidRequest` naming the ``param``.
 
+Before that, unless strict mode is on (``IMAGEGATE_STRICT_PARAMS`` or the key's
+``strict_params`` flag), :func:`fit_tuning` fits OpenAI clients' tuning fields
+(``user``, ``quality``, ``style``; :data:`shared.catalog.TUNING_PARAMS`) to the
+model: a value the model takes is kept, another is mapped onto the model's own
+choices (``hd`` -> ``high`` on GPT image models, ``high`` -> ``hd`` on dall-e-3)
+or dropped, and a field the model has no knob for is dropped. What was mapped
+and dropped is returned as :class:`ParamNotes`, which the response lists in its
+``x-imagegate-mapped-params`` and ``x-imagegate-ignored-params`` headers. Only
+these fields are fitted: losing any other one (a transparent background, an
+output format, ...) would change what the client gets, so it is still refused.
+
 Sizes are only *parsed* here; fitting them to the model's rule (clamping) is
 the worker's job, so what the upstream receives is decided in one place.
 """
@@ -14,6 +25,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from flask import has_request_context, request
@@ -21,7 +34,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.schemas import GenerationRequest
-from shared.catalog import Model
+from shared.catalog import QUALITY_LEVELS, TUNING_PARAMS, Model
 from shared.errors import InvalidRequest
 from shared.sizing import parse_aspect_ratio, parse_size
 
@@ -132,8 +145,100 @@ _PATTERN_RULES = {
 _ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream", "webhook_url"})
 
 
+MAPPED_HEADER = "x-imagegate-mapped-params"
+IGNORED_HEADER = "x-imagegate-ignored-params"
+
+
+@dataclass(frozen=True)
+class ParamNotes:
+    """Tuning fields :func:`fit_tuning` changed: ``mapped`` as (field, asked, sent), and
+    ``ignored`` (not sent upstream; ``user`` is still recorded on the job)."""
+
+    mapped: tuple[tuple[str, str, str], ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def headers(self) -> dict[str, str]:
+        """``x-imagegate-mapped-params: quality=hd->high`` and
+        ``x-imagegate-ignored-params: style, user``; only the ones with entries."""
+        out = {}
+        if self.mapped:
+            out[MAPPED_HEADER] = ", ".join(f"{n}={a}->{s}" for n, a, s in self.mapped)
+        if self.ignored:
+            out[IGNORED_HEADER] = ", ".join(self.ignored)
+        return out
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"mapped": [list(m) for m in self.mapped], "ignored": list(self.ignored)}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> ParamNotes:
+        meta = meta or {}
+        return cls(
+            mapped=tuple((str(n), str(a), str(s)) for n, a, s in meta.get("mapped", ())),
+            ignored=tuple(str(n) for n in meta.get("ignored", ())),
+        )
+
+
+def _map_quality(value: str, allowed: Sequence[str]) -> str | None:
+    """OpenAI's quality word onto the model's choices: the same level (``hd`` and
+    ``high``; ``standard`` and ``medium``), else ``auto`` (the model's default), else
+    the nearest level; None (drop it) for ``auto`` on a model without it."""
+    level = QUALITY_LEVELS.get(value)
+    leveled = [c for c in allowed if c in QUALITY_LEVELS]
+    if level is None or not leveled:
+        return None
+    same = [c for c in leveled if QUALITY_LEVELS[c] == level]
+    if same:
+        return same[0]
+    if "auto" in allowed:
+        return "auto"
+    return min(leveled, key=lambda c: abs(QUALITY_LEVELS[c] - level))
+
+
+# How a tuning field's value is mapped onto a model's narrower choices; a field with
+# no mapper (style: vivid/natural have no equivalent elsewhere) is dropped instead.
+_MAPPERS: dict[str, Callable[[str, Sequence[str]], str | None]] = {"quality": _map_quality}
+
+
+def fit_tuning(req: GenerationRequest, model: Model) -> tuple[GenerationRequest, ParamNotes]:
+    """``req`` with its tuning fields fitted to ``model`` (see the module docstring).
+
+    A field the catalog lists in the model's ``options.ignored_params`` (accepted
+    for compatibility, unused upstream) counts as ignored too.
+    """
+    mapped: list[tuple[str, str, str]] = []
+    ignored: list[str] = []
+    update: dict[str, Any] = {}
+    unused = set(model.options.get("ignored_params", ()))
+    for name in TUNING_PARAMS:
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if name not in model.params or name in unused:
+            ignored.append(name)
+            update[name] = None
+            continue
+        allowed = model.choices.get(name)
+        if allowed is None or value in allowed:
+            continue
+        mapper = _MAPPERS.get(name)
+        target = mapper(value, allowed) if mapper else None
+        if target is None:
+            ignored.append(name)
+            update[name] = None
+        else:
+            mapped.append((name, value, target))
+            update[name] = target
+    fitted = req.model_copy(update=update) if update else req
+    return fitted, ParamNotes(tuple(mapped), tuple(ignored))
+
+
 def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
-    """Return the job's request dict, or raise InvalidRequest naming the param."""
+    """Return the job's request dict, or raise InvalidRequest naming the param.
+
+    Without ``response_format`` the model's catalog default applies
+    (``default_response_format``: ``b64_json`` for GPT image models, as OpenAI).
+    """
     if len(req.prompt) > model.max_prompt_length:
         raise InvalidRequest(
             f"The prompt is {len(req.prompt)} characters long; '{model.id}' accepts at most "
@@ -150,7 +255,7 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
             param="n",
             code="invalid_value",
         )
-    response_format = req.response_format or "url"
+    response_format = req.response_format or model.default_response_format
     if response_format not in model.response_formats:
         raise InvalidRequest(
             f"'{model.id}' does not support response_format '{response_format}'.",

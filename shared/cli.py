@@ -4,6 +4,7 @@
     imagegate keys list
     imagegate keys topup KEY_ID 10.00
     imagegate keys set-tier KEY_ID premium
+    imagegate keys strict-params KEY_ID on|off
     imagegate keys usage KEY_ID [--ledger]
     imagegate keys webhook-secret KEY_ID [--rotate]
     imagegate keys revoke KEY_ID
@@ -147,6 +148,19 @@ def keys_set_tier(key_id: str, tier: str) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"{key.id} tier: {key.tier}")
+
+
+@keys.command("strict-params")
+@click.argument("key_id")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def keys_strict_params(key_id: str, state: str) -> None:
+    """Strict mode for one key: refuse user/quality/style a model does not take (400)
+    instead of mapping or ignoring them."""
+    try:
+        key = _keys().set_strict_params(key_id, state == "on")
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{key.id} strict-params: {'on' if key.strict_params else 'off'}")
 
 
 @keys.command("usage")

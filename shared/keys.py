@@ -2,7 +2,8 @@
 
 Layout::
 
-    ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited, webhook_secret}
+    ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited, webhook_secret,
+                                   strict_params}
     ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
     ig:apikeys               set of ids
 
@@ -46,6 +47,9 @@ class ApiKey:
     revoked: bool = False
     tier: str = ""
     unlimited: bool = False  # no balance: internal keys
+    # Refuse tuning fields (user, quality, style) a model does not take instead of
+    # mapping or ignoring them, as IMAGEGATE_STRICT_PARAMS does for every key.
+    strict_params: bool = False
 
 
 class KeyStore:
@@ -122,6 +126,9 @@ class KeyStore:
     def set_unlimited(self, key_id: str, unlimited: bool) -> ApiKey:
         return self._update(key_id, unlimited=int(unlimited))
 
+    def set_strict_params(self, key_id: str, strict: bool) -> ApiKey:
+        return self._update(key_id, strict_params=int(strict))
+
     def webhook_secret(self, key_id: str) -> str:
         digest = self._digest(key_id)
         self._redis.hsetnx(_RECORD.format(digest), "webhook_secret", new_webhook_secret())
@@ -155,4 +162,5 @@ def _from_fields(fields: dict[str, str]) -> ApiKey:
         revoked=fields.get("revoked", "0") == "1",
         tier=fields.get("tier", ""),
         unlimited=fields.get("unlimited", "0") == "1",
+        strict_params=fields.get("strict_params", "0") == "1",
     )

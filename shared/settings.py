@@ -76,6 +76,9 @@ class Settings:
     catalog_path: str = ""  # empty: the catalog shipped with the package
     catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
     default_model: str = "local/testcard"
+    # Refuse OpenAI clients' tuning fields (user, quality, style) a model does not take,
+    # instead of mapping or ignoring them (also per key: `imagegate keys strict-params`).
+    strict_params: bool = False
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024
     upstream_attempt_timeout_seconds: float = 90.0
@@ -215,6 +218,7 @@ class Settings:
             catalog_path=catalog_path,
             catalog_overlays=overlays,
             default_model=get("DEFAULT_MODEL", cls.default_model),
+            strict_params=get("STRICT_PARAMS").lower() in ("1", "true", "yes"),
             max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes, int)),
             max_image_bytes=int(number("MAX_IMAGE_BYTES", cls.max_image_bytes, int)),
             upstream_attempt_timeout_seconds=number(
