@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from shared.jobs import Job, JobStatus
 from shared.settings import Settings
 from tests.support.jobs import make_job
 from workers.context import build_context
-from workers.pipeline import run_job
+from workers.pipeline import _run_claimed, run_job
 
 
 @pytest.fixture()
@@ -55,3 +57,57 @@ def test_an_unusable_size_fails_the_job_with_a_400_naming_size(ctx) -> None:
     assert run_job(bad.id, ctx).status == "failed"
     error = ctx.jobs.get(bad.id).error
     assert (error["status"], error["param"]) == (400, "size")
+
+
+# -- a run that was taken over never touches what the winner delivered ----------------
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_taken_over_run_finishing_late_leaves_the_delivered_images_unchanged(
+    ctx, tmp_path: Path
+) -> None:
+    """Attempt 1 goes silent, attempt 2 takes over and delivers; attempt 1 then finishes
+    with other bytes. The delivered objects keep their bytes, the record names attempt
+    2's objects, and attempt 1's own objects are deleted."""
+    job = _job(ctx, n=2)
+    stale = ctx.jobs.claim(job.id)
+    later = time.time() + ctx.jobs.liveness.stale_after + 1  # its heartbeat is overdue
+    winner = ctx.jobs.claim(job.id, now=later)
+    assert (stale.attempt, winner.attempt) == (1, 2)
+    assert _run_claimed(winner.job, winner.attempt, ctx, None).status == "succeeded"
+    delivered = ctx.jobs.get(job.id).images
+    assert all(f"/{job.id}/2/" in image.key for image in delivered)
+    files = _files(tmp_path)
+    assert set(files) == {image.key for image in delivered}
+
+    # The stale run draws other bytes (another prompt) and only then finds its fence lost.
+    other = dataclasses.replace(stale.job, request={**stale.job.request, "prompt": "stale"})
+    assert _run_claimed(other, stale.attempt, ctx, None).status == "superseded"
+    assert ctx.jobs.get(job.id).images == delivered
+    assert _files(tmp_path) == files
+
+
+def test_an_image_that_fails_its_check_leaves_none_of_the_jobs_objects(
+    ctx, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n=2, the second image is refused: the first, already stored, is deleted."""
+    import workers.pipeline as pipeline
+    from shared.errors import UpstreamError
+
+    real = pipeline.check_image
+    calls = []
+
+    def second_fails(data: bytes, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise UpstreamError("not an image", code="upstream_invalid_image")
+        return real(data, **kw)
+
+    monkeypatch.setattr(pipeline, "check_image", second_fails)
+    job = _job(ctx, n=2)
+    assert run_job(job.id, ctx).status == "failed"
+    assert len(calls) == 2
+    assert _files(tmp_path) == {}

@@ -100,7 +100,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
     job_id = job.id
     started = time.monotonic()
     try:
-        images = _generate(job, ctx)
+        images = _generate(job, ctx, attempt)
     except DeadlineExceeded:
         ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id)
         log.warning("job %s timed out at its deadline", job_id)
@@ -145,7 +145,17 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         )
         return Outcome(job_id, "succeeded", attempt)
     log.warning("job %s finished but lost its fence (a newer attempt or a timeout won)", job_id)
+    _discard(images, ctx)  # this attempt's own objects: nothing refers to them
     return Outcome(job_id, "superseded", attempt)
+
+
+def _discard(images: list[StoredImage], ctx: WorkerContext) -> None:
+    """Delete objects only this attempt wrote (best effort: a leftover is only storage)."""
+    for image in images:
+        try:
+            ctx.storage.delete(image.key)
+        except Exception as exc:  # noqa: BLE001 - keep deleting the others
+            log.warning("could not delete %s: %s", image.key, exc)
 
 
 def route_of(job: Job, catalog: Catalog) -> tuple[Model, dict[str, Any]]:
@@ -211,7 +221,7 @@ def build_request(job: Job, model: Model, req: dict[str, Any] | None = None) -> 
     )
 
 
-def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
+def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
     model, req = route_of(job, ctx.catalog)
     family = ctx.catalog.family_of(model)
     adapter = ADAPTERS.get(family.adapter)
@@ -258,7 +268,7 @@ def _generate(job: Job, ctx: WorkerContext) -> list[StoredImage]:
     breakers = [f"model:{model.id}"] + ([f"key:{family.name}:{key_index}"] if keys else [])
     try:
         result = adapter.generate(request, call)
-        stored = _store(job, result, http, ctx, request)
+        stored = _store(job, result, http, ctx, request, attempt)
     except UpstreamError:
         for name in breakers:
             ctx.breakers.record_failure(name)
@@ -299,15 +309,43 @@ def _take_slot(job: Job, family: Family, keys: list[str], ctx: WorkerContext) ->
 
 
 def _store(
-    job: Job, result: ImageResult, http: UpstreamHTTP, ctx: WorkerContext, request: ImageRequest
+    job: Job,
+    result: ImageResult,
+    http: UpstreamHTTP,
+    ctx: WorkerContext,
+    request: ImageRequest,
+    attempt: int,
 ) -> list[StoredImage]:
+    """Check and store the images under keys of this attempt's own.
+
+    ``{day}/{job id}/{attempt}/{index}.{ext}``: a run that was taken over and
+    finishes late writes next to the winner's objects, never over them, so an
+    image a client already has never changes. If one image fails, the ones
+    already stored are deleted.
+    """
     if not result.images:
         raise InvalidRequest(
             "The upstream returned no images (the request may have been filtered).",
             code="no_images",
         )
     day = time.strftime("%Y/%m/%d", time.gmtime(job.created))
-    stored = []
+    stored: list[StoredImage] = []
+    try:
+        _store_each(result, http, ctx, request, f"{day}/{job.id}/{attempt}", stored)
+    except BaseException:
+        _discard(stored, ctx)
+        raise
+    return stored
+
+
+def _store_each(
+    result: ImageResult,
+    http: UpstreamHTTP,
+    ctx: WorkerContext,
+    request: ImageRequest,
+    prefix: str,
+    stored: list[StoredImage],
+) -> None:
     for index, image in enumerate(result.images[: request.n]):
         data = image.data
         if data is None and image.url:
@@ -315,7 +353,7 @@ def _store(
         if data is None:
             raise ServerError("An adapter returned an image with neither bytes nor URL.")
         checked = check_image(data, provider=http.provider, want_format=request.output_format)
-        key = f"{day}/{job.id}/{index}.{checked.extension}"
+        key = f"{prefix}/{index}.{checked.extension}"
         ctx.storage.put(key, checked.data, checked.content_type)
         stored.append(
             StoredImage(
@@ -327,4 +365,3 @@ def _store(
                 reported=dict(result.reported) if result.reported and index == 0 else None,
             )
         )
-    return stored
