@@ -39,6 +39,10 @@ user               string              string            string             stri
 
 "unknown" means 400 ``unknown_parameter`` (``Unknown parameter: '<field>'.``).
 
+``gpt-image-2`` (and ``gpt-image-2-2026-04-21``) also takes any ``WxH`` whose
+sides are multiples of 16, at most 3840, with a ratio within 1:3..3:1; its
+usage for such a size is the 1024x1024 token count scaled by area.
+
 ``model`` defaults to ``dall-e-2``, or to ``gpt-image-1`` when a GPT-only field
 is present (as OpenAI documents). ``transparent`` needs png or webp.
 
@@ -141,6 +145,11 @@ GPT_PARAMS = frozenset(
 )
 COMPAT_PARAMS = frozenset({"response_format", "aspect_ratio", "seed"})
 
+# gpt-image-2's free sizes: sides multiples of 16, ratio within 1:3..3:1, edges <= 3840.
+GPT2_MULTIPLE = 16
+GPT2_MAX_SIDE = 3840
+GPT2_MAX_RATIO = 3
+
 COMPAT_QUALITIES = ("standard", "hd", "auto", "low", "medium", "high")
 COMPAT_MIN_SIDE = 16
 COMPAT_MAX_SIDE = 8192
@@ -160,6 +169,7 @@ class ModelSpec:
     qualities: tuple[str, ...]
     default_quality: str
     params: frozenset[str]
+    free_size: bool = False  # gpt-image-2: any WxH within GPT2_* besides the listed sizes
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -193,6 +203,7 @@ MODELS: dict[str, ModelSpec] = {
             ("auto", "low", "medium", "high"),
             "auto",
             COMMON_PARAMS | GPT_PARAMS,
+            free_size=name.startswith("gpt-image-2"),
         )
         for name in GPT_MODELS
     },
@@ -299,6 +310,20 @@ def _quoted_list(values: tuple[str, ...]) -> str:
     if len(quoted) == 2:
         return f"{quoted[0]} and {quoted[1]}"
     return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
+def _gpt2_size_ok(size: str) -> bool:
+    match = COMPAT_SIZE_RE.fullmatch(size)
+    if not match:
+        return False
+    w, h = int(match.group(1)), int(match.group(2))
+    return (
+        w % GPT2_MULTIPLE == 0
+        and h % GPT2_MULTIPLE == 0
+        and 0 < w <= GPT2_MAX_SIDE
+        and 0 < h <= GPT2_MAX_SIDE
+        and max(w, h) <= GPT2_MAX_RATIO * min(w, h)
+    )
 
 
 def _choice(body: dict[str, Any], param: str, allowed: tuple[str, ...], default: str) -> str:
@@ -471,7 +496,10 @@ def parse_generation(body: Any) -> GenerationRequest:
     if spec.family == "compat":
         size, width, height, aspect_ratio = _compat_dimensions(body)
     else:
-        size = _choice(body, "size", spec.sizes, "auto" if spec.family == "gpt" else "1024x1024")
+        size = body.get("size")
+        if not (spec.free_size and isinstance(size, str) and _gpt2_size_ok(size)):
+            default = "auto" if spec.family == "gpt" else "1024x1024"
+            size = _choice(body, "size", spec.sizes, default)
         actual = "1024x1024" if size == "auto" else size
         width, height = (int(part) for part in actual.split("x"))
     quality = _choice(body, "quality", spec.qualities, spec.default_quality)
@@ -618,7 +646,12 @@ def render_image(req: GenerationRequest, index: int, base_colour: int, file_id: 
 
 def usage_for(req: GenerationRequest) -> dict[str, Any]:
     text_tokens = max(1, math.ceil(len(req.prompt) / 4))
-    per_image = GPT_IMAGE_TOKENS[req.quality][f"{req.width}x{req.height}"]
+    table = GPT_IMAGE_TOKENS[req.quality]
+    # Free gpt-image-2 sizes: the square's cost scaled by area.
+    per_image = table.get(
+        f"{req.width}x{req.height}",
+        table["1024x1024"] * req.width * req.height // (1024 * 1024),
+    )
     output_tokens = per_image * req.n
     return {
         "input_tokens": text_tokens,

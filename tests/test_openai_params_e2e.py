@@ -82,6 +82,15 @@ def test_gpt_image_models_answer_b64_json_by_default(
     _check_openai_shape(body, images_response_schema)
 
 
+def test_gpt_image_2_takes_free_sizes(client: OpenAI, sim: str) -> None:
+    prompt = tagged()
+    result = client.images.generate(model="gpt-image-2", prompt=prompt, size="1536x864")
+    assert result.size == "1536x864"
+    assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (1536, 864)
+    (sent,) = sent_with(sim, prompt)
+    assert sent["json"]["size"] == "1536x864"
+
+
 def test_gpt_image_url_stays_available_on_request(
     client: OpenAI, sim: str, images_response_schema: dict[str, Any]
 ) -> None:
