@@ -59,6 +59,15 @@ _EXTENSION_DOCS = {
     "response_format": "`url`: signed, expiring URLs served by the gateway; "
     "`b64_json`: the image bytes in base64. Default: the model's `default_response_format` "
     "(`b64_json` for GPT image models, as OpenAI; `url` for the others and virtual models).",
+    "quality": "Accepted by every model: a value the model takes is sent as is, another is "
+    "mapped to the model's own level (`hd` -> `high`, `high` -> `hd`, `standard` -> "
+    "`medium`) or dropped; `x-imagegate-mapped-params` / `x-imagegate-ignored-params` say "
+    "which. Strict mode refuses what the model does not take.",
+    "style": "Accepted by every model; dropped (and listed in `x-imagegate-ignored-params`) "
+    "where the model has no style, unless strict mode is on.",
+    "user": "Accepted by every model and recorded on the job; sent upstream where the "
+    "upstream takes it, else listed in `x-imagegate-ignored-params`, unless strict mode "
+    "is on.",
     "stream": "Streaming is not supported; only `false` is accepted.",
     "aspect_ratio": "Extension: `W:H`, for models whose size rule takes a ratio.",
     "seed": "Extension: a seed, for models that take one.",
@@ -77,7 +86,8 @@ def generation_request_schema(default_model: str) -> dict[str, Any]:
         "OpenAI's Images API request, plus the additive extensions `aspect_ratio`, `seed`, "
         "`image` and `webhook_url`. Which optional fields a model accepts, and with which "
         "values, comes from the catalog (`params` in `GET /v1/models`); others are a 400 "
-        "naming the `param`."
+        "naming the `param`, except OpenAI's tuning fields `user`, `quality` and `style`, "
+        "which every model accepts (mapped or ignored) unless strict mode is on."
     )
     for name, prop in schema["properties"].items():
         prop.pop("title", None)
