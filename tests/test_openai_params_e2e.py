@@ -183,6 +183,13 @@ def test_style_without_a_knob_is_ignored_and_said(client: OpenAI, sim: str) -> N
     assert "style" not in request["json"] and "quality" not in request["json"]
 
 
+def test_a_virtual_model_says_what_its_serving_model_ignored(client: OpenAI) -> None:
+    # No candidate of image-turbo has a style knob: each route drops it and says so.
+    body, headers = _raw(client, model="image-turbo", prompt=tagged(), style="vivid")
+    assert body["served_by"]
+    assert "style" in headers["x-imagegate-ignored-params"].split(", ")
+
+
 def test_async_answer_carries_the_headers_too(gateway: str, api_key: str) -> None:
     resp = requests.post(
         f"{gateway}/v1/images/generations",
