@@ -450,11 +450,29 @@ def test_e2e_moderation_is_a_400(bfl_client: tuple[OpenAI, str]) -> None:
     assert info.value.body["code"] == "content_policy_violation"
 
 
-def test_e2e_quality_is_refused_by_the_catalog_before_any_upstream_call(
+def test_e2e_quality_is_fitted_by_the_gateway_and_never_sent_to_bfl(
     bfl_client: tuple[OpenAI, str],
 ) -> None:
+    """FLUX.2 has no quality setting: an OpenAI client's quality="hd" is accepted,
+    left out of the BFL submission, and the response header says it was ignored."""
     client, sim = bfl_client
+    raw = client.images.with_raw_response.generate(model=FLUX2, prompt="x", quality="hd")
+    assert raw.parse().data[0].url
+    assert "quality" in raw.headers.get("x-imagegate-ignored-params", "")
+    (submit,) = _submits(sim)
+    assert "quality" not in submit["json"]
+
+
+def test_e2e_quality_is_refused_before_any_upstream_call_in_strict_mode(
+    bfl_client: tuple[OpenAI, str], stack_env: dict[str, str]
+) -> None:
+    from tests.conftest import cli, create_key
+
+    client, sim = bfl_client
+    made = create_key(stack_env, "bfl-strict")
+    cli(stack_env, "keys", "strict-params", made["id"], "on")
+    strict = client.with_options(api_key=made["key"])
     with pytest.raises(openai.BadRequestError) as info:
-        client.images.generate(model=FLUX2, prompt="x", quality="hd")
+        strict.images.generate(model=FLUX2, prompt="x", quality="hd")
     assert info.value.body["param"] == "quality"
     assert _log(sim) == []
