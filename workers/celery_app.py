@@ -31,7 +31,9 @@ from shared.memory_tuning import keep_large_buffers
 from shared.settings import Settings
 from workers.pool import apply_plan, log_plan
 
-keep_large_buffers()  # image-sized buffers stay mapped between jobs (see the module)
+# Image-sized buffers stay mapped between jobs; two malloc arenas for a pool of
+# up to thousands of threads that share one GIL (see shared/memory_tuning.py).
+keep_large_buffers(arenas=2)
 
 settings = Settings.from_env()
 
