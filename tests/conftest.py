@@ -133,15 +133,26 @@ def stack_env(
     }
 
 
+def procfile_pool(queue: str) -> str:
+    """The Celery pool the Procfile ships for ``queue``'s worker line (threads if none)."""
+    procfile = (Path(__file__).parents[1] / "Procfile").read_text()
+    for line in procfile.splitlines():
+        if f" -Q {queue} " in line and "--pool " in line:
+            return line.split("--pool ", 1)[1].split()[0]
+    return "threads"
+
+
 def start_worker(
     run_dir: Path, env: dict[str, str], queue: str, name: str | None = None
 ) -> Process:
+    """A Celery worker on ``queue`` with the pool the Procfile ships for it (gevent for
+    upstream families), 4 jobs at once so that tests see queueing when they want to."""
     name = name or f"worker-{queue}"
     proc = Process(
         name,
         [
             str(BIN / "celery"), "-A", "workers.celery_app", "worker",
-            "-Q", queue, "-n", f"{name}@%h", "--pool", "threads", "--concurrency", "4",
+            "-Q", queue, "-n", f"{name}@%h", "--pool", procfile_pool(queue), "--concurrency", "4",
             "--without-gossip", "--without-mingle", "-l", "INFO",
         ],
         env=env,

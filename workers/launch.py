@@ -18,8 +18,8 @@ worker -Q <family> ...``. This launcher reads the ``-Q`` queues, then:
 
 Why more than one process: a job's CPU work (Celery's consumer, HTTP,
 checking and storing the image) runs under one GIL per process, so one process
-uses at most about one core however many threads wait on upstreams. Each
-process sizes its own thread pool (``workers/pool.py``); processes of a line
+uses at most about one core however many jobs wait on upstreams. Each
+process sizes its own pool (``workers/pool.py``); processes of a line
 share nothing but Redis, like workers on other hosts.
 """
 

@@ -8,7 +8,7 @@ running. The plan, for the queues a worker consumes (``-Q``):
         -> that number (``local`` renders images in the worker: CPU-bound, small)
     queue of a family with ``max_concurrent`` (per upstream key)
         -> max_concurrent x the number of keys configured (BFL: 24 per key);
-           more threads would only wait for a capacity slot
+           more jobs in flight would only wait for a capacity slot
     queue of any other family (nothing upstream caps it)
         -> IMAGEGATE_WORKER_UNCAPPED_CONCURRENCY (default 2000)
     the webhooks queue
@@ -17,10 +17,14 @@ running. The plan, for the queues a worker consumes (``-Q``):
 summed over the queues consumed, at least 1. ``IMAGEGATE_WORKER_CONCURRENCY``
 (a number) or ``celery worker --concurrency N`` override the plan.
 
-Celery's ``threads`` pool starts its threads only as jobs arrive (a
-``ThreadPoolExecutor``), so an idle pool of 2,000 costs nothing, and a thread
-parked on a socket costs ~16 kB of stack plus its job's buffers; see the
-README's "Capacity" section for what one held job costs in each process.
+The Procfile runs upstream families on Celery's ``gevent`` pool: a job waiting
+on its upstream is a parked greenlet (a few kB plus its job's buffers), and
+2,000 of them in one process cost no more CPU per job than 60 do. (With the
+``threads`` pool, which starts threads only as jobs arrive, thousands of
+threads waking at once fight for the GIL: the benchmark's 2,000-at-once burst
+cost 2-4x the CPU per job, and twice the memory.) The CPU-bound ``local``
+family and the webhooks line keep ``threads``. See the README's "Benchmarks"
+for what one held job costs in each process.
 
 ``plan`` is pure; ``apply_plan`` is what the ``celeryd_init`` signal in
 ``workers/celery_app.py`` calls before the pool is built.
