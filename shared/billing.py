@@ -9,6 +9,11 @@ all pass increments the windows, deducts ``price x n``, creates the job
 record and appends a ``reserve`` entry to the ledger. Because it is a single
 script, any number of web processes admit exactly as many images as the
 limits and the balance allow, and a refused request changes nothing.
+The job's times are re-based on Redis' clock there: ``created`` is Redis'
+``TIME`` and the deadline and first watch time keep their distance from the
+web host's ``now``, so a web host whose clock is off neither shortens nor
+lengthens a job's budget as the workers and reapers see it. (The rate-limit
+windows and the usage day still follow the web host's clock.)
 
 **Settlement** happens inside the job's terminal transition (the Lua scripts
 of :mod:`shared.jobs` include :data:`SETTLE_LUA`): the cost of images not
@@ -199,19 +204,28 @@ end
 if not unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
 local f = base + nwin*3
 -- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now, webhook url,
--- watch zset key (or empty) and the time the job is looked at if nobody sent it
+-- watch zset key (or empty) and the time the job is looked at if nobody sent it.
+-- The job's times are re-based on Redis' clock (the one clock every host compares them
+-- with): created = TIME, and the deadline and watch time keep their distance from `now`.
+local t = redis.call('TIME')
+local created = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local shift = created - tonumber(ARGV[f+9])
 redis.call('HSET', KEYS[1], 'spec', ARGV[f], 'status', 'queued', 'attempt', 0,
-  'deadline', ARGV[f+1], 'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
+  'created', string.format('%.6f', created),
+  'deadline', string.format('%.6f', tonumber(ARGV[f+1]) + shift),
+  'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
   'n', ARGV[f+6], 'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
   'unlimited', unlimited and '1' or '0', 'billed', '1')
 if ARGV[f+10] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[f+10]) end
 -- the reaper's watch list: a job nobody has sent to a queue by then is sent again
-if ARGV[f+11] ~= '' then redis.call('ZADD', ARGV[f+11], tonumber(ARGV[f+12]), ARGV[f+4]) end
+if ARGV[f+11] ~= '' then
+  redis.call('ZADD', ARGV[f+11], tonumber(ARGV[f+12]) + shift, ARGV[f+4])
+end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[f+2]))
 if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', tonumber(ARGV[5])) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'reserve',
   'job', ARGV[f+4], 'model', ARGV[f+5], 'images', ARGV[f+6], 'amount', tostring(-cost),
-  'ts', ARGV[f+9])
+  'ts', string.format('%.6f', created))
 local out = {'ok', tostring(balance)}
 for i = 1, nwin do out[#out+1] = used[i] end
 return out
@@ -326,6 +340,12 @@ class Accounts:
         webhook_url: str | None = None,
         watch: tuple[str, float] | None = None,
     ) -> Admission:
+        """Admit the request or raise (see the module docstring).
+
+        ``now`` is the web host's clock: it picks the rate-limit windows, and
+        ``deadline`` and ``watch`` are taken as distances from it, re-based on
+        Redis' clock in the record (``created`` there is Redis' ``TIME``).
+        """
         windows = windows_for(key, tier, model, n, now)
         cost = model.price_micros * n
         args: list[Any] = [

@@ -3,6 +3,7 @@
 A job is a Redis hash ``ig:job:<id>``::
 
     spec      JSON of the immutable part (key id, model, family, request, created, deadline)
+    created / deadline   unix times in Redis' clock (these win over the spec's)
     status    queued | running | succeeded | failed | timed_out | canceled
     attempt   fencing token: incremented by every claim
     result    JSON list of stored images (storage keys, sizes), on success
@@ -42,6 +43,15 @@ write) and goes back to its queue, an unsent job is sent, an overdue one ends
 of reapers act once. :meth:`JobStore.claim` refuses a running job whose
 heartbeat is fresh, so a redelivered duplicate never steals a live run.
 
+One clock: every time stored here that another host compares — watch times
+(heartbeats, enqueue grace, resends), deadlines, ``started``/``finished`` —
+is Redis' clock (``TIME``, read inside the scripts), never the calling host's
+``time.time()``: a worker whose clock is off can neither make its live jobs
+look stale to a reaper nor keep a dead one's jobs looking fresh. Admission
+(:meth:`shared.billing.Accounts.admit`) re-bases a new job's ``created``,
+``deadline`` and first watch time on Redis' clock too, keeping its budget. The
+methods take ``now=`` only so tests can pass a time of their own.
+
 Records expire ``retention`` seconds after creation, or later while a webhook
 retry is pending (:meth:`JobStore.set_webhook_state`).
 """
@@ -51,7 +61,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -148,6 +158,13 @@ class Job:
         return self.status in TERMINAL
 
 
+def redis_clock(client: redis.Redis) -> float:
+    """Redis' clock (unix time, one ``TIME``): the one clock for times that several hosts
+    compare (watch times, deadlines, webhook leases), whatever each host's clock says."""
+    seconds, micros = client.time()
+    return seconds + micros / 1_000_000
+
+
 def new_job_id() -> str:
     return "imgjob_" + secrets.token_hex(12)
 
@@ -161,6 +178,17 @@ def timeout_error(job_id: str) -> GatewayTimeout:
 
 
 _TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
+
+# One clock for every host: `clock(arg)` is the time a caller passed (tests inject
+# one), or Redis' own clock when the argument is empty. As a string, for HSET/XADD.
+# Redis 7 replicates a script's effects, so reading TIME before writing is allowed.
+_CLOCK_LUA = """
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+"""
 
 # After a terminal transition: nothing to watch any more, and a job with a
 # webhook is due for delivery now.
@@ -181,12 +209,13 @@ redis.call('PUBLISH', '{DONE_CHANNEL}', redis.call('HGET', job, 'job_id'))
 """
 
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
-# ARGV: now, timeout error JSON, worker name, job id, stale_after, late
-# Returns {'run', attempt, <the record as HGETALL gives it>} or {outcome, ...}.
+# ARGV: now ('' = Redis' clock), timeout error JSON, worker name, job id, stale_after, late
+# Returns {'run', attempt, now, <the record as HGETALL gives it>} or {outcome, ...}.
 _CLAIM = f"""
+{_CLOCK_LUA}
 local terminal = {_TERMINAL_LUA}
 local job = KEYS[1]
-local now = ARGV[1]
+local now = clock(ARGV[1])
 local st = redis.call('HGET', job, 'status')
 if not st then return {{'missing'}} end
 if terminal[st] then return {{'terminal', st}} end
@@ -205,15 +234,17 @@ redis.call('HSET', job, 'status', 'running', 'started', now, 'worker', ARGV[3])
 redis.call('ZADD', '{WATCH}', math.min(tonumber(now) + tonumber(ARGV[5]),
   deadline + tonumber(ARGV[6])), ARGV[4])
 local out = redis.call('HGETALL', job)
+table.insert(out, 1, now)
 table.insert(out, 1, tostring(attempt))
 table.insert(out, 1, 'run')
 return out
 """
 
-# Heartbeat of one worker process. KEYS: job records; ARGV: now, stale_after, late,
-# then the attempt each job runs as. Returns how many are still held.
+# Heartbeat of one worker process. KEYS: job records; ARGV: now ('' = Redis' clock),
+# stale_after, late, then the attempt each job runs as. Returns how many are still held.
 _BEAT = f"""
-local now = tonumber(ARGV[1])
+{_CLOCK_LUA}
+local now = tonumber(clock(ARGV[1]))
 local held = 0
 for i, job in ipairs(KEYS) do
   local f = redis.call('HMGET', job, 'status', 'attempt', 'deadline', 'job_id')
@@ -226,23 +257,28 @@ end
 return held
 """
 
-# A send of a queued job reached the broker. KEYS[1] job; ARGV: now, resend_after, max sends
+# A send of a queued job reached the broker.
+# KEYS[1] job; ARGV: now ('' = Redis' clock), resend_after, max sends
 _SENT = f"""
+{_CLOCK_LUA}
 local f = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'job_id')
 if f[1] ~= 'queued' then return 0 end
 local sends = redis.call('HINCRBY', KEYS[1], 'sends', 1)
 local at = tonumber(f[2])
-if sends < tonumber(ARGV[3]) then at = math.min(at, tonumber(ARGV[1]) + tonumber(ARGV[2])) end
+if sends < tonumber(ARGV[3]) then
+  at = math.min(at, tonumber(clock(ARGV[1])) + tonumber(ARGV[2]))
+end
 redis.call('ZADD', '{WATCH}', at, f[3])
 return 1
 """
 
-# What a reaper does with a job whose watch time has come.
-# KEYS[1] job, KEYS[2..4] billing; ARGV: now, timeout error JSON, job id, enqueue grace, max sends
+# What a reaper does with a job whose watch time has come. KEYS[1] job, KEYS[2..4] billing;
+# ARGV: now ('' = Redis' clock), timeout error JSON, job id, enqueue grace, max sends
 _REAP = f"""
+{_CLOCK_LUA}
 local terminal = {_TERMINAL_LUA}
 local job = KEYS[1]
-local now = ARGV[1]
+local now = clock(ARGV[1])
 local at = redis.call('ZSCORE', '{WATCH}', ARGV[3])
 if not at or tonumber(at) > tonumber(now) then return {{'fresh'}} end
 local st = redis.call('HGET', job, 'status')
@@ -274,16 +310,21 @@ return {{'requeue'}}
 """
 
 # KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
-# ARGV: attempt ('' = any), status, field, payload, now, channel, job id, images delivered
+# ARGV: attempt ('' = any), status, field, payload, now ('' = Redis' clock), channel, job id,
+# images delivered, '1' = only if the deadline has passed (else '')
 _FINISH = f"""
+{_CLOCK_LUA}
 local terminal = {_TERMINAL_LUA}
 local job = KEYS[1]
 local st = redis.call('HGET', job, 'status')
 if not st or terminal[st] then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', job, 'attempt') ~= ARGV[1] then return 0 end
-redis.call('HSET', job, 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', ARGV[5])
+local now = clock(ARGV[5])
+if ARGV[9] == '1' and tonumber(now) < tonumber(redis.call('HGET', job, 'deadline')) then
+  return 0
+end
+redis.call('HSET', job, 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', now)
 local delivered = tonumber(ARGV[8])
-local now = ARGV[5]
 {SETTLE_LUA}
 {_NOTIFY_LUA}
 redis.call('PUBLISH', ARGV[6], ARGV[7])
@@ -291,8 +332,10 @@ return 1
 """
 
 
-# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON, job id, watch time
+# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON, job id,
+# now ('' = Redis' clock), enqueue grace (the job is looked at then if nobody sent it)
 _HANDOFF = f"""
+{_CLOCK_LUA}
 local terminal = {_TERMINAL_LUA}
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or terminal[st] then return 0 end
@@ -301,8 +344,14 @@ local notes = cjson.decode(redis.call('HGET', KEYS[1], 'fallbacks') or '[]')
 notes[#notes + 1] = cjson.decode(ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'candidate', ARGV[2],
   'fallbacks', cjson.encode(notes), 'sends', 0)
-redis.call('ZADD', '{WATCH}', tonumber(ARGV[5]), ARGV[4])
+redis.call('ZADD', '{WATCH}', tonumber(clock(ARGV[5])) + tonumber(ARGV[6]), ARGV[4])
 return 1
+"""
+
+# KEYS[1] the watch set; ARGV: now ('' = Redis' clock), at most this many ids
+_DUE = f"""
+{_CLOCK_LUA}
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', clock(ARGV[1]), 'LIMIT', 0, ARGV[2])
 """
 
 
@@ -319,8 +368,9 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
         family=spec["family"],
         queue=spec["queue"],
         request=spec["request"],
-        created=float(spec["created"]),
-        deadline=float(spec["deadline"]),
+        # The record's own fields win: admission re-bases them on Redis' clock.
+        created=float(fields.get("created") or spec["created"]),
+        deadline=float(fields.get("deadline") or spec["deadline"]),
         meta=spec.get("meta") or {},
         status=JobStatus(fields.get("status", "queued")),
         attempt=int(fields.get("attempt", 0)),
@@ -338,9 +388,14 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
 
 @dataclass(frozen=True)
 class Claim:
+    """What a claim decided. ``job`` is the record as the claim left it (when it should
+    run), with its ``deadline`` translated into the claiming host's clock (``time.time()``)
+    so the worker's own checks of it (HTTP calls, slot waits, fallbacks) hold whatever
+    that host's clock says; the record keeps the deadline in Redis' clock."""
+
     outcome: str  # run | terminal | expired | missing | busy (another live worker runs it)
     attempt: int = 0
-    job: Job | None = None  # the record as the claim left it (when it should run)
+    job: Job | None = None
 
     @property
     def should_run(self) -> bool:
@@ -375,6 +430,7 @@ class JobStore:
         self._sent = client.register_script(_SENT)
         self._reap = client.register_script(_REAP)
         self._set_webhook = client.register_script(_SET_WEBHOOK)
+        self._due = client.register_script(_DUE)
 
     @staticmethod
     def record_key(job_id: str) -> str:
@@ -399,11 +455,17 @@ class JobStore:
         return json.dumps(spec, separators=(",", ":"))
 
     def watch_entry(self, job: Job) -> tuple[str, float]:
-        """The watch-list entry a new job is created with (see ``Accounts.admit``)."""
+        """The watch-list entry a new job is created with (see ``Accounts.admit``, which
+        re-bases it on Redis' clock)."""
         return WATCH, job.created + self.liveness.enqueue_grace
 
+    def clock(self) -> float:
+        """Redis' clock (see :func:`redis_clock`)."""
+        return redis_clock(self._redis)
+
     def create(self, job: Job) -> Job:
-        """Create an unbilled job record (billed jobs are created by ``Accounts.admit``)."""
+        """Create an unbilled job record with its times as given (tests; billed jobs are
+        created by ``Accounts.admit``, in Redis' clock)."""
         name = _JOB.format(job.id)
         pipe = self._redis.pipeline(transaction=True)
         if not job.terminal:
@@ -415,6 +477,7 @@ class JobStore:
                 "status": job.status.value,
                 "attempt": job.attempt,
                 "deadline": repr(job.deadline),
+                "created": repr(job.created),
                 "key_id": job.key_id,
                 "job_id": job.id,
             },
@@ -434,14 +497,18 @@ class JobStore:
         self, job_id: str, *, worker: str = "", now: float | None = None, key_id: str = ""
     ) -> Claim:
         """Take a new attempt at the job (see the module docstring); ``key_id``, when the
-        caller knows the job's API key id (the task message carries it), saves a read."""
-        now = time.time() if now is None else now
+        caller knows the job's API key id (the task message carries it), saves a read.
+
+        Decided on Redis' clock (or ``now``, when a test gives one); the claimed job's
+        deadline comes back in this host's clock (see :class:`Claim`)."""
         live = self.liveness
+        keys = self._keys(job_id, key_id)
         # The claim returns the record it leaves: one round trip.
+        sent_at = time.time()
         reply = self._claim(
-            keys=self._keys(job_id, key_id),
+            keys=keys,
             args=[
-                repr(now),
+                _clock_arg(now),
                 _error_json(timeout_error(job_id)),
                 worker,
                 job_id,
@@ -452,8 +519,13 @@ class JobStore:
         outcome = reply[0]
         if outcome != "run":
             return Claim(outcome)
-        fields = dict(zip(reply[2::2], reply[3::2], strict=True))
-        return Claim(outcome, int(reply[1]), job_from_fields(fields))
+        fields = dict(zip(reply[3::2], reply[4::2], strict=True))
+        job = job_from_fields(fields)
+        if job is not None and now is None:
+            # Redis read its clock about half way through the round trip.
+            ahead = float(reply[2]) - (sent_at + time.time()) / 2
+            job = replace(job, deadline=job.deadline - ahead)
+        return Claim(outcome, int(reply[1]), job)
 
     def succeed(
         self, job_id: str, attempt: int, images: list[StoredImage], *, key_id: str = ""
@@ -494,18 +566,19 @@ class JobStore:
                 str(next_index),
                 json.dumps(note, separators=(",", ":")),
                 job_id,
-                repr(time.time() + self.liveness.enqueue_grace),
+                "",
+                self.liveness.enqueue_grace,
             ],
         )
         return bool(reply)
 
     def mark_sent(self, job_id: str, *, now: float | None = None) -> bool:
         """Record that the job's task reached the broker (the reaper then waits longer)."""
-        now = time.time() if now is None else now
         live = self.liveness
         return bool(
             self._sent(
-                keys=[_JOB.format(job_id)], args=[repr(now), live.resend_after, live.max_sends]
+                keys=[_JOB.format(job_id)],
+                args=[_clock_arg(now), live.resend_after, live.max_sends],
             )
         )
 
@@ -513,23 +586,27 @@ class JobStore:
         """Heartbeat for the jobs one worker process runs (job id -> attempt).
 
         Only jobs still running under that attempt are refreshed; returns how many.
+        The new watch time is Redis' clock + ``stale_after`` (``now``: a test's clock).
         """
         if not running:
             return 0
-        now = time.time() if now is None else now
         live = self.liveness
         ids = list(running)
         return int(
             self._beat(
                 keys=[_JOB.format(i) for i in ids],
-                args=[repr(now), live.stale_after, live.late, *(str(running[i]) for i in ids)],
+                args=[
+                    _clock_arg(now),
+                    live.stale_after,
+                    live.late,
+                    *(str(running[i]) for i in ids),
+                ],
             )
         )
 
     def due(self, *, now: float | None = None, limit: int = 100) -> list[str]:
-        """Jobs whose watch time has come (see :meth:`reap`)."""
-        now = time.time() if now is None else now
-        return list(self._redis.zrangebyscore(WATCH, "-inf", now, start=0, num=limit))
+        """Jobs whose watch time has come by Redis' clock (or ``now``; see :meth:`reap`)."""
+        return list(self._due(keys=[WATCH], args=[_clock_arg(now), limit]))
 
     def reap(self, job_id: str, *, now: float | None = None) -> str:
         """Act on a job whose watch time has come; returns what was done.
@@ -537,13 +614,13 @@ class JobStore:
         ``takeover`` / ``requeue``: the caller must send the job to its queue
         (then :meth:`mark_sent`); ``expired``: ended timed_out and refunded;
         ``wait`` / ``fresh`` / ``terminal`` / ``missing``: nothing to do.
+        Judged on Redis' clock (``now``: a test's clock).
         """
-        now = time.time() if now is None else now
         live = self.liveness
         reply = self._reap(
             keys=self._keys(job_id),
             args=[
-                repr(now),
+                _clock_arg(now),
                 _error_json(timeout_error(job_id)),
                 job_id,
                 live.enqueue_grace,
@@ -560,11 +637,11 @@ class JobStore:
     ) -> None:
         """Write the webhook delivery state of an existing record.
 
-        ``keep_until`` (unix time) extends the record's life to at least then,
-        e.g. past the retention while a delivery retry is pending. A record
+        ``keep_until`` (unix time, Redis' clock) extends the record's life to at least
+        then, e.g. past the retention while a delivery retry is pending. A record
         that has expired is not recreated (it would never expire).
         """
-        ttl = max(1, int(keep_until - time.time()) + 1) if keep_until is not None else 0
+        ttl = max(1, int(keep_until - self.clock()) + 1) if keep_until is not None else 0
         self._set_webhook(
             keys=[_JOB.format(job_id)], args=[json.dumps(state, separators=(",", ":")), ttl]
         )
@@ -573,14 +650,18 @@ class JobStore:
         """Mark a job timed out if its deadline passed and nobody finished it.
 
         Any attempt still running loses its fence and cannot write a result
-        afterwards. Returns True when this call made the transition.
+        afterwards. Returns True when this call made the transition. The script
+        compares the deadline with Redis' clock (``now``: a test's clock), so the
+        caller's clock only decides whether to ask.
         """
-        job = self.get(job_id)
-        now = time.time() if now is None else now
-        if job is None or job.terminal or now < job.deadline:
-            return False
         return self._finish_with(
-            job_id, None, JobStatus.TIMED_OUT, "error", _error_json(timeout_error(job_id))
+            job_id,
+            None,
+            JobStatus.TIMED_OUT,
+            "error",
+            _error_json(timeout_error(job_id)),
+            now=now,
+            overdue_only=True,
         )
 
     def _keys(self, job_id: str, key_id: str = "") -> list[str]:
@@ -599,6 +680,8 @@ class JobStore:
         *,
         delivered: int = 0,
         key_id: str = "",
+        now: float | None = None,
+        overdue_only: bool = False,
     ) -> bool:
         return bool(
             self._finish(
@@ -608,13 +691,19 @@ class JobStore:
                     status.value,
                     fld,
                     payload,
-                    repr(time.time()),
+                    _clock_arg(now),
                     DONE_CHANNEL,
                     job_id,
                     delivered,
+                    "1" if overdue_only else "",
                 ],
             )
         )
+
+
+def _clock_arg(now: float | None) -> str:
+    """A script's ``now`` argument: empty for Redis' own clock, a test's time otherwise."""
+    return "" if now is None else repr(now)
 
 
 def _error_json(error: GatewayError) -> str:

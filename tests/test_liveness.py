@@ -1,13 +1,17 @@
 """Heartbeats, takeover and the reaper's decisions, against a real redis-server.
 
 Times are passed explicitly (``now=``), so nothing here sleeps, except the
-test of the reaper thread's pause, which needs a real Redis outage.
+test of the reaper thread's pause, which needs a real Redis outage, and the
+clock-skew tests at the end, which run real heartbeat and reaper threads on
+"hosts" whose ``time.time()`` is 30 s off and use Redis' clock as the others do.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -260,3 +264,175 @@ def test_running_registry_tracks_only_the_current_attempt() -> None:
             assert running.snapshot() == {"j1": 1, "j2": 4}
         assert running.snapshot() == {"j1": 1}
     assert running.snapshot() == {}
+
+
+# -- one clock: a host whose clock is off cannot cause (or prevent) a takeover ----------------
+
+SKEW = 30.0  # seconds a host's clock is off, as in issue 21 (a worker 20-30 s behind)
+
+
+class HostClocks:
+    """``time.time()`` per simulated host: each thread runs as one host, named by the
+    thread's name, whose clock is off by its skew (others read the true time)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._true = time.time
+        self.skew: dict[str, float] = {}
+        monkeypatch.setattr(time, "time", self.time)
+
+    def time(self) -> float:
+        return self._true() + self.skew.get(threading.current_thread().name, 0.0)
+
+    @contextmanager
+    def on(self, skew: float) -> Iterator[None]:
+        """Run the block (in this thread) as a host whose clock is ``skew`` seconds off."""
+        name = threading.current_thread().name
+        self.skew[name] = skew
+        try:
+            yield
+        finally:
+            del self.skew[name]
+
+
+def redis_time(store: JobStore) -> float:
+    seconds, micros = store._redis.time()
+    return seconds + micros / 1_000_000
+
+
+@pytest.fixture()
+def skew_store(redis_server) -> JobStore:
+    """A database of its own: the reaper threads below act on every due job in it."""
+    client = connect(redis_server.url.rsplit("/", 1)[0] + "/10")
+    return JobStore(client, retention_seconds=600, liveness=LIVE)
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+def test_a_skewed_hosts_watch_times_are_redis_time(
+    skew_store: JobStore, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Claim, heartbeat, handoff and send, made on a host whose clock is 30 s off, write
+    watch times in Redis' clock: the job is not due early, nor late."""
+    store = skew_store
+    clocks = HostClocks(monkeypatch)
+    job = make_job(store, budget=300)  # admitted by a web host with a true clock
+
+    def watched_in() -> float:
+        return watch_time(store, job.id) - redis_time(store)
+
+    with clocks.on(skew):
+        claim = store.claim(job.id, worker="skewed")
+        assert claim.should_run
+        assert watched_in() == pytest.approx(LIVE.stale_after, abs=2)
+        assert store.beat({job.id: claim.attempt}) == 1
+        assert watched_in() == pytest.approx(LIVE.stale_after, abs=2)
+        assert store.handoff(job.id, claim.attempt, 1, {"model": "a", "code": "x"})
+        assert watched_in() == pytest.approx(LIVE.enqueue_grace, abs=2)
+        assert store.mark_sent(job.id)
+        assert watched_in() == pytest.approx(LIVE.resend_after, abs=2)
+        # Its own reaper finds nothing to do either.
+        assert job.id not in store.due()
+        assert store.reap(job.id) == "fresh"
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+def test_a_skewed_worker_gets_its_jobs_deadline_in_its_own_clock(
+    skew_store: JobStore, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """A worker 30 s ahead does not find a job with 20 s left expired, and one 30 s behind
+    does not run it 30 s past its deadline: the claim is judged on Redis' clock and hands
+    the worker the deadline in its own clock (what its HTTP calls are bounded by)."""
+    store = skew_store
+    clocks = HostClocks(monkeypatch)
+    job = make_job(store, budget=20)
+    with clocks.on(skew):
+        claim = store.claim(job.id, worker="skewed")
+        assert claim.should_run, claim.outcome
+        assert claim.job.deadline - time.time() == pytest.approx(20, abs=2)
+        # Nor does the web host's "is it overdue?" on a skewed clock end it early.
+        assert store.expire_if_overdue(job.id) is False
+    assert store.get(job.id).deadline == pytest.approx(job.deadline, abs=2)
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+def test_a_skewed_web_host_neither_shortens_nor_stretches_a_jobs_budget(
+    skew_store: JobStore, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Admission on a web host 30 s off stores the deadline and the first watch time as
+    distances from Redis' clock: the job has its 20 s budget wherever it runs."""
+    store = skew_store
+    client = store._redis
+    catalog = load_catalog()
+    accounts = Accounts(client, catalog)
+    _, key = KeyStore(client).create("skew", tier="internal")
+    accounts.set_balance(key.id, 10_000_000)
+    model = next(m for m in catalog.models.values() if m.price_micros > 0)
+    clocks = HostClocks(monkeypatch)
+    with clocks.on(skew):
+        job = admit_job(accounts, store, catalog, key, model.id, budget=20.0)
+    now = redis_time(store)
+    record = store.get(job.id)
+    assert record.deadline - now == pytest.approx(20, abs=2)
+    assert record.created - now == pytest.approx(0, abs=2)
+    assert watch_time(store, job.id) - now == pytest.approx(LIVE.enqueue_grace, abs=2)
+    assert store.claim(job.id, worker="true-clock").should_run
+
+
+@pytest.mark.parametrize(
+    ("worker_skew", "reaper_skew"),
+    [(-SKEW, 0.0), (SKEW, 0.0), (0.0, SKEW), (0.0, -SKEW)],
+    ids=["worker-behind", "worker-ahead", "reaper-ahead", "reaper-behind"],
+)
+def test_clock_skew_neither_takes_over_a_live_job_nor_spares_a_dead_one(
+    skew_store: JobStore, monkeypatch: pytest.MonkeyPatch, worker_skew: float, reaper_skew: float
+) -> None:
+    """Real heartbeat and reaper threads, one host's clock 30 s off. While the worker beats,
+    its job is never taken over; once it stops, the job is taken over about ``stale_after``
+    later — not at once, not 30 s late."""
+    stale = 1.5
+    live = Liveness(stale_after=stale, enqueue_grace=5.0, resend_after=30.0, late=2.0)
+    store = JobStore(skew_store._redis, retention_seconds=600, liveness=live)
+    clocks = HostClocks(monkeypatch)
+    clocks.skew["job-heartbeat"] = worker_skew  # the worker host beats
+    clocks.skew["job-reaper"] = reaper_skew  # the other host reaps
+    sent: list[str] = []
+    running = Running()
+    reaper = threads.Liveness(
+        store,
+        load_catalog(),
+        lambda job_id, queue: sent.append(job_id),
+        heartbeat_seconds=3600,  # reaps only
+        reaper_interval_seconds=0.1,
+        running=Running(),
+    ).start()
+    worker = threads.Liveness(
+        store,
+        load_catalog(),
+        lambda *a: None,
+        heartbeat_seconds=0.2,
+        reaper_interval_seconds=3600,  # beats only
+        running=running,
+    ).start()
+    try:
+        # The reaper is past its start-up pause once it sends a job that is due at any clock.
+        marker = make_job(store, budget=300)
+        store._redis.zadd(WATCH, {marker.id: 0})
+        assert _wait_for(lambda: marker.id in sent, timeout=stale + 10)
+
+        job = make_job(store, budget=300)
+        with clocks.on(worker_skew):
+            run = store.claim(job.id, worker="worker-host")
+        assert run.should_run
+        with running.track(job.id, run.attempt):
+            time.sleep(3 * stale)  # some 30 reaper passes
+            record = store._redis.hgetall(store.record_key(job.id))
+            assert job.id not in sent
+            assert (record["status"], record["attempt"]) == ("running", str(run.attempt))
+            assert "takeovers" not in record
+        # The worker stopped beating for it (as if it had died).
+        stopped = time.monotonic()
+        assert _wait_for(lambda: job.id in sent, timeout=stale + 6)
+        assert time.monotonic() - stopped > 0.5
+        assert store._redis.hget(store.record_key(job.id), "takeovers") == "1"
+    finally:
+        reaper.stop()
+        worker.stop()

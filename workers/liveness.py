@@ -18,6 +18,11 @@ After losing Redis the reaper waits ``stale_after`` seconds of continuous
 connection before judging heartbeats again: during an outage nobody could
 beat, and a job whose worker is alive must not be taken over just because
 Redis came back.
+
+One clock: heartbeats, watch times and deadlines are Redis' clock, read inside
+the scripts, so this host's ``time.time()`` is never compared with another
+host's. The pause above is a duration measured on this host alone
+(``time.monotonic()``), which no clock offset changes.
 """
 
 from __future__ import annotations
