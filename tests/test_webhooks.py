@@ -198,3 +198,29 @@ def test_a_claimed_delivery_that_is_not_due_keeps_its_schedule(
     assert _deliver(ctx, job.id, lease) == "not_due"
     assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) == pytest.approx(later)
     assert peer.requests == []
+
+
+@pytest.mark.parametrize("skew", [-30.0, 30.0], ids=["behind", "ahead"])
+def test_due_times_and_leases_are_redis_time_whatever_the_hosts_clock(
+    ctx: WorkerContext, peer: SlowPeer, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """A pump and a delivering worker whose clock is 30 s off: a finished job's delivery
+    is sent at once (not 30 s late), and its lease and its retry count from Redis' clock,
+    so another pump neither takes it early nor leaves a lost one waiting."""
+    peer.mode = "error"
+    job = _ended_job(ctx, peer.url("/hook"))
+    true_time = time.time
+
+    def redis_now() -> float:
+        seconds, micros = ctx.redis.time()
+        return seconds + micros / 1_000_000
+
+    monkeypatch.setattr(time, "time", lambda: true_time() + skew)
+    app = Celery("webhook-skew-test")
+    sent: list[str] = []
+    app.send_task = lambda name, args, queue: sent.append(args[1])  # type: ignore[method-assign]
+    assert pump_once(ctx.redis, app, lease_seconds=60, per_key=2) == 1
+    assert float(sent[0]) - redis_now() == pytest.approx(60, abs=2)
+    assert _deliver(ctx, job.id, sent[0]) == "retrying"
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) - redis_now() == pytest.approx(30, abs=2)
+    assert pump_once(ctx.redis, app, lease_seconds=60, per_key=2) == 0

@@ -16,7 +16,10 @@ out and the id is sent again, long before the broker's visibility timeout
 would redeliver the message. The message carries the lease (its end time) as
 a token: a delivery runs only if the id's score is still that token, so a
 message that waited in the queue past its lease, and was sent again meanwhile,
-does nothing (see :func:`workers.webhooks.deliver`).
+does nothing (see :func:`workers.webhooks.deliver`). Due times and leases
+are Redis' clock (one ``TIME`` read per pass), as the jobs' are, so a pump or
+a delivering worker whose clock is off neither sends a delivery early nor
+lets a lost one wait.
 
 **Per-key concurrency.** One API key's receivers must not occupy the whole
 delivery pool (a slow or hostile receiver holds a thread for a whole attempt),
@@ -36,7 +39,7 @@ import time
 import redis
 from celery import Celery
 
-from shared.jobs import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOKS_DUE, JobStore
+from shared.jobs import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOKS_DUE, JobStore, redis_clock
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def pump_once(
 ) -> int:
     """Send the due deliveries (at most ``per_key`` in flight per API key; 0: no cap)."""
     take = client.register_script(_TAKE)
-    now = time.time()
+    now = redis_clock(client)  # due times and leases are Redis' clock, like the job's
     due = client.zrangebyscore(WEBHOOKS_DUE, "-inf", now, start=0, num=limit)
     if not due:
         return 0

@@ -40,7 +40,7 @@ from typing import Any
 import redis
 import requests
 
-from shared.jobs import WEBHOOKS_DUE, Job, JobStore
+from shared.jobs import WEBHOOKS_DUE, Job, JobStore, redis_clock
 from shared.keys import KeyStore
 from shared.netguard import UnsafeDestination, policy_for, safe_session
 from shared.results import dumps, job_object
@@ -101,7 +101,9 @@ def deliver(
         return "skipped"
     inflight = inflight_key(job.key_id)
     if lease is not None:
-        renewed = repr(time.time() + settings.webhook_timeout_seconds + _ATTEMPT_LEASE_MARGIN)
+        renewed = repr(
+            redis_clock(client) + settings.webhook_timeout_seconds + _ATTEMPT_LEASE_MARGIN
+        )
         claim = client.register_script(_CLAIM)
         if not claim(keys=[WEBHOOKS_DUE, inflight], args=[job_id, lease, renewed]):
             return "not_owner"
@@ -128,7 +130,7 @@ def _attempt(
         client.zrem(WEBHOOKS_DUE, job_id)
         return str(state["state"])
     next_attempt = float(state.get("next_attempt", 0))
-    if state.get("state") == "retrying" and next_attempt > time.time() + 1:
+    if state.get("state") == "retrying" and next_attempt > redis_clock(client) + 1:
         client.zadd(WEBHOOKS_DUE, {job_id: next_attempt})  # the claim moved it: put it back
         return "not_due"
     attempts: list[dict[str, Any]] = list(state.get("attempts", []))
@@ -192,7 +194,7 @@ def _attempt(
         else:
             delay = max(schedule[number - 1], retry_after or 0.0)
             state["state"] = "retrying"
-            state["next_attempt"] = time.time() + delay
+            state["next_attempt"] = redis_clock(client) + delay  # the pump's clock
             client.zadd(WEBHOOKS_DUE, {job.id: state["next_attempt"]})
     keep_until = None
     if state["state"] == "retrying":
