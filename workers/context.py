@@ -1,10 +1,24 @@
-"""Per-process worker state: settings, catalog, Redis, job store, storage, HTTP sessions."""
+"""Per-process worker state: settings, catalog, Redis, job store, storage, HTTP sessions.
+
+**HTTP sessions are lent per job** (:func:`job_sessions`), not kept per thread.
+A requests ``Session`` is used by one job at a time, and it keeps its
+keep-alive connections (and TLS sessions) for the next job that borrows it.
+Per thread would not do: Celery's gevent pool runs every task in a new
+greenlet, and greenlet-local sessions meant a new TCP (and TLS) connection
+and a DNS lookup for every upstream call. The free list grows to the most
+jobs ever run at once and stays there (a few kB per session plus its idle
+connections). Outside a job (tests calling the pipeline directly) a
+thread-local set is used.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import cache
 
 import redis
@@ -15,7 +29,7 @@ from shared.capacity import Capacity
 from shared.catalog import Catalog
 from shared.health import Breakers, policy_from
 from shared.jobs import JobStore, liveness_from
-from shared.netguard import policy_for, safe_session
+from shared.netguard import NetPolicy, policy_for, safe_session
 from shared.redis_client import connect
 from shared.settings import Settings
 from shared.signing import storage_for
@@ -34,30 +48,82 @@ class WorkerContext:
     capacity: Capacity
 
     def session(self) -> requests.Session:
-        """One pooled HTTP session per worker thread (requests sessions are not thread-safe)."""
-        session = getattr(_local, "session", None)
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            session.headers["User-Agent"] = "imagegate/0.1"
-            # With trust_env, requests looks up proxies, ~/.netrc and the CA bundle
-            # variables on every call (about 5% of a worker's CPU). Read them once:
-            # per call only when a proxy is set (no_proxy is per host).
-            session.trust_env = _PROXIES
-            if _CA_BUNDLE:
-                session.verify = _CA_BUNDLE
-            _local.session = session
-        return session
+        """The upstream session of the current job (requests sessions are not thread-safe)."""
+        sessions = _sessions()
+        if sessions.upstream is None:
+            sessions.upstream = _upstream_session()
+        return sessions.upstream
 
     def client_session(self) -> requests.Session:
-        """One SSRF-guarded session per worker thread, for URLs a client gave us."""
-        session = getattr(_local, "client_session", None)
-        if session is None:
-            session = safe_session(policy_for(self.settings))
-            _local.client_session = session
-        return session
+        """The current job's SSRF-guarded session, for URLs a client gave us."""
+        sessions = _sessions()
+        if sessions.client is None:
+            sessions.client = safe_session(policy_for(self.settings))
+        return sessions.client
+
+
+@dataclass
+class _Sessions:
+    """The HTTP sessions one job uses; lent to one job at a time."""
+
+    upstream: requests.Session | None = None
+    client: requests.Session | None = None
+    results: dict[NetPolicy, requests.Session] = field(default_factory=dict)
+
+
+_free: list[_Sessions] = []
+_free_lock = threading.Lock()
+_current: contextvars.ContextVar[_Sessions | None] = contextvars.ContextVar(
+    "imagegate_job_sessions", default=None
+)
+
+
+@contextlib.contextmanager
+def job_sessions() -> Iterator[_Sessions]:
+    """Lend the current job a set of sessions, returned for reuse when it ends."""
+    with _free_lock:
+        lent = _free.pop() if _free else _Sessions()
+    token = _current.set(lent)
+    try:
+        yield lent
+    finally:
+        _current.reset(token)
+        with _free_lock:
+            _free.append(lent)
+
+
+def _sessions() -> _Sessions:
+    lent = _current.get()
+    if lent is not None:
+        return lent
+    own = getattr(_local, "sessions", None)
+    if own is None:
+        own = _local.sessions = _Sessions()
+    return own
+
+
+def result_session(policy: NetPolicy) -> requests.Session:
+    """The current job's SSRF-guarded session for upstream result URLs under ``policy``."""
+    sessions = _sessions().results
+    session = sessions.get(policy)
+    if session is None:
+        session = sessions[policy] = safe_session(policy)
+    return session
+
+
+def _upstream_session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "imagegate/0.1"
+    # With trust_env, requests looks up proxies, ~/.netrc and the CA bundle
+    # variables on every call (about 5% of a worker's CPU). Read them once:
+    # per call only when a proxy is set (no_proxy is per host).
+    session.trust_env = _PROXIES
+    if _CA_BUNDLE:
+        session.verify = _CA_BUNDLE
+    return session
 
 
 _local = threading.local()

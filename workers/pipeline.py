@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,30 +39,26 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.jobs import Job, StoredImage, timeout_error
-from shared.netguard import NetPolicy, policy_for, policy_with_hosts_of, safe_session
+from shared.netguard import NetPolicy, policy_for, policy_with_hosts_of
 from shared.sizing import Size, parse_size
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
-from workers.context import WorkerContext
+from workers.context import WorkerContext, result_session
 from workers.http import UpstreamHTTP, default_error_parser, redact
 from workers.images import check_image
 from workers.liveness import RUNNING
 
 log = logging.getLogger(__name__)
-_local = threading.local()
 
 
 def _result_session(policy: NetPolicy) -> requests.Session:
-    """One SSRF-guarded session per worker thread and policy, for upstream result URLs.
+    """The job's SSRF-guarded session for upstream result URLs (lent per job, see
+    workers/context.py).
 
     The policy is the deployment's plus the upstream's own host: a compromised
     or spoofed upstream cannot make a worker fetch another internal address.
     """
-    sessions: dict[NetPolicy, requests.Session] = _local.__dict__.setdefault("result", {})
-    session = sessions.get(policy)
-    if session is None:
-        session = sessions[policy] = safe_session(policy)
-    return session
+    return result_session(policy)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from celery.signals import worker_ready
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from shared.memory_tuning import freeze_startup_objects
 from workers.celery_app import app
-from workers.context import get_context
+from workers.context import get_context, job_sessions
 from workers.liveness import Liveness
 from workers.pipeline import run_job
 from workers.webhook_pump import start_pump
@@ -21,13 +21,14 @@ from workers.webhooks import deliver
 def generate(self: Task, job_id: str, key_id: str = "") -> str:
     """Run a job. The web side also sends the job's API key id (saves a read); messages
     sent by reapers and fallbacks carry only the job id."""
-    outcome = run_job(
-        job_id,
-        get_context(),
-        worker=self.request.hostname or "",
-        handoff=_send_to_queue,
-        key_id=key_id,
-    )
+    with job_sessions():  # HTTP sessions lent to this job, kept for the next one
+        outcome = run_job(
+            job_id,
+            get_context(),
+            worker=self.request.hostname or "",
+            handoff=_send_to_queue,
+            key_id=key_id,
+        )
     return outcome.status
 
 
