@@ -31,7 +31,7 @@ from api.auth import current_key
 from api.responses import base_url, images_response, job_object, json_response
 from api.routing import Route, plan
 from api.services import Services, services
-from api.validation import ParamNotes, check_against_model, fit_tuning, parse_body
+from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -96,7 +96,7 @@ def create_generation():
             code="unsupported_content_encoding",
         )
     body = request.get_data(cache=False)
-    req = parse_body(body)
+    req = parse_body(body, max_tokens=json_budget(svc.catalog))
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
     strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []

@@ -1,5 +1,8 @@
 """From raw request bytes to a request the chosen model can honour.
 
+Before parsing, a body holding far more JSON punctuation than any request needs is
+refused (:func:`parse_body`'s ``max_tokens``, from :func:`json_budget`).
+
 Two steps: :func:`parse_body` checks the body against OpenAI's schema
 (:class:`api.schemas.GenerationRequest`), then :func:`check_against_model`
 applies the model's limits from the catalog (n, prompt length, response
@@ -34,19 +37,90 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.schemas import GenerationRequest
-from shared.catalog import QUALITY_LEVELS, TUNING_PARAMS, Model
+from shared.catalog import QUALITY_LEVELS, TUNING_PARAMS, Catalog, Model
 from shared.errors import InvalidRequest
 from shared.sizing import parse_aspect_ratio, parse_size
 
+# Room for the JSON punctuation of every field but the prompt (keys, webhook_url, user,
+# model, size ...), in :func:`json_budget`.
+_FIELDS_ROOM = 4096
+# An inline reference image: the one string of a request that may be megabytes long.
+_DATA_URL_START = b'"data:'
+_PUNCTUATION = (b":", b",", b"{", b"[")  # the commonest first: counting stops once over
 
-def parse_body(body: bytes) -> GenerationRequest:
+
+def json_budget(catalog: Catalog) -> int:
+    """How many ``{ [ , :`` bytes a body may hold (:func:`parse_body`'s ``max_tokens``).
+
+    A request is a flat object of about twenty fields; only the prompt may hold
+    many of these characters (one per character at most), so the budget is the
+    longest prompt any model takes plus room for the other fields.
+    """
+    longest = max((m.max_prompt_length for m in catalog.models.values()), default=0)
+    return longest + _FIELDS_ROOM
+
+
+def parse_body(body: bytes, *, max_tokens: int | None = None) -> GenerationRequest:
+    """The request in ``body``; 400 naming the param for what the schema refuses.
+
+    With ``max_tokens``, a body that holds more JSON punctuation than that outside an
+    inline image is refused before it is parsed (:func:`_reject_costly_json`).
+    """
     _reject_cut_body(body)
+    image = _data_url_span(body)
+    if max_tokens is not None:
+        _reject_costly_json(body, image, max_tokens)
     try:
         parsed = GenerationRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _translate(exc) from None
+    if image is not None:
+        # The duplicate check need not read the image a second time.
+        start, end = image
+        body = body[: start + len(_DATA_URL_START)] + body[end:]
     _reject_duplicate_keys(body)
     return parsed
+
+
+def _data_url_span(body: bytes) -> tuple[int, int] | None:
+    """Where the first ``"data:...`` string of ``body`` runs (up to the next ``"``), or None.
+
+    With no ``"`` inside the span, a parser is inside one string all along it, or
+    stops at a syntax error where it starts (``"`` then ``data:`` outside a string):
+    skipping it hides no tokens. Base64 and percent-encoded data hold no ``"``.
+    """
+    start = body.find(_DATA_URL_START)
+    if start < 0:
+        return None
+    end = body.find(b'"', start + 1)
+    return (start, end) if end >= 0 else None
+
+
+def _reject_costly_json(body: bytes, image: tuple[int, int] | None, max_tokens: int) -> None:
+    """400 for a body whose parse would cost far more than any request needs.
+
+    Parsing costs per token, not per byte: a 7.5 MB body of 1.25 M duplicate keys
+    took 0.27 s to parse and refuse, a 14 MB body of one image string 4 ms. So
+    the bytes that make tokens -- ``{ [ , :`` -- are counted (``bytes.count``, about
+    1 ms per MB, stopping once over) outside the inline image, before any parsing;
+    this also bounds the nesting depth. Strings hold such bytes too, so the count
+    is an upper bound, and :func:`json_budget` leaves room for a prompt made of them.
+    """
+    if len(body) <= max_tokens:
+        return  # it cannot hold more
+    start, end = image if image is not None else (len(body), len(body))
+    count = 0
+    for char in _PUNCTUATION:
+        count += body.count(char, 0, start) + body.count(char, end)
+        if count > max_tokens:
+            break
+    if count > max_tokens:
+        raise InvalidRequest(
+            f"The JSON body holds {count} of the characters {{ [ , : outside an inline "
+            f"image; a request needs at most {max_tokens}. Send one flat object of the "
+            "documented fields.",
+            code="json_too_complex",
+        )
 
 
 def _reject_cut_body(body: bytes) -> None:
