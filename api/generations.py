@@ -13,6 +13,14 @@ flag); what was mapped or ignored is kept on the job and listed in the
 answer. ``user`` is recorded on the job (``meta.user``) even where it is not
 sent upstream.
 
+A reference ``image`` given as an http(s) URL is checked by the SSRF policy and
+fetched by the workers; one given as a ``data:`` URL is decoded and checked
+here (an image, size limits: 400/413 naming ``image``), kept in storage under
+the job's own key and named in the job spec by that key, never by its bytes
+(:mod:`shared.uploads`). A refused request deletes it again; so does a job
+that could not be queued. The job spec kept in Redis is bounded
+(``max_job_spec_bytes``, 413 ``job_too_large``).
+
 ``Idempotency-Key`` (per API key, kept ``idempotency_ttl_seconds``) makes a
 retry with the same body return the same job instead of creating and
 charging a new one; the same key with another body is a 409.
@@ -36,14 +44,23 @@ from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
     Conflict,
+    GatewayError,
     InvalidRequest,
     NotFound,
+    RequestTooLarge,
     ServiceUnavailable,
     error_from_dict,
 )
 from shared.jobs import Job, JobStatus, new_job_id, timeout_error
 from shared.keys import ApiKey
 from shared.netguard import check_url, policy_for
+from shared.uploads import (
+    ReferenceImage,
+    decode_data_url,
+    inspect_image,
+    is_data_url,
+    upload_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +141,8 @@ def create_generation():
     webhook_url = None
     if req.webhook_url is not None:
         webhook_url = check_url(req.webhook_url, policy_for(svc.settings), param="webhook_url")
-    if req.image is not None and not req.image.startswith("data:"):
+    inline = req.image is not None and is_data_url(req.image)
+    if req.image is not None and not inline:
         # A reference image the workers will fetch on the client's behalf.
         checked = check_url(req.image, policy_for(svc.settings), param="image")
         for request_dict in [job_request, *(route.request for route in routes)]:
@@ -132,16 +150,25 @@ def create_generation():
     is_async = webhook_url is not None or _wants_async()
 
     now = time.time()
+    job_id = new_job_id()
+    upload: tuple[ReferenceImage, bytes] | None = None
+    if inline:
+        # Checked here, before anything is charged; kept in storage, never in Redis.
+        upload = _inline_reference(str(req.image), job_id, now, svc)
+        for request_dict in [job_request, *(route.request for route in routes)]:
+            request_dict.pop("image", None)
     budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
     meta: dict = {"base_url": base_url(svc), "mode": "async" if is_async else "sync"}
+    if upload is not None:
+        meta["reference_image"] = upload[0].to_meta()  # once, whatever the route
     if routes:
-        meta["routes"] = [route.to_meta() for route in routes]
+        meta["routes"] = [route.to_meta(job_request) for route in routes]
     else:
         meta["params"] = notes.to_meta()
     if req.user is not None:
         meta["user"] = req.user  # recorded even where the upstream does not take it
     job = Job(
-        id=new_job_id(),
+        id=job_id,
         key_id=key.id,
         model=target.id,  # limits, price and usage go by the name the client asked for
         family=family.name,
@@ -152,24 +179,32 @@ def create_generation():
         meta=meta,
     )
     idempotency = _idempotency(key, svc, body, job.id)
-    # Limits, balance, idempotency and the job record in one atomic step:
-    # a 429 / 402 / duplicate changes nothing.
-    admission = svc.accounts.admit(
-        key,
-        tier,
-        target,
-        job_request["n"],
-        job_key=svc.jobs.record_key(job.id),
-        job_id=job.id,
-        spec_json=svc.jobs.spec_json(job),
-        deadline=job.deadline,
-        ttl=svc.jobs.ttl_for(job),
-        now=now,
-        idempotency=idempotency,
-        webhook_url=webhook_url,
-        watch=svc.jobs.watch_entry(job),
-    )
+    spec_json = _bounded_spec(job, svc)
+    if upload is not None:
+        svc.storage.put(upload[0].key, upload[1], upload[0].content_type)
+    try:
+        # Limits, balance, idempotency and the job record in one atomic step:
+        # a 429 / 402 / duplicate changes nothing.
+        admission = svc.accounts.admit(
+            key,
+            tier,
+            target,
+            job_request["n"],
+            job_key=svc.jobs.record_key(job.id),
+            job_id=job.id,
+            spec_json=spec_json,
+            deadline=job.deadline,
+            ttl=svc.jobs.ttl_for(job),
+            now=now,
+            idempotency=idempotency,
+            webhook_url=webhook_url,
+            watch=svc.jobs.watch_entry(job),
+        )
+    except GatewayError:
+        _drop_upload(job, svc)  # refused (429, 402, 403): nothing refers to it
+        raise
     if admission.duplicate_of is not None:
+        _drop_upload(job, svc)  # the first job of this key has its own
         return _replay(admission.duplicate_of, idempotency, key, svc, is_async)
     g.ratelimit = admission.status
     # A synchronous request listens for its job before sending it, so the worker's
@@ -213,6 +248,8 @@ def _send(job: Job, svc: Services, idempotency: Idempotency | None) -> None:
             refunded = svc.jobs.fail(job.id, None, error)  # refunds the reservation
             if refunded and idempotency is not None:
                 svc.accounts.release_idempotency(idempotency)
+            if refunded:
+                _drop_upload(job, svc)  # the job never ran and never will
         except redis.RedisError:
             # Redis went away between admission and enqueueing: the job is stored and
             # charged, and a worker's reaper will send it. Go on as if it was sent.
@@ -225,6 +262,46 @@ def _send(job: Job, svc: Services, idempotency: Idempotency | None) -> None:
             svc.jobs.mark_sent(job.id)
         except redis.RedisError:  # the reaper sends it once more; a duplicate is harmless
             log.warning("job %s: could not record that it was sent", job.id)
+
+
+def _inline_reference(
+    image: str, job_id: str, created: float, svc: Services
+) -> tuple[ReferenceImage, bytes]:
+    """A ``data:`` URL reference image, decoded and checked (400/413 naming ``image``),
+    with the storage key of the job's it will be kept under (:mod:`shared.uploads`)."""
+    data = decode_data_url(image, max_bytes=svc.settings.max_reference_image_bytes)
+    inspected = inspect_image(data)
+    key = upload_key(job_id, created, inspected.extension)
+    return ReferenceImage(key=key, content_type=inspected.content_type), data
+
+
+def _drop_upload(job: Job, svc: Services) -> None:
+    """Delete the job's stored reference image, if any (best effort: a leftover only
+    costs storage until the ``uploads/`` prefix expires)."""
+    reference = ReferenceImage.from_meta(job.meta.get("reference_image"))
+    if reference is None:
+        return
+    try:
+        svc.storage.delete(reference.key)
+    except Exception as exc:  # noqa: BLE001 - never hide the error being answered
+        log.warning("job %s: could not delete its upload %s: %s", job.id, reference.key, exc)
+
+
+def _bounded_spec(job: Job, svc: Services) -> str:
+    """The job's spec as stored in Redis; 413 when it is above ``max_job_spec_bytes``.
+
+    With image bytes kept in storage, only a very long prompt repeated in the routes
+    of a virtual model can come near the bound.
+    """
+    spec = svc.jobs.spec_json(job)
+    limit = svc.settings.max_job_spec_bytes
+    if len(spec) > limit:
+        raise RequestTooLarge(
+            f"This request would make a job record of {len(spec)} bytes; the gateway keeps "
+            f"at most {limit}. Shorten the prompt.",
+            code="job_too_large",
+        )
+    return spec
 
 
 def _check_family(model, family, svc: Services) -> None:
@@ -285,8 +362,10 @@ def _answer(done: Job | None, job_id: str, svc: Services):
     """The synchronous answer from the job record a wait ended with."""
     if done is None or not done.terminal:
         try:
-            svc.jobs.expire_if_overdue(job_id)
+            expired = svc.jobs.expire_if_overdue(job_id)
             done = svc.jobs.get(job_id)
+            if expired and done is not None:
+                _drop_upload(done, svc)  # a queued job may never reach a worker now
         except redis.RedisError as exc:
             # Redis is down at the end of the budget: the job lives on (it is in Redis,
             # which keeps it through a restart); say so, with its id to fetch it later.
@@ -324,7 +403,8 @@ def get_job(job_id: str):
     svc = services()
     job = _own_job(job_id)
     if not job.terminal and time.time() >= job.deadline + _GRACE_SECONDS:
-        svc.jobs.expire_if_overdue(job.id)
+        if svc.jobs.expire_if_overdue(job.id):
+            _drop_upload(job, svc)
         job = svc.jobs.get(job.id) or job
     return json_response(job_object(job, svc))
 
@@ -337,5 +417,7 @@ def cancel_job(job_id: str):
         raise Conflict(
             f"The job {job.id} has already ended ({job.status.value}).", code="job_already_ended"
         )
-    svc.jobs.cancel(job.id)  # refunds; a worker still running it can no longer write
+    # Refunds; a worker still running it can no longer write, nor needs its upload.
+    if svc.jobs.cancel(job.id):
+        _drop_upload(job, svc)
     return json_response(job_object(svc.jobs.get(job.id) or job, svc))

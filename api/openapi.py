@@ -72,7 +72,9 @@ _EXTENSION_DOCS = {
     "aspect_ratio": "Extension: `W:H`, for models whose size rule takes a ratio.",
     "seed": "Extension: a seed, for models that take one.",
     "image": "Extension: a reference image, as an https URL or a `data:` URL "
-    "(models with edit mode only).",
+    "(models with edit mode only). A `data:` URL must hold a PNG, JPEG or WebP image "
+    "of at most 8192x8192 pixels and the gateway's byte limit (400 `invalid_image`, "
+    "413 `image_too_large`).",
     "webhook_url": "Extension: an https URL that receives the job object when the job "
     "ends; makes the request asynchronous (202).",
 }
@@ -489,7 +491,9 @@ _ERRORS: dict[str, dict[str, Any]] = {
         409, "Conflict: an `Idempotency-Key` reused with another body, or the job already ended."
     ),
     "PayloadTooLarge": _error_response(
-        413, "The body is larger than the gateway's limit (`code: request_too_large`)."
+        413,
+        "The body is larger than the gateway's limit (`code: request_too_large`), an inline "
+        "`image` is (`image_too_large`), or the job it makes is (`job_too_large`).",
     ),
     "UriTooLong": _error_response(
         414,

@@ -40,8 +40,17 @@ class Route:
     request: dict[str, Any]  # the job request for this candidate (overrides applied)
     notes: ParamNotes = ParamNotes()  # tuning fields mapped or ignored for this candidate
 
-    def to_meta(self) -> dict[str, Any]:
-        return {"model": self.model.id, "request": self.request, "params": self.notes.to_meta()}
+    def to_meta(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The route as the job spec keeps it: its request as ``changes`` to ``base``
+        (the job's request) and the fields it ``unset``, so the prompt and the other
+        shared fields are stored once, not once per candidate (read back by
+        ``workers.pipeline.route_of``)."""
+        return {
+            "model": self.model.id,
+            "changes": {k: v for k, v in self.request.items() if k not in base or base[k] != v},
+            "unset": [k for k in base if k not in self.request],
+            "params": self.notes.to_meta(),
+        }
 
 
 def breaker_name(model_id: str) -> str:

@@ -81,6 +81,10 @@ class Settings:
     strict_params: bool = False
     max_body_bytes: int = 16 * 1024 * 1024
     max_image_bytes: int = 50 * 1024 * 1024
+    # Largest reference image a client may send inline (``image`` as a data: URL), decoded.
+    max_reference_image_bytes: int = 10 * 1024 * 1024
+    # Largest job spec kept in Redis (the request and its routes, never image bytes).
+    max_job_spec_bytes: int = 512 * 1024
     upstream_attempt_timeout_seconds: float = 90.0
     upstream_max_retries: int = 3
     signing_secret: str = ""  # empty: a random secret is created once and kept in Redis
@@ -221,6 +225,10 @@ class Settings:
             strict_params=get("STRICT_PARAMS").lower() in ("1", "true", "yes"),
             max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes, int)),
             max_image_bytes=int(number("MAX_IMAGE_BYTES", cls.max_image_bytes, int)),
+            max_reference_image_bytes=int(
+                number("MAX_REFERENCE_IMAGE_BYTES", cls.max_reference_image_bytes, int)
+            ),
+            max_job_spec_bytes=int(number("MAX_JOB_SPEC_BYTES", cls.max_job_spec_bytes, int)),
             upstream_attempt_timeout_seconds=number(
                 "UPSTREAM_ATTEMPT_TIMEOUT_SECONDS", cls.upstream_attempt_timeout_seconds
             ),

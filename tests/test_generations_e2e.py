@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import redis
 import requests
 from openai import OpenAI
 from PIL import Image
 
+from shared.jobs import JobStore
 from tests.support.sim import sent_with, tagged
 
 
@@ -139,3 +144,72 @@ def test_an_openai_compatible_upstream_added_by_configuration_alone(
     assert sent["model"] == "compat-any" and sent["size"] == "640x480" and sent["seed"] == 7
     assert r.size == "640x480"
     assert call["auth_present"] is True
+
+
+# -- inline reference images (data: URLs) -------------------------------------------------
+
+
+def _noise_png(side: int) -> bytes:
+    """A PNG of random pixels: it does not compress, so it is about 3 * side**2 bytes."""
+    image = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _record_bytes(redis_url: str, job_id: str) -> int:
+    """What the job's record holds in Redis, keys and values."""
+    fields = redis.Redis.from_url(redis_url).hgetall(JobStore.record_key(job_id))
+    assert fields, job_id
+    return sum(len(name) + len(value) for name, value in fields.items())
+
+
+def _uploads_of(stack_env: dict[str, str], job_id: str) -> list[Path]:
+    return list(Path(stack_env["IMAGEGATE_STORAGE_DIR"]).glob(f"uploads/*/*/*/{job_id}/*"))
+
+
+def _gone(paths_of: Callable[[], list[Path]], within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while paths_of():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_data_url_reference_image_reaches_the_upstream_and_stays_out_of_redis(
+    client: OpenAI, simulators: dict[str, str], redis_server, stack_env: dict[str, str]
+) -> None:
+    raw = _noise_png(256)  # ~200 KB
+    prompt = tagged("the same scene at dusk")
+    response = client.images.with_raw_response.generate(
+        model="black-forest-labs/flux.1-kontext-max",
+        prompt=prompt,
+        extra_body={"image": "data:image/png;base64," + base64.b64encode(raw).decode()},
+    )
+    assert response.parse().data[0].url
+    # Kontext takes the reference as raw base64; the simulator decodes and loads it.
+    [sent] = [call["json"] for call in sent_with(simulators["bfl"], prompt)]
+    assert base64.b64decode(sent["input_image"]) == raw
+    job_id = response.headers["x-job-id"]
+    assert _record_bytes(redis_server.url, job_id) < 8 * 1024  # no image bytes in Redis
+    # The worker deletes the stored upload once the job has ended.
+    assert _gone(lambda: _uploads_of(stack_env, job_id))
+
+
+def test_a_data_url_reference_image_is_kept_once_for_a_virtual_models_routes(
+    client: OpenAI, redis_server, stack_env: dict[str, str]
+) -> None:
+    # "image" has two candidates that take a reference image (flux-2-pro, flux-dev); both
+    # routes were stored with the whole data URL, as was the job's own request.
+    raw = _noise_png(128)  # ~50 KB: under Replicate's 256 KB data URL limit
+    response = client.images.with_raw_response.generate(
+        model="image",
+        prompt=tagged("a lighthouse, same framing"),
+        extra_body={"image": "data:image/png;base64," + base64.b64encode(raw).decode()},
+    )
+    result = response.parse()
+    assert result.data[0].url
+    assert result.model_extra["served_by"] in ("black-forest-labs/flux-2-pro", "flux-dev")
+    assert _record_bytes(redis_server.url, response.headers["x-job-id"]) < 8 * 1024
+    assert _gone(lambda: _uploads_of(stack_env, response.headers["x-job-id"]))

@@ -12,6 +12,7 @@ body with Content-Length, a 1 MB prompt for one model) are in
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -671,3 +672,42 @@ def test_a_body_of_a_million_duplicate_keys_is_refused_before_it_is_parsed(
     body = prefix + b', "n": 1' * 1_250_000 + b"}"
     error = _error(_post(gateway, api_key, body), 400)
     assert error["code"] == "json_too_complex"
+
+
+# -- inline reference images (data: URLs) ----------------------------------------------------
+
+KONTEXT = "black-forest-labs/flux.1-kontext-max"  # takes a reference image
+ASYNC = {"Prefer": "respond-async"}  # admitted jobs answer 202 at once, refused ones 4xx
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "data:text/plain;base64," + base64.b64encode(b"not an image at all " * 5000).decode(),
+        "data:image/png;base64," + base64.b64encode(b"not an image at all " * 5000).decode(),
+        "data:," + "not%20an%20image" * 1000,
+        "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7",
+        "data:image/png;base64,@@@@",
+    ],
+    ids=["text-plain", "text-labelled-png", "no-type", "gif", "bad-base64"],
+)
+def test_an_inline_image_that_is_not_png_jpeg_or_webp_is_400_naming_image(
+    gateway: str, api_key: str, image: str
+) -> None:
+    # It was accepted and kept whole in Redis (a 15 MiB text/plain one too).
+    resp = _post(gateway, api_key, {"model": KONTEXT, "prompt": "x", "image": image}, ASYNC)
+    error = _error(resp, 400)
+    assert error["param"] == "image" and error["code"] == "invalid_image"
+    assert "x-job-id" not in resp.headers  # no job, nothing charged
+
+
+def test_an_inline_image_above_the_limit_is_413_naming_image(
+    gateway: str, api_key: str, stack_env: dict[str, str], max_body: int
+) -> None:
+    limit = Settings.from_env({**os.environ, **stack_env}).max_reference_image_bytes
+    image = "data:image/png;base64," + base64.b64encode(b"\0" * (limit + 1)).decode()
+    assert len(image) < max_body  # the body fits; the image does not
+    resp = _post(gateway, api_key, {"model": KONTEXT, "prompt": "x", "image": image}, ASYNC)
+    error = _error(resp, 413)
+    assert error["param"] == "image" and error["code"] == "image_too_large"
+    assert "x-job-id" not in resp.headers

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from shared.errors import NotFound
 from shared.jobs import Job, JobStatus
 from shared.settings import Settings
+from shared.uploads import ReferenceImage, data_url, upload_key
 from tests.support.jobs import make_job
 from workers.context import build_context
-from workers.pipeline import _run_claimed, run_job
+from workers.pipeline import _release_upload, _run_claimed, run_job
 
 
 @pytest.fixture()
@@ -111,3 +113,62 @@ def test_an_image_that_fails_its_check_leaves_none_of_the_jobs_objects(
     assert run_job(job.id, ctx).status == "failed"
     assert len(calls) == 2
     assert _files(tmp_path) == {}
+
+
+# -- inline reference images: read back from storage, deleted once the job has ended ----------
+
+
+def _job_with_upload(ctx, data: bytes | None) -> tuple[Job, str]:
+    """A testcard job whose spec names a stored reference image (``None``: never stored)."""
+    job = make_job(ctx.jobs, 30.0, prompt="with a reference", size="64x64")
+    key = upload_key(job.id, job.created, "png")
+    if data is not None:
+        ctx.storage.put(key, data, "image/png")
+    meta = {"reference_image": ReferenceImage(key, "image/png").to_meta()}
+    ctx.redis.delete(ctx.jobs.record_key(job.id))
+    return ctx.jobs.create(dataclasses.replace(job, meta=meta)), key
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_jobs_upload_is_read_for_its_run_and_deleted_once_it_succeeded(
+    ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import workers.adapters.local as local
+
+    seen: list[str | None] = []
+    real = local.TestcardAdapter.generate
+
+    def spy(self, request, call):
+        seen.append(request.image)
+        return real(self, request, call)
+
+    monkeypatch.setattr(local.TestcardAdapter, "generate", spy)
+    raw = _png_bytes()
+    job, key = _job_with_upload(ctx, raw)
+    assert run_job(job.id, ctx).status == "succeeded"
+    assert seen == [data_url(raw, "image/png")]
+    with pytest.raises(NotFound):
+        ctx.storage.get(key)
+
+
+def test_an_upload_is_kept_while_a_newer_attempt_still_runs(ctx) -> None:
+    job, key = _job_with_upload(ctx, _png_bytes())
+    assert ctx.jobs.claim(job.id).should_run
+    _release_upload(job.id, ctx, job)  # a lost run ending: the job itself is still running
+    assert ctx.storage.get(key)
+    assert ctx.jobs.cancel(job.id)
+    _release_upload(job.id, ctx)  # a redelivered task finds the job ended
+    with pytest.raises(NotFound):
+        ctx.storage.get(key)
+
+
+def test_a_lost_upload_fails_the_job_refunded_with_a_500(ctx) -> None:
+    job, _ = _job_with_upload(ctx, None)
+    assert run_job(job.id, ctx).status == "failed"
+    error = ctx.jobs.get(job.id).error
+    assert (error["status"], error["code"]) == (500, "reference_image_lost")

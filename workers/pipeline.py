@@ -1,7 +1,8 @@
 """What one generation task does, from job id to a finished job record.
 
     claim (fenced attempt) -> pick the route (virtual models) -> clamp size by the
-    model's rule -> take an upstream slot and key (capacity, key breakers)
+    model's rule -> read an inline reference image back from storage (by the key
+    the job spec names) -> take an upstream slot and key (capacity, key breakers)
     -> adapter.generate -> download URL results at once -> check every image
     with Pillow -> store -> record success (only if our attempt still holds the fence)
 
@@ -14,7 +15,8 @@ billed once, at the virtual model's price.
 Failures end the job with the error the client will see; a passed deadline
 ends it ``timed_out``. Running it twice for the same job is harmless: a
 terminal job is skipped, and a re-run after a worker died takes a new attempt
-number, so the older run can no longer write.
+number, so the older run can no longer write. Once the job has ended, its
+stored reference image is deleted (:mod:`shared.uploads`).
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ from shared.errors import (
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
+    NotFound,
     ServerError,
     UpstreamError,
 )
-from shared.jobs import Job, StoredImage, timeout_error
+from shared.jobs import TERMINAL, Job, StoredImage, timeout_error
 from shared.netguard import NetPolicy, policy_for, policy_with_hosts_of
 from shared.sizing import Size, parse_size
+from shared.uploads import ReferenceImage, data_url
 from workers.adapters import ADAPTERS
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.context import WorkerContext, result_session
@@ -84,11 +88,40 @@ def run_job(
     claim = ctx.jobs.claim(job_id, worker=worker, key_id=key_id)
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
+        if claim.outcome in ("terminal", "expired"):  # e.g. canceled or overdue while queued
+            _release_upload(job_id, ctx)
         return Outcome(job_id, claim.outcome)
     if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
     with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
-        return _run_claimed(claim.job, claim.attempt, ctx, handoff)
+        outcome = _run_claimed(claim.job, claim.attempt, ctx, handoff)
+    if outcome.status in ("succeeded", "failed", "timed_out", "superseded"):
+        _release_upload(job_id, ctx, claim.job, ended=outcome.status == "succeeded")
+    return outcome
+
+
+def _release_upload(
+    job_id: str, ctx: WorkerContext, job: Job | None = None, *, ended: bool = False
+) -> None:
+    """Delete the job's stored reference image (:mod:`shared.uploads`) once the job has
+    ended (best effort; ``ended``: the caller knows it has).
+
+    Never before: a job taken over, or handed to its next route, still needs it. The
+    upload of a job whose task never runs again stays until the ``uploads/`` prefix
+    expires.
+    """
+    try:
+        job = job or ctx.jobs.get(job_id)
+        reference = ReferenceImage.from_meta(job.meta.get("reference_image")) if job else None
+        if reference is None:
+            return
+        if not ended:
+            status = ctx.jobs.status(job_id)
+            if status is not None and status not in TERMINAL:
+                return
+        ctx.storage.delete(reference.key)
+    except Exception as exc:  # noqa: BLE001 - a leftover is only storage, expired later
+        log.warning("job %s: could not delete its uploaded reference image: %s", job_id, exc)
 
 
 def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | None) -> Outcome:
@@ -154,11 +187,21 @@ def _discard(images: list[StoredImage], ctx: WorkerContext) -> None:
 
 
 def route_of(job: Job, catalog: Catalog) -> tuple[Model, dict[str, Any]]:
-    """The real model and request this attempt runs: the current route of a virtual model."""
+    """The real model and request this attempt runs: the current route of a virtual model.
+
+    A route keeps its request as ``changes`` to the job's request and the fields it
+    ``unset`` (``api.routing.Route.to_meta``); records written before that keep it
+    whole under ``request``.
+    """
     routes = job.meta.get("routes")
     if routes:
         route = routes[min(job.candidate, len(routes) - 1)]
-        return catalog.model(route["model"]), route["request"]
+        if "request" in route:
+            return catalog.model(route["model"]), route["request"]
+        unset = set(route.get("unset", ()))
+        request = {k: v for k, v in job.request.items() if k not in unset}
+        request.update(route.get("changes", {}))
+        return catalog.model(route["model"]), request
     return catalog.model(job.model), job.request
 
 
@@ -223,6 +266,9 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
     if adapter is None:
         raise ServerError(f"No adapter '{family.adapter}' in this worker build.", code="no_adapter")
     request = build_request(job, model, req)
+    reference = ReferenceImage.from_meta(job.meta.get("reference_image"))
+    if reference is not None:
+        request = dataclasses.replace(request, image=_reference_image(reference, ctx))
     if job.meta.get("routes"):
         ctx.jobs.set_serving(job.id, model.id)
     base_url = ctx.settings.base_url_for(family.name, family.base_url)
@@ -276,6 +322,18 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
                 log.warning("job %s: could not release its upstream slot: %s", job.id, exc)
     ctx.breakers.record_success(*breakers)
     return stored
+
+
+def _reference_image(reference: ReferenceImage, ctx: WorkerContext) -> str:
+    """The client's inline reference image, read back from storage, as a ``data:`` URL:
+    every adapter takes that form and sends what its upstream's protocol wants."""
+    try:
+        data = ctx.storage.get(reference.key)
+    except NotFound as exc:
+        raise ServerError(
+            "The reference image of this job is no longer stored.", code="reference_image_lost"
+        ) from exc
+    return data_url(data, reference.content_type)
 
 
 def _take_slot(job: Job, family: Family, keys: list[str], ctx: WorkerContext) -> Lease | None:
