@@ -78,13 +78,20 @@ def test_invalid_bodies_get_400_naming_the_param(
 
 
 @pytest.mark.parametrize(
-    "raw",
-    [b"{not json", b"[1, 2]", b'"just a string"', b"\xff\xfe\x00garbage", b"[" * 100_000, b""],
+    ("raw", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"just a string"', "invalid_json"),
+        (b"\xff\xfe\x00garbage", "invalid_json"),
+        (b"[" * 100_000, "json_too_complex"),  # refused before it is parsed
+        (b"", "invalid_json"),
+    ],
 )
-def test_malformed_json_gets_400(gateway: str, api_key: str, raw: bytes) -> None:
+def test_malformed_json_gets_400(gateway: str, api_key: str, raw: bytes, code: str) -> None:
     resp = _post(gateway, api_key, raw, headers={"Content-Type": "application/json"})
     assert resp.status_code == 400
-    assert _error(resp)["code"] == "invalid_json"
+    assert _error(resp)["code"] == code
 
 
 def test_non_json_content_type_gets_400(gateway: str, api_key: str) -> None:
