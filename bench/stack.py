@@ -110,7 +110,7 @@ class StackConfig:
                 + (f" with {', '.join(tuned)}" if tuned else "")
                 + (
                     f": {web} web (gunicorn gevent) + worker_openai ({procs} processes, "
-                    f"celery threads x {conc}) + the other lines"
+                    f"the Procfile's pool x {conc}) + the other lines"
                 )
             )
         return (
