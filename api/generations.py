@@ -355,7 +355,9 @@ def _wait_and_answer(job_id: str, svc: Services):
     job = svc.jobs.get(job_id)
     if job is None:
         raise timeout_error(job_id)
-    return _answer(svc.hub.wait(job.id, job.deadline + _GRACE_SECONDS), job.id, svc)
+    # The stored deadline is on Redis' clock; the waiter counts on this host's.
+    local_deadline = job.deadline - (svc.jobs.clock() - time.time())
+    return _answer(svc.hub.wait(job.id, local_deadline + _GRACE_SECONDS), job.id, svc)
 
 
 def _answer(done: Job | None, job_id: str, svc: Services):
@@ -402,7 +404,7 @@ def _own_job(job_id: str) -> Job:
 def get_job(job_id: str):
     svc = services()
     job = _own_job(job_id)
-    if not job.terminal and time.time() >= job.deadline + _GRACE_SECONDS:
+    if not job.terminal and svc.jobs.clock() >= job.deadline + _GRACE_SECONDS:  # Redis' clock
         if svc.jobs.expire_if_overdue(job.id):
             _drop_upload(job, svc)
         job = svc.jobs.get(job.id) or job
