@@ -9,6 +9,7 @@ CPU of ``send_task``); another broker goes through Celery's ``send_task``.
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 
 from shared.broker import task_message, transport_for
@@ -18,7 +19,8 @@ from shared.settings import Settings
 
 
 class TaskQueue:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redis_client: redis.Redis | None = None) -> None:
+        """``redis_client``: the web's own client, used when the broker is that Redis."""
         self._celery = Celery("imagegate-api", broker=settings.effective_broker_url)
         self._celery.conf.update(
             broker_transport=transport_for(settings.effective_broker_url),
@@ -32,11 +34,15 @@ class TaskQueue:
             },
             broker_pool_limit=50,
         )
-        redis_broker = transport_for(settings.effective_broker_url) is not None
         # The same retries as send_task's policy: redis-py reconnects a few times.
-        self._redis = (
-            connect(settings.effective_broker_url, max_connections=2000) if redis_broker else None
-        )
+        self._redis: redis.Redis | None = None
+        if transport_for(settings.effective_broker_url) is not None:
+            same = redis_client is not None and settings.effective_broker_url == settings.redis_url
+            self._redis = (
+                redis_client
+                if same
+                else connect(settings.effective_broker_url, max_connections=2000)
+            )
 
     def enqueue(self, job: Job) -> None:
         if self._redis is not None:

@@ -54,7 +54,7 @@ class Services:
             breakers=Breakers(client, policy_from(settings)),
             storage=storage_for(settings, client),
             hub=CompletionHub(client, jobs),
-            queue=TaskQueue(settings),
+            queue=TaskQueue(settings, client),
         )
 
 

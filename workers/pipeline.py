@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import requests
 
 from shared.capacity import Lease
 from shared.catalog import Catalog, Family, Model
@@ -42,7 +41,7 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.jobs import TERMINAL, Job, StoredImage, timeout_error
-from shared.netguard import NetPolicy, policy_for, policy_with_hosts_of
+from shared.netguard import policy_for, policy_with_hosts_of
 from shared.sizing import Size, parse_size
 from shared.uploads import ReferenceImage, data_url
 from workers.adapters import ADAPTERS
@@ -53,16 +52,6 @@ from workers.images import check_image
 from workers.liveness import RUNNING
 
 log = logging.getLogger(__name__)
-
-
-def _result_session(policy: NetPolicy) -> requests.Session:
-    """The job's SSRF-guarded session for upstream result URLs (lent per job, see
-    workers/context.py).
-
-    The policy is the deployment's plus the upstream's own host: a compromised
-    or spoofed upstream cannot make a worker fetch another internal address.
-    """
-    return result_session(policy)
 
 
 @dataclass(frozen=True)
@@ -274,7 +263,9 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
     base_url = ctx.settings.base_url_for(family.name, family.base_url)
     http = UpstreamHTTP(
         session=ctx.session(),
-        fetch_session=_result_session(policy_with_hosts_of(policy_for(ctx.settings), base_url)),
+        # Result URLs: the deployment's policy plus the upstream's own host, so a
+        # compromised upstream cannot make a worker fetch another internal address.
+        fetch_session=result_session(policy_with_hosts_of(policy_for(ctx.settings), base_url)),
         deadline=job.deadline,
         provider=family.name,
         max_retries=ctx.settings.upstream_max_retries,

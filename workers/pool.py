@@ -51,10 +51,6 @@ def planned() -> int:
     return _applied.concurrency if _applied else 0
 
 
-def applied() -> Plan | None:
-    return _applied
-
-
 # Besides one socket per job in flight: Redis connections, the broker, log files.
 FD_HEADROOM = 256
 
