@@ -15,6 +15,32 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+# -- codes -----------------------------------------------------------------------------
+# The ``code`` of a request fault, one name per fault wherever it is detected
+# (api/validation.py before the job is queued, an adapter after). OpenAI's own
+# codes where OpenAI has one for the fault.
+
+UNKNOWN_PARAMETER = "unknown_parameter"
+"""400: a field the endpoint does not have at all (OpenAI's code)."""
+MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+"""400: a required field is absent (OpenAI's code)."""
+UNSUPPORTED_PARAMETER = "unsupported_parameter"
+"""400: a field the endpoint has but this model does not take (OpenAI's code)."""
+INVALID_VALUE = "invalid_value"
+"""400: a value of the wrong type, outside its range or outside the model's choices
+(OpenAI's code; also where adapters once said ``unsupported_value``)."""
+INVALID_IMAGE = "invalid_image"
+"""400: the reference ``image`` is not a URL or data URL the model can take."""
+IMAGE_TOO_LARGE = "image_too_large"
+"""400: the reference ``image`` is larger than the upstream accepts."""
+CONTENT_POLICY_VIOLATION = "content_policy_violation"
+"""400: the upstream's moderation refused the prompt or image (OpenAI's code)."""
+CATALOG_MISCONFIGURED = "catalog_misconfigured"
+"""500: the model's catalog entry cannot be served (once also ``catalog_error``);
+:func:`workers.adapters.validate_catalog` stops a deployment before one is served."""
+UPSTREAM_MALFORMED_RESPONSE = "upstream_malformed_response"
+"""502: the upstream answered something that is not what its protocol promises."""
+
 
 class GatewayError(Exception):
     status: ClassVar[int] = 500
@@ -143,7 +169,7 @@ def content_policy_violation(
     """The one shape every upstream's moderation refusal takes: 400 content_policy_violation."""
     return InvalidRequest(
         message,
-        code="content_policy_violation",
+        code=CONTENT_POLICY_VIOLATION,
         headers={"x-upstream-request-id": upstream_request_id} if upstream_request_id else None,
     )
 

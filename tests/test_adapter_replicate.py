@@ -517,7 +517,7 @@ def test_bad_catalog_options_are_a_server_error(sim: str) -> None:
     m = model("flux-schnell", size_mode="pixels")
     with pytest.raises(ServerError) as info:
         generate(sim, image_request("flux-schnell", model_obj=m))
-    assert info.value.code == "catalog_error"
+    assert info.value.code == "catalog_misconfigured"
 
 
 def test_prediction_urls_off_the_base_origin_are_not_followed() -> None:

@@ -52,7 +52,16 @@ from typing import Any
 import pybase64 as base64
 import requests
 
-from shared.errors import InvalidRequest, ServerError, UpstreamError, content_policy_violation
+from shared.errors import (
+    CATALOG_MISCONFIGURED,
+    INVALID_VALUE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
+    InvalidRequest,
+    ServerError,
+    UpstreamError,
+    content_policy_violation,
+)
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
 from workers.http import MODERATION_CODES, UpstreamFault, default_error_parser, request_id_of
 
@@ -97,7 +106,7 @@ class ArkAdapter:
         if not isinstance(items, list):
             raise UpstreamError(
                 "Ark answered without a data list.",
-                code="upstream_malformed_response",
+                code=UPSTREAM_MALFORMED_RESPONSE,
                 upstream_request_id=rid,
             )
         images: list[GeneratedImage] = []
@@ -130,14 +139,14 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
         raise InvalidRequest(
             f"'{model.id}' takes an explicit size, not an aspect ratio.",
             param="aspect_ratio",
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
     fmt = model.options.get("response_format", "url")
     if fmt not in RESPONSE_FORMATS:
         raise ServerError(
             f"The catalog sets response_format={fmt!r} for '{model.id}'; "
             "Ark takes url or b64_json.",
-            code="catalog_misconfigured",
+            code=CATALOG_MISCONFIGURED,
         )
     body: dict[str, Any] = {
         "model": model.upstream,
@@ -152,7 +161,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
             raise InvalidRequest(
                 f"'{model.id}' does not take a reference image.",
                 param="image",
-                code="unsupported_parameter",
+                code=UNSUPPORTED_PARAMETER,
             )
         body["image"] = request.image
         references = len(request.image) if isinstance(request.image, list | tuple) else 1
@@ -164,7 +173,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
                 f"'{model.id}' makes at most {MAX_IMAGES_PER_CALL - references} image(s) per "
                 f"request with {references} reference image(s); you asked for {request.n}.",
                 param="n",
-                code="invalid_value",
+                code=INVALID_VALUE,
             )
         template = str(model.options.get("batch_prompt", BATCH_PROMPT))
         body["prompt"] = template.format(prompt=request.prompt, n=request.n)
@@ -191,13 +200,13 @@ def _refuse_unsupported(request: ImageRequest) -> None:
         raise InvalidRequest(
             f"'{model.id}' (Seedream on ModelArk) does not support the parameter '{given[0]}'.",
             param=given[0],
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
     if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(
             f"'{model.id}' makes jpeg or png images, not '{request.output_format}'.",
             param="output_format",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
 
 
@@ -205,7 +214,7 @@ def _no_images(failures: list[dict[str, Any]], rid: str | None) -> Exception:
     if not failures:
         return UpstreamError(
             "Ark answered without images.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=rid,
         )
     for failure in failures:
@@ -227,7 +236,7 @@ def _image(item: Any, rid: str | None) -> GeneratedImage:
     if not isinstance(item, dict):
         raise UpstreamError(
             "Ark sent a malformed image entry.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=rid,
         )
     if isinstance(item.get("b64_json"), str) and item["b64_json"]:
@@ -236,13 +245,13 @@ def _image(item: Any, rid: str | None) -> GeneratedImage:
         except (binascii.Error, ValueError) as exc:
             raise UpstreamError(
                 "Ark sent invalid base64 image data.",
-                code="upstream_malformed_response",
+                code=UPSTREAM_MALFORMED_RESPONSE,
                 upstream_request_id=rid,
             ) from exc
     if isinstance(item.get("url"), str) and item["url"]:
         return GeneratedImage(url=item["url"])
     raise UpstreamError(
         "Ark sent an image entry with neither b64_json nor url.",
-        code="upstream_malformed_response",
+        code=UPSTREAM_MALFORMED_RESPONSE,
         upstream_request_id=rid,
     )

@@ -74,7 +74,16 @@ from typing import Any
 import pybase64 as base64
 import requests
 
-from shared.errors import InvalidRequest, ServerError, UpstreamError, content_policy_violation
+from shared.errors import (
+    CATALOG_MISCONFIGURED,
+    INVALID_IMAGE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
+    InvalidRequest,
+    ServerError,
+    UpstreamError,
+    content_policy_violation,
+)
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser
@@ -211,7 +220,7 @@ class BflAdapter:
             if not isinstance(status, str):
                 raise UpstreamError(
                     f"{http.provider} answered a poll of task {task.id} without a status.",
-                    code="upstream_malformed_response",
+                    code=UPSTREAM_MALFORMED_RESPONSE,
                     upstream_request_id=task.id,
                 )
             if status == READY:
@@ -243,7 +252,7 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
     if not isinstance(task_id, str) or not task_id:
         raise UpstreamError(
             f"{http.provider} accepted the request but returned no task id.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
         )
     polling_url = payload.get("polling_url")
     if polling_url is None:  # older answers carried the id only
@@ -254,7 +263,7 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
     ):
         raise UpstreamError(
             f"{http.provider} returned an unusable polling_url for task {task_id}.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=task_id,
         )
     return Task(task_id, polling_url)
@@ -271,7 +280,7 @@ def schema_for(request: ImageRequest) -> Schema:
             f"The catalog entry '{model.id}' names BFL endpoint '{model.upstream}', whose input "
             f"schema this gateway does not know; set options.schema to one of "
             f"{', '.join(sorted(SCHEMAS))}.",
-            code="catalog_error",
+            code=CATALOG_MISCONFIGURED,
         )
     return SCHEMAS[name]
 
@@ -288,17 +297,17 @@ def check_supported(request: ImageRequest, schema: Schema) -> None:
             f"'{present[0]}' is not supported by '{model}': Black Forest Labs has no such "
             f"setting. Leave {', '.join(repr(p) for p in present)} out.",
             param=present[0],
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
     if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(
             f"'{model}' makes jpeg, png or webp images, not {request.output_format!r}.",
             param="output_format",
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
     if request.image is not None and schema.image_field is None:
         raise InvalidRequest(
-            f"'{model}' takes no reference image.", param="image", code="unsupported_parameter"
+            f"'{model}' takes no reference image.", param="image", code=UNSUPPORTED_PARAMETER
         )
 
 
@@ -314,7 +323,7 @@ def build_body(request: ImageRequest, schema: Schema, *, seed: int | None) -> di
         raise ServerError(
             f"The size rule of '{request.model.id}' gives an aspect ratio, but its BFL endpoint "
             "takes width and height; give the model a size-based rule.",
-            code="catalog_error",
+            code=CATALOG_MISCONFIGURED,
         )
     if seed is not None:
         body["seed"] = seed
@@ -342,7 +351,7 @@ def reference_image(value: str) -> str:
     header, comma, data = value[5:].partition(",")
     if not comma:
         raise InvalidRequest(
-            "The image data URL has no ',' before its data.", param="image", code="invalid_image"
+            "The image data URL has no ',' before its data.", param="image", code=INVALID_IMAGE
         )
     if header.lower().endswith(";base64"):
         data = "".join(data.split())
@@ -350,7 +359,7 @@ def reference_image(value: str) -> str:
             base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest(
-                "The image data URL is not valid base64.", param="image", code="invalid_image"
+                "The image data URL is not valid base64.", param="image", code=INVALID_IMAGE
             ) from None
         return data
     return base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode("ascii")
@@ -368,7 +377,7 @@ def _sample(payload: dict[str, Any], task: Task, provider: str) -> str:
     ):
         raise UpstreamError(
             f"{provider} reported task {task.id} ready without a usable result.sample URL.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=task.id,
         )
     return sample

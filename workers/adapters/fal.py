@@ -63,6 +63,9 @@ import pybase64 as base64
 import requests
 
 from shared.errors import (
+    INVALID_VALUE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
@@ -220,7 +223,7 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
         raise InvalidRequest(
             f"n must be between 1 and {max_images} for model '{request.model.id}'.",
             param="n",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     body: dict[str, Any] = {"prompt": request.prompt, "num_images": request.n}
     if request.width is not None and request.height is not None:
@@ -232,7 +235,7 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
                 f"aspect_ratio {request.aspect_ratio} is not supported by model "
                 f"'{request.model.id}'; supported: {', '.join(PRESETS)}.",
                 param="aspect_ratio",
-                code="unsupported_value",
+                code=INVALID_VALUE,
             )
         body["image_size"] = preset
     if request.seed is not None:
@@ -243,7 +246,7 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
                 f"output_format '{request.output_format}' is not supported by model "
                 f"'{request.model.id}'; use 'jpeg' or 'png'.",
                 param="output_format",
-                code="unsupported_value",
+                code=INVALID_VALUE,
             )
         body["output_format"] = request.output_format
     if request.image is not None:
@@ -363,11 +366,11 @@ def _unsupported(name: str, request: ImageRequest) -> InvalidRequest:
     return InvalidRequest(
         f"'{name}' is not supported by model '{request.model.id}'.",
         param=name,
-        code="unsupported_parameter",
+        code=UNSUPPORTED_PARAMETER,
     )
 
 
 def _malformed(what: str, rid: str | None) -> UpstreamError:
     return UpstreamError(
-        f"fal sent {what}.", code="upstream_malformed_response", upstream_request_id=rid
+        f"fal sent {what}.", code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid
     )

@@ -31,7 +31,7 @@ from typing import Any
 
 import pybase64 as base64
 
-from shared.errors import UpstreamError
+from shared.errors import UPSTREAM_MALFORMED_RESPONSE, UpstreamError
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
 from workers.http import request_id_of
 
@@ -80,7 +80,7 @@ class OpenAIImagesAdapter:
         if not isinstance(items, list) or not items:
             raise UpstreamError(
                 "The upstream answered without images.",
-                code="upstream_malformed_response",
+                code=UPSTREAM_MALFORMED_RESPONSE,
                 upstream_request_id=rid,
             )
         return ImageResult(
@@ -114,7 +114,7 @@ def _image(item: Any, rid: str | None) -> GeneratedImage:
     if not isinstance(item, dict):
         raise UpstreamError(
             "The upstream sent a malformed image entry.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=rid,
         )
     revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
@@ -126,13 +126,13 @@ def _image(item: Any, rid: str | None) -> GeneratedImage:
         except (binascii.Error, ValueError) as exc:
             raise UpstreamError(
                 "The upstream sent invalid base64 image data.",
-                code="upstream_malformed_response",
+                code=UPSTREAM_MALFORMED_RESPONSE,
                 upstream_request_id=rid,
             ) from exc
     if isinstance(item.get("url"), str):
         return GeneratedImage(url=item["url"], revised_prompt=revised)
     raise UpstreamError(
         "The upstream sent an image entry with neither b64_json nor url.",
-        code="upstream_malformed_response",
+        code=UPSTREAM_MALFORMED_RESPONSE,
         upstream_request_id=rid,
     )

@@ -41,7 +41,7 @@ Field mapping (gateway request -> ``input``), driven by the catalog entry's
 * ``user`` is dropped (Replicate has no end-user field), and so are the fields
   named in ``options.ignored_params`` (seed 004's OpenAI-style quality/style
   for FLUX.1-schnell). Any other field the client set is an InvalidRequest
-  naming it (``code="unsupported_parameter"``) before anything is sent.
+  naming it (``code=UNSUPPORTED_PARAMETER``) before anything is sent.
 * response ``output`` (a URL or a list of URLs on replicate.delivery, alive for
   an hour) -> image URLs the task downloads at once; fewer than ``n`` is a
   partial result. ``failed`` with an ``error`` mentioning NSFW/safety/sensitive
@@ -69,6 +69,12 @@ import requests
 
 from shared.catalog import Model
 from shared.errors import (
+    CATALOG_MISCONFIGURED,
+    IMAGE_TOO_LARGE,
+    INVALID_IMAGE,
+    INVALID_VALUE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
     DeadlineExceeded,
     InvalidRequest,
     ServerError,
@@ -148,7 +154,7 @@ class ReplicateOptions:
             raise ServerError(
                 f"The catalog entry of '{model.id}' has bad Replicate options: "
                 f"{'; '.join(problems)}.",
-                code="catalog_error",
+                code=CATALOG_MISCONFIGURED,
             )
         return cls(
             size_mode=size_mode,
@@ -186,7 +192,7 @@ class ReplicateAdapter:
                 raise InvalidRequest(
                     f"The model '{model.id}' makes at most {opts.max_count} images per request.",
                     param="n",
-                    code="unsupported_value",
+                    code=INVALID_VALUE,
                 )
             urls = run.predict({**base_input, opts.count_field: request.n})
             return ImageResult(
@@ -202,7 +208,7 @@ class ReplicateAdapter:
             if not urls:
                 raise UpstreamError(
                     "Replicate's prediction succeeded without an image.",
-                    code="upstream_malformed_response",
+                    code=UPSTREAM_MALFORMED_RESPONSE,
                     upstream_request_id=run.request_id,
                 )
             return GeneratedImage(url=urls[0])
@@ -234,7 +240,7 @@ def _reject_unsupported(request: ImageRequest, opts: ReplicateOptions) -> None:
             raise InvalidRequest(
                 f"The model '{request.model.id}' does not support '{name}' (served by Replicate).",
                 param=name,
-                code="unsupported_parameter",
+                code=UNSUPPORTED_PARAMETER,
             )
 
 
@@ -284,7 +290,7 @@ def _size_mismatch(request: ImageRequest, mode: str) -> ServerError:
     return ServerError(
         f"The catalog entry of '{request.model.id}' says size_mode '{mode}', but its size "
         "rule gave something else.",
-        code="catalog_error",
+        code=CATALOG_MISCONFIGURED,
     )
 
 
@@ -292,13 +298,13 @@ def _check_image(image: str) -> None:
     scheme = urlsplit(image).scheme.lower()
     if scheme not in ("http", "https", "data"):
         raise InvalidRequest(
-            "'image' must be an http(s) URL or a data URL.", param="image", code="invalid_image"
+            "'image' must be an http(s) URL or a data URL.", param="image", code=INVALID_IMAGE
         )
     if scheme == "data" and len(image.encode()) > DATA_URL_MAX_BYTES:
         raise InvalidRequest(
             "Replicate takes data URLs of at most 256 KB; pass a larger image as an https URL.",
             param="image",
-            code="image_too_large",
+            code=IMAGE_TOO_LARGE,
         )
 
 
@@ -312,7 +318,7 @@ def _target(model: Model, base_url: str) -> _Target:
     raise ServerError(
         f"The catalog entry of '{model.id}' names Replicate model '{model.upstream}', which is "
         "neither 'owner/name' nor a version id.",
-        code="catalog_error",
+        code=CATALOG_MISCONFIGURED,
     )
 
 
@@ -424,7 +430,7 @@ def _prediction(payload: Any, expected_id: str | None) -> dict[str, Any]:
     if not ok:
         raise UpstreamError(
             "replicate answered something that is not the expected prediction.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=expected_id,
         )
     return payload
@@ -444,7 +450,7 @@ def _output_urls(prediction: Mapping[str, Any], pred_id: str) -> list[str]:
     ):
         raise UpstreamError(
             "replicate's prediction output is not a URL or a list of URLs.",
-            code="upstream_malformed_response",
+            code=UPSTREAM_MALFORMED_RESPONSE,
             upstream_request_id=pred_id,
         )
     return list(items)

@@ -56,6 +56,12 @@ import pybase64 as base64
 import requests
 
 from shared.errors import (
+    CATALOG_MISCONFIGURED,
+    IMAGE_TOO_LARGE,
+    INVALID_IMAGE,
+    INVALID_VALUE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
@@ -204,7 +210,7 @@ def _endpoint(request: ImageRequest) -> EndpointSpec:
         raise ServerError(
             f"The catalog entry '{request.model.id}' names no Stability endpoint "
             "(options.endpoint must end in /ultra, /core or /sd3).",
-            code="catalog_misconfigured",
+            code=CATALOG_MISCONFIGURED,
         )
     return spec
 
@@ -221,7 +227,7 @@ def _refuse_unsupported(request: ImageRequest, spec: EndpointSpec) -> None:
         return InvalidRequest(
             f"'{request.model.id}' (Stability {spec.kind}) {why}.",
             param=param,
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
 
     if request.quality not in (None, "auto"):
@@ -239,11 +245,11 @@ def _refuse_unsupported(request: ImageRequest, spec: EndpointSpec) -> None:
             f"'{request.model.id}' (Stability {spec.kind}) makes "
             f"{', '.join(spec.formats)} images, not {request.output_format}.",
             param="output_format",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(
-            f"seed must be between 0 and {MAX_SEED}.", param="seed", code="invalid_value"
+            f"seed must be between 0 and {MAX_SEED}.", param="seed", code=INVALID_VALUE
         )
     if request.image is not None and not spec.takes_image:
         raise refuse("image", "does not take a reference image")
@@ -262,7 +268,7 @@ def _aspect_ratio(request: ImageRequest) -> str:
             raise InvalidRequest(
                 f"Invalid aspect_ratio '{request.aspect_ratio}'.",
                 param="aspect_ratio",
-                code="invalid_value",
+                code=INVALID_VALUE,
             ) from None
     elif request.width and request.height:
         target = Fraction(request.width, request.height)
@@ -311,15 +317,15 @@ def _reference_image(image: str, ctx: CallContext) -> tuple[bytes, str]:
             ) from exc
     else:
         raise InvalidRequest(
-            "image must be an https URL or a data URL.", param="image", code="invalid_value"
+            "image must be an https URL or a data URL.", param="image", code=INVALID_VALUE
         )
     if not data:
-        raise InvalidRequest("The reference image is empty.", param="image", code="invalid_image")
+        raise InvalidRequest("The reference image is empty.", param="image", code=INVALID_IMAGE)
     if len(data) > MAX_IMAGE_BYTES:
         raise InvalidRequest(
             f"The reference image is larger than {MAX_IMAGE_BYTES} bytes, Stability's limit.",
             param="image",
-            code="image_too_large",
+            code=IMAGE_TOO_LARGE,
         )
     return data, _sniff(data)
 
@@ -327,20 +333,20 @@ def _reference_image(image: str, ctx: CallContext) -> tuple[bytes, str]:
 def _decode_data_url(url: str) -> bytes:
     match = _DATA_URL.fullmatch(url)
     if match is None:
-        raise InvalidRequest("image is not a valid data URL.", param="image", code="invalid_image")
+        raise InvalidRequest("image is not a valid data URL.", param="image", code=INVALID_IMAGE)
     payload = match["data"]
     if len(payload) > MAX_IMAGE_BYTES * 4 // 3 + 4:
         raise InvalidRequest(
             f"The reference image is larger than {MAX_IMAGE_BYTES} bytes, Stability's limit.",
             param="image",
-            code="image_too_large",
+            code=IMAGE_TOO_LARGE,
         )
     if ";base64" in match["params"].lower():
         try:
             return base64.b64decode("".join(payload.split()), validate=True)
         except (binascii.Error, ValueError) as exc:
             raise InvalidRequest(
-                "image is a data URL with invalid base64.", param="image", code="invalid_image"
+                "image is a data URL with invalid base64.", param="image", code=INVALID_IMAGE
             ) from exc
     return unquote_to_bytes(payload)
 
@@ -399,4 +405,4 @@ def _image_of(response: requests.Response, http: UpstreamHTTP) -> GeneratedImage
 
 
 def _malformed(message: str, rid: str | None) -> UpstreamError:
-    return UpstreamError(message, code="upstream_malformed_response", upstream_request_id=rid)
+    return UpstreamError(message, code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid)

@@ -58,6 +58,10 @@ import pybase64 as base64
 import requests
 
 from shared.errors import (
+    CATALOG_MISCONFIGURED,
+    INVALID_VALUE,
+    UNSUPPORTED_PARAMETER,
+    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
@@ -157,7 +161,7 @@ def _send(http: UpstreamHTTP, method: str, url: str, **kw: Any) -> requests.Resp
 
 def _malformed(message: str, rid: str | None) -> UpstreamError:
     return UpstreamError(
-        f"zhipu {message}", code="upstream_malformed_response", upstream_request_id=rid
+        f"zhipu {message}", code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid
     )
 
 
@@ -168,7 +172,7 @@ def _unsupported(param: str, model_id: str, what: str = "") -> InvalidRequest:
     return InvalidRequest(
         f"'{model_id}' (Zhipu) does not support {what or f'the parameter {param!r}'}.",
         param=param,
-        code="unsupported_parameter",
+        code=UNSUPPORTED_PARAMETER,
     )
 
 
@@ -196,7 +200,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
             raise InvalidRequest(
                 f"'{model.id}' supports quality {' or '.join(offered)}, not {request.quality!r}.",
                 param="quality",
-                code="invalid_value",
+                code=INVALID_VALUE,
             )
         body["quality"] = request.quality
     if request.user is not None:
@@ -206,7 +210,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
                 f"'{model.id}' (Zhipu) needs a user id of {low}-{high} characters; "
                 f"got {len(request.user)}.",
                 param="user",
-                code="invalid_value",
+                code=INVALID_VALUE,
             )
         body["user_id"] = request.user
     watermark = model.options.get("watermark_enabled")
@@ -303,7 +307,7 @@ class _Call:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ServerError(
                 f"Catalog model '{self.request.model.id}' has a bad options.poll_interval.",
-                code="catalog_misconfigured",
+                code=CATALOG_MISCONFIGURED,
             )
         return float(value)
 
@@ -370,7 +374,7 @@ class ZhipuAdapter:
             raise ServerError(
                 f"Catalog model '{request.model.id}' has options.mode={mode!r}; "
                 f"the zhipu adapter knows {', '.join(MODES)}.",
-                code="catalog_misconfigured",
+                code=CATALOG_MISCONFIGURED,
             )
         call = _Call(
             request=request,
