@@ -20,6 +20,7 @@ from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import cli, create_key
 from tests.support.processes import BIN
+from tests.support.sim import fault
 
 
 def _accounts(env: dict[str, str]) -> Accounts:
@@ -182,9 +183,8 @@ def test_partial_delivery_is_charged_only_for_delivered_images(
 
 def test_upstream_failure_is_refunded_in_full(client_for, sim: str, stack_env) -> None:
     created, client = client_for("failure", "1.00")
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 3}, timeout=5).raise_for_status()
-    with pytest.raises(openai.APIStatusError) as info:
-        client.images.generate(model="dall-e-2", prompt="x", n=2, size="256x256")
+    with pytest.raises(openai.APIStatusError) as info:  # the first try and both retries fail
+        client.images.generate(model="dall-e-2", prompt=fault(500, 3), n=2, size="256x256")
     assert info.value.status_code == 502
     assert _balance(stack_env, created["id"]) == 1_000_000
     assert [k for k, _ in _kinds(stack_env, created["id"])][-3:] == ["reserve", "settle", "refund"]

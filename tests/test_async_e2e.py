@@ -10,18 +10,21 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import openai
 import pytest
 import requests
 from openai import OpenAI
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.billing import Accounts
 from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import cli, create_key
 from tests.support.processes import free_port
+from tests.support.sim import fault
 
 
 @dataclass
@@ -108,12 +111,16 @@ def test_prefer_respond_async_answers_202_then_the_job_succeeds(
     assert job["result"]["size"] == "96x64" and len(job["result"]["data"]) == 2
     image = requests.get(job["result"]["data"][0]["url"], timeout=10)
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
-    # Each fetch signs fresh URLs.
-    again = _job(gateway, api_key, accepted["id"]).json()
-    assert (
-        again["result"]["data"][0]["url"].split("?")[0]
-        == job["result"]["data"][0]["url"].split("?")[0]
-    )
+    # Each fetch signs fresh URLs: once the clock has passed the next second, a fetch
+    # gives the same image a later expiry and another signature, and that URL works too.
+    first = job["result"]["data"][0]["url"]
+    time.sleep(1.1)
+    again = _job(gateway, api_key, accepted["id"]).json()["result"]["data"][0]["url"]
+    assert again.split("?")[0] == first.split("?")[0]
+    first_q, again_q = parse_qs(urlsplit(first).query), parse_qs(urlsplit(again).query)
+    assert int(again_q["expires"][0]) > int(first_q["expires"][0])
+    assert again_q["signature"] != first_q["signature"]
+    assert requests.get(again, timeout=10).content == image.content
 
 
 def test_a_sync_504_names_a_job_that_can_be_fetched(
@@ -132,9 +139,11 @@ def test_a_sync_504_names_a_job_that_can_be_fetched(
 def test_failures_are_kept_on_the_job_with_the_sync_envelope(
     client: OpenAI, gateway: str, api_key: str, sim: str
 ) -> None:
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 5}, timeout=5).raise_for_status()
     raw = client.images.with_raw_response.generate(
-        model="dall-e-2", prompt="x", size="256x256", extra_headers={"Prefer": "respond-async"}
+        model="dall-e-2",
+        prompt=fault(500, 5),  # more failures than the upstream retries
+        size="256x256",
+        extra_headers={"Prefer": "respond-async"},
     )
     job = _poll(gateway, api_key, raw.http_response.json()["id"], until=("failed",))
     assert job["status_code"] == 502 and job["error"]["type"] == "upstream_error"
@@ -164,7 +173,7 @@ def test_webhook_is_delivered_signed_and_verifies_with_standardwebhooks(
     assert payload["result"]["data"][0]["url"]
     assert delivery["headers"]["webhook-id"] == f"msg_{job_id}"
     # A tampered body does not verify.
-    with pytest.raises(Exception):  # noqa: B017 - standardwebhooks raises its own error class
+    with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(delivery["body"] + b" ", delivery["headers"])
     job = _poll(gateway, api_key, job_id)
     deadline = time.monotonic() + 5
@@ -444,7 +453,7 @@ def _key_id(env: dict[str, str], plaintext: str) -> str:
     return KeyStore(connect(env["IMAGEGATE_REDIS_URL"])).authenticate(plaintext).id
 
 
-def test_jobs_show_in_json(gateway: str, api_key: str) -> None:
+def test_an_unknown_job_is_a_json_404(gateway: str, api_key: str) -> None:
     resp = requests.get(
         f"{gateway}/v1/images/generations/not-a-job", headers=_auth(api_key), timeout=10
     )
@@ -476,10 +485,9 @@ def test_prefer_respond_async_may_carry_parameters_and_company(gateway: str, api
 
 
 def test_a_failed_sync_generation_names_its_job(gateway: str, api_key: str, sim: str) -> None:
-    requests.post(f"{sim}/_sim/config", json={"fail_next": 10}, timeout=5).raise_for_status()
     resp = requests.post(
         f"{gateway}/v1/images/generations",
-        json={"model": "dall-e-2", "prompt": "fails", "size": "256x256"},
+        json={"model": "dall-e-2", "prompt": fault(500, 10), "size": "256x256"},
         headers=_auth(api_key),
         timeout=60,
     )

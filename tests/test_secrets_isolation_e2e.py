@@ -268,7 +268,7 @@ def test_an_upstream_that_echoes_the_key_gets_it_redacted(
         assert error.param == f"key:{REDACTED}"
 
 
-def test_credentials_sent_and_redact() -> None:
+def test_credentials_sent_lists_each_credential_longest_first_and_redact_hides_it() -> None:
     sent = credentials_sent(
         {"Authorization": "Bearer sk-abcdef123", "X-Key": "bfl-key-42", "Accept": "image/png"}
     )
