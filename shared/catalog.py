@@ -41,22 +41,38 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     limits = [{ models = ["flux-schnell"], per_minute = 1, per_day = 5 }]   # in images
     # all_models = true              # every model, no per-model limits
 
-Loading validates everything (unknown family, bad size rule, bad price) and
-fails loudly: a broken catalog must stop a deployment, not a request.
+Loading validates everything (an unknown key such as ``max_concurent``, an
+unknown family, a bad size rule or price) and fails loudly, naming the file,
+the entry and the key: a broken catalog must stop a deployment, not a request.
+Each kind of table is a pydantic model that refuses keys it does not know
+(``FamilyEntry``, ``ModelEntry``, ...); what entries say about each other (a
+model's family exists, ids are unique) is checked when the catalog is built.
+A model's ``options`` table is the adapter's business and is kept as a dict.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from shared.errors import NotFound
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from shared.errors import InvalidRequest, NotFound
 from shared.sizing import Size, SizeRule, parse_size, rule_from_spec
 
 MICROS_PER_UNIT = 1_000_000
@@ -235,208 +251,348 @@ def load_catalog(path: str | Path | None = None, overlays: tuple[str, ...] = ())
 
     An overlay is a TOML file of the same shape: its families replace or add
     families by name, its models replace or add models by id. Operators use it
-    to add a model without copying the whole shipped catalog. Tiers and the
-    ``[accounts]`` table merge the same way.
+    to add a model without copying the whole shipped catalog. Tiers and virtual
+    models merge the same way, the ``[accounts]`` table key by key. Each file is
+    checked on its own first, so an error names the file it is in.
     """
     path = Path(path) if path else default_catalog_path()
-    raw = _read(path)
-    sources = [str(path)]
+    merged = _read(path)
     for overlay in overlays:
-        extra = _read(Path(overlay))
-        raw.setdefault("families", {}).update(extra.get("families", {}))
-        raw.setdefault("tiers", {}).update(extra.get("tiers", {}))
-        by_vid = {m.get("id"): m for m in raw.get("virtual_models", [])}
-        by_vid.update({m.get("id"): m for m in extra.get("virtual_models", [])})
-        raw["virtual_models"] = list(by_vid.values())
-        raw.setdefault("accounts", {}).update(extra.get("accounts", {}))
-        by_id = {m.get("id"): m for m in raw.get("models", [])}
-        by_id.update({m.get("id"): m for m in extra.get("models", [])})
-        raw["models"] = list(by_id.values())
-        sources.append(overlay)
-    return parse_catalog(raw, source=" + ".join(sources))
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+        merged = merged.merged(_read(Path(overlay)))
+    return merged.build(" + ".join([str(path), *overlays]))
 
 
 def parse_catalog(raw: Mapping[str, Any], *, source: str = "<catalog>") -> Catalog:
-    families = {
-        name: _parse_family(name, spec, source) for name, spec in raw.get("families", {}).items()
-    }
-    models: dict[str, Model] = {}
-    for index, spec in enumerate(raw.get("models", [])):
-        model = _parse_model(spec, families, f"{source}: models[{index}]")
-        if model.id in models:
-            raise CatalogError(f"{source}: model '{model.id}' is defined twice")
-        models[model.id] = model
-    if not models:
-        raise CatalogError(f"{source}: no models defined")
-    virtual: dict[str, VirtualModel] = {}
-    for index, spec in enumerate(raw.get("virtual_models", [])):
-        vm = _parse_virtual(spec, models, f"{source}: virtual_models[{index}]")
-        if vm.id in virtual or vm.id in models:
-            raise CatalogError(f"{source}: model id '{vm.id}' is defined twice")
-        virtual[vm.id] = vm
-    accounts = raw.get("accounts", {})
-    default_rpm = int(accounts.get("requests_per_minute", 60))
-    routable = {**models, **virtual}
-    tiers = {
-        name: _parse_tier(name, spec, routable, default_rpm, source)
-        for name, spec in raw.get("tiers", {}).items()
-    }
-    default_tier = str(accounts.get("default_tier", next(iter(tiers), "")))
-    if tiers and default_tier not in tiers:
-        raise CatalogError(f"{source}: accounts.default_tier '{default_tier}' is not a tier")
-    return Catalog(
-        families=MappingProxyType(families),
-        models=MappingProxyType(models),
-        tiers=MappingProxyType(tiers),
-        default_tier=default_tier,
-        virtual=MappingProxyType(virtual),
-    )
+    """The catalog of an already-parsed TOML document; ``source`` names it in errors."""
+    return _validated(raw, source).build(source)
 
 
-def _parse_virtual(
-    spec: Mapping[str, Any], models: Mapping[str, Model], where: str
-) -> VirtualModel:
+def _read(path: Path) -> CatalogFile:
     try:
-        vm_id = str(spec["id"])
-        where = f"{where} ({vm_id})"
-        candidates = []
-        for entry in spec["candidates"]:
-            model_id = str(entry["model"])
-            if model_id not in models:
-                raise CatalogError(f"{where}: unknown candidate model '{model_id}'")
-            weight = float(entry.get("weight", 1))
-            if weight <= 0:
-                raise CatalogError(f"{where}: candidate '{model_id}' needs a positive weight")
-            overrides = dict(entry.get("params", {}))
-            unknown = set(overrides) - OPTIONAL_PARAMS
-            if unknown:
-                raise CatalogError(f"{where}: unknown override params {sorted(unknown)}")
-            candidates.append(Candidate(model_id, weight, MappingProxyType(overrides)))
-        if not candidates:
-            raise CatalogError(f"{where}: no candidates")
-        return VirtualModel(
-            id=vm_id,
-            candidates=tuple(candidates),
-            price_micros=_parse_price(spec.get("price", "0"), where),
-            description=str(spec.get("description", "")),
-            owned_by=str(spec.get("owned_by", "imagegate")),
-        )
-    except CatalogError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CatalogError(f"{where}: {exc}") from exc
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read catalog {path}: {exc}") from exc
+    return _validated(raw, str(path))
 
 
-def _parse_tier(
-    name: str, spec: Mapping[str, Any], models: Mapping[str, Any], default_rpm: int, source: str
-) -> Tier:
-    where = f"{source}: tiers.{name}"
-    limits: dict[str, ModelLimit] = {}
-    for entry in spec.get("limits", []):
-        try:
-            limit = ModelLimit(int(entry.get("per_minute", 0)), int(entry.get("per_day", 0)))
-            ids = [str(m) for m in entry["models"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CatalogError(f"{where}: bad limits entry {entry!r}: {exc}") from exc
-        if limit.per_minute < 0 or limit.per_day < 0:
-            raise CatalogError(f"{where}: limits must be >= 0")
-        for model_id in ids:
-            if model_id not in models:
-                raise CatalogError(f"{where}: unknown model '{model_id}'")
-            if model_id in limits:
-                raise CatalogError(f"{where}: model '{model_id}' is limited twice")
-            limits[model_id] = limit
-    rpm = int(spec.get("requests_per_minute", default_rpm))
-    if rpm < 0:
-        raise CatalogError(f"{where}: requests_per_minute must be >= 0")
-    return Tier(
-        name=name,
-        description=str(spec.get("description", "")),
-        requests_per_minute=rpm,
-        limits=MappingProxyType(limits),
-        all_models=bool(spec.get("all_models", False)),
-    )
+# --- the file's tables, one model each -----------------------------------------------
 
 
-def _parse_family(name: str, spec: Mapping[str, Any], source: str) -> Family:
-    where = f"{source}: families.{name}"
-    try:
-        return Family(
-            name=name,
-            queue=str(spec.get("queue", name)),
-            adapter=str(spec.get("adapter", name)),
-            base_url=str(spec.get("base_url", "")).rstrip("/"),
-            key_env=str(spec["key_env"]) if spec.get("key_env") else None,
-            available=bool(spec.get("available", True)),
-            unavailable_reason=str(spec.get("unavailable_reason", "")),
-            max_concurrent=int(spec.get("max_concurrent", 0)),
-            worker_concurrency=int(spec.get("worker_concurrency", 0)),
-        )
-    except (TypeError, ValueError) as exc:
-        raise CatalogError(f"{where}: {exc}") from exc
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _parse_price(value: Any, where: str) -> int:
+def _micros(value: Any) -> int:
+    """A price in currency units (``"0.040"``) as integer micro-units."""
     try:
         price = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise CatalogError(f"{where}: price {value!r} is not a decimal number") from exc
+    except InvalidOperation:
+        price = Decimal("NaN")
+    if not price.is_finite():
+        raise ValueError(f"price {value!r} is not a decimal number")
     micros = price * MICROS_PER_UNIT
     if price < 0 or micros != micros.to_integral_value():
-        raise CatalogError(f"{where}: price {value!r} must be >= 0 with at most 6 decimals")
+        raise ValueError(f"price {value!r} must be >= 0 with at most 6 decimals")
     return int(micros)
 
 
-def _parse_model(spec: Mapping[str, Any], families: Mapping[str, Family], where: str) -> Model:
+def _size(value: Any) -> Size:
     try:
-        model_id = str(spec["id"])
-        where = f"{where} ({model_id})"
-        family = str(spec["family"])
-        if family not in families:
-            raise CatalogError(f"{where}: unknown family '{family}'")
-        params = frozenset(spec.get("params", []))
-        unknown = params - OPTIONAL_PARAMS
-        if unknown:
-            raise CatalogError(f"{where}: unknown params {sorted(unknown)}")
-        formats = tuple(spec.get("response_formats", RESPONSE_FORMATS))
-        if not formats or set(formats) - set(RESPONSE_FORMATS):
-            raise CatalogError(f"{where}: response_formats must be a subset of {RESPONSE_FORMATS}")
-        default_format = str(spec.get("default_response_format", "url"))
-        if default_format not in formats:
-            raise CatalogError(f"{where}: default_response_format must be one of response_formats")
-        choices = {str(k): tuple(str(v) for v in vs) for k, vs in spec.get("choices", {}).items()}
-        if set(choices) - params:
-            raise CatalogError(f"{where}: choices given for params the model does not accept")
-        max_n = int(spec.get("max_n", 1))
-        max_prompt = int(spec.get("max_prompt_length", 4000))
-        if max_n < 1 or max_prompt < 1:
-            raise CatalogError(f"{where}: max_n and max_prompt_length must be >= 1")
-        return Model(
-            id=model_id,
-            family=family,
-            upstream=str(spec.get("upstream", model_id)),
-            price_micros=_parse_price(spec.get("price", "0"), where),
-            size_rule=rule_from_spec(spec["size_rule"]),
-            default_size=parse_size(str(spec.get("default_size", "1024x1024"))),
-            max_n=max_n,
-            max_prompt_length=max_prompt,
-            response_formats=formats,
-            params=params,
-            default_response_format=default_format,
-            choices=MappingProxyType(choices),
-            options=MappingProxyType(dict(spec.get("options", {}))),
-            owned_by=str(spec.get("owned_by", family)),
-            description=str(spec.get("description", "")),
+        return parse_size(value)
+    except InvalidRequest as exc:
+        raise ValueError(str(exc)) from None
+
+
+Price = Annotated[int, BeforeValidator(_micros)]  # written in currency units, kept in micros
+
+
+class FamilyEntry(_Entry):
+    """A ``[families.<name>]`` table."""
+
+    queue: str = ""  # "": the family's name
+    adapter: str = ""  # "": the family's name
+    base_url: str = ""
+    key_env: str = ""  # "": the family needs no key
+    available: bool = True
+    unavailable_reason: str = ""
+    max_concurrent: int = 0
+    worker_concurrency: int = 0
+
+    def build(self, name: str) -> Family:
+        return Family(
+            name=name,
+            queue=self.queue or name,
+            adapter=self.adapter or name,
+            base_url=self.base_url.rstrip("/"),
+            key_env=self.key_env or None,
+            available=self.available,
+            unavailable_reason=self.unavailable_reason,
+            max_concurrent=self.max_concurrent,
+            worker_concurrency=self.worker_concurrency,
         )
-    except CatalogError:
-        raise
-    except Exception as exc:  # KeyError, ValueError from rules, InvalidRequest from sizes
-        raise CatalogError(f"{where}: {exc}") from exc
+
+
+class ModelEntry(_Entry):
+    """A ``[[models]]`` entry."""
+
+    id: str
+    family: str
+    upstream: str = ""  # "": the id
+    price: Price = 0
+    size_rule: Annotated[Any, BeforeValidator(rule_from_spec)]  # a SizeRule once validated
+    default_size: Annotated[Size, BeforeValidator(_size)] = Size(1024, 1024)
+    max_n: int = Field(1, ge=1)
+    max_prompt_length: int = Field(4000, ge=1)
+    response_formats: tuple[Literal["url", "b64_json"], ...] = Field(RESPONSE_FORMATS, min_length=1)
+    default_response_format: str = "url"
+    params: frozenset[str] = frozenset()
+    choices: dict[str, tuple[str, ...]] = {}
+    options: dict[str, Any] = {}  # the adapter's own settings
+    owned_by: str = ""  # "": the family
+    description: str = ""
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: frozenset[str]) -> frozenset[str]:
+        if unknown := params - OPTIONAL_PARAMS:
+            raise ValueError(f"unknown params {sorted(unknown)}")
+        return params
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelEntry:
+        if self.default_response_format not in self.response_formats:
+            raise ValueError("default_response_format must be one of response_formats")
+        if set(self.choices) - self.params:
+            raise ValueError("choices given for params the model does not accept")
+        return self
+
+    def build(self) -> Model:
+        return Model(
+            id=self.id,
+            family=self.family,
+            upstream=self.upstream or self.id,
+            price_micros=self.price,
+            size_rule=self.size_rule,
+            default_size=self.default_size,
+            max_n=self.max_n,
+            max_prompt_length=self.max_prompt_length,
+            response_formats=self.response_formats,
+            params=self.params,
+            default_response_format=self.default_response_format,
+            choices=MappingProxyType(dict(self.choices)),
+            options=MappingProxyType(dict(self.options)),
+            owned_by=self.owned_by or self.family,
+            description=self.description,
+        )
+
+
+class CandidateEntry(_Entry):
+    """One of a virtual model's ``candidates``."""
+
+    model: str
+    weight: float = Field(1.0, gt=0)
+    params: dict[str, Any] = {}  # request fields set when this candidate serves
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        if unknown := set(params) - OPTIONAL_PARAMS:
+            raise ValueError(f"unknown override params {sorted(unknown)}")
+        return params
+
+
+class VirtualEntry(_Entry):
+    """A ``[[virtual_models]]`` entry."""
+
+    id: str
+    candidates: list[CandidateEntry] = Field(min_length=1)
+    price: Price = 0
+    description: str = ""
+    owned_by: str = "imagegate"
+
+    def build(self) -> VirtualModel:
+        return VirtualModel(
+            id=self.id,
+            candidates=tuple(
+                Candidate(c.model, c.weight, MappingProxyType(dict(c.params)))
+                for c in self.candidates
+            ),
+            price_micros=self.price,
+            description=self.description,
+            owned_by=self.owned_by,
+        )
+
+
+class LimitEntry(_Entry):
+    """One of a tier's ``limits``: images per minute and per UTC day (0 = no limit)."""
+
+    models: list[str]
+    per_minute: int = Field(0, ge=0)
+    per_day: int = Field(0, ge=0)
+
+
+class TierEntry(_Entry):
+    """A ``[tiers.<name>]`` table."""
+
+    description: str = ""
+    requests_per_minute: int | None = Field(None, ge=0)  # None: the [accounts] value
+    limits: list[LimitEntry] = []
+    all_models: bool = False
+
+    def build(self, name: str, routable: Set[str], default_rpm: int, where: str) -> Tier:
+        limits: dict[str, ModelLimit] = {}
+        for entry in self.limits:
+            for model_id in entry.models:
+                if model_id not in routable:
+                    raise CatalogError(f"{where}: unknown model '{model_id}'")
+                if model_id in limits:
+                    raise CatalogError(f"{where}: model '{model_id}' is limited twice")
+                limits[model_id] = ModelLimit(entry.per_minute, entry.per_day)
+        rpm = self.requests_per_minute
+        return Tier(
+            name=name,
+            description=self.description,
+            requests_per_minute=default_rpm if rpm is None else rpm,
+            limits=MappingProxyType(limits),
+            all_models=self.all_models,
+        )
+
+
+class AccountsEntry(_Entry):
+    """The ``[accounts]`` table."""
+
+    default_tier: str | None = None  # None: the first tier
+    requests_per_minute: int = Field(60, ge=0)
+
+
+class CatalogFile(_Entry):
+    """A whole catalog file (or overlay), checked entry by entry."""
+
+    families: dict[str, FamilyEntry] = {}
+    models: list[ModelEntry] = []
+    virtual_models: list[VirtualEntry] = []
+    accounts: AccountsEntry = AccountsEntry()
+    tiers: dict[str, TierEntry] = {}
+
+    def merged(self, overlay: CatalogFile) -> CatalogFile:
+        """This file with ``overlay`` on top (see :func:`load_catalog`)."""
+        accounts = {
+            **self.accounts.model_dump(exclude_unset=True),
+            **overlay.accounts.model_dump(exclude_unset=True),
+        }
+        return CatalogFile.model_construct(
+            families={**self.families, **overlay.families},
+            models=list({m.id: m for m in [*self.models, *overlay.models]}.values()),
+            virtual_models=list(
+                {v.id: v for v in [*self.virtual_models, *overlay.virtual_models]}.values()
+            ),
+            accounts=AccountsEntry(**accounts),
+            tiers={**self.tiers, **overlay.tiers},
+        )
+
+    def build(self, source: str) -> Catalog:
+        """The catalog, once what entries say about each other holds."""
+        families = {name: entry.build(name) for name, entry in self.families.items()}
+        models: dict[str, Model] = {}
+        for index, entry in enumerate(self.models):
+            if entry.family not in families:
+                raise CatalogError(
+                    f"{source}: models[{index}] ({entry.id}): unknown family '{entry.family}'"
+                )
+            if entry.id in models:
+                raise CatalogError(f"{source}: model '{entry.id}' is defined twice")
+            models[entry.id] = entry.build()
+        if not models:
+            raise CatalogError(f"{source}: no models defined")
+        virtual: dict[str, VirtualModel] = {}
+        for index, vm in enumerate(self.virtual_models):
+            for candidate in vm.candidates:
+                if candidate.model not in models:
+                    raise CatalogError(
+                        f"{source}: virtual_models[{index}] ({vm.id}): "
+                        f"unknown candidate model '{candidate.model}'"
+                    )
+            if vm.id in virtual or vm.id in models:
+                raise CatalogError(f"{source}: model id '{vm.id}' is defined twice")
+            virtual[vm.id] = vm.build()
+        routable = models.keys() | virtual.keys()
+        rpm = self.accounts.requests_per_minute
+        tiers = {
+            name: entry.build(name, routable, rpm, f"{source}: tiers.{name}")
+            for name, entry in self.tiers.items()
+        }
+        default_tier = self.accounts.default_tier
+        if default_tier is None:
+            default_tier = next(iter(tiers), "")
+        if tiers and default_tier not in tiers:
+            raise CatalogError(f"{source}: accounts.default_tier '{default_tier}' is not a tier")
+        return Catalog(
+            families=MappingProxyType(families),
+            models=MappingProxyType(models),
+            tiers=MappingProxyType(tiers),
+            default_tier=default_tier,
+            virtual=MappingProxyType(virtual),
+        )
+
+
+# --- errors that name the file, the entry and the key ---------------------------------
+
+
+def _validated(raw: Mapping[str, Any], source: str) -> CatalogFile:
+    try:
+        return CatalogFile.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_explain(error, raw, source) for error in exc.errors()]
+        raise CatalogError("\n".join(lines)) from None
+
+
+def _explain(error: Any, raw: Mapping[str, Any], source: str) -> str:
+    """One pydantic error as ``<file>: models[3] (dall-e-3): <what is wrong>``."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        known = _keys_at(loc[:-1])
+        near = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean '{near[0]}'?" if near else f"known keys: {', '.join(known)}"
+        return _where(source, raw, loc[:-1]) + f"unknown key '{key}' ({hint})"
+    ctx = error.get("ctx") or {}
+    message = str(ctx["error"]) if error["type"] == "value_error" else error["msg"]
+    return _where(source, raw, loc) + message
+
+
+def _where(source: str, raw: Any, loc: tuple[Any, ...]) -> str:
+    """``source: families.openai: `` or ``source: models[3] (dall-e-3).max_n: ``."""
+    path, node = "", raw
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+        if isinstance(part, int):
+            name = node.get("id") or node.get("model") if isinstance(node, Mapping) else None
+            path += f"[{part}]" + (f" ({name})" if name else "")
+        else:
+            path += f".{part}" if path else str(part)
+    return f"{source}: {path}: " if path else f"{source}: "
+
+
+def _keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the table at ``loc`` may have: its model's fields."""
+    model: type[BaseModel] = CatalogFile
+    for part in loc:
+        if isinstance(part, str) and part in model.model_fields:
+            inner = _model_in(model.model_fields[part].annotation)
+            if inner is None:
+                return []
+            model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if found := _model_in(arg):
+            return found
+    return None
