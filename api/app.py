@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 
+import redis
 from flask import Flask, Response, g, jsonify, request
 
 from api import files, generations, models, usage
@@ -17,7 +18,11 @@ from shared.settings import Settings
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(
+    settings: Settings | None = None, *, redis_client: redis.Redis | None = None
+) -> Flask:
+    """The web application; ``redis_client`` replaces the one built from
+    ``settings.redis_url`` (the fast tests pass a ``fakeredis`` client)."""
     settings = settings or Settings.from_env()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -28,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Services.build(settings)
+    app.extensions[EXTENSION] = Services.build(settings, redis_client)
 
     @app.before_request
     def _request_id() -> None:

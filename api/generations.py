@@ -21,6 +21,10 @@ the job's own key and named in the job spec by that key, never by its bytes
 that could not be queued. The job spec kept in Redis is bounded
 (``max_job_spec_bytes``, 413 ``job_too_large``).
 
+The body is parsed only after the cheap checks (size, ``json_too_complex``) and
+after its bytes were charged to the key's parse budget (:mod:`api.parse_limit`:
+429 ``error.limit: "request_body_bytes"`` once a key sends more than it may).
+
 ``Idempotency-Key`` (per API key, kept ``idempotency_ttl_seconds``) makes a
 retry with the same body return the same job instead of creating and
 charging a new one; the same key with another body is a 409.
@@ -113,7 +117,11 @@ def create_generation():
             code="unsupported_content_encoding",
         )
     body = request.get_data(cache=False)
-    req = parse_body(body, max_tokens=json_budget(svc.catalog))
+    req = parse_body(
+        body,
+        max_tokens=json_budget(svc.catalog),
+        charge=lambda nbytes: svc.parse_limit.charge(key.id, nbytes),
+    )
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
     strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 from flask import current_app
 
+from api.parse_limit import ParseLimit
 from api.queue import TaskQueue
 from api.waiter import CompletionHub
 from shared.billing import Accounts
@@ -34,10 +35,13 @@ class Services:
     storage: ImageStorage
     hub: CompletionHub
     queue: TaskQueue
+    parse_limit: ParseLimit
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
-        client = connect(settings.redis_url, max_connections=2000)
+    def build(cls, settings: Settings, client: redis.Redis | None = None) -> Services:
+        """Every service of a web process, on ``client`` (default: a pool to
+        ``settings.redis_url``; in-process tests pass a ``fakeredis`` client)."""
+        client = client or connect(settings.redis_url, max_connections=2000)
         jobs = JobStore(
             client,
             retention_seconds=settings.job_retention_seconds,
@@ -55,6 +59,7 @@ class Services:
             storage=storage_for(settings, client),
             hub=CompletionHub(client, jobs),
             queue=TaskQueue(settings, client),
+            parse_limit=ParseLimit.for_settings(client, settings),
         )
 
 

@@ -60,16 +60,25 @@ def json_budget(catalog: Catalog) -> int:
     return longest + _FIELDS_ROOM
 
 
-def parse_body(body: bytes, *, max_tokens: int | None = None) -> GenerationRequest:
+def parse_body(
+    body: bytes,
+    *,
+    max_tokens: int | None = None,
+    charge: Callable[[int], None] | None = None,
+) -> GenerationRequest:
     """The request in ``body``; 400 naming the param for what the schema refuses.
 
     With ``max_tokens``, a body that holds more JSON punctuation than that outside an
-    inline image is refused before it is parsed (:func:`_reject_costly_json`).
+    inline image is refused before it is parsed (:func:`_reject_costly_json`). Once
+    these cheap checks passed, ``charge`` is called with the body's length before
+    parsing, and may refuse it (:class:`api.parse_limit.ParseLimit`: 429).
     """
     _reject_cut_body(body)
     image = _data_url_span(body)
     if max_tokens is not None:
         _reject_costly_json(body, image, max_tokens)
+    if charge is not None:
+        charge(len(body))
     try:
         parsed = GenerationRequest.model_validate_json(body)
     except ValidationError as exc:

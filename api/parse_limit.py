@@ -1,0 +1,94 @@
+"""A per-key budget of request-body bytes parsed, so parse work counts against a limit.
+
+Cheap rejections come first and cost nothing here: a body above
+``max_body_bytes`` (413, never read), a cut chunked body (413), one with more
+JSON punctuation than any request needs (400 ``json_too_complex``). What is
+left is parsed -- and parsing is the one cost of a request that is paid
+before any tier limit, by keys and requests that may be refused right after.
+So every body about to be parsed is charged, by its length, to a token bucket
+of its API key; a key that has used its budget gets 429
+(``error.limit: "request_body_bytes"``) with ``Retry-After``, before its body
+is parsed, while every other key goes on as before.
+
+The bucket holds ``burst`` bytes and refills at ``rate`` bytes a second
+(``IMAGEGATE_PARSE_BYTES_PER_SECOND``, default :data:`DEFAULT_RATE`);
+``burst`` is at least two bodies of ``max_body_bytes``, so a single body the
+gateway accepts always fits a full bucket. A refused body takes nothing from
+the bucket. Time is Redis' clock (``TIME`` inside the script), the one clock
+of every host.
+
+Keys::
+
+    ig:parse:<key id>   hash {tokens, ts}: bytes left at time ts; expires once full again
+"""
+
+from __future__ import annotations
+
+import math
+
+import redis
+
+from shared.errors import RateLimited
+from shared.settings import Settings
+
+DEFAULT_RATE = 32 * 1024 * 1024
+"""Bytes of request body a key may have parsed per second, on average."""
+
+_BUCKET = "ig:parse:{}"
+
+# KEYS[1] the bucket (hash: tokens, ts)
+# ARGV[1] cost: bytes to parse; ARGV[2] rate: bytes per second; ARGV[3] burst: bucket size
+# Returns {1, "0"} when charged, else {0, seconds until the cost fits (a decimal string)}.
+_CHARGE = """
+local cost = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+if cost > tokens then
+  return {0, tostring((cost - tokens) / rate)}
+end
+tokens = tokens - cost
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
+return {1, "0"}
+"""
+
+
+class ParseLimit:
+    """The body-bytes bucket of every key, on one Redis client (see the module docstring)."""
+
+    def __init__(self, client: redis.Redis, *, rate: float, burst: int) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("a parse limit needs a positive rate and burst")
+        self.rate = rate
+        self.burst = burst
+        self._charge = client.register_script(_CHARGE)
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings) -> ParseLimit:
+        """``settings.parse_bytes_per_second`` (``IMAGEGATE_PARSE_BYTES_PER_SECOND``) when
+        the settings have it, else :data:`DEFAULT_RATE`; ``burst`` from ``max_body_bytes``."""
+        rate = float(getattr(settings, "parse_bytes_per_second", DEFAULT_RATE))
+        return cls(client, rate=rate, burst=max(int(rate), 2 * settings.max_body_bytes))
+
+    def charge(self, subject: str, nbytes: int) -> None:
+        """Take ``nbytes`` from ``subject``'s bucket, or raise 429 with ``Retry-After``
+        (whole seconds, at least 1) when the bucket does not hold them yet."""
+        cost = min(max(nbytes, 0), self.burst)
+        if cost == 0:
+            return
+        ok, wait = self._charge(keys=[_BUCKET.format(subject)], args=[cost, self.rate, self.burst])
+        if int(ok):
+            return
+        retry = max(1, math.ceil(float(wait)))
+        raise RateLimited(
+            f"This key sent more request bodies than the gateway parses for one key "
+            f"({self.rate / 1048576:g} MiB a second on average); retry in {retry} s.",
+            headers={"Retry-After": str(retry)},
+            extra={"limit": "request_body_bytes"},
+        )
