@@ -2,11 +2,12 @@
 
 Money is integer micro-units of currency (1 unit = 1,000,000), never floats.
 
-**Admission** (:meth:`Accounts.admit`) is one Lua script that, atomically:
-checks every rate-limit window of the request (per-model images per minute
-and per UTC day, account calls per minute), checks the balance, and only if
-all pass increments the windows, deducts ``price x n``, creates the job
-record and appends a ``reserve`` entry to the ledger. Because it is a single
+**Admission** (:meth:`Accounts.admit`) is one Lua script, ``shared/lua/admit.lua``,
+that, atomically: checks every rate-limit window of the request (per-model
+images per minute and per UTC day, account calls per minute), checks the
+balance, and only if all pass increments the windows, deducts ``price x n``,
+creates the job record (its fields: :func:`shared.jobrecord.new_record`) and
+appends a ``reserve`` entry to the ledger. Because it is a single
 script, any number of web processes admit exactly as many images as the
 limits and the balance allow, and a refused request changes nothing.
 The job's times are re-based on Redis' clock there: ``created`` is Redis'
@@ -15,8 +16,8 @@ web host's ``now``, so a web host whose clock is off neither shortens nor
 lengthens a job's budget as the workers and reapers see it. (The rate-limit
 windows and the usage day still follow the web host's clock.)
 
-**Settlement** happens inside the job's terminal transition (the Lua scripts
-of :mod:`shared.jobs` include :data:`SETTLE_LUA`): the cost of images not
+**Settlement** happens inside the job's terminal transition (the job scripts
+in ``shared/lua/`` include ``_settle.lua``): the cost of images not
 delivered is refunded, a failed or timed-out job is refunded in full, and the
 ledger gets ``settle``/``refund`` entries. A job becomes terminal exactly
 once, so a redelivered task can neither charge nor refund twice.
@@ -42,10 +43,10 @@ import hashlib
 import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
 
 import redis
 
+from shared import jobrecord, lua
 from shared.catalog import MICROS_PER_UNIT, Catalog, Model, Tier
 from shared.errors import InsufficientBalance, PermissionDenied, RateLimited
 from shared.keys import ApiKey
@@ -169,101 +170,9 @@ def account_window(key: ApiKey, tier: Tier, now: float) -> Window:
     )
 
 
-# KEYS: job, balance, ledger, idempotency key, windows...
-# ARGV: cost, unlimited, number of windows, idempotency value ('' = none), idempotency ttl,
-#       per window (limit, amount, ttl), then the job fields (see Accounts.admit)
-_ADMIT = """
-if ARGV[4] ~= '' then
-  local existing = redis.call('GET', KEYS[4])
-  if existing then return {'duplicate', existing} end
-end
-local nwin = tonumber(ARGV[3])
-local base = 6
-for i = 1, nwin do
-  local limit = tonumber(ARGV[base + (i-1)*3])
-  local amount = tonumber(ARGV[base + (i-1)*3 + 1])
-  local cur = tonumber(redis.call('GET', KEYS[4+i]) or '0')
-  if cur + amount > limit then
-    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[4+i]))}
-  end
-end
-local cost = tonumber(ARGV[1])
-local unlimited = ARGV[2] == '1'
-local balance = tonumber(redis.call('GET', KEYS[2]) or '0')
-if not unlimited and balance < cost then
-  return {'balance', tostring(balance)}
-end
-local used = {}
-for i = 1, nwin do
-  local amount = tonumber(ARGV[base + (i-1)*3 + 1])
-  local ttl = tonumber(ARGV[base + (i-1)*3 + 2])
-  local now = redis.call('INCRBY', KEYS[4+i], amount)
-  if now == amount then redis.call('EXPIRE', KEYS[4+i], ttl) end
-  used[i] = tostring(now)
-end
-if not unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
-local f = base + nwin*3
--- job fields: spec, deadline, ttl, key id, job id, model, n, unit price, day, now, webhook url,
--- watch zset key (or empty) and the time the job is looked at if nobody sent it.
--- The job's times are re-based on Redis' clock (the one clock every host compares them
--- with): created = TIME, and the deadline and watch time keep their distance from `now`.
-local t = redis.call('TIME')
-local created = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local shift = created - tonumber(ARGV[f+9])
-redis.call('HSET', KEYS[1], 'spec', ARGV[f], 'status', 'queued', 'attempt', 0,
-  'created', string.format('%.6f', created),
-  'deadline', string.format('%.6f', tonumber(ARGV[f+1]) + shift),
-  'key_id', ARGV[f+3], 'job_id', ARGV[f+4], 'model', ARGV[f+5],
-  'n', ARGV[f+6], 'unit_price', ARGV[f+7], 'charged', cost, 'day', ARGV[f+8],
-  'unlimited', unlimited and '1' or '0', 'billed', '1')
-if ARGV[f+10] ~= '' then redis.call('HSET', KEYS[1], 'webhook_url', ARGV[f+10]) end
--- the reaper's watch list: a job nobody has sent to a queue by then is sent again
-if ARGV[f+11] ~= '' then
-  redis.call('ZADD', ARGV[f+11], tonumber(ARGV[f+12]) + shift, ARGV[f+4])
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[f+2]))
-if ARGV[4] ~= '' then redis.call('SET', KEYS[4], ARGV[4], 'EX', tonumber(ARGV[5])) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'reserve',
-  'job', ARGV[f+4], 'model', ARGV[f+5], 'images', ARGV[f+6], 'amount', tostring(-cost),
-  'ts', string.format('%.6f', created))
-local out = {'ok', tostring(balance)}
-for i = 1, nwin do out[#out+1] = used[i] end
-return out
-""".replace("__MAXLEN__", str(LEDGER_MAXLEN))
-
-# A Lua fragment for the terminal transitions of shared.jobs. Expects
-# `job` (the job hash key), `delivered` (number of images delivered) and
-# `now` (string) in scope, and KEYS[2..4] = balance, ledger, usage.
-SETTLE_LUA = """
-if redis.call('HGET', job, 'billed') == '1' and not redis.call('HGET', job, 'settled') then
-  local charged = tonumber(redis.call('HGET', job, 'charged') or '0')
-  local unit = tonumber(redis.call('HGET', job, 'unit_price') or '0')
-  local n = tonumber(redis.call('HGET', job, 'n') or '0')
-  if delivered > n then delivered = n end
-  local spent = delivered * unit
-  if spent > charged then spent = charged end
-  local refund = charged - spent
-  local model = redis.call('HGET', job, 'model')
-  local jid = redis.call('HGET', job, 'job_id')
-  if refund > 0 and redis.call('HGET', job, 'unlimited') ~= '1' then
-    redis.call('INCRBY', KEYS[2], refund)
-  end
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'settle', 'job', jid,
-    'model', model, 'images', tostring(delivered), 'amount', tostring(-spent), 'ts', now)
-  if refund > 0 then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '__MAXLEN__', '*', 'kind', 'refund', 'job', jid,
-      'model', model, 'images', tostring(n - delivered), 'amount', tostring(refund), 'ts', now)
-  end
-  local day = redis.call('HGET', job, 'day')
-  redis.call('HINCRBY', KEYS[4], day .. '|' .. model .. '|images', delivered)
-  redis.call('HINCRBY', KEYS[4], day .. '|' .. model .. '|amount', spent)
-  redis.call('HSET', job, 'settled', tostring(spent), 'refunded', tostring(refund))
-end
-""".replace("__MAXLEN__", str(LEDGER_MAXLEN))
-
-
 def settle_keys(key_id: str) -> list[str]:
-    """KEYS[2..4] of every script that includes :data:`SETTLE_LUA`."""
+    """The balance, ledger and usage keys of a key id: KEYS[2..4] of the job scripts that
+    settle a bill (``shared/lua/_settle.lua``)."""
     return [BALANCE.format(key_id), LEDGER.format(key_id), USAGE.format(key_id)]
 
 
@@ -272,13 +181,6 @@ class Admission:
     balance_micros: int | None  # None for unlimited keys
     status: LimitStatus | None  # the tightest window after this request
     duplicate_of: str | None = None  # the idempotency key's stored value; nothing was admitted
-
-
-# KEYS[1] the idempotency key; ARGV[1] the value this request stored. 1 if released.
-_RELEASE_IDEMPOTENCY = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass(frozen=True)
@@ -306,8 +208,8 @@ class Accounts:
     def __init__(self, client: redis.Redis, catalog: Catalog) -> None:
         self._redis = client
         self._catalog = catalog
-        self._admit = client.register_script(_ADMIT)
-        self._release = client.register_script(_RELEASE_IDEMPOTENCY)
+        self._admit = lua.register(client, "admit")
+        self._release = lua.register(client, "release_idempotency")
 
     # -- admission --------------------------------------------------------------------
 
@@ -348,33 +250,39 @@ class Accounts:
         """
         windows = windows_for(key, tier, model, n, now)
         cost = model.price_micros * n
-        args: list[Any] = [
-            cost,
-            "1" if key.unlimited else "0",
-            len(windows),
-            idempotency.value if idempotency else "",
-            idempotency.ttl if idempotency else 0,
-        ]
-        for w in windows:
-            args += [w.limit, w.amount, w.ttl]
-        args += [
-            spec_json,
-            repr(deadline),
-            ttl,
-            key.id,
-            job_id,
-            model.id,
-            n,
-            model.price_micros,
-            time.strftime("%Y-%m-%d", time.gmtime(now)),
-            repr(now),
-            webhook_url or "",
-            watch[0] if watch else "",
-            repr(watch[1]) if watch else "0",
-        ]
+        record = jobrecord.new_record(
+            job_id=job_id,
+            key_id=key.id,
+            spec_json=spec_json,
+            created=now,  # both re-based on Redis' clock by the script
+            deadline=deadline,
+            webhook_url=webhook_url,
+            bill=jobrecord.bill_fields(
+                model=model.id,
+                n=n,
+                unit_price=model.price_micros,
+                charged=cost,
+                day=time.strftime("%Y-%m-%d", time.gmtime(now)),
+                unlimited=key.unlimited,
+            ),
+        )
         idem_key = idempotency.redis_key if idempotency else f"ig:idem:{key.id}:-"
-        keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key]
-        reply = self._admit(keys=keys + [w.key for w in windows], args=args)
+        watch_key, watch_at = (watch[0], repr(watch[1])) if watch else (jobrecord.WATCH, "")
+        keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key, watch_key]
+        reply = self._admit(
+            keys + [w.key for w in windows],
+            cost=cost,
+            unlimited=key.unlimited,
+            windows=[{"limit": w.limit, "amount": w.amount, "ttl": w.ttl} for w in windows],
+            idempotency=idempotency.value if idempotency else "",
+            idempotency_ttl=idempotency.ttl if idempotency else 0,
+            record=record,
+            now=repr(now),
+            deadline=repr(deadline),
+            watch_at=watch_at,
+            ttl=ttl,
+            ledger_maxlen=LEDGER_MAXLEN,
+        )
         if reply[0] == "duplicate":
             return Admission(None, None, duplicate_of=str(reply[1]))
         if reply[0] == "limited":
@@ -415,7 +323,7 @@ class Accounts:
         For a job that was admitted but never queued (and is refunded): a retry
         with the same key then starts afresh. Another job's key is left alone.
         """
-        return bool(self._release(keys=[idempotency.redis_key], args=[idempotency.value]))
+        return bool(self._release([idempotency.redis_key], value=idempotency.value))
 
     def account_status(self, key: ApiKey, now: float | None = None) -> LimitStatus | None:
         """The account-level window, for the headers of requests that consume nothing."""

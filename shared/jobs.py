@@ -1,17 +1,10 @@
 """Job records in Redis: the one place the web side and the workers meet.
 
-A job is a Redis hash ``ig:job:<id>``::
+A job is a Redis hash ``ig:job:<id>``; :mod:`shared.jobrecord` lists and explains
+every field, and builds the fields a record is created with.
 
-    spec      JSON of the immutable part (key id, model, family, request, created, deadline)
-    created / deadline   unix times in Redis' clock (these win over the spec's)
-    status    queued | running | succeeded | failed | timed_out | canceled
-    attempt   fencing token: incremented by every claim
-    result    JSON list of stored images (storage keys, sizes), on success
-    error     JSON of the GatewayError, on failure
-    started / finished / worker
-
-State changes are Lua scripts, so they are atomic across any number of web
-and worker processes:
+State changes are Lua scripts (``shared/lua/job_*.lua``, loaded by
+:mod:`shared.lua`), so they are atomic across any number of web and worker processes:
 
 * :meth:`JobStore.claim` moves a non-terminal job to ``running`` and returns a
   new attempt number, or says why not (terminal already, deadline passed).
@@ -19,7 +12,7 @@ and worker processes:
   terminal yet *and* the caller still holds the latest attempt, so a slow or
   duplicated run can never overwrite the outcome of a newer one.
 * every terminal transition settles the job's bill in the same script
-  (:data:`shared.billing.SETTLE_LUA`: refund what was not delivered) and
+  (``shared/lua/_settle.lua``: refund what was not delivered) and
   publishes the job id on :data:`DONE_CHANNEL`, which the web processes'
   waiters listen to. A job becomes terminal once, so it is settled once.
 
@@ -67,16 +60,15 @@ from typing import Any
 
 import redis
 
-from shared.billing import SETTLE_LUA, settle_keys
+from shared import jobrecord as rec
+from shared import lua
+from shared.billing import LEDGER_MAXLEN, settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
+from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
 
-DONE_CHANNEL = "ig:jobs:done"
-WATCH = "ig:jobs:watch"  # zset: non-terminal job id -> unix time it must be looked at
-WEBHOOKS_DUE = "ig:webhooks:due"  # zset: job id -> unix time its next delivery is due
 GENERATE_TASK = "imagegate.generate"  # the Celery task name both sides agree on
 DELIVER_WEBHOOK_TASK = "imagegate.deliver_webhook"
 WEBHOOK_QUEUE = "webhooks"
-_JOB = "ig:job:{}"
 
 
 class JobStatus(StrEnum):
@@ -177,190 +169,13 @@ def timeout_error(job_id: str) -> GatewayTimeout:
     )
 
 
-_TERMINAL_LUA = "{" + ",".join(f"['{s.value}']=true" for s in TERMINAL) + "}"
-
-# One clock for every host: `clock(arg)` is the time a caller passed (tests inject
-# one), or Redis' own clock when the argument is empty. As a string, for HSET/XADD.
-# Redis 7 replicates a script's effects, so reading TIME before writing is allowed.
-_CLOCK_LUA = """
-local function clock(given)
-  if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
-end
-"""
-
-# After a terminal transition: nothing to watch any more, and a job with a
-# webhook is due for delivery now.
-_NOTIFY_LUA = f"""
-redis.call('ZREM', '{WATCH}', redis.call('HGET', job, 'job_id'))
-if redis.call('HEXISTS', job, 'webhook_url') == 1 then
-  redis.call('ZADD', '{WEBHOOKS_DUE}', tonumber(now), redis.call('HGET', job, 'job_id'))
-end
-"""
-
-# Moves the job (`job` in scope) to timed_out and settles it; needs `now`, ARGV[tmo] error.
-_EXPIRE_LUA = f"""
-redis.call('HSET', job, 'status', 'timed_out', 'finished', now, 'error', timeout_json)
-local delivered = 0
-{SETTLE_LUA}
-{_NOTIFY_LUA}
-redis.call('PUBLISH', '{DONE_CHANNEL}', redis.call('HGET', job, 'job_id'))
-"""
-
-# KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
-# ARGV: now ('' = Redis' clock), timeout error JSON, worker name, job id, stale_after, late
-# Returns {'run', attempt, now, <the record as HGETALL gives it>} or {outcome, ...}.
-_CLAIM = f"""
-{_CLOCK_LUA}
-local terminal = {_TERMINAL_LUA}
-local job = KEYS[1]
-local now = clock(ARGV[1])
-local st = redis.call('HGET', job, 'status')
-if not st then return {{'missing'}} end
-if terminal[st] then return {{'terminal', st}} end
-if st == 'running' then
-  local beat = redis.call('ZSCORE', '{WATCH}', ARGV[4])
-  if beat and tonumber(beat) > tonumber(now) then return {{'busy'}} end
-end
-local deadline = tonumber(redis.call('HGET', job, 'deadline'))
-if tonumber(now) >= deadline then
-  local timeout_json = ARGV[2]
-  {_EXPIRE_LUA}
-  return {{'expired'}}
-end
-local attempt = redis.call('HINCRBY', job, 'attempt', 1)
-redis.call('HSET', job, 'status', 'running', 'started', now, 'worker', ARGV[3])
-redis.call('ZADD', '{WATCH}', math.min(tonumber(now) + tonumber(ARGV[5]),
-  deadline + tonumber(ARGV[6])), ARGV[4])
-local out = redis.call('HGETALL', job)
-table.insert(out, 1, now)
-table.insert(out, 1, tostring(attempt))
-table.insert(out, 1, 'run')
-return out
-"""
-
-# Heartbeat of one worker process. KEYS: job records; ARGV: now ('' = Redis' clock),
-# stale_after, late, then the attempt each job runs as. Returns how many are still held.
-_BEAT = f"""
-{_CLOCK_LUA}
-local now = tonumber(clock(ARGV[1]))
-local held = 0
-for i, job in ipairs(KEYS) do
-  local f = redis.call('HMGET', job, 'status', 'attempt', 'deadline', 'job_id')
-  if f[1] == 'running' and f[2] == ARGV[i + 3] then
-    local at = math.min(now + tonumber(ARGV[2]), tonumber(f[3]) + tonumber(ARGV[3]))
-    redis.call('ZADD', '{WATCH}', at, f[4])
-    held = held + 1
-  end
-end
-return held
-"""
-
-# A send of a queued job reached the broker.
-# KEYS[1] job; ARGV: now ('' = Redis' clock), resend_after, max sends
-_SENT = f"""
-{_CLOCK_LUA}
-local f = redis.call('HMGET', KEYS[1], 'status', 'deadline', 'job_id')
-if f[1] ~= 'queued' then return 0 end
-local sends = redis.call('HINCRBY', KEYS[1], 'sends', 1)
-local at = tonumber(f[2])
-if sends < tonumber(ARGV[3]) then
-  at = math.min(at, tonumber(clock(ARGV[1])) + tonumber(ARGV[2]))
-end
-redis.call('ZADD', '{WATCH}', at, f[3])
-return 1
-"""
-
-# What a reaper does with a job whose watch time has come. KEYS[1] job, KEYS[2..4] billing;
-# ARGV: now ('' = Redis' clock), timeout error JSON, job id, enqueue grace, max sends
-_REAP = f"""
-{_CLOCK_LUA}
-local terminal = {_TERMINAL_LUA}
-local job = KEYS[1]
-local now = clock(ARGV[1])
-local at = redis.call('ZSCORE', '{WATCH}', ARGV[3])
-if not at or tonumber(at) > tonumber(now) then return {{'fresh'}} end
-local st = redis.call('HGET', job, 'status')
-if not st or terminal[st] then
-  redis.call('ZREM', '{WATCH}', ARGV[3])
-  return {{st and 'terminal' or 'missing'}}
-end
-local deadline = tonumber(redis.call('HGET', job, 'deadline'))
-if tonumber(now) >= deadline then
-  local timeout_json = ARGV[2]
-  {_EXPIRE_LUA}
-  return {{'expired'}}
-end
-local again = math.min(tonumber(now) + tonumber(ARGV[4]), deadline)
-if st == 'running' then
-  -- its worker stopped beating: fence the lost run off and queue the job again
-  local attempt = redis.call('HINCRBY', job, 'attempt', 1)
-  redis.call('HINCRBY', job, 'takeovers', 1)
-  redis.call('HSET', job, 'status', 'queued', 'sends', 0)
-  redis.call('ZADD', '{WATCH}', again, ARGV[3])
-  return {{'takeover', tostring(attempt)}}
-end
-if tonumber(redis.call('HGET', job, 'sends') or '0') >= tonumber(ARGV[5]) then
-  redis.call('ZADD', '{WATCH}', deadline, ARGV[3])
-  return {{'wait'}}
-end
-redis.call('ZADD', '{WATCH}', again, ARGV[3])
-return {{'requeue'}}
-"""
-
-# KEYS[1] job, KEYS[2..4] billing (balance, ledger, usage);
-# ARGV: attempt ('' = any), status, field, payload, now ('' = Redis' clock), channel, job id,
-# images delivered, '1' = only if the deadline has passed (else '')
-_FINISH = f"""
-{_CLOCK_LUA}
-local terminal = {_TERMINAL_LUA}
-local job = KEYS[1]
-local st = redis.call('HGET', job, 'status')
-if not st or terminal[st] then return 0 end
-if ARGV[1] ~= '' and redis.call('HGET', job, 'attempt') ~= ARGV[1] then return 0 end
-local now = clock(ARGV[5])
-if ARGV[9] == '1' and tonumber(now) < tonumber(redis.call('HGET', job, 'deadline')) then
-  return 0
-end
-redis.call('HSET', job, 'status', ARGV[2], ARGV[3], ARGV[4], 'finished', now)
-local delivered = tonumber(ARGV[8])
-{SETTLE_LUA}
-{_NOTIFY_LUA}
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 1
-"""
-
-
-# KEYS[1] job; ARGV: attempt, next route index, fallback note JSON, job id,
-# now ('' = Redis' clock), enqueue grace (the job is looked at then if nobody sent it)
-_HANDOFF = f"""
-{_CLOCK_LUA}
-local terminal = {_TERMINAL_LUA}
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st or terminal[st] then return 0 end
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
-local notes = cjson.decode(redis.call('HGET', KEYS[1], 'fallbacks') or '[]')
-notes[#notes + 1] = cjson.decode(ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'candidate', ARGV[2],
-  'fallbacks', cjson.encode(notes), 'sends', 0)
-redis.call('ZADD', '{WATCH}', tonumber(clock(ARGV[5])) + tonumber(ARGV[6]), ARGV[4])
-return 1
-"""
-
-# KEYS[1] the watch set; ARGV: now ('' = Redis' clock), at most this many ids
-_DUE = f"""
-{_CLOCK_LUA}
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', clock(ARGV[1]), 'LIMIT', 0, ARGV[2])
-"""
-
-
 def job_from_fields(fields: dict[str, str]) -> Job | None:
     """A job from its record's fields (``HGETALL``); None for a missing or partial record."""
-    if not fields or "spec" not in fields:
+    if not fields or rec.SPEC not in fields:
         return None
-    spec = json.loads(fields["spec"])
-    images = tuple(StoredImage(**img) for img in json.loads(fields.get("result") or "[]"))
+    spec = json.loads(fields[rec.SPEC])
+    images = tuple(StoredImage(**img) for img in json.loads(fields.get(rec.RESULT) or "[]"))
+    started, finished = fields.get(rec.STARTED), fields.get(rec.FINISHED)
     return Job(
         id=spec["id"],
         key_id=spec["key_id"],
@@ -369,20 +184,20 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
         queue=spec["queue"],
         request=spec["request"],
         # The record's own fields win: admission re-bases them on Redis' clock.
-        created=float(fields.get("created") or spec["created"]),
-        deadline=float(fields.get("deadline") or spec["deadline"]),
+        created=float(fields.get(rec.CREATED) or spec["created"]),
+        deadline=float(fields.get(rec.DEADLINE) or spec["deadline"]),
         meta=spec.get("meta") or {},
-        status=JobStatus(fields.get("status", "queued")),
-        attempt=int(fields.get("attempt", 0)),
+        status=JobStatus(fields.get(rec.STATUS, "queued")),
+        attempt=int(fields.get(rec.ATTEMPT, 0)),
         images=images,
-        error=json.loads(fields["error"]) if fields.get("error") else None,
-        started=float(fields["started"]) if fields.get("started") else None,
-        finished=float(fields["finished"]) if fields.get("finished") else None,
-        webhook_url=fields.get("webhook_url") or None,
-        webhook=json.loads(fields["webhook"]) if fields.get("webhook") else None,
-        candidate=int(fields.get("candidate", 0)),
-        serving=fields.get("serving") or None,
-        fallbacks=tuple(json.loads(fields["fallbacks"])) if fields.get("fallbacks") else (),
+        error=json.loads(fields[rec.ERROR]) if fields.get(rec.ERROR) else None,
+        started=float(started) if started else None,
+        finished=float(finished) if finished else None,
+        webhook_url=fields.get(rec.WEBHOOK_URL) or None,
+        webhook=json.loads(fields[rec.WEBHOOK]) if fields.get(rec.WEBHOOK) else None,
+        candidate=int(fields.get(rec.CANDIDATE, 0)),
+        serving=fields.get(rec.SERVING) or None,
+        fallbacks=tuple(json.loads(fields[rec.FALLBACKS])) if fields.get(rec.FALLBACKS) else (),
     )
 
 
@@ -402,16 +217,6 @@ class Claim:
         return self.outcome == "run"
 
 
-# KEYS[1] job; ARGV: webhook state JSON, keep (seconds; 0: leave the TTL alone).
-_SET_WEBHOOK = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'webhook', ARGV[1])
-local keep = tonumber(ARGV[2])
-if keep > 0 and redis.call('TTL', KEYS[1]) < keep then redis.call('EXPIRE', KEYS[1], keep) end
-return 1
-"""
-
-
 class JobStore:
     def __init__(
         self,
@@ -423,18 +228,18 @@ class JobStore:
         self._redis = client
         self._retention = retention_seconds
         self.liveness = liveness or Liveness()
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
-        self._handoff = client.register_script(_HANDOFF)
-        self._beat = client.register_script(_BEAT)
-        self._sent = client.register_script(_SENT)
-        self._reap = client.register_script(_REAP)
-        self._set_webhook = client.register_script(_SET_WEBHOOK)
-        self._due = client.register_script(_DUE)
+        self._claim = lua.register(client, "job_claim")
+        self._finish = lua.register(client, "job_finish")
+        self._handoff = lua.register(client, "job_handoff")
+        self._beat = lua.register(client, "job_beat")
+        self._sent = lua.register(client, "job_sent")
+        self._reap = lua.register(client, "job_reap")
+        self._set_webhook = lua.register(client, "job_set_webhook")
+        self._due = lua.register(client, "job_due")
 
     @staticmethod
     def record_key(job_id: str) -> str:
-        return _JOB.format(job_id)
+        return rec.record_key(job_id)
 
     def ttl_for(self, job: Job) -> int:
         return self._retention + int(max(0.0, job.deadline - job.created))
@@ -466,31 +271,29 @@ class JobStore:
     def create(self, job: Job) -> Job:
         """Create an unbilled job record with its times as given (tests; billed jobs are
         created by ``Accounts.admit``, in Redis' clock)."""
-        name = _JOB.format(job.id)
+        name = rec.record_key(job.id)
         pipe = self._redis.pipeline(transaction=True)
         if not job.terminal:
             pipe.zadd(WATCH, {job.id: self.watch_entry(job)[1]})
-        pipe.hset(
-            name,
-            mapping={
-                "spec": self.spec_json(job),
-                "status": job.status.value,
-                "attempt": job.attempt,
-                "deadline": repr(job.deadline),
-                "created": repr(job.created),
-                "key_id": job.key_id,
-                "job_id": job.id,
-            },
+        record = rec.new_record(
+            job_id=job.id,
+            key_id=job.key_id,
+            spec_json=self.spec_json(job),
+            created=job.created,
+            deadline=job.deadline,
+            status=job.status.value,
+            attempt=job.attempt,
         )
+        pipe.hset(name, mapping=record)
         pipe.expire(name, self.ttl_for(job))
         pipe.execute()
         return job
 
     def get(self, job_id: str) -> Job | None:
-        return job_from_fields(self._redis.hgetall(_JOB.format(job_id)))
+        return job_from_fields(self._redis.hgetall(rec.record_key(job_id)))
 
     def status(self, job_id: str) -> JobStatus | None:
-        raw = self._redis.hget(_JOB.format(job_id), "status")
+        raw = self._redis.hget(rec.record_key(job_id), rec.STATUS)
         return JobStatus(raw) if raw else None
 
     def claim(
@@ -506,15 +309,15 @@ class JobStore:
         # The claim returns the record it leaves: one round trip.
         sent_at = time.time()
         reply = self._claim(
-            keys=keys,
-            args=[
-                _clock_arg(now),
-                _error_json(timeout_error(job_id)),
-                worker,
-                job_id,
-                live.stale_after,
-                live.late,
-            ],
+            keys,
+            now=_clock_arg(now),
+            job_id=job_id,
+            worker=worker,
+            stale_after=live.stale_after,
+            late=live.late,
+            timeout_error=_error_json(timeout_error(job_id)),
+            done_channel=DONE_CHANNEL,
+            ledger_maxlen=LEDGER_MAXLEN,
         )
         outcome = reply[0]
         if outcome != "run":
@@ -560,15 +363,13 @@ class JobStore:
         Only the attempt holding the fence can do it; the job stays billed once.
         """
         reply = self._handoff(
-            keys=[_JOB.format(job_id)],
-            args=[
-                str(attempt),
-                str(next_index),
-                json.dumps(note, separators=(",", ":")),
-                job_id,
-                "",
-                self.liveness.enqueue_grace,
-            ],
+            [rec.record_key(job_id), WATCH],
+            attempt=str(attempt),
+            job_id=job_id,
+            candidate=str(next_index),
+            note=note,
+            now="",
+            enqueue_grace=self.liveness.enqueue_grace,
         )
         return bool(reply)
 
@@ -577,8 +378,10 @@ class JobStore:
         live = self.liveness
         return bool(
             self._sent(
-                keys=[_JOB.format(job_id)],
-                args=[_clock_arg(now), live.resend_after, live.max_sends],
+                [rec.record_key(job_id), WATCH],
+                now=_clock_arg(now),
+                resend_after=live.resend_after,
+                max_sends=live.max_sends,
             )
         )
 
@@ -594,19 +397,17 @@ class JobStore:
         ids = list(running)
         return int(
             self._beat(
-                keys=[_JOB.format(i) for i in ids],
-                args=[
-                    _clock_arg(now),
-                    live.stale_after,
-                    live.late,
-                    *(str(running[i]) for i in ids),
-                ],
+                [WATCH, *(rec.record_key(i) for i in ids)],
+                now=_clock_arg(now),
+                stale_after=live.stale_after,
+                late=live.late,
+                attempts=[str(running[i]) for i in ids],
             )
         )
 
     def due(self, *, now: float | None = None, limit: int = 100) -> list[str]:
         """Jobs whose watch time has come by Redis' clock (or ``now``; see :meth:`reap`)."""
-        return list(self._due(keys=[WATCH], args=[_clock_arg(now), limit]))
+        return list(self._due([WATCH], now=_clock_arg(now), limit=limit))
 
     def reap(self, job_id: str, *, now: float | None = None) -> str:
         """Act on a job whose watch time has come; returns what was done.
@@ -618,19 +419,19 @@ class JobStore:
         """
         live = self.liveness
         reply = self._reap(
-            keys=self._keys(job_id),
-            args=[
-                _clock_arg(now),
-                _error_json(timeout_error(job_id)),
-                job_id,
-                live.enqueue_grace,
-                live.max_sends,
-            ],
+            self._keys(job_id),
+            now=_clock_arg(now),
+            job_id=job_id,
+            enqueue_grace=live.enqueue_grace,
+            max_sends=live.max_sends,
+            timeout_error=_error_json(timeout_error(job_id)),
+            done_channel=DONE_CHANNEL,
+            ledger_maxlen=LEDGER_MAXLEN,
         )
         return str(reply[0])
 
     def set_serving(self, job_id: str, model_id: str) -> None:
-        self._redis.hset(_JOB.format(job_id), "serving", model_id)
+        self._redis.hset(rec.record_key(job_id), rec.SERVING, model_id)
 
     def set_webhook_state(
         self, job_id: str, state: dict[str, Any], *, keep_until: float | None = None
@@ -643,7 +444,7 @@ class JobStore:
         """
         ttl = max(1, int(keep_until - self.clock()) + 1) if keep_until is not None else 0
         self._set_webhook(
-            keys=[_JOB.format(job_id)], args=[json.dumps(state, separators=(",", ":")), ttl]
+            [rec.record_key(job_id)], state=json.dumps(state, separators=(",", ":")), keep=ttl
         )
 
     def expire_if_overdue(self, job_id: str, *, now: float | None = None) -> bool:
@@ -665,10 +466,11 @@ class JobStore:
         )
 
     def _keys(self, job_id: str, key_id: str = "") -> list[str]:
-        """The job's record and its key's settlement keys (read from the record if not given)."""
-        name = _JOB.format(job_id)
-        key_id = key_id or self._redis.hget(name, "key_id") or "-"
-        return [name, *settle_keys(key_id)]
+        """KEYS of the scripts that may end a job: its record, its key's settlement keys (the
+        key id read from the record if not given), the watch and the webhooks due sets."""
+        name = rec.record_key(job_id)
+        key_id = key_id or self._redis.hget(name, rec.KEY_ID) or "-"
+        return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE]
 
     def _finish_with(
         self,
@@ -685,18 +487,16 @@ class JobStore:
     ) -> bool:
         return bool(
             self._finish(
-                keys=self._keys(job_id, key_id),
-                args=[
-                    "" if attempt is None else str(attempt),
-                    status.value,
-                    fld,
-                    payload,
-                    _clock_arg(now),
-                    DONE_CHANNEL,
-                    job_id,
-                    delivered,
-                    "1" if overdue_only else "",
-                ],
+                self._keys(job_id, key_id),
+                attempt="" if attempt is None else str(attempt),
+                status=status.value,
+                field=fld,
+                payload=payload,
+                delivered=delivered,
+                overdue_only=overdue_only,
+                now=_clock_arg(now),
+                done_channel=DONE_CHANNEL,
+                ledger_maxlen=LEDGER_MAXLEN,
             )
         )
 

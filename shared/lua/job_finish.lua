@@ -1,0 +1,36 @@
+-- End a job (JobStore.succeed / fail / cancel / expire_if_overdue): only if it is not
+-- terminal yet and, when an attempt is given, that attempt still holds the fence, so a
+-- slow or duplicated run never overwrites a newer one's outcome. Settles the bill.
+-- KEYS[1] job record
+-- KEYS[2] the key's balance
+-- KEYS[3] the key's ledger stream
+-- KEYS[4] the key's usage hash
+-- KEYS[5] the watch set
+-- KEYS[6] the webhooks due set
+-- ARGV[1] JSON:
+--   attempt        the attempt ending it ('' = whichever holds it)
+--   status         the terminal status
+--   field          'result' or 'error'
+--   payload        that field's JSON text
+--   delivered      images delivered (the rest is refunded)
+--   overdue_only   true: only if the deadline has passed
+--   now            '' = Redis' clock, else a test's unix time (a string)
+--   done_channel   where the job's id is published
+--   ledger_maxlen  the ledger stream's approximate length cap
+-- Returns 1 if this call ended the job, else 0.
+
+-- #include _clock.lua
+-- #include _terminal.lua
+
+local a = cjson.decode(ARGV[1])
+local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
+  watch = KEYS[5], webhooks_due = KEYS[6]}
+local st = redis.call('HGET', k.job, 'status')
+if not st or is_terminal(st) then return 0 end
+if a.attempt ~= '' and redis.call('HGET', k.job, 'attempt') ~= a.attempt then return 0 end
+local now = clock(a.now)
+if a.overdue_only and tonumber(now) < tonumber(redis.call('HGET', k.job, 'deadline')) then
+  return 0
+end
+end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel, a.ledger_maxlen)
+return 1
