@@ -7,7 +7,13 @@ Two steps: :func:`parse_body` checks the body against OpenAI's schema
 (:class:`api.schemas.GenerationRequest`), then :func:`check_against_model`
 applies the model's limits from the catalog (n, prompt length, response
 formats, which optional fields it takes and their values, size syntax).
-Everything it rejects is an :class:`InvalidRequest` naming the ``param``.
+Everything it rejects is an :class:`InvalidRequest` naming the ``param``, with the
+request-fault codes of :mod:`shared.errors` (``UNSUPPORTED_PARAMETER``,
+``INVALID_VALUE``, ...) that the adapters use too. This is where the catalog's
+``params`` and ``choices`` are enforced, for every candidate of a virtual model
+as well (:func:`api.routing.plan`), before a job is admitted or queued: an
+adapter refusing a field later means the catalog entry says less than the
+upstream's rules.
 
 Before that, unless strict mode is on (``IMAGEGATE_STRICT_PARAMS`` or the key's
 ``strict_params`` flag), :func:`fit_tuning` fits OpenAI clients' tuning fields
@@ -38,7 +44,13 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.schemas import GenerationRequest
 from shared.catalog import QUALITY_LEVELS, TUNING_PARAMS, Catalog, Model
-from shared.errors import InvalidRequest
+from shared.errors import (
+    INVALID_VALUE,
+    MISSING_REQUIRED_PARAMETER,
+    UNKNOWN_PARAMETER,
+    UNSUPPORTED_PARAMETER,
+    InvalidRequest,
+)
 from shared.sizing import parse_aspect_ratio, parse_size
 
 # Room for the JSON punctuation of every field but the prompt (keys, webhook_url, user,
@@ -190,31 +202,29 @@ def _translate(exc: ValidationError) -> InvalidRequest:
     if kind == "model_type" or (kind == "model_attributes_type"):
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     if kind == "extra_forbidden":
-        return InvalidRequest(
-            f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter"
-        )
+        return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code=UNKNOWN_PARAMETER)
     if kind == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{param}'.",
             param=param,
-            code="missing_required_parameter",
+            code=MISSING_REQUIRED_PARAMETER,
         )
     if kind == "string_pattern_mismatch" and param in _PATTERN_RULES:
         return InvalidRequest(
             f"Invalid value for '{param}': {_PATTERN_RULES[param]}.",
             param=param,
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     if param == "stream":
         return InvalidRequest(
             "Streaming image generation is not supported by this gateway.",
             param="stream",
-            code="unsupported_parameter",
+            code=UNSUPPORTED_PARAMETER,
         )
     return InvalidRequest(
         f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.",
         param=param,
-        code="invalid_value",
+        code=INVALID_VALUE,
     )
 
 
@@ -330,20 +340,20 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
             code="string_above_max_length",
         )
     if _blank(req.prompt):
-        raise InvalidRequest("The prompt must not be blank.", param="prompt", code="invalid_value")
+        raise InvalidRequest("The prompt must not be blank.", param="prompt", code=INVALID_VALUE)
     n = req.n if req.n is not None else 1
     if n > model.max_n:
         raise InvalidRequest(
             f"'{model.id}' makes at most {model.max_n} image(s) per request; you asked for {n}.",
             param="n",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     response_format = req.response_format or model.default_response_format
     if response_format not in model.response_formats:
         raise InvalidRequest(
             f"'{model.id}' does not support response_format '{response_format}'.",
             param="response_format",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     given = req.model_dump(exclude_none=True)
     for name, value in given.items():
@@ -353,7 +363,7 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
             raise InvalidRequest(
                 f"'{model.id}' does not support the parameter '{name}'.",
                 param=name,
-                code="unsupported_parameter",
+                code=UNSUPPORTED_PARAMETER,
             )
         allowed = model.choices.get(name)
         if allowed is not None and str(value) not in allowed:
@@ -361,13 +371,13 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
                 f"Invalid value for '{name}' with '{model.id}': {value!r}. "
                 f"Supported values: {', '.join(allowed)}.",
                 param=name,
-                code="invalid_value",
+                code=INVALID_VALUE,
             )
     if req.background == "transparent" and req.output_format == "jpeg":
         raise InvalidRequest(
             "A transparent background needs output_format png or webp.",
             param="background",
-            code="invalid_value",
+            code=INVALID_VALUE,
         )
     size = None
     if req.size is not None and req.size != "auto":

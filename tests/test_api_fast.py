@@ -176,12 +176,15 @@ def _error(response, status: int, code: str | None, path: str = GENERATIONS, met
     ],
 )
 def test_bad_bodies_are_400_naming_the_param(
-    client: FlaskClient, auth, body: bytes, code: str, param: str | None
+    client: FlaskClient, auth, app: Flask, body: bytes, code: str, param: str | None
 ) -> None:
     headers = {**auth, "Content-Type": "application/json"}
     error = _error(client.post(GENERATIONS, data=body, headers=headers), 400, code)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
+    # Refused before admission: no job record, nothing charged or queued.
+    svc = services_of(app)
+    assert svc.redis.keys(svc.jobs.record_key("*")) == []
 
 
 def test_content_type_and_encoding(client: FlaskClient, auth) -> None:
