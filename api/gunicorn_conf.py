@@ -3,27 +3,33 @@
 gevent workers: a request that waits for its image is a parked greenlet, not
 a thread, so each worker process holds up to ``worker_connections`` requests
 at once for a few kB each (see README, "Web server"). One process per core.
+
+The values come from :class:`shared.settings.Settings` (``PORT``, ``IMAGEGATE_HOST``,
+``IMAGEGATE_WEB_PROCESSES``, ``IMAGEGATE_WEB_CONNECTIONS``,
+``IMAGEGATE_SYNC_BUDGET_SECONDS``), read here in the master: a setting or a
+catalog that cannot be used stops gunicorn before it forks a worker.
 """
 
 import json
 import multiprocessing
-import os
 import secrets
 
 from gunicorn import util
 
 from shared.memory_tuning import keep_large_buffers
+from shared.settings import Settings
 
 keep_large_buffers()  # in the master: the web processes it forks inherit it
 
-bind = f"{os.environ.get('IMAGEGATE_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+_settings = Settings.from_env()
+bind = f"{_settings.listen_host}:{_settings.listen_port}"
 worker_class = "gevent"
-workers = int(os.environ.get("IMAGEGATE_WEB_PROCESSES", multiprocessing.cpu_count()))
-worker_connections = int(os.environ.get("IMAGEGATE_WEB_CONNECTIONS", "2000"))
+workers = _settings.web_processes or multiprocessing.cpu_count()
+worker_connections = _settings.web_connections
 # A synchronous request may wait the whole budget; gunicorn's timeout is about
 # a silent worker process, which gevent workers never are while waiting.
 timeout = 30
-graceful_timeout = int(float(os.environ.get("IMAGEGATE_SYNC_BUDGET_SECONDS", "120"))) + 5
+graceful_timeout = int(_settings.sync_budget_seconds) + 5
 keepalive = 5
 accesslog = "-"
 # The path without its query string: a signed file URL's signature is a credential

@@ -1,10 +1,15 @@
 """Deployment settings: one typed, frozen object built from ``IMAGEGATE_*`` variables.
 
-This is the only module that reads the environment. Besides the ``IMAGEGATE_*``
-variables it reads the upstream credentials whose names the catalog lists
-(``key_env`` of each family, e.g. ``OPENAI_API_KEY``), and per-family base URL
-overrides ``IMAGEGATE_BASE_URL_<FAMILY>`` (e.g. ``IMAGEGATE_BASE_URL_OPENAI``)
-so a deployment can point a family at a proxy, a regional host or a simulator.
+This is the only module that reads the environment, in :meth:`Settings.from_env`.
+Each field is read from ``IMAGEGATE_<FIELD NAME>`` unless it names its variable
+(``PORT``, ``IMAGEGATE_HOST``); an empty or blank value counts as unset. Besides
+these it reads the upstream credentials whose names the catalog lists (``key_env``
+of each family, e.g. ``OPENAI_API_KEY``), and per-family base URL overrides
+``IMAGEGATE_BASE_URL_<FAMILY>`` (e.g. ``IMAGEGATE_BASE_URL_OPENAI``) so a
+deployment can point a family at a proxy, a regional host or a simulator.
+A value that cannot be used raises :class:`SettingsError` naming the variable.
+
+``Settings(...)`` itself reads nothing: the defaults below and the arguments given.
 
 Every variable is documented in the README's "Settings" table.
 """
@@ -13,8 +18,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    InstanceOf,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from shared.catalog import Catalog, Family, load_catalog
 from shared.storage.base import StorageConfig
@@ -27,76 +43,248 @@ class SettingsError(ValueError):
     """An environment variable has a value that cannot be used."""
 
 
-@dataclass(frozen=True)
-class Settings:
+def _flag(value: Any) -> bool:
+    """On for ``1``, ``true`` or ``yes`` (any case); any other value is off."""
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+def _split(separator: str, lower: bool = False) -> BeforeValidator:
+    """A list written as one variable: the non-blank items between ``separator``."""
+
+    def split(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        items = (item.strip() for item in value.split(separator))
+        return tuple(item.lower() if lower else item for item in items if item)
+
+    return BeforeValidator(split)
+
+
+def _seconds_list(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        seconds = tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise ValueError("must be comma-separated seconds") from None
+    if any(x < 0 for x in seconds):
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _port(value: Any) -> Any:
+    if isinstance(value, str) and not (value.isdigit() and 0 < int(value) < 65536):
+        raise ValueError("is not a port number")
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+Cap = Annotated[int, Field(ge=0)]  # 0: no cap, or planned (see the field)
+Hosts = Annotated[tuple[str, ...], NoDecode, _split(",", lower=True)]
+FrozenMap = Annotated[Mapping[str, str], AfterValidator(lambda m: MappingProxyType(dict(m)))]
+
+
+class _Variables(BaseSettings):
+    """Settings read by :meth:`read` from a mapping of environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, extra="forbid", frozen=True, validate_by_name=True
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Any, **_: Any
+    ) -> tuple[Any, ...]:
+        return (init_settings,)  # constructing reads nothing: read() passes the environment
+
+    @classmethod
+    def read(cls, environ: Mapping[str, str], **given: Any) -> Any:
+        """The variables of ``environ`` (``given`` instead where set), or SettingsError."""
+        try:
+            return cls(**{**_Environment(cls, environ)(), **given})
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_explain(cls, e) for e in exc.errors())) from None
+
+
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source, over a given mapping rather than os.environ.
+
+    Values are stripped; names match as written, upper case. A field that names
+    its variable (``validation_alias``) is read from that variable only.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value.strip()
+            for name, value in self._environ.items()
+            if name.isupper() and value.strip()
+        }
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name in _NOT_FROM_ENV:
+            return None, field_name, False
+        if isinstance(field.validation_alias, str):
+            return self.env_vars.get(field.validation_alias.lower()), field.validation_alias, False
+        return super().get_field_value(field, field_name)
+
+
+_NOT_FROM_ENV = frozenset({"storage", "upstream_base_urls", "credentials"})  # see from_env
+_NOT_A_NUMBER = frozenset({"int_parsing", "float_parsing", "int_from_float", "finite_number"})
+
+
+def _explain(model: type[BaseSettings], error: Any) -> str:
+    """One validation error as the variable, its value and what is wrong with it."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "value_error":
+        reason = str(ctx["error"])
+    elif error["type"] in _NOT_A_NUMBER:
+        reason = "is not a number"
+    elif error["type"] == "greater_than_equal":
+        reason = f"must be at least {ctx['ge']:g}"
+    elif error["type"] == "greater_than":
+        reason = f"must be more than {ctx['gt']:g}"
+    elif error["type"] == "literal_error":
+        reason = f"must be {ctx['expected']}"
+    else:
+        reason = f"is not valid: {error['msg']}"
+    if not error["loc"]:  # a check across variables: its message says it all
+        return reason
+    name = str(error["loc"][0])
+    field = model.model_fields.get(name)
+    variable = name if field is None else field.validation_alias or PREFIX + name.upper()
+    return f"{variable}={error['input']!r} {reason}"
+
+
+class _StorageVariables(_Variables):
+    """The ``IMAGEGATE_STORAGE*``, ``IMAGEGATE_S3_*`` variables, as a StorageConfig."""
+
+    backend: Literal["local", "s3"] = Field(
+        StorageConfig.backend, validation_alias="IMAGEGATE_STORAGE"
+    )
+    storage_dir: str = StorageConfig.local_dir
+    public_base_url: str = ""
+    s3_bucket: str = ""
+    s3_region: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = StorageConfig.s3_prefix
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = Field(None, repr=False)
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> _StorageVariables:
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORAGE=s3")
+        return self
+
+    def config(self) -> StorageConfig:
+        return StorageConfig(
+            backend=self.backend,
+            local_dir=self.storage_dir,
+            public_base_url=self.public_base_url.rstrip("/"),
+            s3_bucket=self.s3_bucket,
+            s3_region=self.s3_region,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_prefix=self.s3_prefix,
+            s3_access_key_id=self.s3_access_key_id,
+            s3_secret_access_key=self.s3_secret_access_key,
+        )
+
+
+class Settings(_Variables):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: same as redis_url
-    storage: StorageConfig = field(default_factory=StorageConfig)
+    storage: InstanceOf[StorageConfig] = Field(default_factory=StorageConfig)
     # Base of image URLs and webhook payloads. Empty: the request's Host if it is one of
     # allowed_hosts, else the listen address (listen_host:listen_port); never any Host.
-    public_base_url: str = ""
-    allowed_hosts: tuple[str, ...] = ()  # Host header values (host[:port]) URLs may use
-    listen_host: str = "0.0.0.0"  # IMAGEGATE_HOST, where the web process listens
-    listen_port: int = 8080  # PORT
-    url_ttl_seconds: int = 3600
-    sync_budget_seconds: float = 120.0
-    async_budget_seconds: float = 900.0
-    idempotency_ttl_seconds: int = 86400
-    webhook_timeout_seconds: float = 10.0
-    webhook_concurrency_per_key: int = 4  # deliveries of one API key in flight at once; 0: no cap
+    public_base_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/"))] = ""
+    allowed_hosts: Hosts = ()  # Host header values (host[:port]) URLs may use
+    listen_host: str = Field("0.0.0.0", validation_alias="IMAGEGATE_HOST")  # the web's
+    listen_port: Annotated[int, BeforeValidator(_port)] = Field(8080, validation_alias="PORT")
+    url_ttl_seconds: Count = 3600
+    sync_budget_seconds: Seconds = 120.0
+    async_budget_seconds: Seconds = 900.0
+    idempotency_ttl_seconds: Count = 86400
+    webhook_timeout_seconds: Seconds = 10.0
+    webhook_concurrency_per_key: Cap = 4  # deliveries of one API key in flight at once
     # Seconds after the first failed delivery of each retry (Standard Webhooks' example).
-    webhook_retry_schedule: tuple[float, ...] = (
-        5,
-        300,
-        1800,
-        7200,
-        18000,
-        36000,
-        50400,
-        72000,
-        86400,
-    )
-    allow_http_callbacks: bool = False  # webhook and image URLs must be https unless set
-    allowed_internal_hosts: tuple[str, ...] = ()  # hosts exempt from the SSRF address check
-    breaker_failures: int = 5  # upstream failures within the window that open a breaker
-    breaker_window_seconds: float = 60.0
-    breaker_cooldown_seconds: float = 30.0  # open this long, then one trial (half-open)
-    fallback_min_seconds: float = 3.0  # hand a job to the next candidate only with this much left
-    job_retention_seconds: int = 86400
+    webhook_retry_schedule: Annotated[
+        tuple[float, ...], NoDecode, BeforeValidator(_seconds_list)
+    ] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    allow_http_callbacks: Flag = False  # webhook and image URLs must be https unless set
+    allowed_internal_hosts: Hosts = ()  # hosts exempt from the SSRF address check
+    breaker_failures: Count = 5  # upstream failures within the window that open a breaker
+    breaker_window_seconds: Seconds = 60.0
+    breaker_cooldown_seconds: Seconds = 30.0  # open this long, then one trial (half-open)
+    # Hand a job to the next candidate only with this much left.
+    fallback_min_seconds: Annotated[float, Field(ge=0)] = 3.0
+    job_retention_seconds: Count = 86400
     # Liveness (see shared/jobs.py): a running job whose worker stopped beating for
     # job_stale_seconds is taken over; workers beat every heartbeat_seconds and reap
     # every reaper_interval_seconds; a job not sent to a queue within enqueue_grace_seconds
     # of its creation is sent by a reaper; a sent job still queued resend_after_seconds
     # later is sent once more.
-    job_stale_seconds: float = 15.0
-    heartbeat_seconds: float = 3.0
-    reaper_interval_seconds: float = 5.0
-    enqueue_grace_seconds: float = 10.0
-    resend_after_seconds: float = 60.0
+    job_stale_seconds: Seconds = 15.0
+    heartbeat_seconds: Seconds = 3.0
+    reaper_interval_seconds: Seconds = 5.0
+    enqueue_grace_seconds: Seconds = 10.0
+    resend_after_seconds: Seconds = 60.0
     catalog_path: str = ""  # empty: the catalog shipped with the package
-    catalog_overlays: tuple[str, ...] = ()  # TOML files merged on top, in order
+    # TOML files merged on top, in order (os.pathsep-separated).
+    catalog_overlays: Annotated[tuple[str, ...], NoDecode, _split(os.pathsep)] = ()
     default_model: str = "local/testcard"
     # Refuse OpenAI clients' tuning fields (user, quality, style) a model does not take,
     # instead of mapping or ignoring them (also per key: `imagegate keys strict-params`).
-    strict_params: bool = False
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_image_bytes: int = 50 * 1024 * 1024
+    strict_params: Flag = False
+    max_body_bytes: Count = 16 * 1024 * 1024
+    max_image_bytes: Count = 50 * 1024 * 1024
     # Largest reference image a client may send inline (``image`` as a data: URL), decoded.
-    max_reference_image_bytes: int = 10 * 1024 * 1024
+    max_reference_image_bytes: Count = 10 * 1024 * 1024
     # Largest job spec kept in Redis (the request and its routes, never image bytes).
-    max_job_spec_bytes: int = 512 * 1024
-    upstream_attempt_timeout_seconds: float = 90.0
-    upstream_max_retries: int = 3
-    signing_secret: str = ""  # empty: a random secret is created once and kept in Redis
-    visibility_timeout_seconds: int = 0  # 0: derived from the budget (see below)
-    log_level: str = "INFO"
+    max_job_spec_bytes: Count = 512 * 1024
+    upstream_attempt_timeout_seconds: Seconds = 90.0
+    upstream_max_retries: Cap = 3
+    signing_secret: str = Field("", repr=False)  # empty: made once at random, kept in Redis
+    # 0: derived from the budget (see broker_visibility_timeout).
+    visibility_timeout_seconds: Cap = Field(
+        0, validation_alias="IMAGEGATE_BROKER_VISIBILITY_TIMEOUT_SECONDS"
+    )
+    log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
-    worker_concurrency: int = 0
-    worker_processes: int = 0  # per Procfile worker line (workers/launch.py); 0 = 2 / 1
-    worker_uncapped_concurrency: int = 2000  # jobs in flight per process, family without a cap
-    webhook_concurrency: int = 16
-    upstream_base_urls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    credentials: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    worker_concurrency: Cap = 0
+    worker_processes: Cap = 0  # per Procfile worker line (workers/launch.py); 0 = 2 / 1
+    worker_uncapped_concurrency: Count = 2000  # jobs in flight per process, family without a cap
+    webhook_concurrency: Count = 16
+    # The web front-end (api/gunicorn_conf.py): processes (0 = one per core) and the
+    # requests each holds at once.
+    web_processes: Cap = 0
+    web_connections: Count = 2000
+    upstream_base_urls: FrozenMap = Field(default_factory=lambda: MappingProxyType({}))
+    credentials: FrozenMap = Field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``environ`` (default: ``os.environ``).
+
+        SettingsError names a variable whose value cannot be used; CatalogError
+        a catalog (and the entry) that cannot be loaded.
+        """
+        env = os.environ if environ is None else environ
+        base_urls = {
+            name[len(BASE_URL_PREFIX) :].lower(): value.rstrip("/")
+            for name, value in env.items()
+            if name.startswith(BASE_URL_PREFIX) and value
+        }
+        storage = _StorageVariables.read(env).config()
+        settings = cls.read(env, storage=storage, upstream_base_urls=base_urls)
+        names = settings.load_catalog().key_env_names()
+        credentials = {name: env[name] for name in names if env.get(name)}
+        return settings.model_copy(update={"credentials": MappingProxyType(credentials)})
 
     @property
     def effective_broker_url(self) -> str:
@@ -120,135 +308,6 @@ class Settings:
         """
         longest = max(self.sync_budget_seconds, self.async_budget_seconds)
         return self.visibility_timeout_seconds or int(2 * longest) + 300
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str, default: str = "") -> str:
-            return env.get(PREFIX + name, default).strip()
-
-        def number(name: str, default: float, kind: type = float, minimum: float = 1e-9) -> float:
-            raw = get(name)
-            if not raw:
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{PREFIX}{name}={raw!r} is not a number") from None
-            if value < minimum:
-                raise SettingsError(f"{PREFIX}{name} must be at least {minimum:g}")
-            return value
-
-        catalog_path = get("CATALOG_PATH")
-        overlays = tuple(p for p in get("CATALOG_OVERLAYS").split(os.pathsep) if p)
-        catalog = load_catalog(catalog_path or None, overlays)
-        credentials = {name: env[name] for name in catalog.key_env_names() if env.get(name)}
-        base_urls = {
-            name[len(BASE_URL_PREFIX) :].lower(): value.rstrip("/")
-            for name, value in env.items()
-            if name.startswith(BASE_URL_PREFIX) and value
-        }
-        schedule_raw = get("WEBHOOK_RETRY_SCHEDULE")
-        try:
-            schedule = (
-                tuple(float(x) for x in schedule_raw.split(",") if x.strip())
-                if schedule_raw
-                else cls.webhook_retry_schedule
-            )
-        except ValueError:
-            raise SettingsError(
-                f"{PREFIX}WEBHOOK_RETRY_SCHEDULE must be comma-separated seconds"
-            ) from None
-        if any(x < 0 for x in schedule):
-            raise SettingsError(f"{PREFIX}WEBHOOK_RETRY_SCHEDULE must not be negative")
-        backend = get("STORAGE", "local")
-        if backend not in ("local", "s3"):
-            raise SettingsError(f"{PREFIX}STORAGE must be 'local' or 's3', not {backend!r}")
-        storage = StorageConfig(
-            backend=backend,
-            local_dir=get("STORAGE_DIR", "var/images"),
-            public_base_url=get("PUBLIC_BASE_URL").rstrip("/"),
-            s3_bucket=get("S3_BUCKET"),
-            s3_region=get("S3_REGION") or None,
-            s3_endpoint_url=get("S3_ENDPOINT_URL") or None,
-            s3_prefix=get("S3_PREFIX", "images/"),
-            s3_access_key_id=get("S3_ACCESS_KEY_ID") or None,
-            s3_secret_access_key=get("S3_SECRET_ACCESS_KEY") or None,
-        )
-        if backend == "s3" and not storage.s3_bucket:
-            raise SettingsError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORAGE=s3")
-        return cls(
-            redis_url=get("REDIS_URL", cls.redis_url),
-            broker_url=get("BROKER_URL"),
-            storage=storage,
-            public_base_url=storage.public_base_url,
-            url_ttl_seconds=int(number("URL_TTL_SECONDS", cls.url_ttl_seconds, int)),
-            sync_budget_seconds=number("SYNC_BUDGET_SECONDS", cls.sync_budget_seconds),
-            async_budget_seconds=number("ASYNC_BUDGET_SECONDS", cls.async_budget_seconds),
-            idempotency_ttl_seconds=int(
-                number("IDEMPOTENCY_TTL_SECONDS", cls.idempotency_ttl_seconds, int)
-            ),
-            webhook_timeout_seconds=number("WEBHOOK_TIMEOUT_SECONDS", cls.webhook_timeout_seconds),
-            webhook_retry_schedule=schedule,
-            webhook_concurrency_per_key=int(
-                number("WEBHOOK_CONCURRENCY_PER_KEY", cls.webhook_concurrency_per_key, int, 0)
-            ),
-            allow_http_callbacks=get("ALLOW_HTTP_CALLBACKS").lower() in ("1", "true", "yes"),
-            breaker_failures=int(number("BREAKER_FAILURES", cls.breaker_failures, int)),
-            breaker_window_seconds=number("BREAKER_WINDOW_SECONDS", cls.breaker_window_seconds),
-            breaker_cooldown_seconds=number(
-                "BREAKER_COOLDOWN_SECONDS", cls.breaker_cooldown_seconds
-            ),
-            fallback_min_seconds=number(
-                "FALLBACK_MIN_SECONDS", cls.fallback_min_seconds, minimum=0
-            ),
-            allowed_hosts=tuple(
-                h.strip().lower() for h in get("ALLOWED_HOSTS").split(",") if h.strip()
-            ),
-            listen_host=get("HOST", cls.listen_host),
-            listen_port=_port(env.get("PORT", ""), cls.listen_port),
-            allowed_internal_hosts=tuple(
-                h.strip().lower() for h in get("ALLOWED_INTERNAL_HOSTS").split(",") if h.strip()
-            ),
-            job_retention_seconds=int(
-                number("JOB_RETENTION_SECONDS", cls.job_retention_seconds, int)
-            ),
-            job_stale_seconds=number("JOB_STALE_SECONDS", cls.job_stale_seconds),
-            heartbeat_seconds=number("HEARTBEAT_SECONDS", cls.heartbeat_seconds),
-            reaper_interval_seconds=number("REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds),
-            enqueue_grace_seconds=number("ENQUEUE_GRACE_SECONDS", cls.enqueue_grace_seconds),
-            resend_after_seconds=number("RESEND_AFTER_SECONDS", cls.resend_after_seconds),
-            catalog_path=catalog_path,
-            catalog_overlays=overlays,
-            default_model=get("DEFAULT_MODEL", cls.default_model),
-            strict_params=get("STRICT_PARAMS").lower() in ("1", "true", "yes"),
-            max_body_bytes=int(number("MAX_BODY_BYTES", cls.max_body_bytes, int)),
-            max_image_bytes=int(number("MAX_IMAGE_BYTES", cls.max_image_bytes, int)),
-            max_reference_image_bytes=int(
-                number("MAX_REFERENCE_IMAGE_BYTES", cls.max_reference_image_bytes, int)
-            ),
-            max_job_spec_bytes=int(number("MAX_JOB_SPEC_BYTES", cls.max_job_spec_bytes, int)),
-            upstream_attempt_timeout_seconds=number(
-                "UPSTREAM_ATTEMPT_TIMEOUT_SECONDS", cls.upstream_attempt_timeout_seconds
-            ),
-            upstream_max_retries=int(
-                number("UPSTREAM_MAX_RETRIES", cls.upstream_max_retries, int, minimum=0)
-            ),
-            signing_secret=get("SIGNING_SECRET"),
-            visibility_timeout_seconds=int(
-                number("BROKER_VISIBILITY_TIMEOUT_SECONDS", 0, int, minimum=0)
-            ),
-            log_level=get("LOG_LEVEL", cls.log_level).upper(),
-            worker_concurrency=int(number("WORKER_CONCURRENCY", 0, int, minimum=0)),
-            worker_processes=int(number("WORKER_PROCESSES", 0, int, minimum=0)),
-            worker_uncapped_concurrency=int(
-                number("WORKER_UNCAPPED_CONCURRENCY", cls.worker_uncapped_concurrency, int)
-            ),
-            webhook_concurrency=int(number("WEBHOOK_CONCURRENCY", cls.webhook_concurrency, int)),
-            upstream_base_urls=MappingProxyType(base_urls),
-            credentials=MappingProxyType(credentials),
-        )
 
     def load_catalog(self) -> Catalog:
         return load_catalog(self.catalog_path or None, self.catalog_overlays)
@@ -274,11 +333,3 @@ class Settings:
         """Every upstream key in the variable: several, comma-separated, are used in rotation."""
         value = self.credential(key_env) or ""
         return [k.strip() for k in value.split(",") if k.strip()]
-
-
-def _port(raw: str, default: int) -> int:
-    if not raw:
-        return default
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise SettingsError(f"PORT={raw!r} is not a port number")
-    return int(raw)
