@@ -5,7 +5,7 @@
 
 Everything is ``python -m simulators openai`` (same options, same
 ``/_sim/config``), with TCP_NODELAY on its connections (see
-:class:`NoDelayWSGIServer`), and ``--images noise``: the simulator's images are
+``simulators.__main__.NoDelayWSGIServer``), and ``--images noise``: the simulator's images are
 solid colours, which PNG compresses to a few kB, far smaller than what image
 models return. With ``noise`` each image is random pixels quantised to 4 bits
 per channel, which PNG (level 1) stores in about as many bytes as a real
@@ -19,12 +19,11 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import functools  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
 import sys  # noqa: E402
 
-from gevent.pywsgi import WSGIServer  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import simulators.__main__ as simulator_cli  # noqa: E402
@@ -50,24 +49,6 @@ def noise_png(width: int, height: int, fmt: str, transparent: bool, colour: int,
 _solid = openai_images._encode
 
 
-class NoDelayWSGIServer(WSGIServer):
-    """gevent's WSGI server with TCP_NODELAY on every connection.
-
-    gevent.pywsgi writes a response's headers and body in separate sends; with
-    Nagle's algorithm on, the body waits for the client's delayed ACK, which
-    adds about 40 ms to every small response (seen here: 44 ms for a 128-byte
-    JSON answer at latency 0). A real upstream does not add that, and the
-    benchmark would count it as gateway overhead.
-    """
-
-    def handle(self, sock, address):  # noqa: ANN001 - gevent's signature
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        return super().handle(sock, address)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     keep_large_buffers()  # as the gateway does: fewer page faults per image
@@ -85,13 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --images must be 'solid' or 'noise'", file=sys.stderr)
         return 2
     if images == "noise":
-        cached = openai_images.functools.lru_cache(maxsize=256)(noise_png)
+        cached = functools.lru_cache(maxsize=256)(noise_png)
         openai_images._encode = cached
     for width, height in prewarm:
         # Fill the image cache before serving, so no request waits for a first render.
         for colour in range(len(openai_images.PALETTE)):
             openai_images._encode(width, height, "png", False, colour, 100)
-    simulator_cli.WSGIServer = NoDelayWSGIServer
     return simulator_cli.main(["openai", *args])
 
 

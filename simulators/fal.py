@@ -1,6 +1,7 @@
-"""Simulator of the fal queue API (``https://queue.fal.run``), section 4 of
-``upstream-protocols.md``. It plays the outside world, so it imports nothing
-from the gateway.
+"""Simulator of the fal queue API (``https://queue.fal.run``). It plays the
+outside world, so it imports nothing from the gateway; this docstring is its
+specification (what it imitates of fal's queue documentation, and where it
+chooses).
 
 Protocol (``Authorization: Key <FAL_KEY>`` on every queue call):
 
@@ -65,7 +66,9 @@ ends:
 
 Errors are ``{"detail": "..."}`` (plus ``error_type`` and the
 ``X-Fal-Error-Type`` header for request errors): 401 for a missing or wrong
-key; injected failures (``fail_next``/``failure_rate``, submissions only):
+key; injected failures (submissions only: a fault the request names in its
+``X-Sim-Fault`` header or prompt, see :mod:`simulators.base`, then
+``fail_next``/``failure_rate``):
 429 rate limit, 500 ``internal_error``, 502 ``runner_incomplete_response``,
 503 ``runner_scheduling_failure``, 504 ``request_timeout``, other 4xx
 ``bad_request``, with ``Retry-After`` when configured. Every response carries
@@ -80,13 +83,9 @@ result or cancel), ``POST /_sim/reset``, ``GET /_sim/health``.
 from __future__ import annotations
 
 import base64
-import functools
-import io
-import json
 import math
 import random
 import re
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -94,12 +93,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
-from PIL import Image
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control, request_entry
-from simulators.state import PALETTE, SimConfig, SimState
+from simulators.base import (
+    CONTENT_TYPES,
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    retry_after_headers,
+    solid_image,
+    word,
+)
+from simulators.control import parse_json_body
+from simulators.state import PALETTE, SimConfig
 
 PROVIDER = "fal"
 
@@ -117,22 +125,15 @@ PRESETS: dict[str, tuple[int, int]] = {
     "landscape_16_9": (1024, 576),
 }
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
-
 BLACK = (0, 0, 0)
 
 
-def _word(word: str) -> re.Pattern[str]:
-    return re.compile(rf"\b{word}\b", re.IGNORECASE)
+RISQUE = word("risque")
+CRASH = word("crash")
+GARBLED = word("garbled")
 
 
-FORBIDDEN = _word("forbidden")
-RISQUE = _word("risque")
-CRASH = _word("crash")
-GARBLED = _word("garbled")
-
-
-class FalError(Exception):
+class FalError(SimError):
     """An error answer: ``{"detail": ...}`` (+ ``error_type``) with a status."""
 
     def __init__(
@@ -148,18 +149,14 @@ class FalError(Exception):
         self.detail = detail
         self.error_type = error_type
         self.headers = headers or {}
+        if error_type:
+            self.headers = {"X-Fal-Error-Type": error_type, **self.headers}
 
-    def response(self) -> Response:
-        body: dict[str, Any] = {"detail": self.detail}
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"detail": self.detail}
         if self.error_type:
-            body["error_type"] = self.error_type
-        resp = jsonify(body)
-        resp.status_code = self.status
-        if self.error_type:
-            resp.headers["X-Fal-Error-Type"] = self.error_type
-        for name, value in self.headers.items():
-            resp.headers[name] = value
-        return resp
+            out["error_type"] = self.error_type
+        return out
 
 
 # -- input validation (pydantic v2 / FastAPI error items) ---------------------------
@@ -413,20 +410,6 @@ def output_size(spec: AppSpec, body: dict[str, Any]) -> tuple[int, int]:
     return int(size.get("width", 512)), int(size.get("height", 512))
 
 
-# -- images -----------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=256)
-def encode_image(width: int, height: int, fmt: str, rgb: tuple[int, int, int]) -> bytes:
-    image = Image.new("RGB", (width, height), rgb)
-    buf = io.BytesIO()
-    if fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    else:
-        image.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
 # -- queue state ------------------------------------------------------------------
 
 
@@ -460,89 +443,70 @@ SERVER_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def injected_failure(config: SimConfig) -> FalError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return FalError(429, "Rate limit exceeded. Please try again later.", headers=headers)
-    if status == 401:
-        return FalError(401, "Unauthorized", headers=headers)
-    if status == 403:
-        return FalError(403, "Forbidden: this key may not use this application", headers=headers)
-    if status >= 500:
-        detail, error_type = SERVER_ERRORS.get(status, SERVER_ERRORS[500])
-        return FalError(status, detail, error_type=error_type, headers=headers)
-    return FalError(
-        status,
-        f"Simulated upstream failure (HTTP {status}).",
-        error_type="bad_request",
-        headers=headers,
-    )
+class FalSimulator(Simulator):
+    """fal's queue: submissions become tasks, answered by polls, results and cancels."""
 
+    provider = PROVIDER
+    request_id_header = "x-fal-request-id"
 
-def _mask(key: str) -> str:
-    return key[:4] + "*" * max(0, len(key) - 4)
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.file_times: OrderedDict[str, float] = OrderedDict()
+        self.rng = random.Random()
+        super().__init__(config)
 
+    def new_request_id(self) -> str:
+        return str(uuid.uuid4())
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The fal queue simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    lock = threading.Lock()
-    tasks: OrderedDict[str, Task] = OrderedDict()
-    file_times: OrderedDict[str, float] = OrderedDict()
-    rng = random.Random()
+    def reset(self) -> None:
+        with self.lock:
+            self.tasks.clear()
 
-    # -- plumbing ----------------------------------------------------------------
-
-    @app.before_request
-    def _start() -> None:
-        g.request_id = str(uuid.uuid4())
-
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        resp.headers["x-fal-request-id"] = g.get("request_id") or str(uuid.uuid4())
-        return resp
-
-    @app.errorhandler(FalError)
-    def _fal_error(err: FalError) -> Response:
-        return err.response()
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         return FalError(status, err.name if status in (404, 405) else err.description).response()
 
-    def _record(kind: str, body: Any = None, raw: str | None = None) -> dict[str, Any]:
-        return state.record_request(request_entry(g.request_id, kind=kind, json=body, raw_body=raw))
+    def failure(self, config: SimConfig) -> FalError:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return FalError(429, "Rate limit exceeded. Please try again later.", headers=headers)
+        if status == 401:
+            return FalError(401, "Unauthorized", headers=headers)
+        if status == 403:
+            return FalError(
+                403, "Forbidden: this key may not use this application", headers=headers
+            )
+        if status >= 500:
+            detail, error_type = SERVER_ERRORS.get(status, SERVER_ERRORS[500])
+            return FalError(status, detail, error_type=error_type, headers=headers)
+        return FalError(
+            status,
+            f"Simulated upstream failure (HTTP {status}).",
+            error_type="bad_request",
+            headers=headers,
+        )
 
-    def _answer(entry: dict[str, Any], produce: Callable[[], Response]) -> Response:
-        try:
-            resp = produce()
-        except FalError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
-
-    def _check_auth() -> None:
+    def check_auth(self) -> None:
         header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        token = token.strip()
         if not header:
             raise FalError(401, "Missing authorization header")
-        if scheme.lower() != "key" or not token:
+        token = credential(("key",))
+        if token is None:
             raise FalError(401, "Invalid authorization header, expected 'Key <FAL_KEY>'")
-        expected = state.config.api_key
+        expected = self.state.config.api_key
         if expected is not None and token != expected:
             raise FalError(401, f"No user found for Key ID and Secret ({_mask(token)})")
 
-    def _urls(task: Task) -> dict[str, str]:
+    def routes(self) -> None:
+        app = self.app
+        app.post("/<path:app_path>")(self.submit)
+        app.get("/<owner>/<name>/requests/<request_id>/status")(self.status)
+        app.get("/<owner>/<name>/requests/<request_id>")(self.result)
+        app.put("/<owner>/<name>/requests/<request_id>/cancel")(self.cancel)
+        app.get("/files/<name>")(self.files)
+
+    def _urls(self, task: Task) -> dict[str, str]:
         base = f"{request.host_url}{task.spec.root}/requests/{task.id}"
         return {
             "response_url": base,
@@ -550,9 +514,16 @@ def create_app(config: SimConfig | None = None) -> Flask:
             "cancel_url": f"{base}/cancel",
         }
 
-    # -- the run ---------------------------------------------------------------------
+    def _task(self, root: str, request_id: str) -> Task:
+        with self.lock:
+            task = self.tasks.get(request_id)
+        if task is None or task.spec.root != root:
+            raise FalError(404, f"Request {request_id} not found")
+        return task
 
-    def _finish(task: Task, now: float) -> None:
+    # -- the run -----------------------------------------------------------------------
+
+    def _finish(self, task: Task, now: float) -> None:
         """Decide the outcome of a task whose run is over (called with the lock held)."""
         task.done = True
         task.finished = now
@@ -581,34 +552,34 @@ def create_app(config: SimConfig | None = None) -> Flask:
         if GARBLED.search(prompt):
             task.result_text = "<html><body>502 Bad Gateway</body></html>"
             return
-        task.result_body = _render(task)
+        task.result_body = self._render(task)
 
-    def _render(task: Task) -> dict[str, Any]:
+    def _render(self, task: Task) -> dict[str, Any]:
         body = task.body
         width, height = output_size(task.spec, body)
         fmt = body.get("output_format", "png")
         count = max(0, int(body.get("num_images", 1)) - task.drop_images)
         seed = body.get("seed")
         if seed is None:
-            seed = rng.randrange(0, 2**31)
+            seed = self.rng.randrange(0, 2**31)
         checker = body.get("enable_safety_checker", True)
         prompt = body["prompt"]
         images: list[dict[str, Any]] = []
         flags: list[bool] = []
         for index in range(count):
             flagged = bool(checker) and (
-                bool(FORBIDDEN.search(prompt)) or (index == 0 and bool(RISQUE.search(prompt)))
+                bool(FORBIDDEN_WORD.search(prompt)) or (index == 0 and bool(RISQUE.search(prompt)))
             )
             rgb = BLACK if flagged else PALETTE[(seed + index) % len(PALETTE)]
-            data = encode_image(width, height, fmt, rgb)
+            data = solid_image(width, height, fmt, rgb)
             if body.get("sync_mode"):
                 url = f"data:{CONTENT_TYPES[fmt]};base64,{base64.b64encode(data).decode()}"
             else:
                 name = f"{uuid.uuid4().hex}.{'jpg' if fmt == 'jpeg' else 'png'}"
-                state.put_file(name, data, CONTENT_TYPES[fmt])
-                file_times[name] = time.time()
-                while len(file_times) > MAX_TASKS:
-                    file_times.popitem(last=False)
+                self.state.put_file(name, data, CONTENT_TYPES[fmt])
+                self.file_times[name] = time.time()
+                while len(self.file_times) > MAX_TASKS:
+                    self.file_times.popitem(last=False)
                 url = f"{request.host_url}files/{name}"
             images.append(
                 {"url": url, "width": width, "height": height, "content_type": CONTENT_TYPES[fmt]}
@@ -622,7 +593,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             "prompt": prompt,
         }
 
-    def _advance(task: Task, *, poll: bool) -> None:
+    def _advance(self, task: Task, *, poll: bool) -> None:
         """Count a status poll and finish the task when its time has come (lock held)."""
         if task.done:
             return
@@ -630,42 +601,29 @@ def create_app(config: SimConfig | None = None) -> Flask:
         if poll:
             task.polls += 1
         if task.cancelled and poll:
-            _finish(task, now)
+            self._finish(task, now)
             return
         if task.timeout is not None and now - task.created > task.timeout:
-            _finish(task, now)
+            self._finish(task, now)
             return
         # A status poll answers pending for the first poll_steps polls; a result
         # fetch finds the request done once those polls have happened.
         polled_enough = task.polls > task.poll_steps if poll else task.polls >= task.poll_steps
         if polled_enough and now - task.created >= task.latency:
-            _finish(task, now)
+            self._finish(task, now)
 
-    def _task(root: str, request_id: str) -> Task:
-        with lock:
-            task = tasks.get(request_id)
-        if task is None or task.spec.root != root:
-            raise FalError(404, f"Request {request_id} not found")
-        return task
+    # -- queue endpoints -----------------------------------------------------------------
 
-    # -- queue endpoints ----------------------------------------------------------------
+    def submit(self, app_path: str) -> Response:
+        # An empty body is a JSON null here (refused as not an object), not invalid JSON.
+        body, raw_text = parse_json_body() if request.get_data(cache=True) else (None, None)
+        entry = self.record(kind="submit", json=body, raw_body=raw_text)
+        return self.answer(entry, lambda: self._submit(app_path, body, raw_text))
 
-    @app.post("/<path:app_path>")
-    def submit(app_path: str) -> Response:
-        raw = request.get_data(cache=True)
-        try:
-            body: Any = json.loads(raw) if raw else None
-            raw_text = None
-        except (ValueError, UnicodeDecodeError):
-            body, raw_text = None, raw[:2000].decode("utf-8", "replace")
-        entry = _record("submit", body, raw_text)
-        return _answer(entry, lambda: _submit(app_path, body, raw_text))
-
-    def _submit(app_path: str, body: Any, raw_text: str | None) -> Response:
-        _check_auth()
-        config = state.config
-        if state.should_fail():
-            raise injected_failure(config)
+    def _submit(self, app_path: str, body: Any, raw_text: str | None) -> Response:
+        self.check_auth()
+        config = self.state.config
+        self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
         spec = APPS.get(app_path.strip("/"))
         if spec is None:
             raise FalError(404, f"Application '{app_path}' not found")
@@ -699,41 +657,40 @@ def create_app(config: SimConfig | None = None) -> Flask:
             drop_images=config.drop_images,
             timeout=timeout,
         )
-        with lock:
-            tasks[task.id] = task
-            while len(tasks) > MAX_TASKS:
-                tasks.popitem(last=False)
+        with self.lock:
+            self.tasks[task.id] = task
+            while len(self.tasks) > MAX_TASKS:
+                self.tasks.popitem(last=False)
             position = sum(
                 1
-                for t in tasks.values()
+                for t in self.tasks.values()
                 if not t.done and t.polls == 0 and t.spec.root == spec.root and t is not task
             )
         return jsonify(
             {
                 "status": "IN_QUEUE",
                 "request_id": task.id,
-                **_urls(task),
+                **self._urls(task),
                 "queue_position": position,
             }
         )
 
-    @app.get("/<owner>/<name>/requests/<request_id>/status")
-    def status(owner: str, name: str, request_id: str) -> Response:
+    def status(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
-        entry = _record("status")
-        return _answer(entry, lambda: _status(f"{owner}/{name}", request_id))
+        entry = self.record(kind="status", json=None, raw_body=None)
+        return self.answer(entry, lambda: self._status(f"{owner}/{name}", request_id))
 
-    def _status(root: str, request_id: str) -> Response:
-        _check_auth()
-        task = _task(root, request_id)
+    def _status(self, root: str, request_id: str) -> Response:
+        self.check_auth()
+        task = self._task(root, request_id)
         with_logs = request.args.get("logs") in ("1", "true")
-        with lock:
-            _advance(task, poll=True)
+        with self.lock:
+            self._advance(task, poll=True)
             if task.done:
                 payload: dict[str, Any] = {
                     "status": "COMPLETED",
                     "request_id": task.id,
-                    **_urls(task),
+                    **self._urls(task),
                     "logs": [] if with_logs else None,
                     "metrics": {"inference_time": round(max(task.latency, 0.05), 3)},
                 }
@@ -744,7 +701,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             if task.polls == 1:
                 position = sum(
                     1
-                    for t in tasks.values()
+                    for t in self.tasks.values()
                     if not t.done
                     and t.spec.root == task.spec.root
                     and t.created < task.created
@@ -753,31 +710,30 @@ def create_app(config: SimConfig | None = None) -> Flask:
                 payload = {
                     "status": "IN_QUEUE",
                     "request_id": task.id,
-                    **_urls(task),
+                    **self._urls(task),
                     "queue_position": position,
                 }
             else:
                 payload = {
                     "status": "IN_PROGRESS",
                     "request_id": task.id,
-                    **_urls(task),
+                    **self._urls(task),
                     "logs": [] if with_logs else None,
                 }
         resp = jsonify(payload)
         resp.status_code = 202
         return resp
 
-    @app.get("/<owner>/<name>/requests/<request_id>")
-    def result(owner: str, name: str, request_id: str) -> Response:
+    def result(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
-        entry = _record("result")
-        return _answer(entry, lambda: _result(f"{owner}/{name}", request_id))
+        entry = self.record(kind="result", json=None, raw_body=None)
+        return self.answer(entry, lambda: self._result(f"{owner}/{name}", request_id))
 
-    def _result(root: str, request_id: str) -> Response:
-        _check_auth()
-        task = _task(root, request_id)
-        with lock:
-            _advance(task, poll=False)
+    def _result(self, root: str, request_id: str) -> Response:
+        self.check_auth()
+        task = self._task(root, request_id)
+        with self.lock:
+            self._advance(task, poll=False)
             done = task.done
         if not done:
             raise FalError(400, "Request is still in progress")
@@ -791,16 +747,15 @@ def create_app(config: SimConfig | None = None) -> Flask:
             )
         return jsonify(task.result_body)
 
-    @app.put("/<owner>/<name>/requests/<request_id>/cancel")
-    def cancel(owner: str, name: str, request_id: str) -> Response:
+    def cancel(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
-        entry = _record("cancel")
-        return _answer(entry, lambda: _cancel(f"{owner}/{name}", request_id))
+        entry = self.record(kind="cancel", json=None, raw_body=None)
+        return self.answer(entry, lambda: self._cancel(f"{owner}/{name}", request_id))
 
-    def _cancel(root: str, request_id: str) -> Response:
-        _check_auth()
-        with lock:
-            task = tasks.get(request_id)
+    def _cancel(self, root: str, request_id: str) -> Response:
+        self.check_auth()
+        with self.lock:
+            task = self.tasks.get(request_id)
             if task is None or task.spec.root != root:
                 resp = jsonify({"status": "NOT_FOUND"})
                 resp.status_code = 404
@@ -814,23 +769,30 @@ def create_app(config: SimConfig | None = None) -> Flask:
         resp.status_code = 202
         return resp
 
-    @app.get("/files/<name>")
-    def files(name: str) -> Response:
-        stored = state.get_file(name)
-        created = file_times.get(name)
-        if stored is None or created is None or time.time() - created > state.config.result_ttl:
+    def files(self, name: str) -> Response:
+        stored = self.state.get_file(name)
+        created = self.file_times.get(name)
+        if (
+            stored is None
+            or created is None
+            or time.time() - created > self.state.config.result_ttl
+        ):
             raise FalError(404, "File not found")
         return Response(stored.data, status=200, content_type=stored.content_type)
 
-    # -- control endpoints for tests ----------------------------------------------------
 
-    def forget_tasks() -> None:
-        with lock:
-            tasks.clear()
-
-    register_control(app, state, initial_config, PROVIDER, on_reset=forget_tasks)
-
-    return app
+def _mask(key: str) -> str:
+    return key[:4] + "*" * max(0, len(key) - 4)
 
 
-__all__ = ["APPS", "PRESETS", "FalError", "SimConfig", "create_app", "validate_input"]
+create_app = FalSimulator.create_app
+
+__all__ = [
+    "APPS",
+    "PRESETS",
+    "FalError",
+    "FalSimulator",
+    "SimConfig",
+    "create_app",
+    "validate_input",
+]

@@ -1,8 +1,8 @@
 """Simulator of the OpenAI Images API (``POST https://api.openai.com/v1/images/generations``).
 
 It stands in for the real upstream in tests and load runs, so it imports
-nothing from the gateway. What it imitates (see section 1 of
-``upstream-protocols.md``):
+nothing from the gateway. This docstring is its specification: what it
+imitates of OpenAI's published API reference, and where it chooses.
 
 Request (JSON body, ``Authorization: Bearer <key>``):
 
@@ -82,7 +82,7 @@ Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``
   ``invalid_value``, ``integer_above_max_value``, ``integer_below_min_value``,
   ``string_above_max_length``, ``string_below_min_length``.
 * 404 ``invalid_request_error``/``model_not_found`` (``param: "model"``) for an
-  unknown model. (Judgement call: the reference does not pin down what the
+  unknown model. (Judgement call: OpenAI's documentation does not pin down what the
   Images API answers here, and it may be a 400 ``invalid_value``; the
   simulator uses the 404 ``model_not_found`` of the rest of the OpenAI API so
   the gateway's not-found mapping gets exercised.)
@@ -97,9 +97,9 @@ Every response carries ``x-request-id: req_<hex>``, ``openai-processing-ms``
 and static ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` headers.
 
 Order of processing for a generation request: record it in the request log,
-sleep ``latency``, check the key, inject a failure (a fault the prompt names,
-see :data:`simulators.state.FAULT_DIRECTIVE`; then ``fail_next``; then
-``failure_rate``), validate, moderate, generate. A request with a bad key does
+sleep ``latency``, check the key, inject a failure (a fault the request names in
+its ``X-Sim-Fault`` header or its prompt, see :mod:`simulators.base`; then
+``fail_next``; then ``failure_rate``), validate, moderate, generate. A request with a bad key does
 therefore not use up ``fail_next`` or a named fault.
 
 Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
@@ -109,23 +109,30 @@ Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 from __future__ import annotations
 
 import functools
-import io
 import math
 import re
-import struct
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import pybase64 as base64
-from flask import Flask, Response, g, jsonify, request
+from flask import Response, g, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import PALETTE, SimConfig, SimState
+from simulators.base import (
+    CONTENT_TYPES,
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    encode,
+    retry_after_headers,
+    tag_file,
+)
+from simulators.control import parse_json_body
+from simulators.state import PALETTE, SimConfig
 
 PROVIDER = "openai"
 
@@ -228,17 +235,13 @@ GPT_IMAGE_TOKENS: dict[str, dict[str, int]] = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
-
 REVISED_PROMPT_SUFFIX = ", rendered as a detailed digital illustration"
 
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request."
 
 
-class ApiError(Exception):
-    """An OpenAI-style error answer."""
+class ApiError(SimError):
+    """An OpenAI-style error answer ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(
         self,
@@ -258,21 +261,15 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def response(self) -> Response:
-        resp = jsonify(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": self.error_type,
-                    "param": self.param,
-                    "code": self.code,
-                }
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
             }
-        )
-        resp.status_code = self.status
-        for name, value in self.headers.items():
-            resp.headers[name] = value
-        return resp
+        }
 
 
 # -- validation helpers ---------------------------------------------------------
@@ -595,6 +592,7 @@ def moderate(req: GenerationRequest) -> None:
 def _encode(
     width: int, height: int, fmt: str, transparent: bool, colour: int, compression: int
 ) -> bytes:
+    """One image file; ``bench/simulator.py`` swaps this for photo-sized noise."""
     rgb = PALETTE[colour]
     if transparent:
         image = Image.new("RGBA", (width, height), (0, 0, 0, 0))
@@ -602,33 +600,8 @@ def _encode(
         image.paste((*rgb, 255), box)
     else:
         image = Image.new("RGB", (width, height), rgb)
-    buf = io.BytesIO()
-    if fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    elif fmt == "jpeg":
-        image.save(buf, "JPEG", quality=max(1, min(95, compression)))
-    else:
-        image.save(buf, "WEBP", quality=compression, method=0)
-    return buf.getvalue()
-
-
-def _tag(data: bytes, fmt: str, file_id: str) -> bytes:
-    """Embed ``file_id`` as metadata so each file's bytes are unique."""
-    text = f"imagegate-simulator {file_id}".encode()
-    if fmt == "png":
-        # signature (8) + IHDR chunk (4 len + 4 type + 13 data + 4 crc) = 33 bytes
-        chunk_data = b"Comment\x00" + text
-        chunk = (
-            struct.pack(">I", len(chunk_data))
-            + b"tEXt"
-            + chunk_data
-            + struct.pack(">I", zlib.crc32(b"tEXt" + chunk_data) & 0xFFFFFFFF)
-        )
-        return data[:33] + chunk + data[33:]
-    if fmt == "jpeg":
-        # COM segment right after SOI
-        return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
-    return data
+    quality = max(1, min(95, compression)) if fmt == "jpeg" else compression
+    return encode(image, fmt, quality)
 
 
 def render_image(req: GenerationRequest, index: int, base_colour: int, file_id: str) -> bytes:
@@ -641,7 +614,7 @@ def render_image(req: GenerationRequest, index: int, base_colour: int, file_id: 
         colour,
         req.output_compression,
     )
-    return _tag(data, req.output_format, file_id)
+    return tag_file(data, req.output_format, file_id)
 
 
 def usage_for(req: GenerationRequest) -> dict[str, Any]:
@@ -671,69 +644,15 @@ def _mask_key(key: str) -> str:
     return f"{key[:3]}{'*' * (len(key) - 7)}{key[-4:]}"
 
 
-def _check_auth(config: SimConfig) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(
-            401,
-            "You didn't provide an API key. You need to provide your API key in an "
-            "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            code="invalid_api_key",
-        )
-    if config.api_key is not None and token != config.api_key:
-        raise ApiError(
-            401,
-            f"Incorrect API key provided: {_mask_key(token)}. You can find your API key "
-            "at https://platform.openai.com/account/api-keys.",
-            code="invalid_api_key",
-        )
+class OpenAISimulator(Simulator):
+    """The OpenAI Images API: one synchronous generation endpoint and its files."""
 
+    provider = PROVIDER
 
-def injected_failure(config: SimConfig) -> ApiError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return ApiError(
-            429,
-            "Rate limit reached for requests. Please try again later.",
-            error_type="requests",
-            code="rate_limit_exceeded",
-            headers=headers,
-        )
-    if status == 503:
-        return ApiError(
-            503,
-            "The engine is currently overloaded, please try again later.",
-            error_type="server_error",
-            headers=headers,
-        )
-    if status >= 500:
-        return ApiError(status, SERVER_ERROR_MESSAGE, error_type="server_error", headers=headers)
-    return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
+    def new_request_id(self) -> str:
+        return f"req_{uuid.uuid4().hex}"
 
-
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The OpenAI Images simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-
-    @app.before_request
-    def _start() -> None:
-        g.request_id = f"req_{uuid.uuid4().hex}"
-        g.started = time.monotonic()
-        g.rate_limited = False
-
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id") or f"req_{uuid.uuid4().hex}"
+    def add_headers(self, resp: Response) -> None:
         elapsed = time.monotonic() - g.get("started", time.monotonic())
         resp.headers["openai-processing-ms"] = str(int(elapsed * 1000))
         resp.headers["openai-version"] = "2020-10-01"
@@ -743,14 +662,13 @@ def create_app(config: SimConfig | None = None) -> Flask:
         resp.headers["x-ratelimit-limit-tokens"] = "100000"
         resp.headers["x-ratelimit-remaining-tokens"] = "99000"
         resp.headers["x-ratelimit-reset-tokens"] = "600ms"
-        return resp
 
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError) -> Response:
-        return err.response()
+    def _before_request(self) -> None:
+        super()._before_request()
+        g.started = time.monotonic()
+        g.rate_limited = False
 
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         if status in (404, 405):
             message = f"Invalid URL ({request.method} {request.path})"
@@ -758,27 +676,65 @@ def create_app(config: SimConfig | None = None) -> Flask:
             message = err.description or err.name
         return ApiError(status, message).response()
 
-    @app.post("/v1/images/generations")
-    def generations() -> Response:
-        body, raw_text = parse_json_body()
-        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
-        try:
-            resp = _generate(body, raw_text)
-        except ApiError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
+    def failure(self, config: SimConfig) -> ApiError:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return ApiError(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                error_type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
+            )
+        if status == 503:
+            return ApiError(
+                503,
+                "The engine is currently overloaded, please try again later.",
+                error_type="server_error",
+                headers=headers,
+            )
+        if status >= 500:
+            return ApiError(
+                status, SERVER_ERROR_MESSAGE, error_type="server_error", headers=headers
+            )
+        return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
 
-    def _generate(body: Any, raw_text: str | None) -> Response:
-        config = state.config
+    def check_auth(self, config: SimConfig) -> None:
+        token = credential()
+        if token is None:
+            raise ApiError(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                code="invalid_api_key",
+            )
+        if config.api_key is not None and token != config.api_key:
+            raise ApiError(
+                401,
+                f"Incorrect API key provided: {_mask_key(token)}. You can find your API key "
+                "at https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+    def routes(self) -> None:
+        self.app.post("/v1/images/generations")(self.generations)
+        self.app.get("/files/<name>")(self.files)
+
+    def generations(self) -> Response:
+        body, raw_text = parse_json_body()
+        entry = self.record(json=body, raw_body=raw_text)
+        return self.answer(entry, lambda: self._generate(body, raw_text))
+
+    def _generate(self, body: Any, raw_text: str | None) -> Response:
+        config = self.state.config
         if config.latency > 0:
             time.sleep(config.latency)
-        _check_auth(config)
-        fault = state.request_fault(body.get("prompt") if isinstance(body, dict) else None)
-        if fault is not None or state.should_fail():
-            failure = injected_failure(fault or config)
-            g.rate_limited = failure.status == 429
-            raise failure
+        self.check_auth(config)
+        fault = self.take_fault(body.get("prompt") if isinstance(body, dict) else None)
+        if fault is not None:
+            g.rate_limited = fault.fail_status == 429
+            raise self.failure(fault)
         if raw_text is not None:
             raise ApiError(
                 400,
@@ -800,7 +756,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             item: dict[str, Any] = {}
             if req.response_format == "url":
                 name = f"{file_id}.{req.output_format}"
-                state.put_file(name, data, CONTENT_TYPES[req.output_format])
+                self.state.put_file(name, data, CONTENT_TYPES[req.output_format])
                 item["url"] = f"{config.result_url_base or request.host_url}files/{name}"
             else:
                 item["b64_json"] = base64.b64encode(data).decode("ascii")
@@ -823,9 +779,8 @@ def create_app(config: SimConfig | None = None) -> Flask:
             payload["size"] = f"{req.width}x{req.height}"
         return jsonify(payload)
 
-    @app.get("/files/<name>")
-    def files(name: str) -> Response:
-        stored = state.get_file(name)
+    def files(self, name: str) -> Response:
+        stored = self.state.get_file(name)
         if stored is None:
             raise ApiError(
                 404,
@@ -835,11 +790,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             )
         return Response(stored.data, status=200, content_type=stored.content_type)
 
-    # -- control endpoints for tests -------------------------------------------
 
-    register_control(app, state, initial_config, PROVIDER)
+create_app = OpenAISimulator.create_app
 
-    return app
-
-
-__all__ = ["ApiError", "MODELS", "SimConfig", "create_app", "parse_generation"]
+__all__ = ["ApiError", "MODELS", "OpenAISimulator", "SimConfig", "create_app", "parse_generation"]
