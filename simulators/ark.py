@@ -1,8 +1,9 @@
 """Simulator of ByteDance Seedream on BytePlus ModelArk / Volcengine Ark.
 
-It imitates ``POST https://ark.ap-southeast.bytepluses.com/api/v3/images/generations``
-(section 5 of ``upstream-protocols.md``): a **synchronous** JSON call with
-``Authorization: Bearer <ARK_API_KEY>``. It imports nothing from the gateway.
+It imitates ``POST https://ark.ap-southeast.bytepluses.com/api/v3/images/generations``,
+a **synchronous** JSON call with ``Authorization: Bearer <ARK_API_KEY>``. It
+imports nothing from the gateway; this docstring is its specification (what it
+imitates of BytePlus' ModelArk documentation, and where it chooses).
 
 Models (``model``), with the limits the simulator enforces:
 
@@ -14,9 +15,9 @@ seedream-4-5-251128 2560*1440 .. 4096*4096     <= 14      2K 4K                 
 seedream-5-0-260128 2560*1440 .. 10404496      <= 14      2K 3K                   jpeg | png
 =================== ========================== ========== ======================= =============
 
-(The 4.0 band is the reference's; the 4.5 lower bound and the 5.0-lite upper bound
-come from BytePlus doc copies and seed 001 [T].) Any other model is a 404
-``InvalidEndpointOrModel.NotFound``.
+(The 4.0 band is BytePlus' documented one; the 4.5 lower bound and the 5.0-lite
+upper bound come from copies of BytePlus' documentation and are less certain.)
+Any other model is a 404 ``InvalidEndpointOrModel.NotFound``.
 
 Request body (JSON object; ``null`` values count as absent, as the Ark SDK sends
 ``null`` for every field it was not given):
@@ -71,7 +72,8 @@ field is at fault; messages end with ``Request id: <id>``):
 * 400 ``BadRequest``/``InvalidParameter`` or ``MissingParameter`` (``param`` names
   the field), ``InputTextSensitiveContentDetected``;
 * 404 ``NotFound``/``InvalidEndpointOrModel.NotFound`` (unknown model);
-* injected failures (``/_sim/config``): 429 ``TooManyRequests``/
+* injected failures (a fault the request names in its ``X-Sim-Fault`` header or
+  prompt, see :mod:`simulators.base`; ``/_sim/config``): 429 ``TooManyRequests``/
   ``RateLimitExceeded.EndpointRPMExceeded``, 500 ``InternalServerError``/
   ``InternalServiceError``, 503 ``ServiceUnavailable``, others a generic body of
   the status; optional ``Retry-After``.
@@ -79,8 +81,8 @@ field is at fault; messages end with ``Request id: <id>``):
 Every response carries ``x-request-id`` (the Ark SDK reads the request id there).
 
 Order of processing for a generation: record it in the request log, sleep
-``latency``, check the key, inject a failure (``fail_next`` first, then
-``failure_rate``), parse and validate the body, moderate, generate.
+``latency``, check the key, inject a failure (a named fault, then
+``fail_next``, then ``failure_rate``), parse and validate the body, moderate, generate.
 
 Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 ``GET|DELETE /_sim/requests``, ``POST /_sim/reset``, ``GET /_sim/health``.
@@ -93,20 +95,28 @@ import binascii
 import functools
 import io
 import re
-import struct
 import time
 import uuid
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Response, g, jsonify, request
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import PALETTE, SimConfig, SimState
+from simulators.base import (
+    CONTENT_TYPES,
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    encode,
+    retry_after_headers,
+    tag_file,
+)
+from simulators.control import parse_json_body
+from simulators.state import PALETTE, SimConfig
 
 PROVIDER = "ark"
 API_PREFIX = "/api/v3"
@@ -132,10 +142,7 @@ KEYWORD_SIDES = {"1K": 1024, "2K": 2048, "3K": 3072, "4K": 4096}
 
 SIZE_RE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 DATA_URL_RE = re.compile(r"data:image/([a-z]+);base64,(.*)", re.DOTALL)
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
 MALFORMED_TOKEN = "sim-malformed-json"
-
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
 @dataclass(frozen=True)
@@ -181,7 +188,7 @@ KNOWN_FIELDS = frozenset(
 )
 
 
-class ArkError(Exception):
+class ArkError(SimError):
     """An Ark-style error answer: ``{"error": {"code", "message", "param", "type"}}``."""
 
     def __init__(
@@ -202,21 +209,16 @@ class ArkError(Exception):
         self.param = param
         self.headers = dict(headers or {})
 
-    def response(self) -> Response:
+    def body(self) -> dict[str, Any]:
         rid = g.get("request_id", "")
-        resp = jsonify(
-            {
-                "error": {
-                    "code": self.code,
-                    "message": f"{self.message} Request id: {rid}",
-                    "param": self.param,
-                    "type": self.error_type,
-                }
+        return {
+            "error": {
+                "code": self.code,
+                "message": f"{self.message} Request id: {rid}",
+                "param": self.param,
+                "type": self.error_type,
             }
-        )
-        resp.status_code = self.status
-        resp.headers.update(self.headers)
-        return resp
+        }
 
 
 def invalid(param: str, detail: str) -> ArkError:
@@ -460,88 +462,7 @@ def _encode(width: int, height: int, fmt: str, colour: int, watermark: bool) -> 
         ImageDraw.Draw(image).rectangle(
             (width - box_w - 8, height - box_h - 8, width - 9, height - 9), fill=(255, 255, 255)
         )
-    buf = io.BytesIO()
-    if fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    else:
-        image.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _tag(data: bytes, fmt: str, file_id: str) -> bytes:
-    """Embed ``file_id`` as metadata so each file's bytes are unique."""
-    text = f"imagegate-simulator {file_id}".encode()
-    if fmt == "png":
-        # signature (8) + IHDR chunk (25) = 33 bytes; a tEXt chunk goes after it
-        chunk_data = b"Comment\x00" + text
-        crc = zlib.crc32(b"tEXt" + chunk_data) & 0xFFFFFFFF
-        chunk = struct.pack(">I", len(chunk_data)) + b"tEXt" + chunk_data + struct.pack(">I", crc)
-        return data[:33] + chunk + data[33:]
-    # JPEG: a COM segment right after SOI
-    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
-
-
-def _request_id() -> str:
-    return f"021{int(time.time() * 1000)}{uuid.uuid4().hex[:24]}"
-
-
-# -- app ------------------------------------------------------------------------------
-
-
-def _check_auth(config: SimConfig) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if (
-        scheme.lower() != "bearer"
-        or not token
-        or (config.api_key is not None and token != config.api_key)
-    ):
-        raise ArkError(
-            401,
-            "AuthenticationError",
-            "The API key or AK/SK in the request is missing or invalid.",
-            error_type="Unauthorized",
-        )
-
-
-def injected_failure(config: SimConfig) -> ArkError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return ArkError(
-            429,
-            "RateLimitExceeded.EndpointRPMExceeded",
-            "The Requests Per Minute (RPM) limit of the associated endpoint for your account "
-            "has been exceeded.",
-            error_type="TooManyRequests",
-            headers=headers,
-        )
-    if status == 503:
-        return ArkError(
-            503,
-            "ServiceUnavailable",
-            "The service is temporarily unavailable. Please try again later.",
-            error_type="ServiceUnavailable",
-            headers=headers,
-        )
-    if status >= 500:
-        return ArkError(
-            status,
-            "InternalServiceError",
-            "The service encountered an unexpected internal error.",
-            error_type="InternalServerError",
-            headers=headers,
-        )
-    return ArkError(
-        status,
-        "SimulatedFailure",
-        f"Simulated upstream failure (HTTP {status}).",
-        error_type="BadRequest",
-        headers=headers,
-    )
+    return encode(image, fmt, quality=85)
 
 
 def _not_found_xml(name: str) -> Response:
@@ -552,29 +473,18 @@ def _not_found_xml(name: str) -> Response:
     return Response(body, status=404, content_type="application/xml")
 
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The ModelArk Seedream simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+# -- app ------------------------------------------------------------------------------
 
-    @app.before_request
-    def _start() -> None:
-        g.request_id = _request_id()
 
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id") or _request_id()
-        return resp
+class ArkSimulator(Simulator):
+    """ModelArk's synchronous image generation endpoint and the files it links to."""
 
-    @app.errorhandler(ArkError)
-    def _ark_error(err: ArkError) -> Response:
-        return err.response()
+    provider = PROVIDER
 
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def new_request_id(self) -> str:
+        return f"021{int(time.time() * 1000)}{uuid.uuid4().hex[:24]}"
+
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         if status == 404:
             return ArkError(
@@ -583,24 +493,67 @@ def create_app(config: SimConfig | None = None) -> Flask:
             ).response()  # fmt: skip
         return ArkError(status, err.name.replace(" ", ""), err.description or err.name).response()
 
-    @app.post(f"{API_PREFIX}/images/generations")
-    def generations() -> Response:
-        body, raw_text = parse_json_body()
-        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
-        try:
-            resp = _generate(body, raw_text)
-        except ArkError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
+    def failure(self, config: SimConfig) -> ArkError:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return ArkError(
+                429,
+                "RateLimitExceeded.EndpointRPMExceeded",
+                "The Requests Per Minute (RPM) limit of the associated endpoint for your account "
+                "has been exceeded.",
+                error_type="TooManyRequests",
+                headers=headers,
+            )
+        if status == 503:
+            return ArkError(
+                503,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable. Please try again later.",
+                error_type="ServiceUnavailable",
+                headers=headers,
+            )
+        if status >= 500:
+            return ArkError(
+                status,
+                "InternalServiceError",
+                "The service encountered an unexpected internal error.",
+                error_type="InternalServerError",
+                headers=headers,
+            )
+        return ArkError(
+            status,
+            "SimulatedFailure",
+            f"Simulated upstream failure (HTTP {status}).",
+            error_type="BadRequest",
+            headers=headers,
+        )
 
-    def _generate(body: Any, raw_text: str | None) -> Response:
-        config = state.config
+    def check_auth(self, config: SimConfig) -> None:
+        token = credential()
+        if token is None or (config.api_key is not None and token != config.api_key):
+            raise ArkError(
+                401,
+                "AuthenticationError",
+                "The API key or AK/SK in the request is missing or invalid.",
+                error_type="Unauthorized",
+            )
+
+    def routes(self) -> None:
+        self.app.post(f"{API_PREFIX}/images/generations")(self.generations)
+        self.app.get("/files/<name>")(self.files)
+
+    def generations(self) -> Response:
+        body, raw_text = parse_json_body()
+        entry = self.record(json=body, raw_body=raw_text)
+        return self.answer(entry, lambda: self._generate(body, raw_text))
+
+    def _generate(self, body: Any, raw_text: str | None) -> Response:
+        config = self.state.config
         if config.latency > 0:
             time.sleep(config.latency)
-        _check_auth(config)
-        if state.should_fail():
-            raise injected_failure(config)
+        self.check_auth(config)
+        self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
         if raw_text is not None:
             raise ArkError(400, "InvalidParameter", "The request body is not valid JSON.")
         gen = parse_generation(body)
@@ -638,11 +591,11 @@ def create_app(config: SimConfig | None = None) -> Flask:
             file_id = uuid.uuid4().hex
             colour = (base_colour + index) % len(PALETTE)
             data = _encode(gen.width, gen.height, gen.output_format, colour, gen.watermark)
-            data = _tag(data, gen.output_format, file_id)
+            data = tag_file(data, gen.output_format, file_id)
             item: dict[str, Any] = {}
             if gen.response_format == "url":
                 name = f"{file_id}-{expires_ms}.{gen.output_format}"
-                state.put_file(name, data, CONTENT_TYPES[gen.output_format])
+                self.state.put_file(name, data, CONTENT_TYPES[gen.output_format])
                 item["url"] = f"{request.host_url}files/{name}"
             else:
                 item["b64_json"] = base64.b64encode(data).decode("ascii")
@@ -663,19 +616,14 @@ def create_app(config: SimConfig | None = None) -> Flask:
             }
         )
 
-    @app.get("/files/<name>")
-    def files(name: str) -> Response:
+    def files(self, name: str) -> Response:
         match = re.fullmatch(r"[0-9a-f]+-([0-9]+)\.(?:jpeg|png)", name)
-        stored = state.get_file(name)
+        stored = self.state.get_file(name)
         if match is None or stored is None or time.time() * 1000 > int(match[1]):
             return _not_found_xml(name)
         return Response(stored.data, status=200, content_type=stored.content_type)
 
-    # -- control endpoints for tests -----------------------------------------------------
 
-    register_control(app, state, initial_config, PROVIDER)
+create_app = ArkSimulator.create_app
 
-    return app
-
-
-__all__ = ["ArkError", "MODELS", "SimConfig", "create_app", "parse_generation"]
+__all__ = ["ArkError", "ArkSimulator", "MODELS", "SimConfig", "create_app", "parse_generation"]
