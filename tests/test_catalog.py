@@ -20,6 +20,8 @@ from shared.catalog import (
 from shared.sizing import Size, SizeDecision, parse_size
 from workers.adapters import ADAPTERS
 
+pytestmark = pytest.mark.fast
+
 # Every model id the seed pages name (shared/seeds/*), per seed.
 SEED_MODEL_IDS: dict[str, tuple[str, ...]] = {
     "000": (
@@ -240,6 +242,16 @@ def _with(**changes: Any) -> dict[str, Any]:
 def test_rejects_unknown_family() -> None:
     with pytest.raises(CatalogError, match="unknown family"):
         parse_catalog(_with(family="nope"))
+
+
+def test_rejects_unknown_key() -> None:
+    # A typo is refused, not ignored (tests/test_settings.py: the message, file by file).
+    with pytest.raises(CatalogError, match=r"models\[0\] \(m1\): unknown key 'max_nn'"):
+        parse_catalog(_with(max_nn=4))
+    raw = _minimal()
+    raw["families"]["openai"]["key_evn"] = "K"
+    with pytest.raises(CatalogError, match="families.openai: unknown key 'key_evn'"):
+        parse_catalog(raw)
 
 
 def test_rejects_unknown_param() -> None:

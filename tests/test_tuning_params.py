@@ -12,6 +12,8 @@ from api.validation import ParamNotes, check_against_model, fit_tuning
 from shared.catalog import CatalogError, load_catalog, parse_catalog
 from shared.errors import InvalidRequest
 
+pytestmark = pytest.mark.fast
+
 CATALOG = load_catalog()
 
 
