@@ -1,7 +1,8 @@
 """Simulator of Zhipu BigModel / Z.AI image generation (GLM-Image, CogView-4).
 
-Imitates ``https://open.bigmodel.cn/api/paas/v4`` (section 6 of
-``upstream-protocols.md``); it imports nothing from the gateway.
+Imitates ``https://open.bigmodel.cn/api/paas/v4``; it imports nothing from the
+gateway. This docstring is its specification: what it imitates of Zhipu's
+documentation, with what that documentation leaves open marked [unverified].
 
 Endpoints (all under ``/api/paas/v4``, ``Authorization: Bearer <key>``):
 
@@ -40,8 +41,10 @@ Bad types, values and unknown fields answer 400 ``{"error": {"code": "1214" |
 answers 400 code 1210. Images are PNGs of exactly the requested size.
 
 Errors are ``{"error": {"code": "<business code>", "message"}}``:
-401 1001 (no bearer key) / 1000 (wrong key); injected failures (``fail_next``,
-``failure_rate`` on submissions only, never on polls): 429 code 1302
+401 1001 (no bearer key) / 1000 (wrong key); injected failures (on submissions
+only, never on polls: a fault the request names in its ``X-Sim-Fault`` header
+or prompt, see :mod:`simulators.base`, then ``fail_next``, then
+``failure_rate``): 429 code 1302
 (concurrency), 5xx code 500, 401/403 code 1000, 400 code 1210, other statuses
 code 1234, each with ``Retry-After`` when ``retry_after`` is set.
 
@@ -69,22 +72,27 @@ Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 
 from __future__ import annotations
 
-import functools
-import io
 import re
-import threading
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
-from PIL import Image
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import parse_json_body, register_control, request_entry
-from simulators.state import SimConfig, SimState
+from simulators.base import (
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    retry_after_headers,
+    solid_image,
+    word,
+)
+from simulators.control import parse_json_body
+from simulators.state import SimConfig
 
 PROVIDER = "zhipu"
 API_PREFIX = "/api/paas/v4"
@@ -96,10 +104,9 @@ USER_ID_LENGTH = (6, 128)
 KNOWN_FIELDS = frozenset({"model", "prompt", "size", "quality", "user_id", "watermark_enabled"})
 
 SIZE_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
-UNSAFE_OUTPUT_WORD = re.compile(r"\bnsfw\b", re.IGNORECASE)
-DOOMED_WORD = re.compile(r"\bdoomed\b", re.IGNORECASE)
-GARBLED_WORD = re.compile(r"\bgarbled\b", re.IGNORECASE)
+UNSAFE_OUTPUT_WORD = word("nsfw")
+DOOMED_WORD = word("doomed")
+GARBLED_WORD = word("garbled")
 
 MESSAGES = {
     "1000": "身份验证失败。",
@@ -161,8 +168,8 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-class ZhipuError(Exception):
-    """An error answer in Zhipu's shape."""
+class ZhipuError(SimError):
+    """An error answer in Zhipu's shape: ``{"error": {"code", "message"}}``."""
 
     def __init__(
         self,
@@ -177,12 +184,8 @@ class ZhipuError(Exception):
         self.message = message or MESSAGES.get(code, "error")
         self.headers = headers or {}
 
-    def response(self) -> Response:
-        resp = jsonify({"error": {"code": self.code, "message": self.message}})
-        resp.status_code = self.status
-        for name, value in self.headers.items():
-            resp.headers[name] = value
-        return resp
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
 
 
 def _bad(field_name: str, detail: str) -> ZhipuError:
@@ -251,13 +254,8 @@ def parse_generation(body: Any) -> Generation:
     return Generation(spec, prompt, width, height, quality)
 
 
-@functools.lru_cache(maxsize=64)
 def render_png(width: int, height: int, colour: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), PALETTE[colour % len(PALETTE)]).save(
-        buf, "PNG", compress_level=1
-    )
-    return buf.getvalue()
+    return solid_image(width, height, "png", PALETTE[colour % len(PALETTE)])
 
 
 @dataclass
@@ -271,87 +269,68 @@ class Task:
     error: dict[str, str] | None = None
 
 
-def _check_auth(config: SimConfig) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ZhipuError(401, "1001")
-    if config.api_key is not None and token != config.api_key:
-        raise ZhipuError(401, "1000")
+class ZhipuSimulator(Simulator):
+    """Zhipu's synchronous and asynchronous image endpoints, the task store and the files."""
 
+    provider = PROVIDER
 
-def injected_failure(config: SimConfig) -> ZhipuError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        code = "1302"
-    elif status >= 500:
-        code = "500"
-    elif status in (401, 403):
-        code = "1000"
-    elif status == 400:
-        code = "1210"
-    else:
-        code = "1234"
-    return ZhipuError(status, code, headers=headers)
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.expiry: dict[str, float] = {}
+        super().__init__(config)
+        self.app.json.ensure_ascii = False  # type: ignore[attr-defined]
 
+    def new_request_id(self) -> str:
+        return f"{time.strftime('%Y%m%d%H%M%S')}{uuid.uuid4().hex[:16]}"
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The Zhipu images simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    lock = threading.Lock()
-    tasks: OrderedDict[str, Task] = OrderedDict()
-    expiry: dict[str, float] = {}
+    def reset(self) -> None:
+        with self.lock:
+            self.tasks.clear()
 
-    @app.before_request
-    def _start() -> None:
-        g.request_id = f"{time.strftime('%Y%m%d%H%M%S')}{uuid.uuid4().hex[:16]}"
-
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id") or uuid.uuid4().hex
-        return resp
-
-    @app.errorhandler(ZhipuError)
-    def _zhipu_error(err: ZhipuError) -> Response:
-        return err.response()
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         return ZhipuError(
             status, str(status), f"{err.name}: {request.method} {request.path}"
         ).response()
 
-    def _record() -> tuple[dict[str, Any], Any, str | None]:
+    def failure(self, config: SimConfig) -> ZhipuError:
+        status = config.fail_status
+        if status == 429:
+            code = "1302"
+        elif status >= 500:
+            code = "500"
+        elif status in (401, 403):
+            code = "1000"
+        elif status == 400:
+            code = "1210"
+        else:
+            code = "1234"
+        return ZhipuError(status, code, headers=retry_after_headers(config))
+
+    def check_auth(self, config: SimConfig) -> None:
+        token = credential()
+        if token is None:
+            raise ZhipuError(401, "1001")
+        if config.api_key is not None and token != config.api_key:
+            raise ZhipuError(401, "1000")
+
+    def routes(self) -> None:
+        self.app.post(f"{API_PREFIX}/images/generations")(self.generations)
+        self.app.post(f"{API_PREFIX}/async/images/generations")(self.async_generations)
+        self.app.get(f"{API_PREFIX}/async-result/<task_id>")(self.async_result)
+        self.app.get("/files/<name>")(self.files)
+
+    def _record(self) -> tuple[dict[str, Any], Any, str | None]:
         body, raw_text = parse_json_body()
-        entry = state.record_request(request_entry(g.request_id, json=body, raw_body=raw_text))
-        return entry, body, raw_text
+        return self.record(json=body, raw_body=raw_text), body, raw_text
 
-    def _answer(entry: dict[str, Any], produce) -> Response:
-        try:
-            resp = produce()
-        except ZhipuError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
-
-    def _submission(body: Any, raw_text: str | None) -> Generation:
+    def _submission(self, body: Any, raw_text: str | None) -> Generation:
         """What every submission goes through before its mode-specific part."""
-        cfg = state.config
+        cfg = self.state.config
         if cfg.latency > 0:
             time.sleep(cfg.latency)
-        _check_auth(cfg)
-        if state.should_fail():
-            raise injected_failure(cfg)
+        self.check_auth(cfg)
+        self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
         if raw_text is not None:
             raise ZhipuError(400, "1210", MESSAGES["1210"] + " 请求体不是合法的 JSON。")
         gen = parse_generation(body)
@@ -359,29 +338,29 @@ def create_app(config: SimConfig | None = None) -> Flask:
             raise ZhipuError(400, "1301")
         return gen
 
-    def _store_images(gen: Generation) -> list[str]:
-        count = max(0, 1 - state.config.drop_images)
+    def _store_images(self, gen: Generation) -> list[str]:
+        count = max(0, 1 - self.state.config.drop_images)
         urls = []
         colour = uuid.uuid4().int % len(PALETTE)
         for _ in range(count):
             name = f"{uuid.uuid4().hex}.png"
-            state.put_file(name, render_png(gen.width, gen.height, colour), "image/png")
-            with lock:
-                expiry[name] = time.time() + state.config.result_ttl
+            self.state.put_file(name, render_png(gen.width, gen.height, colour), "image/png")
+            with self.lock:
+                self.expiry[name] = time.time() + self.state.config.result_ttl
             urls.append(f"{request.host_url}files/{name}")
         return urls
 
+    @staticmethod
     def _garbled() -> Response:
         return Response('{"created": 17, "data": [{"url": "ht', 200, mimetype="application/json")
 
-    @app.post(f"{API_PREFIX}/images/generations")
-    def generations() -> Response:
-        entry, body, raw_text = _record()
+    def generations(self) -> Response:
+        entry, body, raw_text = self._record()
 
         def produce() -> Response:
-            gen = _submission(body, raw_text)
+            gen = self._submission(body, raw_text)
             if GARBLED_WORD.search(gen.prompt):
-                return _garbled()
+                return self._garbled()
             if UNSAFE_OUTPUT_WORD.search(gen.prompt):
                 raise ZhipuError(400, "1301")
             if DOOMED_WORD.search(gen.prompt):
@@ -389,33 +368,32 @@ def create_app(config: SimConfig | None = None) -> Flask:
             return jsonify(
                 {
                     "created": int(time.time()),
-                    "data": [{"url": url} for url in _store_images(gen)],
+                    "data": [{"url": url} for url in self._store_images(gen)],
                     "content_filter": [{"role": "assistant", "level": 3}],
                 }
             )
 
-        return _answer(entry, produce)
+        return self.answer(entry, produce)
 
-    @app.post(f"{API_PREFIX}/async/images/generations")
-    def async_generations() -> Response:
-        entry, body, raw_text = _record()
+    def async_generations(self) -> Response:
+        entry, body, raw_text = self._record()
 
         def produce() -> Response:
-            gen = _submission(body, raw_text)
+            gen = self._submission(body, raw_text)
             if not gen.spec.async_ok:
                 raise ZhipuError(400, "1211")
             if GARBLED_WORD.search(gen.prompt):
-                return _garbled()
+                return self._garbled()
             task = Task(
                 id=f"{uuid.uuid4().int % 10**19}-{uuid.uuid4().hex[:8]}",
                 request_id=g.request_id,
                 gen=gen,
-                polls_left=state.config.poll_steps,
+                polls_left=self.state.config.poll_steps,
             )
-            with lock:
-                tasks[task.id] = task
-                while len(tasks) > MAX_TASKS:
-                    tasks.popitem(last=False)
+            with self.lock:
+                self.tasks[task.id] = task
+                while len(self.tasks) > MAX_TASKS:
+                    self.tasks.popitem(last=False)
             return jsonify(
                 {
                     "model": gen.spec.name,
@@ -425,67 +403,56 @@ def create_app(config: SimConfig | None = None) -> Flask:
                 }
             )
 
-        return _answer(entry, produce)
+        return self.answer(entry, produce)
 
-    @app.get(f"{API_PREFIX}/async-result/<task_id>")
-    def async_result(task_id: str) -> Response:
-        entry, _, _ = _record()
+    def async_result(self, task_id: str) -> Response:
+        entry, _, _ = self._record()
+        return self.answer(entry, lambda: self._poll(task_id))
 
-        def produce() -> Response:
-            _check_auth(state.config)
-            with lock:
-                task = tasks.get(task_id)
-                if task is None:
-                    raise ZhipuError(404, "1214", f"id 参数非法：任务 {task_id} 不存在")
-                finish = task.status == "PROCESSING" and task.polls_left <= 0
-                if task.status == "PROCESSING" and not finish:
-                    task.polls_left -= 1
-            if finish:
-                _finish(task)
-            payload: dict[str, Any] = {
-                "model": task.gen.spec.name,
-                "id": task.id,
-                "request_id": task.request_id,
-                "task_status": task.status,
-            }
-            if task.status == "SUCCESS":
-                payload["image_result"] = [{"url": url} for url in task.urls]
-                payload["content_filter"] = [{"role": "assistant", "level": 3}]
-            elif task.status == "FAIL":
-                payload["error"] = task.error
-            return jsonify(payload)
+    def _poll(self, task_id: str) -> Response:
+        self.check_auth(self.state.config)
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise ZhipuError(404, "1214", f"id 参数非法：任务 {task_id} 不存在")
+            finish = task.status == "PROCESSING" and task.polls_left <= 0
+            if task.status == "PROCESSING" and not finish:
+                task.polls_left -= 1
+        if finish:
+            self._finish_task(task)
+        payload: dict[str, Any] = {
+            "model": task.gen.spec.name,
+            "id": task.id,
+            "request_id": task.request_id,
+            "task_status": task.status,
+        }
+        if task.status == "SUCCESS":
+            payload["image_result"] = [{"url": url} for url in task.urls]
+            payload["content_filter"] = [{"role": "assistant", "level": 3}]
+        elif task.status == "FAIL":
+            payload["error"] = task.error
+        return jsonify(payload)
 
-        return _answer(entry, produce)
-
-    def _finish(task: Task) -> None:
+    def _finish_task(self, task: Task) -> None:
         if UNSAFE_OUTPUT_WORD.search(task.gen.prompt):
             status, error, urls = "FAIL", {"code": "1301", "message": MESSAGES["1301"]}, []
         elif DOOMED_WORD.search(task.gen.prompt):
             status, error, urls = "FAIL", {"code": "500", "message": MESSAGES["500"]}, []
         else:
-            status, error, urls = "SUCCESS", None, _store_images(task.gen)
-        with lock:
+            status, error, urls = "SUCCESS", None, self._store_images(task.gen)
+        with self.lock:
             if task.status == "PROCESSING":
                 task.status, task.error, task.urls = status, error, urls
 
-    @app.get("/files/<name>")
-    def files(name: str) -> Response:
-        stored = state.get_file(name)
-        with lock:
-            expires = expiry.get(name, 0.0)
+    def files(self, name: str) -> Response:
+        stored = self.state.get_file(name)
+        with self.lock:
+            expires = self.expiry.get(name, 0.0)
         if stored is None or time.time() > expires:
             raise ZhipuError(404, "404", f"文件 {name} 不存在或已过期。")
         return Response(stored.data, status=200, content_type=stored.content_type)
 
-    # -- control endpoints for tests -------------------------------------------
 
-    def forget_tasks() -> None:
-        with lock:
-            tasks.clear()
+create_app = ZhipuSimulator.create_app
 
-    register_control(app, state, initial_config, PROVIDER, on_reset=forget_tasks)
-
-    return app
-
-
-__all__ = ["MODELS", "SimConfig", "ZhipuError", "create_app", "parse_generation"]
+__all__ = ["MODELS", "SimConfig", "ZhipuError", "ZhipuSimulator", "create_app", "parse_generation"]
