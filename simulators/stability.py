@@ -1,8 +1,8 @@
 """Simulator of Stability AI's v2beta Stable Image API (``https://api.stability.ai``).
 
 It stands in for the real upstream in tests and load runs, so it imports
-nothing from the gateway. What it imitates (section 7 of
-``upstream-protocols.md``):
+nothing from the gateway. This docstring is its specification: what it
+imitates of Stability's v2beta API reference, and where it chooses.
 
 Endpoints (synchronous, one image per call, ``Authorization: Bearer <key>``)::
 
@@ -55,8 +55,10 @@ same ``id`` in the ``x-request-id`` header (every response carries one):
 * 400 ``bad_request``: validation, as above.
 * 403 ``content_moderation``: a prompt containing the word "forbidden".
 * 413 ``payload_too_large``: body over 10 MiB.
-* Injected failures (``/_sim/config``): 429 ``rate_limit_exceeded`` (the
-  upstream's 150 requests / 10 s lockout message), 422 ``invalid_language``,
+* Injected failures (a fault the request names in an ``X-Sim-Fault`` header or
+  in its ``prompt`` part, see :mod:`simulators.base`; ``/_sim/config``): 429
+  ``rate_limit_exceeded`` (the upstream's 150 requests / 10 s lockout message),
+  422 ``invalid_language``,
   500/503/504 ``internal_error``; 502 answers an HTML page, as a proxy in
   front of the upstream would; other 4xx a ``bad_request``-style body named
   after the status. ``retry_after`` adds ``Retry-After``.
@@ -72,8 +74,8 @@ Other outcomes, by prompt word or knob:
 
 Order of processing for a generation request: record it in the request log
 (form fields, file parts with size/sha256/dimensions, status), sleep
-``latency``, check the key, inject a failure (``fail_next``, then
-``failure_rate``), check the size (413), validate, moderate, generate. A
+``latency``, check the key, inject a failure (a named fault, then
+``fail_next``, then ``failure_rate``), check the size (413), validate, moderate, generate. A
 request with a bad key does not use up ``fail_next``.
 
 ``poll_steps`` does not apply (the protocol is synchronous). The upstream
@@ -89,25 +91,32 @@ Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import io
 import math
 import random
 import re
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Response, g, jsonify, request
 from PIL import Image, UnidentifiedImageError
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control, request_entry
-from simulators.state import PALETTE, SimConfig, SimState
+from simulators.base import (
+    CONTENT_TYPES,
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    retry_after_headers,
+    solid_image,
+    word,
+)
+from simulators.state import PALETTE, SimConfig
 
 PROVIDER = "stability"
 
@@ -161,14 +170,12 @@ SD3_MODELS = (
     "sd3-medium",
 )
 SD3_MODES = ("text-to-image", "image-to-image")
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 
 COMMON_FIELDS = frozenset({"prompt", "negative_prompt", "aspect_ratio", "seed", "output_format"})
 IGNORED_FILE_PARTS = frozenset({"none"})
 
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
-FILTERED_WORD = re.compile(r"\bfiltered\b", re.IGNORECASE)
+FILTERED_WORD = word("filtered")
 GARBLED_MARKER = "[sim:garbled]"
 
 MODERATION_MESSAGE = (
@@ -209,7 +216,7 @@ ENDPOINTS: dict[str, EndpointSpec] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(SimError):
     """A Stability-style error answer ``{"id", "name", "errors"}``."""
 
     def __init__(
@@ -228,17 +235,19 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.html = html
 
+    def body(self) -> dict[str, Any]:
+        return {"id": g.request_id, "name": self.name, "errors": self.errors}
+
     def response(self) -> Response:
-        if self.html:  # what a proxy in front of the upstream answers
-            resp = Response(
-                f"<html><head><title>{self.status} Bad Gateway</title></head>"
-                f"<body><h1>{self.status} Bad Gateway</h1></body></html>",
-                status=self.status,
-                content_type="text/html",
-            )
-        else:
-            resp = jsonify({"id": g.request_id, "name": self.name, "errors": self.errors})
-            resp.status_code = self.status
+        if not self.html:
+            return super().response()
+        # what a proxy in front of the upstream answers
+        resp = Response(
+            f"<html><head><title>{self.status} Bad Gateway</title></head>"
+            f"<body><h1>{self.status} Bad Gateway</h1></body></html>",
+            status=self.status,
+            content_type="text/html",
+        )
         for name, value in self.headers.items():
             resp.headers[name] = value
         return resp
@@ -402,61 +411,13 @@ def parse_generation(
 # -- images ----------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=256)
-def _encode(width: int, height: int, fmt: str, rgb: tuple[int, int, int]) -> bytes:
-    image = Image.new("RGB", (width, height), rgb)
-    buf = io.BytesIO()
-    if fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    elif fmt == "jpeg":
-        image.save(buf, "JPEG", quality=90)
-    else:
-        image.save(buf, "WEBP", quality=80, method=0)
-    return buf.getvalue()
-
-
 def render_image(req: GenerationRequest, seed: int, filtered: bool) -> bytes:
     rgb = FILTERED_COLOUR if filtered else PALETTE[seed % len(PALETTE)]
-    return _encode(req.width, req.height, req.output_format, rgb)
+    quality = 90 if req.output_format == "jpeg" else 80
+    return solid_image(req.width, req.height, req.output_format, rgb, quality)
 
 
 # -- app -------------------------------------------------------------------------
-
-
-def _check_auth(config: SimConfig) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", ["authorization: missing authorization header"])
-    if config.api_key is not None and token != config.api_key:
-        raise ApiError(401, "unauthorized", ["authorization: invalid API key"])
-
-
-def injected_failure(config: SimConfig) -> ApiError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return ApiError(429, "rate_limit_exceeded", [RATE_LIMIT_MESSAGE], headers=headers)
-    if status == 422:
-        return ApiError(
-            422,
-            "invalid_language",
-            ["English is the only supported language for this service."],
-            headers=headers,
-        )
-    if status == 403:
-        return ApiError(403, "content_moderation", [MODERATION_MESSAGE], headers=headers)
-    if status == 502:
-        return ApiError(502, "bad_gateway", ["bad gateway"], headers=headers, html=True)
-    if status >= 500:
-        return ApiError(status, "internal_error", [SERVER_ERROR_MESSAGE], headers=headers)
-    return ApiError(
-        status, f"http_{status}", [f"Simulated upstream failure (HTTP {status})."], headers=headers
-    )
 
 
 def _file_meta(part: FileStorage) -> dict[str, Any]:
@@ -477,40 +438,25 @@ def _file_meta(part: FileStorage) -> dict[str, Any]:
     return meta
 
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The Stability v2beta Stable Image simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    drop_lock = threading.Lock()
-    hosted: dict[str, float] = {}  # hosted file name -> creation time
+class StabilitySimulator(Simulator):
+    """Stability's synchronous multipart endpoints, and files tests host as reference images."""
 
-    def take_drop() -> bool:
+    provider = PROVIDER
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.hosted: dict[str, float] = {}  # hosted file name -> creation time
+        super().__init__(config)
+
+    def take_drop(self) -> bool:
         """Consume one ``drop_images`` if any is left."""
-        with drop_lock:
-            left = state.config.drop_images
+        with self.lock:
+            left = self.state.config.drop_images
             if left <= 0:
                 return False
-            state.update_config({"drop_images": left - 1})
+            self.state.update_config({"drop_images": left - 1})
             return True
 
-    @app.before_request
-    def _start() -> None:
-        g.request_id = uuid.uuid4().hex
-
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        resp.headers["x-request-id"] = g.get("request_id") or uuid.uuid4().hex
-        return resp
-
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError) -> Response:
-        return err.response()
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         if status in (404, 405):
             return ApiError(
@@ -518,8 +464,44 @@ def create_app(config: SimConfig | None = None) -> Flask:
             ).response()
         return ApiError(status, "bad_request", [err.description or err.name]).response()
 
-    @app.post(f"{GENERATE_PREFIX}/<kind>")
-    def generate(kind: str) -> Response:
+    def failure(self, config: SimConfig) -> ApiError:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return ApiError(429, "rate_limit_exceeded", [RATE_LIMIT_MESSAGE], headers=headers)
+        if status == 422:
+            return ApiError(
+                422,
+                "invalid_language",
+                ["English is the only supported language for this service."],
+                headers=headers,
+            )
+        if status == 403:
+            return ApiError(403, "content_moderation", [MODERATION_MESSAGE], headers=headers)
+        if status == 502:
+            return ApiError(502, "bad_gateway", ["bad gateway"], headers=headers, html=True)
+        if status >= 500:
+            return ApiError(status, "internal_error", [SERVER_ERROR_MESSAGE], headers=headers)
+        return ApiError(
+            status,
+            f"http_{status}",
+            [f"Simulated upstream failure (HTTP {status})."],
+            headers=headers,
+        )
+
+    def check_auth(self, config: SimConfig) -> None:
+        token = credential()
+        if token is None:
+            raise ApiError(401, "unauthorized", ["authorization: missing authorization header"])
+        if config.api_key is not None and token != config.api_key:
+            raise ApiError(401, "unauthorized", ["authorization: invalid API key"])
+
+    def routes(self) -> None:
+        self.app.post(f"{GENERATE_PREFIX}/<kind>")(self.generate)
+        self.app.post("/_sim/files")(self.host_file)
+        self.app.get("/_sim/files/<name>")(self.hosted_file)
+
+    def generate(self, kind: str) -> Response:
         endpoint = ENDPOINTS.get(kind)
         if endpoint is None:
             raise ApiError(404, "not_found", [f"path: no route for POST {request.path}"])
@@ -535,36 +517,28 @@ def create_app(config: SimConfig | None = None) -> Flask:
             files = {k: request.files[k] for k in request.files}
         else:
             raw_text = request.get_data(cache=True)[:2000].decode("utf-8", "replace")
-        entry = state.record_request(
-            request_entry(
-                g.request_id,
-                endpoint=kind,
-                content_type=request.mimetype,
-                content_length=request.content_length,
-                form=form,
-                files={name: _file_meta(part) for name, part in files.items()},
-                raw_body=raw_text,
-            )
+        entry = self.record(
+            endpoint=kind,
+            content_type=request.mimetype,
+            content_length=request.content_length,
+            form=form,
+            files={name: _file_meta(part) for name, part in files.items()},
+            raw_body=raw_text,
         )
-        try:
-            resp = _generate(endpoint, form, files, too_large)
-        except ApiError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
+        return self.answer(entry, lambda: self._generate(endpoint, form, files, too_large))
 
     def _generate(
+        self,
         endpoint: EndpointSpec,
         form: dict[str, str],
         files: dict[str, FileStorage],
         too_large: bool,
     ) -> Response:
-        config = state.config
+        config = self.state.config
         if config.latency > 0:
             time.sleep(config.latency)
-        _check_auth(config)
-        if state.should_fail():
-            raise injected_failure(config)
+        self.check_auth(config)
+        self.inject_fault(form.get("prompt"))
         if too_large:
             raise ApiError(
                 413,
@@ -581,7 +555,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             raise ApiError(403, "content_moderation", [MODERATION_MESSAGE])
         if GARBLED_MARKER in req.prompt:
             return Response('{"image": "iVBORw0KGgo', status=200, content_type="application/json")
-        filtered = bool(FILTERED_WORD.search(req.prompt)) or take_drop()
+        filtered = bool(FILTERED_WORD.search(req.prompt)) or self.take_drop()
         seed = req.seed or random.randint(1, MAX_SEED)
         data = render_image(req, seed, filtered)
         finish = "CONTENT_FILTERED" if filtered else "SUCCESS"
@@ -601,29 +575,35 @@ def create_app(config: SimConfig | None = None) -> Flask:
 
     # -- files tests host here as client reference images ------------------------
 
-    @app.post("/_sim/files")
-    def host_file() -> Response:
+    def host_file(self) -> Response:
         ext = {v: k for k, v in CONTENT_TYPES.items()}.get(request.mimetype, "bin")
         name = f"{uuid.uuid4().hex}.{ext}"
-        state.put_file(name, request.get_data(), request.mimetype or "application/octet-stream")
-        with drop_lock:
-            hosted[name] = time.time()
+        data = request.get_data()
+        self.state.put_file(name, data, request.mimetype or "application/octet-stream")
+        with self.lock:
+            self.hosted[name] = time.time()
         return jsonify({"url": f"{request.host_url}_sim/files/{name}"})
 
-    @app.get("/_sim/files/<name>")
-    def hosted_file(name: str) -> Response:
-        stored = state.get_file(name)
-        with drop_lock:
-            created = hosted.get(name)
-        if stored is None or created is None or time.time() - created > state.config.result_ttl:
+    def hosted_file(self, name: str) -> Response:
+        stored = self.state.get_file(name)
+        with self.lock:
+            created = self.hosted.get(name)
+        if (
+            stored is None
+            or created is None
+            or time.time() - created > self.state.config.result_ttl
+        ):
             raise ApiError(404, "not_found", [f"file: '{name}' not found or expired"])
         return Response(stored.data, status=200, content_type=stored.content_type)
 
-    # -- control endpoints for tests ---------------------------------------------
 
-    register_control(app, state, initial_config, PROVIDER)
+create_app = StabilitySimulator.create_app
 
-    return app
-
-
-__all__ = ["ApiError", "ENDPOINTS", "SimConfig", "create_app", "parse_generation"]
+__all__ = [
+    "ApiError",
+    "ENDPOINTS",
+    "SimConfig",
+    "StabilitySimulator",
+    "create_app",
+    "parse_generation",
+]
