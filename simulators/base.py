@@ -164,7 +164,7 @@ class Simulator:
     """
 
     provider: ClassVar[str]
-    request_id_header: ClassVar[str] = "x-request-id"
+    request_id_header: ClassVar[str | None] = "x-request-id"  # None: the upstream sends none
     auth_header: ClassVar[str] = "Authorization"  # left out of the request log
     auth_logged_as: ClassVar[str] = "auth_present"  # whether it was sent, in the log
 
@@ -212,7 +212,8 @@ class Simulator:
         g.request_id = self.new_request_id()
 
     def _after_request(self, resp: Response) -> Response:
-        resp.headers[self.request_id_header] = g.get("request_id") or self.new_request_id()
+        if self.request_id_header is not None:
+            resp.headers[self.request_id_header] = g.get("request_id") or self.new_request_id()
         self.add_headers(resp)
         return resp
 

@@ -2,8 +2,10 @@
 Kontext, FLUX.2.
 
 It stands in for the real upstream in tests and load runs, so it imports
-nothing from the gateway. What it imitates (section 2 of
-``upstream-protocols.md`` and BFL's OpenAPI document):
+nothing from the gateway. This docstring is its specification: what it
+imitates of BFL's API documentation and OpenAPI document, and where it
+chooses ([T]: taken from BFL's examples rather than its reference, so less
+certain):
 
 Submit ``POST /v1/<endpoint>`` with header ``x-key: <key>`` and a JSON body;
 the answer (200) is ``{"id", "polling_url", "cost", "input_mp", "output_mp"}``.
@@ -39,7 +41,7 @@ flux-kontext-pro, -max FluxKontextProInp. ``aspect_ratio`` "W:H" between 21:9 an
                                           sides multiples of 16; no width/height
 flux-2-pro, -max,      Flux2Inputs,       ``width``/``height`` integers >= 64 (default 0:
 -flex, -klein-4b, -9b  Flux2FlexInputs,   the first input image's size, else 1024x1024);
-                       Flux2KleinInputs   at most 4 MP in total (reference [T])
+                       Flux2KleinInputs   at most 4 MP in total [T]
 ====================== ================== =================================================
 
 Common fields: ``prompt`` (string; required for Kontext and FLUX.2),
@@ -60,7 +62,7 @@ Validation errors are FastAPI's 422 ``{"detail": [{"type", "loc", "msg",
 (``Not authenticated``) or wrong (``Invalid API key``) ``x-key``; 404 for an
 unknown endpoint. ``cost`` is in credits (1 credit = $0.01), illustrative.
 
-Concurrency limit (reference [T], BFL's skills repo): at most 24 unfinished
+Concurrency limit ([T], from BFL's published agent skills): at most 24 unfinished
 tasks (6 for ``flux-kontext-max``); one more is a 429 with the body
 ``{"error": "rate_limit_exceeded", "message": "Too many concurrent requests",
 "retry_after": 5}``. A task stays unfinished until a poll sees it finish, and
@@ -71,7 +73,9 @@ Fault injection (``/_sim/config``, shared knobs of ``SimConfig``):
 * ``latency``: seconds a task stays ``Pending`` after submission (the submit
   itself answers at once); ``poll_steps``: polls a task answers ``Pending``
   before it finishes (both must have passed).
-* ``fail_next`` / ``failure_rate``: the submit fails with ``fail_status``:
+* a fault the request names (``X-Sim-Fault`` header or prompt, see
+  :mod:`simulators.base`), then ``fail_next`` / ``failure_rate``: the submit
+  fails with ``fail_status`` (or the named status):
   429 the concurrency-limit body above, 402 ``{"detail": "Insufficient
   credits"}``, 5xx ``{"detail": "Internal Server Error"}`` (503: "Service
   temporarily unavailable"), other 4xx ``{"detail": "Simulated upstream
@@ -85,7 +89,7 @@ Prompt words decide a task's fate: ``forbidden`` -> ``Request Moderated``
 (answered by the first poll, before any processing); ``sim:content-moderated``
 -> ``Content Moderated``; ``sim:error`` -> ``Error``; ``sim:lost`` -> the task
 is forgotten (``Task not found``). Moderated tasks carry ``details:
-{"Moderation Reasons": [...]}`` (shape not pinned down by the reference).
+{"Moderation Reasons": [...]}`` (a shape BFL's documentation does not pin down).
 
 Order of processing for a submit: record it in the request log, check the
 key, inject a failure, validate, check the concurrency limit, create the task.
@@ -106,7 +110,6 @@ import json
 import math
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -114,26 +117,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Response, jsonify, request
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import register_control, request_entry
-from simulators.state import PALETTE, SimConfig, SimState
+from simulators.base import (
+    CONTENT_TYPES,
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    encode,
+    retry_after_headers,
+)
+from simulators.state import PALETTE, SimConfig
 
 PROVIDER = "bfl"
 REGION = "sim-region-1"  # path prefix of the polling URLs handed out
 FORMATS = ("jpeg", "png", "webp")
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 MAX_TASKS = 5000
 ACTIVE_WINDOW = 600.0  # an unfinished task counts against the limit this long
 CONCURRENCY_LIMIT = 24
 ENDPOINT_LIMITS = {"flux-kontext-max": 6}
 FLUX2_MAX_PIXELS = 4 * 1024 * 1024
 
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
 CONTENT_MODERATED_WORD = "sim:content-moderated"
 ERROR_WORD = "sim:error"
 LOST_WORD = "sim:lost"
@@ -143,7 +150,7 @@ RATIO_RE = re.compile(r"([1-9][0-9]{0,2}):([1-9][0-9]{0,2})")
 # -- errors -----------------------------------------------------------------------
 
 
-class ApiError(Exception):
+class ApiError(SimError):
     """A BFL-style error answer: ``{"detail": ...}`` or another JSON body."""
 
     def __init__(
@@ -151,15 +158,11 @@ class ApiError(Exception):
     ) -> None:
         super().__init__(str(detail))
         self.status = status
-        self.body = body if body is not None else {"detail": detail}
+        self.payload = body if body is not None else {"detail": detail}
         self.headers = headers or {}
 
-    def response(self) -> Response:
-        resp = jsonify(self.body)
-        resp.status_code = self.status
-        for name, value in self.headers.items():
-            resp.headers[name] = value
-        return resp
+    def body(self) -> Any:
+        return self.payload
 
 
 def _issue(kind: str, loc: list[Any], msg: str, value: Any, ctx: dict | None = None) -> dict:
@@ -630,36 +633,16 @@ def render_sample(task: Task) -> bytes:
     side = max(1, min(sub.width, sub.height) // 8)
     ImageDraw.Draw(image).rectangle([0, 0, side, side], fill=tuple(digest[:3]))
     text = f"imagegate-simulator {task.id}"
-    out = io.BytesIO()
     if sub.output_format == "png":
         info = PngInfo()
         info.add_text("Comment", text)
-        image.save(out, "PNG", compress_level=1, pnginfo=info)
-    elif sub.output_format == "jpeg":
-        image.save(out, "JPEG", quality=90, comment=text.encode())
-    else:
-        image.save(out, "WEBP", quality=80, method=0)
-    return out.getvalue()
+        return encode(image, "png", pnginfo=info)
+    if sub.output_format == "jpeg":
+        return encode(image, "jpeg", quality=90, comment=text.encode())
+    return encode(image, "webp", quality=80)
 
 
 # -- app ------------------------------------------------------------------------------
-
-
-def _injected_failure(config: SimConfig) -> ApiError:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return rate_limited(headers)
-    if status == 402:
-        return ApiError(402, "Insufficient credits", headers=headers)
-    if status == 503:
-        return ApiError(503, "Service temporarily unavailable", headers=headers)
-    if status >= 500:
-        return ApiError(status, "Internal Server Error", headers=headers)
-    return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
 
 
 def _parse_body() -> Any:
@@ -676,88 +659,96 @@ def _parse_body() -> Any:
         ) from None
 
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The BFL simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    secret = secrets.token_bytes(16)
-    lock = threading.Lock()
-    tasks: OrderedDict[str, Task] = OrderedDict()
+class BflSimulator(Simulator):
+    """BFL's task API: submissions, result polls (with regional polling URLs) and signed
+    deliveries."""
 
-    def record(body: Any) -> dict[str, Any]:
-        return state.record_request(
-            request_entry(
-                uuid.uuid4().hex, auth_header="x-key", present_as="key_present", json=body
-            )
-        )
+    provider = PROVIDER
+    request_id_header = None  # BFL sends no request id
+    auth_header = "x-key"
+    auth_logged_as = "key_present"
 
-    def check_key(config: SimConfig) -> None:
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.secret = secrets.token_bytes(16)
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        super().__init__(config)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.tasks.clear()
+
+    def http_error(self, err: HTTPException) -> Response:
+        status = err.code or 500
+        detail = {404: "Not Found", 405: "Method Not Allowed"}.get(status, err.name)
+        return ApiError(status, detail).response()
+
+    def failure(self, config: SimConfig) -> ApiError:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return rate_limited(headers)
+        if status == 402:
+            return ApiError(402, "Insufficient credits", headers=headers)
+        if status == 503:
+            return ApiError(503, "Service temporarily unavailable", headers=headers)
+        if status >= 500:
+            return ApiError(status, "Internal Server Error", headers=headers)
+        return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
+
+    def check_key(self, config: SimConfig) -> None:
         key = request.headers.get("x-key", "").strip()
         if not key:
             raise ApiError(403, "Not authenticated")
         if config.api_key is not None and key != config.api_key:
             raise ApiError(403, "Invalid API key")
 
-    def sign(name: str, expires: str) -> str:
-        return hmac.new(secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+    def sign(self, name: str, expires: str) -> str:
+        return hmac.new(self.secret, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def active_count(endpoint: str | None, now: float) -> int:
+    def active_count(self, endpoint: str | None, now: float) -> int:
         return sum(
             1
-            for t in tasks.values()
+            for t in self.tasks.values()
             if t.finished is None
             and now - t.created < ACTIVE_WINDOW
             and (endpoint is None or t.submission.endpoint.name == endpoint)
         )
 
-    @app.errorhandler(ApiError)
-    def _api_error(err: ApiError) -> Response:
-        return err.response()
+    def routes(self) -> None:
+        self.app.post("/v1/<endpoint>")(self.submit)
+        self.app.get("/v1/get_result")(self.get_result)
+        self.app.get(f"/{REGION}/v1/get_result", endpoint="regional_get_result")(self.get_result)
+        self.app.get("/delivery/<task_id>/sample.<fmt>")(self.delivery)
 
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
-        status = err.code or 500
-        detail = {404: "Not Found", 405: "Method Not Allowed"}.get(status, err.name)
-        return ApiError(status, detail).response()
-
-    @app.post("/v1/<endpoint>")
-    def submit(endpoint: str) -> Response:
+    def submit(self, endpoint: str) -> Response:
         raw = request.get_data(cache=True)
         try:
             logged: Any = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             logged = None
-        entry = record(logged)
-        try:
-            resp = _submit(endpoint)
-        except ApiError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
+        entry = self.record(json=logged)
+        prompt = logged.get("prompt") if isinstance(logged, dict) else None
+        return self.answer(entry, lambda: self._submit(endpoint, prompt))
 
-    def _submit(name: str) -> Response:
-        config = state.config
+    def _submit(self, name: str, prompt: Any) -> Response:
+        config = self.state.config
         endpoint = ENDPOINTS.get(name)
         if endpoint is None:
             raise ApiError(404, "Not Found")
-        check_key(config)
-        if state.should_fail():
-            raise _injected_failure(config)
+        self.check_key(config)
+        self.inject_fault(prompt)
         sub = parse_submission(endpoint, _parse_body())
         now = time.time()
-        with lock:
+        with self.lock:
             limit = ENDPOINT_LIMITS.get(name)
-            if active_count(None, now) >= CONCURRENCY_LIMIT or (
-                limit is not None and active_count(name, now) >= limit
+            if self.active_count(None, now) >= CONCURRENCY_LIMIT or (
+                limit is not None and self.active_count(name, now) >= limit
             ):
                 raise rate_limited()
             fate = _fate(sub.prompt)
-            current = state.config
+            current = self.state.config
             if fate == READY and current.drop_images > 0:
-                state.update_config({"drop_images": current.drop_images - 1})
+                self.state.update_config({"drop_images": current.drop_images - 1})
                 fate = CONTENT_MODERATED
             task = Task(
                 id=str(uuid.uuid4()),
@@ -766,10 +757,10 @@ def create_app(config: SimConfig | None = None) -> Flask:
                 fate=fate,
                 seed=sub.seed if sub.seed is not None else secrets.randbelow(2**32),
             )
-            tasks[task.id] = task
-            while len(tasks) > MAX_TASKS:
-                tasks.popitem(last=False)
-            remaining = CONCURRENCY_LIMIT - active_count(None, now)
+            self.tasks[task.id] = task
+            while len(self.tasks) > MAX_TASKS:
+                self.tasks.popitem(last=False)
+            remaining = CONCURRENCY_LIMIT - self.active_count(None, now)
         resp = jsonify(
             {
                 "id": task.id,
@@ -783,26 +774,19 @@ def create_app(config: SimConfig | None = None) -> Flask:
         resp.headers["X-RateLimit-Remaining"] = str(max(0, remaining))
         return resp
 
-    @app.get("/v1/get_result")
-    @app.get(f"/{REGION}/v1/get_result")
-    def get_result() -> Response:
-        entry = record(None)
-        try:
-            resp = jsonify(_poll(request.args.get("id")))
-        except ApiError as err:
-            resp = err.response()
-        state.set_request_status(entry, resp.status_code)
-        return resp
+    def get_result(self) -> Response:
+        entry = self.record(json=None)
+        return self.answer(entry, lambda: jsonify(self._poll(request.args.get("id"))))
 
-    def _poll(task_id: str | None) -> dict[str, Any]:
+    def _poll(self, task_id: str | None) -> dict[str, Any]:
         if task_id is None:
             raise validation_error([_issue("missing", ["query", "id"], "Field required", None)])
-        config = state.config
+        config = self.state.config
         now = time.time()
-        with lock:
-            task = tasks.get(task_id)
+        with self.lock:
+            task = self.tasks.get(task_id)
             if task is None or task.fate == NOT_FOUND:
-                tasks.pop(task_id, None)
+                self.tasks.pop(task_id, None)
                 return _result(task_id, NOT_FOUND)
             task.polls += 1
             if task.fate == REQUEST_MODERATED:  # refused before any processing
@@ -815,7 +799,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
             if task.finished is None:
                 task.finished = now
                 if task.fate == READY:
-                    _publish(task, config)
+                    self._publish(task, config)
         if task.fate == CONTENT_MODERATED:
             return _result(task_id, CONTENT_MODERATED, details=_reasons("output"))
         if task.fate == ERROR:
@@ -834,47 +818,36 @@ def create_app(config: SimConfig | None = None) -> Flask:
             },
         )
 
-    def _publish(task: Task, config: SimConfig) -> None:
+    def _publish(self, task: Task, config: SimConfig) -> None:
         """Render the task's image and sign its URL (called once, under ``lock``)."""
         fmt = task.submission.output_format
         name = f"{task.id}.{fmt}"
-        state.put_file(name, render_sample(task), CONTENT_TYPES[fmt])
+        self.state.put_file(name, render_sample(task), CONTENT_TYPES[fmt])
         expires = f"{(task.finished or time.time()) + config.result_ttl:.3f}"
         task.expires = float(expires)
         task.sample = (
             f"{request.host_url}delivery/{task.id}/sample.{fmt}"
-            f"?se={expires}&sp=r&sig={sign(name, expires)}"
+            f"?se={expires}&sp=r&sig={self.sign(name, expires)}"
         )
 
-    @app.get("/delivery/<task_id>/sample.<fmt>")
-    def delivery(task_id: str, fmt: str) -> Response:
-        entry = record(None)
-        resp = _deliver(f"{task_id}.{fmt}")
-        state.set_request_status(entry, resp.status_code)
+    def delivery(self, task_id: str, fmt: str) -> Response:
+        entry = self.record(json=None)
+        resp = self._deliver(f"{task_id}.{fmt}")
+        self.state.set_request_status(entry, resp.status_code)
         return resp
 
-    def _deliver(name: str) -> Response:
+    def _deliver(self, name: str) -> Response:
         expires = request.args.get("se", "")
-        if not hmac.compare_digest(request.args.get("sig", ""), sign(name, expires)):
+        if not hmac.compare_digest(request.args.get("sig", ""), self.sign(name, expires)):
             return Response("Signature did not match.", status=403, content_type="text/plain")
         try:
             expired = time.time() > float(expires)
         except ValueError:
             expired = True
-        stored = state.get_file(name)
+        stored = self.state.get_file(name)
         if expired or stored is None:
             return Response("The result has expired.", status=404, content_type="text/plain")
         return Response(stored.data, status=200, content_type=stored.content_type)
-
-    # -- control endpoints for tests -------------------------------------------
-
-    def forget_tasks() -> None:
-        with lock:
-            tasks.clear()
-
-    register_control(app, state, initial_config, PROVIDER, on_reset=forget_tasks)
-
-    return app
 
 
 def _reasons(where: str) -> dict[str, Any]:
@@ -899,4 +872,14 @@ def _result(
     }
 
 
-__all__ = ["ENDPOINTS", "SCHEMAS", "ApiError", "SimConfig", "create_app", "parse_submission"]
+create_app = BflSimulator.create_app
+
+__all__ = [
+    "ENDPOINTS",
+    "SCHEMAS",
+    "ApiError",
+    "BflSimulator",
+    "SimConfig",
+    "create_app",
+    "parse_submission",
+]
