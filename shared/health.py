@@ -27,7 +27,8 @@ Keys::
     ig:cb:<name>            hash: opened_at, trial_until (unix seconds, as given by callers)
     ig:cb:<name>:failures   zset: one member per failure, score = its time; expires after `window`
 
-Every transition is one Lua script (or one multi-key DEL), so any number of
+Every transition is one Lua script (``shared/lua/breaker_*.lua``) or one
+multi-key DEL, so any number of
 processes see one state and exactly one of them wins a half-open trial. Time
 is the callers' ``now`` (default ``time.time()``), not Redis's clock, so the
 tests can drive it; the only real-time expiry is the failures' garbage
@@ -49,7 +50,7 @@ Why not pybreaker (1.4.1, which has a ``CircuitRedisStorage``):
 * it counts consecutive failures with no time window, on the wall clock only,
   with ``opened_at`` in whole seconds.
 
-What it would save is ~60 lines; the scripts below are that.
+What it would save is ~60 lines; the scripts ``shared/lua/breaker_*.lua`` are that.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from enum import StrEnum
 
 import redis
 
+from shared import lua
 from shared.settings import Settings
 
 _STATE = "ig:cb:{}"
@@ -107,42 +109,6 @@ class BreakerStatus:
         return self.state is BreakerState.HALF_OPEN and self.retry_at is not None
 
 
-# KEYS[1] state hash; ARGV: now, cooldown, trial_until
-_ALLOW = """
-local opened = redis.call('HGET', KEYS[1], 'opened_at')
-if not opened then return 1 end
-local now = tonumber(ARGV[1])
-if now < tonumber(opened) + tonumber(ARGV[2]) then return 0 end
-local trial = redis.call('HGET', KEYS[1], 'trial_until')
-if trial and now < tonumber(trial) then return 0 end
-redis.call('HSET', KEYS[1], 'trial_until', ARGV[3])
-return 1
-"""
-
-# KEYS[1] state hash, KEYS[2] failures zset;
-# ARGV: now, now - window, member, window in ms, threshold, cooldown
-_FAILURE = """
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local failures = redis.call('ZCARD', KEYS[2])
-local opened = redis.call('HGET', KEYS[1], 'opened_at')
-local reopen = false
-if opened then
-  reopen = now >= tonumber(opened) + tonumber(ARGV[6])
-else
-  reopen = failures >= tonumber(ARGV[5])
-end
-if reopen then
-  redis.call('HSET', KEYS[1], 'opened_at', ARGV[1])
-  redis.call('HDEL', KEYS[1], 'trial_until')
-end
-return {failures, redis.call('HGET', KEYS[1], 'opened_at') or '',
-        redis.call('HGET', KEYS[1], 'trial_until') or ''}
-"""
-
-
 def _num(value: str | None) -> float | None:
     return float(value) if value else None
 
@@ -151,8 +117,8 @@ class Breakers:
     def __init__(self, client: redis.Redis, policy: BreakerPolicy | None = None) -> None:
         self._redis = client
         self.policy = policy or BreakerPolicy()
-        self._allow = client.register_script(_ALLOW)
-        self._failure = client.register_script(_FAILURE)
+        self._allow = lua.register(client, "breaker_allow")
+        self._failure = lua.register(client, "breaker_failure")
 
     @staticmethod
     def keys(name: str) -> list[str]:
@@ -190,8 +156,14 @@ class Breakers:
         now = time.time() if now is None else now
         trial_until = now + self.policy.trial_seconds
         state = self.keys(name)[0]
-        args = [repr(now), repr(self.policy.cooldown), repr(trial_until)]
-        return bool(self._allow(keys=[state], args=args))
+        return bool(
+            self._allow(
+                [state],
+                now=repr(now),
+                cooldown=repr(self.policy.cooldown),
+                trial_until=repr(trial_until),
+            )
+        )
 
     def would_allow(self, name: str, now: float | None = None) -> bool:
         """Read-only: would :meth:`allow` say yes now? (CLOSED, or HALF_OPEN with no trial
@@ -209,15 +181,13 @@ class Breakers:
         now = time.time() if now is None else now
         policy = self.policy
         failures, opened_at, trial_until = self._failure(
-            keys=self.keys(name),
-            args=[
-                repr(now),
-                repr(now - policy.window),
-                f"{now!r}:{secrets.token_hex(6)}",
-                max(1, math.ceil(policy.window * 1000)),
-                policy.failure_threshold,
-                repr(policy.cooldown),
-            ],
+            self.keys(name),
+            now=repr(now),
+            since=repr(now - policy.window),
+            member=f"{now!r}:{secrets.token_hex(6)}",
+            window_ms=max(1, math.ceil(policy.window * 1000)),
+            threshold=policy.failure_threshold,
+            cooldown=repr(policy.cooldown),
         )
         return self._status(name, now, int(failures), _num(opened_at), _num(trial_until))
 

@@ -29,8 +29,10 @@ import redis
 
 from shared import jobrecord, lua
 from shared.billing import Accounts, Idempotency
+from shared.capacity import Capacity
 from shared.catalog import Catalog, parse_catalog
 from shared.errors import InsufficientBalance, RateLimited, UpstreamError
+from shared.health import BreakerPolicy, Breakers
 from shared.jobs import TERMINAL, Job, JobStatus, JobStore, Liveness, StoredImage, new_job_id
 from shared.keys import ApiKey
 from shared.redis_client import connect
@@ -137,11 +139,12 @@ def test_the_terminal_statuses_are_the_ones_python_knows() -> None:
 
 
 def test_scripts_use_only_documented_job_record_fields() -> None:
-    """Every literal passed to a hash command on a job record (``k.job``, KEYS[1], or each
-    KEYS[i] of job_beat) is a field of :mod:`shared.jobrecord`, or a status written into
-    one. (No other hash these scripts touch is addressed that way.)"""
+    """Every literal the job scripts pass to a hash command on a job record (``k.job``,
+    KEYS[1], or each KEYS[i] of job_beat) is a field of :mod:`shared.jobrecord`, or a status
+    written into one. (No other hash these scripts touch is addressed that way.)"""
     seen: set[str] = set()
-    for name in [*(f"{s}.lua" for s in SCRIPTS), *PIECES]:
+    job_files = [f"{s}.lua" for s in SCRIPTS if s.startswith("job_") or s == "admit"]
+    for name in [*job_files, *PIECES]:
         for command, key, rest in re.findall(
             r"redis\.call\('(H[A-Z]+)',\s*([^,]+),([^)]*)\)", _code(_file(name))
         ):
@@ -238,7 +241,7 @@ def recorder(redis_server) -> Iterator[Recorder]:
 
 def _scenario(client: redis.Redis) -> None:
     """Takes every script through its branches (admission refused and accepted, claims,
-    heartbeats, handoff, sends, reaps, ends, webhook state)."""
+    heartbeats, handoff, sends, reaps, ends, webhook state; capacity leases; breakers)."""
     live = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0)
     store = JobStore(client, retention_seconds=600, liveness=live)
     accounts = Accounts(client, CATALOG)
@@ -294,6 +297,18 @@ def _scenario(client: redis.Redis) -> None:
     assert store.cancel(admit(key).id)
     assert store.expire_if_overdue(admit(key).id) is False
     assert store.claim("imgjob_missing").outcome == "missing"
+
+    capacity = Capacity(client)
+    family = "lua_" + secrets.token_hex(4)
+    lease = capacity.acquire(family, 3, 1, ttl=30, skip=[0])
+    assert lease is not None and lease.key_index == 1
+    assert capacity.extend(lease, 30) is not None
+    breakers = Breakers(client, BreakerPolicy(failure_threshold=1, cooldown=1))
+    breaker = "lua:" + secrets.token_hex(4)
+    assert breakers.allow(breaker)
+    breakers.record_failure(breaker)
+    assert not breakers.allow(breaker)
+    assert breakers.allow(breaker, now=time.time() + 2)
 
 
 def test_every_key_a_script_touches_comes_from_its_keys(redis_server, recorder: Recorder) -> None:

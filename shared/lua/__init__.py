@@ -1,4 +1,8 @@
-"""The Redis Lua scripts of the job and billing transitions, one file each, and their loader.
+"""Every Redis Lua script of imagegate, one file per transition, and their loader.
+
+``job_*``: the job record's transitions (:mod:`shared.jobs`); ``admit`` and
+``release_idempotency``: :mod:`shared.billing`; ``capacity_*``: :mod:`shared.capacity`;
+``breaker_*``: :mod:`shared.health`; ``_*.lua``: pieces the job scripts include.
 
 Every ``<name>.lua`` here is one atomic transition, run with ``EVALSHA`` through
 :func:`register` (redis-py's ``register_script``: the script is sent again only
