@@ -83,6 +83,7 @@ Seconds = Annotated[float, Field(gt=0)]
 Count = Annotated[int, Field(ge=1)]
 Cap = Annotated[int, Field(ge=0)]  # 0: no cap, or planned (see the field)
 Hosts = Annotated[tuple[str, ...], NoDecode, _split(",", lower=True)]
+BaseUrl = Annotated[str, AfterValidator(lambda url: url.rstrip("/"))]
 FrozenMap = Annotated[Mapping[str, str], AfterValidator(lambda m: MappingProxyType(dict(m)))]
 
 
@@ -135,24 +136,23 @@ class _Environment(EnvSettingsSource):
 
 
 _NOT_FROM_ENV = frozenset({"storage", "upstream_base_urls", "credentials"})  # see from_env
-_NOT_A_NUMBER = frozenset({"int_parsing", "float_parsing", "int_from_float", "finite_number"})
+# What is wrong with a value, by pydantic's error type (formatted with the error's ctx).
+_REASONS = {
+    "value_error": "{error}",  # our validators' own words
+    "int_parsing": "is not a number",
+    "float_parsing": "is not a number",
+    "int_from_float": "is not a number",
+    "finite_number": "is not a number",
+    "greater_than_equal": "must be at least {ge:g}",
+    "greater_than": "must be more than {gt:g}",
+    "literal_error": "must be {expected}",
+}
 
 
 def _explain(model: type[BaseSettings], error: Any) -> str:
     """One validation error as the variable, its value and what is wrong with it."""
-    ctx = error.get("ctx") or {}
-    if error["type"] == "value_error":
-        reason = str(ctx["error"])
-    elif error["type"] in _NOT_A_NUMBER:
-        reason = "is not a number"
-    elif error["type"] == "greater_than_equal":
-        reason = f"must be at least {ctx['ge']:g}"
-    elif error["type"] == "greater_than":
-        reason = f"must be more than {ctx['gt']:g}"
-    elif error["type"] == "literal_error":
-        reason = f"must be {ctx['expected']}"
-    else:
-        reason = f"is not valid: {error['msg']}"
+    reason = _REASONS.get(error["type"], "is not valid: {msg}")
+    reason = reason.format(**error.get("ctx", {}), msg=error["msg"])
     if not error["loc"]:  # a check across variables: its message says it all
         return reason
     name = str(error["loc"][0])
@@ -162,13 +162,13 @@ def _explain(model: type[BaseSettings], error: Any) -> str:
 
 
 class _StorageVariables(_Variables):
-    """The ``IMAGEGATE_STORAGE*``, ``IMAGEGATE_S3_*`` variables, as a StorageConfig."""
+    """The ``IMAGEGATE_STORAGE*``, ``IMAGEGATE_S3_*`` variables: a StorageConfig's fields."""
 
     backend: Literal["local", "s3"] = Field(
         StorageConfig.backend, validation_alias="IMAGEGATE_STORAGE"
     )
-    storage_dir: str = StorageConfig.local_dir
-    public_base_url: str = ""
+    local_dir: str = Field(StorageConfig.local_dir, validation_alias="IMAGEGATE_STORAGE_DIR")
+    public_base_url: BaseUrl = ""
     s3_bucket: str = ""
     s3_region: str | None = None
     s3_endpoint_url: str | None = None
@@ -182,27 +182,16 @@ class _StorageVariables(_Variables):
             raise ValueError(f"{PREFIX}S3_BUCKET is required when {PREFIX}STORAGE=s3")
         return self
 
-    def config(self) -> StorageConfig:
-        return StorageConfig(
-            backend=self.backend,
-            local_dir=self.storage_dir,
-            public_base_url=self.public_base_url.rstrip("/"),
-            s3_bucket=self.s3_bucket,
-            s3_region=self.s3_region,
-            s3_endpoint_url=self.s3_endpoint_url,
-            s3_prefix=self.s3_prefix,
-            s3_access_key_id=self.s3_access_key_id,
-            s3_secret_access_key=self.s3_secret_access_key,
-        )
-
 
 class Settings(_Variables):
+    """The deployment's settings (see the module docstring); build it with :meth:`from_env`."""
+
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: same as redis_url
     storage: InstanceOf[StorageConfig] = Field(default_factory=StorageConfig)
     # Base of image URLs and webhook payloads. Empty: the request's Host if it is one of
     # allowed_hosts, else the listen address (listen_host:listen_port); never any Host.
-    public_base_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/"))] = ""
+    public_base_url: BaseUrl = ""
     allowed_hosts: Hosts = ()  # Host header values (host[:port]) URLs may use
     listen_host: str = Field("0.0.0.0", validation_alias="IMAGEGATE_HOST")  # the web's
     listen_port: Annotated[int, BeforeValidator(_port)] = Field(8080, validation_alias="PORT")
@@ -280,7 +269,7 @@ class Settings(_Variables):
             for name, value in env.items()
             if name.startswith(BASE_URL_PREFIX) and value
         }
-        storage = _StorageVariables.read(env).config()
+        storage = StorageConfig(**_StorageVariables.read(env).model_dump())
         settings = cls.read(env, storage=storage, upstream_base_urls=base_urls)
         names = settings.load_catalog().key_env_names()
         credentials = {name: env[name] for name in names if env.get(name)}
