@@ -1,8 +1,9 @@
 """Simulator of the Replicate predictions API (``https://api.replicate.com/v1``).
 
 It stands in for Replicate in tests and load runs and imports nothing from the
-gateway. What it imitates (section 3 of ``upstream-protocols.md``; facts that
-reference marks [T]/[?] are flagged the same way here):
+gateway. This docstring is its specification: what it imitates of Replicate's
+HTTP API documentation, with facts taken from examples rather than the
+reference marked [T] and facts the documentation leaves open marked [?]:
 
 Endpoints (all under ``/v1``, ``Authorization: Bearer <token>``; the legacy
 ``Token <token>`` scheme is accepted too):
@@ -95,7 +96,9 @@ found", 422 "Input validation failed" with ``detail`` lines ``- input.<field>:
 <message>`` and ``invalid_fields: [{type, field, description}]`` [T], 429
 ``{"detail": "Request was throttled. Your rate limit resets in ~30s."}``,
 5xx "Internal Server Error"/"Service Unavailable". Injected failures
-(``fail_next`` first, then ``failure_rate``) hit prediction *creates* only,
+(a fault the request names in its ``X-Sim-Fault`` header or ``input.prompt``,
+see :mod:`simulators.base`; then ``fail_next``; then ``failure_rate``) hit
+prediction *creates* only,
 with ``Retry-After`` when ``retry_after`` is set. Every response carries
 ``X-Request-Id`` [?]. ``POST /_sim/malformed {"next": N}`` makes the next N
 creates answer 201 with a body that is not JSON (reset clears it).
@@ -112,9 +115,7 @@ without ``Authorization`` and the status answered), ``POST /_sim/reset``,
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
 import math
 import re
 import secrets
@@ -127,16 +128,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
-from PIL import Image
+from flask import Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from simulators.control import parse_json_body, register_control, request_entry
+from simulators.base import (
+    CONTENT_TYPES as IMAGE_TYPES,
+)
+from simulators.base import (
+    FORBIDDEN_WORD,
+    SimError,
+    Simulator,
+    credential,
+    retry_after_headers,
+    solid_image,
+)
+from simulators.control import parse_json_body
 from simulators.state import PALETTE, SimConfig, SimState
 
 PROVIDER = "replicate"
 
-FORBIDDEN_WORD = re.compile(r"\bforbidden\b", re.IGNORECASE)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 PREFER_RE = re.compile(r"\s*wait\s*(?:=\s*([0-9]{1,4}))?\s*")
@@ -148,7 +158,7 @@ TARGET_AREA = 1024 * 1024
 MAX_PREDICTIONS = 5000
 THROTTLED = "Request was throttled. Your rate limit resets in ~30s."
 WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+CONTENT_TYPES = {**IMAGE_TYPES, "jpg": "image/jpeg"}  # Replicate says jpg
 
 
 # -- model schemas ----------------------------------------------------------------
@@ -432,7 +442,7 @@ BY_VERSION: dict[str, ModelSpec] = {spec.version_id: spec for spec in _SPECS}
 # -- errors -------------------------------------------------------------------------
 
 
-class Problem(Exception):
+class Problem(SimError):
     """An RFC 7807 error answer (or Replicate's bare ``{"detail"}`` for 429)."""
 
     def __init__(
@@ -450,27 +460,20 @@ class Problem(Exception):
         self.title = title
         self.detail = detail
         self.extra = extra or {}
-        self.headers = headers or {}
+        self.headers = {"Content-Type": "application/problem+json", **(headers or {})}
         self.bare = bare
 
-    def response(self) -> Response:
+    def body(self) -> dict[str, Any]:
         if self.bare:
-            body: dict[str, Any] = {"detail": self.detail}
-        else:
-            body = {
-                "type": "about:blank",
-                "title": self.title,
-                "status": self.status,
-                "detail": self.detail,
-                "instance": request.path,
-                **self.extra,
-            }
-        resp = jsonify(body)
-        resp.status_code = self.status
-        resp.headers["Content-Type"] = "application/problem+json"
-        for name, value in self.headers.items():
-            resp.headers[name] = value
-        return resp
+            return {"detail": self.detail}
+        return {
+            "type": "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": request.path,
+            **self.extra,
+        }
 
 
 def not_found(detail: str = "The requested resource could not be found.") -> Problem:
@@ -490,32 +493,6 @@ def validation_failed(problems: list[tuple[str, str, str]]) -> Problem:
                 for kind, where, what in problems
             ]
         },
-    )
-
-
-def injected_failure(config: SimConfig) -> Problem:
-    status = config.fail_status
-    headers: dict[str, str] = {}
-    if config.retry_after is not None:
-        seconds = config.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if status == 429:
-        return Problem(429, "Too Many Requests", THROTTLED, headers=headers, bare=True)
-    if status == 503:
-        return Problem(
-            503,
-            "Service Unavailable",
-            "The service is temporarily unavailable. Please try again later.",
-            headers=headers,
-        )
-    if status >= 500:
-        return Problem(
-            status, "Internal Server Error", "An unexpected error occurred.", headers=headers
-        )
-    if status == 422:
-        return validation_failed([("simulated", "(root)", "Simulated upstream failure (422).")])
-    return Problem(
-        status, "Simulated failure", f"Simulated upstream failure (HTTP {status}).", headers=headers
     )
 
 
@@ -799,17 +776,8 @@ def plan_generation(spec: ModelSpec, data: dict[str, Any]) -> Generation:
     return Generation(width, height, count, fmt, colour, run_error)
 
 
-@functools.lru_cache(maxsize=256)
 def encode_image(width: int, height: int, fmt: str, colour: int) -> bytes:
-    image = Image.new("RGB", (width, height), PALETTE[colour % len(PALETTE)])
-    buf = io.BytesIO()
-    if fmt == "png":
-        image.save(buf, "PNG", compress_level=1)
-    elif fmt == "jpg":
-        image.save(buf, "JPEG", quality=80)
-    else:
-        image.save(buf, "WEBP", quality=80, method=0)
-    return buf.getvalue()
+    return solid_image(width, height, fmt, PALETTE[colour % len(PALETTE)], 80)
 
 
 # -- predictions --------------------------------------------------------------------
@@ -995,78 +963,107 @@ class PredictionStore:
 # -- app ----------------------------------------------------------------------------
 
 
-def _check_auth(config: SimConfig) -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() not in ("bearer", "token") or not token:
-        raise Problem(401, "Unauthenticated", "You did not pass an authentication token")
-    if config.api_key is not None and token != config.api_key:
-        raise Problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+class ReplicateSimulator(Simulator):
+    """Replicate's predictions API: creates, polls, cancels, listings and result files."""
 
+    provider = PROVIDER
+    request_id_header = "X-Request-Id"
 
-def create_app(config: SimConfig | None = None) -> Flask:
-    """The Replicate simulator as a Flask (WSGI) app."""
-    state = SimState(config or SimConfig())
-    initial_config = state.config
-    store = PredictionStore(state)
-    webhook_secret = "whsec_" + secrets.token_urlsafe(32)
-    app = Flask(__name__)
-    app.config["SIM_STATE"] = state
-    app.config["SIM_PREDICTIONS"] = store
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+        super().__init__(config)
+        self.store = PredictionStore(self.state)
+        self.app.config["SIM_PREDICTIONS"] = self.store
 
-    @app.before_request
-    def _start() -> None:
-        g.request_id = uuid.uuid4().hex
+    def reset(self) -> None:
+        self.store.malformed_next = 0
+
+    def _before_request(self) -> None:
+        super()._before_request()
         g.entry = None
         if request.path.startswith("/v1/"):
             body, raw_text = parse_json_body()
             g.body, g.raw_text = body, raw_text
-            g.entry = state.record_request(
-                request_entry(g.request_id, json=body, raw_body=raw_text)
-            )
+            g.entry = self.record(json=body, raw_body=raw_text)
 
-    @app.after_request
-    def _finish(resp: Response) -> Response:
-        resp.headers["X-Request-Id"] = g.get("request_id") or uuid.uuid4().hex
+    def _after_request(self, resp: Response) -> Response:
+        resp = super()._after_request(resp)
         if g.get("entry") is not None:
-            state.set_request_status(g.entry, resp.status_code)
+            self.state.set_request_status(g.entry, resp.status_code)
         return resp
 
-    @app.errorhandler(Problem)
-    def _problem(err: Problem) -> Response:
-        return err.response()
-
-    @app.errorhandler(HTTPException)
-    def _http_error(err: HTTPException) -> Response:
+    def http_error(self, err: HTTPException) -> Response:
         status = err.code or 500
         if status == 404:
             return not_found().response()
         return Problem(status, err.name, err.description or err.name).response()
 
-    # -- predictions -------------------------------------------------------------
+    def failure(self, config: SimConfig) -> Problem:
+        status = config.fail_status
+        headers = retry_after_headers(config)
+        if status == 429:
+            return Problem(429, "Too Many Requests", THROTTLED, headers=headers, bare=True)
+        if status == 503:
+            return Problem(
+                503,
+                "Service Unavailable",
+                "The service is temporarily unavailable. Please try again later.",
+                headers=headers,
+            )
+        if status >= 500:
+            return Problem(
+                status, "Internal Server Error", "An unexpected error occurred.", headers=headers
+            )
+        if status == 422:
+            return validation_failed([("simulated", "(root)", "Simulated upstream failure (422).")])
+        return Problem(
+            status,
+            "Simulated failure",
+            f"Simulated upstream failure (HTTP {status}).",
+            headers=headers,
+        )
 
-    @app.post("/v1/models/<owner>/<name>/predictions")
-    def create_official(owner: str, name: str) -> Response:
-        _check_auth(state.config)
-        _injected()
+    def check_auth(self) -> None:
+        token = credential(("bearer", "token"))
+        if token is None:
+            raise Problem(401, "Unauthenticated", "You did not pass an authentication token")
+        expected = self.state.config.api_key
+        if expected is not None and token != expected:
+            raise Problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+
+    def routes(self) -> None:
+        app = self.app
+        app.post("/v1/models/<owner>/<name>/predictions")(self.create_official)
+        app.post("/v1/predictions")(self.create_versioned)
+        app.get("/v1/predictions/<pred_id>")(self.get_prediction)
+        app.post("/v1/predictions/<pred_id>/cancel")(self.cancel_prediction)
+        app.get("/v1/predictions")(self.list_predictions)
+        app.get("/v1/webhooks/default/secret")(self.webhook_secret_endpoint)
+        app.get("/delivery/xezq/<path:name>")(self.delivery)
+        app.post("/_sim/malformed")(self.post_malformed)
+
+    # -- predictions -----------------------------------------------------------------
+
+    def create_official(self, owner: str, name: str) -> Response:
+        self.check_auth()
+        self._inject()
         spec = MODELS.get(f"{owner}/{name}")
         if spec is None or not spec.official:
             raise not_found()
-        return _create(spec, needs_version=False)
+        return self._create(spec, needs_version=False)
 
-    @app.post("/v1/predictions")
-    def create_versioned() -> Response:
-        _check_auth(state.config)
-        _injected()
-        return _create(None, needs_version=True)
+    def create_versioned(self) -> Response:
+        self.check_auth()
+        self._inject()
+        return self._create(None, needs_version=True)
 
-    def _injected() -> None:
-        if state.should_fail():
-            raise injected_failure(state.config)
+    def _inject(self) -> None:
+        body = g.body
+        data = body.get("input") if isinstance(body, dict) else None
+        self.inject_fault(data.get("prompt") if isinstance(data, dict) else None)
 
-    def _create(spec: ModelSpec | None, *, needs_version: bool) -> Response:
+    def _create(self, spec: ModelSpec | None, *, needs_version: bool) -> Response:
+        store = self.store
         if store.take_malformed():
             return Response('{"id": "truncated', status=201, content_type="application/json")
         if g.raw_text:
@@ -1079,7 +1076,7 @@ def create_app(config: SimConfig | None = None) -> Flask:
         hold = parse_prefer(request.headers.get("Prefer"))
         cancel_after = parse_duration(request.headers.get("Cancel-After"))
 
-        config = state.config
+        config = self.state.config
         now = time.time()
         pred = Prediction(
             id=new_prediction_id(),
@@ -1106,58 +1103,56 @@ def create_app(config: SimConfig | None = None) -> Flask:
         resp.status_code = 201
         return resp
 
-    @app.get("/v1/predictions/<pred_id>")
-    def get_prediction(pred_id: str) -> Response:
-        _check_auth(state.config)
-        pred = store.get(pred_id)
+    def _prediction(self, pred_id: str) -> Prediction:
+        self.check_auth()
+        pred = self.store.get(pred_id)
         if pred is None:
             raise not_found()
-        return jsonify(store.refresh(pred, time.time(), poll=True))
+        return pred
 
-    @app.post("/v1/predictions/<pred_id>/cancel")
-    def cancel_prediction(pred_id: str) -> Response:
-        _check_auth(state.config)
-        pred = store.get(pred_id)
-        if pred is None:
-            raise not_found()
-        return jsonify(store.cancel(pred, time.time()))
+    def get_prediction(self, pred_id: str) -> Response:
+        pred = self._prediction(pred_id)
+        return jsonify(self.store.refresh(pred, time.time(), poll=True))
 
-    @app.get("/v1/predictions")
-    def list_predictions() -> Response:
-        _check_auth(state.config)
+    def cancel_prediction(self, pred_id: str) -> Response:
+        pred = self._prediction(pred_id)
+        return jsonify(self.store.cancel(pred, time.time()))
+
+    def list_predictions(self) -> Response:
+        self.check_auth()
         now = time.time()
-        results = [store.refresh(p, now) for p in store.newest()]
+        results = [self.store.refresh(p, now) for p in self.store.newest()]
         return jsonify({"previous": None, "next": None, "results": results})
 
-    @app.get("/v1/webhooks/default/secret")
-    def webhook_secret_endpoint() -> Response:
-        _check_auth(state.config)
-        return jsonify({"key": webhook_secret})
+    def webhook_secret_endpoint(self) -> Response:
+        self.check_auth()
+        return jsonify({"key": self.webhook_secret})
 
-    @app.get("/delivery/xezq/<path:name>")
-    def delivery(name: str) -> Response:
-        stored = state.get_file(name)
-        if stored is None or not store.file_alive(name, time.time()):
+    def delivery(self, name: str) -> Response:
+        stored = self.state.get_file(name)
+        if stored is None or not self.store.file_alive(name, time.time()):
             return Response("Not Found", status=404, content_type="text/plain")
         return Response(stored.data, status=200, content_type=stored.content_type)
 
     # -- control endpoints for tests -------------------------------------------
 
-    @app.post("/_sim/malformed")
-    def post_malformed() -> Response:
+    def post_malformed(self) -> Response:
         body = request.get_json(force=True, silent=True)
         count = body.get("next") if isinstance(body, dict) else None
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise Problem(400, "Invalid request", 'Expected {"next": <int >= 0>}.')
-        store.malformed_next = count
+        self.store.malformed_next = count
         return jsonify({"ok": True, "next": count})
 
-    def forget_malformed() -> None:
-        store.malformed_next = 0
 
-    register_control(app, state, initial_config, PROVIDER, on_reset=forget_malformed)
+create_app = ReplicateSimulator.create_app
 
-    return app
-
-
-__all__ = ["MODELS", "Problem", "SimConfig", "create_app", "ratio_size", "validate_input"]
+__all__ = [
+    "MODELS",
+    "Problem",
+    "ReplicateSimulator",
+    "SimConfig",
+    "create_app",
+    "ratio_size",
+    "validate_input",
+]
