@@ -430,6 +430,7 @@ class _PinnedAdapter(HTTPAdapter):
 class _GuardedSession(requests.Session):
     def __init__(self, policy: NetPolicy) -> None:
         super().__init__()
+        self.policy = policy
         self.trust_env = False  # no proxies or .netrc from the environment
         self._guard = _PinnedAdapter(policy)
         self.adapters.clear()
@@ -459,6 +460,11 @@ def safe_session(policy: NetPolicy) -> requests.Session:
     the URL's host.
     """
     return _GuardedSession(policy)
+
+
+def guard_policy(session: requests.Session) -> NetPolicy | None:
+    """The policy of a :func:`safe_session`; None for any other session."""
+    return session.policy if isinstance(session, _GuardedSession) else None
 
 
 def policy_with_hosts_of(policy: NetPolicy, *urls: str) -> NetPolicy:

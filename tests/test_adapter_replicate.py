@@ -523,7 +523,7 @@ def test_bad_catalog_options_are_a_server_error(sim: str) -> None:
 def test_prediction_urls_off_the_base_origin_are_not_followed() -> None:
     ctx = context("http://127.0.0.1:9")
     runner = replicate_adapter._Runner(
-        ctx, ctx.http, replicate_adapter._Target("x", None), replicate_adapter.ReplicateOptions()
+        ctx, replicate_adapter._Target("x", None), replicate_adapter.ReplicateOptions()
     )
     own = {"urls": {"get": "http://127.0.0.1:9/v1/predictions/abc"}}
     foreign = {"urls": {"get": "https://evil.example/v1/predictions/abc"}}

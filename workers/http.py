@@ -64,7 +64,7 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
-from shared.netguard import UnsafeDestination
+from shared.netguard import UnsafeDestination, guard_policy, safe_session
 
 
 @dataclass(frozen=True)
@@ -385,12 +385,23 @@ class UpstreamHTTP:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         retry: bool = True,
+        guarded: bool = False,
     ) -> requests.Response:
-        """One logical call with retries; returns a 2xx response or raises."""
+        """One logical call with retries; returns a 2xx response or raises.
+
+        ``guarded``: the URL came from an upstream's answer (a polling URL), not
+        from our configuration, so it goes through ``fetch_session`` and the
+        SSRF guard like a result download; a refused address is a 502 ``unsafe_url``.
+        """
+        session = self._session(guarded)
         try:
             for attempt in self._retrying(retry=retry):
                 with attempt:
-                    return self._attempt(method, url, json_body, data, files, headers, params)
+                    return self._attempt(
+                        session, method, url, json_body, data, files, headers, params
+                    )
+        except UnsafeDestination as exc:
+            raise self._unsafe(exc) from exc
         except RetryableStatus as exc:
             raise self._translate(exc.response) from None
         except requests.Timeout as exc:
@@ -413,16 +424,36 @@ class UpstreamHTTP:
         time.sleep(max(0.0, min(seconds, self.remaining() - _MIN_USEFUL_SECONDS)))
         self.check_deadline()
 
-    def best_effort(self, method: str, url: str, *, timeout: float = 3.0, **kw: Any) -> bool:
-        """One attempt that ignores the deadline and swallows errors (e.g. cancel upstream)."""
+    def best_effort(
+        self, method: str, url: str, *, timeout: float = 3.0, guarded: bool = False, **kw: Any
+    ) -> bool:
+        """One attempt that ignores the deadline and swallows errors (e.g. cancel upstream).
+
+        ``guarded`` as for :meth:`request`; a refused address is just a failure."""
         try:
             with wall_clock(time.time() + timeout):
-                response = self.session.request(
+                response = self._session(guarded).request(
                     method, url, timeout=timeout, allow_redirects=False, **kw
                 )
             return response.ok
-        except requests.RequestException:
+        except (requests.RequestException, UnsafeDestination):
             return False
+
+    @contextlib.contextmanager
+    def own_sessions(self) -> Iterator[UpstreamHTTP]:
+        """This helper with sessions of its own, configured alike, closed at the end.
+
+        requests sessions are not thread-safe: each thread of a fan-out
+        (:func:`workers.fanout.fan_out`) calls through its own.
+        """
+        session = session_like(self.session)
+        fetch = session_like(self.fetch_session) if self.fetch_session is not None else None
+        try:
+            yield dataclasses.replace(self, session=session, fetch_session=fetch)
+        finally:
+            session.close()
+            if fetch is not None:
+                fetch.close()
 
     def json(self, response: requests.Response) -> Any:
         """The response's JSON body, or an UpstreamError if it has none."""
@@ -473,10 +504,18 @@ class UpstreamHTTP:
         """When the current attempt must end (unix time): its timeout or the deadline."""
         return min(self.deadline, time.time() + self.attempt_timeout)
 
-    def _attempt(self, method, url, json_body, data, files, headers, params) -> requests.Response:
+    def _session(self, guarded: bool) -> requests.Session:
+        return (self.fetch_session or self.session) if guarded else self.session
+
+    def _unsafe(self, exc: UnsafeDestination) -> UpstreamError:
+        return UpstreamError(f"Refused to fetch {self.provider} URL: {exc}", code="unsafe_url")
+
+    def _attempt(
+        self, session, method, url, json_body, data, files, headers, params
+    ) -> requests.Response:
         timeout = self._timeout()
         with wall_clock(self._attempt_limit()):
-            response = self.session.request(
+            response = session.request(
                 method,
                 url,
                 json=json_body,
@@ -526,9 +565,7 @@ class UpstreamHTTP:
             with wall_clock(self._attempt_limit()):
                 return self._stream(url, max_bytes, headers, timeout)
         except UnsafeDestination as exc:
-            raise UpstreamError(
-                f"Refused to fetch {self.provider} URL: {exc}", code="unsafe_url"
-            ) from exc
+            raise self._unsafe(exc) from exc
 
     def _stream(
         self, url: str, max_bytes: int, headers, timeout: tuple[float, float]
@@ -641,6 +678,32 @@ class UpstreamHTTP:
             code=redact(fault.code, sent) if fault.code else fault.code,
             param=redact(fault.param, sent) if fault.param else fault.param,
         )
+
+
+def session_like(session: requests.Session) -> requests.Session:
+    """A new session configured like ``session``: an SSRF-guarded one under the same
+    policy, else the same headers, proxies, TLS settings and connection pool sizes."""
+    policy = guard_policy(session)
+    if policy is not None:
+        return safe_session(policy)
+    copy = requests.Session()
+    copy.headers.clear()
+    copy.headers.update(session.headers)
+    copy.trust_env = session.trust_env
+    copy.verify = session.verify
+    copy.cert = session.cert
+    copy.proxies = dict(session.proxies)
+    for prefix, adapter in session.adapters.items():
+        if isinstance(adapter, HTTPAdapter):
+            copy.mount(
+                prefix,
+                HTTPAdapter(
+                    pool_connections=adapter._pool_connections,
+                    pool_maxsize=adapter._pool_maxsize,
+                    max_retries=adapter.max_retries,
+                ),
+            )
+    return copy
 
 
 def _is_retryable(exc: BaseException) -> bool:

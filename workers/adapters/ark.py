@@ -44,25 +44,22 @@ param, type}}``; :func:`ark_error_parser` reads it and flags the
 
 from __future__ import annotations
 
-import binascii
 import dataclasses
 import logging
 from typing import Any
 
-import pybase64 as base64
 import requests
 
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     INVALID_VALUE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import image_of, malformed, unsupported
 from workers.http import MODERATION_CODES, UpstreamFault, default_error_parser, request_id_of
 
 log = logging.getLogger(__name__)
@@ -104,18 +101,14 @@ class ArkAdapter:
         rid = request_id_of(response)
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list):
-            raise UpstreamError(
-                "Ark answered without a data list.",
-                code=UPSTREAM_MALFORMED_RESPONSE,
-                upstream_request_id=rid,
-            )
+            raise malformed("Ark answered without a data list.", rid)
         images: list[GeneratedImage] = []
         failures: list[dict[str, Any]] = []
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("error"), dict):
                 failures.append(item["error"])
                 continue
-            images.append(_image(item, rid))
+            images.append(image_of(item, rid, "Ark"))
         if isinstance(payload.get("error"), dict):  # a batch stopped by an internal error
             failures.append(payload["error"])
         if failures:
@@ -136,10 +129,8 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
     model = request.model
     _refuse_unsupported(request)
     if request.size is None:
-        raise InvalidRequest(
-            f"'{model.id}' takes an explicit size, not an aspect ratio.",
-            param="aspect_ratio",
-            code=UNSUPPORTED_PARAMETER,
+        raise unsupported(
+            "aspect_ratio", f"'{model.id}' takes an explicit size, not an aspect ratio."
         )
     fmt = model.options.get("response_format", "url")
     if fmt not in RESPONSE_FORMATS:
@@ -158,11 +149,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
     references = 0
     if request.image is not None:
         if "image" not in model.params:
-            raise InvalidRequest(
-                f"'{model.id}' does not take a reference image.",
-                param="image",
-                code=UNSUPPORTED_PARAMETER,
-            )
+            raise unsupported("image", f"'{model.id}' does not take a reference image.")
         body["image"] = request.image
         references = len(request.image) if isinstance(request.image, list | tuple) else 1
         if isinstance(request.image, tuple):
@@ -197,10 +184,9 @@ def _refuse_unsupported(request: ImageRequest) -> None:
     if request.output_format is not None and "output_format" not in model.params:
         given.append("output_format")
     if given:
-        raise InvalidRequest(
+        raise unsupported(
+            given[0],
             f"'{model.id}' (Seedream on ModelArk) does not support the parameter '{given[0]}'.",
-            param=given[0],
-            code=UNSUPPORTED_PARAMETER,
         )
     if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(
@@ -212,11 +198,7 @@ def _refuse_unsupported(request: ImageRequest) -> None:
 
 def _no_images(failures: list[dict[str, Any]], rid: str | None) -> Exception:
     if not failures:
-        return UpstreamError(
-            "Ark answered without images.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=rid,
-        )
+        return malformed("Ark answered without images.", rid)
     for failure in failures:
         code = str(failure.get("code") or "")
         if is_moderation_code(code):
@@ -228,30 +210,5 @@ def _no_images(failures: list[dict[str, Any]], rid: str | None) -> Exception:
     return UpstreamError(
         f"ark failed every image: {first.get('message') or first.get('code')}",
         code=str(first.get("code") or "upstream_error"),
-        upstream_request_id=rid,
-    )
-
-
-def _image(item: Any, rid: str | None) -> GeneratedImage:
-    if not isinstance(item, dict):
-        raise UpstreamError(
-            "Ark sent a malformed image entry.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=rid,
-        )
-    if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-        try:
-            return GeneratedImage(data=base64.b64decode(item["b64_json"], validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise UpstreamError(
-                "Ark sent invalid base64 image data.",
-                code=UPSTREAM_MALFORMED_RESPONSE,
-                upstream_request_id=rid,
-            ) from exc
-    if isinstance(item.get("url"), str) and item["url"]:
-        return GeneratedImage(url=item["url"])
-    raise UpstreamError(
-        "Ark sent an image entry with neither b64_json nor url.",
-        code=UPSTREAM_MALFORMED_RESPONSE,
         upstream_request_id=rid,
     )

@@ -66,7 +66,6 @@ from __future__ import annotations
 import binascii
 import ipaddress
 import math
-import threading
 import urllib.parse
 from dataclasses import dataclass, replace
 from typing import Any
@@ -77,14 +76,13 @@ import requests
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     INVALID_IMAGE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import RequestIds, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser
 
@@ -170,58 +168,38 @@ class BflAdapter:
         check_supported(request, schema)
         base = ctx.base_url.rstrip("/")
         submit_url = f"{base}/v1/{request.model.upstream}"
-        http = replace(ctx.http, error_parser=bfl_error_parser)
         key = ctx.api_key or ""
-        task_ids: dict[int, str] = {}
-        lock = threading.Lock()
+        task_ids = RequestIds()
 
-        def make_one(index: int) -> GeneratedImage:
+        def make_one(index: int, http: UpstreamHTTP) -> GeneratedImage:
             seed = None if request.seed is None else request.seed + index
             body = build_body(request, schema, seed=seed)
-            if request.n == 1:
-                return self._run(http, submit_url, body, key, base, task_ids, lock, index)
-            # requests sessions are not thread-safe: each concurrent task gets its own.
-            with requests.Session() as session:
-                session.headers.update(ctx.http.session.headers)
-                own = replace(http, session=session)
-                return self._run(own, submit_url, body, key, base, task_ids, lock, index)
+            task = submit(http, submit_url, body, key, base)
+            task_ids.add(task.id, index)
+            return GeneratedImage(url=self.await_sample(http, task, key, base))
 
-        images = fan_out(request.n, make_one)
-        ids = ",".join(task_ids[i] for i in sorted(task_ids))
-        return ImageResult(images=images, upstream_request_id=ids or None)
+        http = replace(ctx.http, error_parser=bfl_error_parser)
+        images = fan_out(request.n, http, make_one)
+        return ImageResult(images=images, upstream_request_id=task_ids.joined())
 
     # -- one task ---------------------------------------------------------------------
 
-    def _run(
-        self,
-        http: UpstreamHTTP,
-        submit_url: str,
-        body: dict[str, Any],
-        key: str,
-        base: str,
-        task_ids: dict[int, str],
-        lock: threading.Lock,
-        index: int,
-    ) -> GeneratedImage:
-        task = submit(http, submit_url, body, key, base)
-        with lock:
-            task_ids[index] = task.id
-        return GeneratedImage(url=self.await_sample(http, task, key, base))
-
     def await_sample(self, http: UpstreamHTTP, task: Task, key: str, base: str) -> str:
-        """Poll ``task.polling_url`` until the task ends; the sample URL, or raise."""
+        """Poll ``task.polling_url`` until the task ends; the sample URL, or raise.
+
+        The polling URL is the upstream's answer, not our configuration: it is
+        fetched through the SSRF guard (``http.fetch_session``), like result files.
+        """
         headers = {"x-key": key} if key_may_go_to(base, task.polling_url) else {}
         delay = self.first_poll_delay
         while True:
             http.pause(delay)
-            response = http.request("GET", task.polling_url, headers=headers)
+            response = http.request("GET", task.polling_url, headers=headers, guarded=True)
             payload = http.json(response)
             status = payload.get("status") if isinstance(payload, dict) else None
             if not isinstance(status, str):
-                raise UpstreamError(
-                    f"{http.provider} answered a poll of task {task.id} without a status.",
-                    code=UPSTREAM_MALFORMED_RESPONSE,
-                    upstream_request_id=task.id,
+                raise malformed(
+                    f"{http.provider} answered a poll of task {task.id} without a status.", task.id
                 )
             if status == READY:
                 return _sample(payload, task, http.provider)
@@ -250,10 +228,7 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
     payload = http.json(response)
     task_id = payload.get("id") if isinstance(payload, dict) else None
     if not isinstance(task_id, str) or not task_id:
-        raise UpstreamError(
-            f"{http.provider} accepted the request but returned no task id.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-        )
+        raise malformed(f"{http.provider} accepted the request but returned no task id.")
     polling_url = payload.get("polling_url")
     if polling_url is None:  # older answers carried the id only
         polling_url = f"{base}/v1/get_result?id={urllib.parse.quote(task_id)}"
@@ -261,10 +236,8 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
         "http",
         "https",
     ):
-        raise UpstreamError(
-            f"{http.provider} returned an unusable polling_url for task {task_id}.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=task_id,
+        raise malformed(
+            f"{http.provider} returned an unusable polling_url for task {task_id}.", task_id
         )
     return Task(task_id, polling_url)
 
@@ -293,22 +266,18 @@ def check_supported(request: ImageRequest, schema: Schema) -> None:
     if request.background == "transparent":
         present.append("background")
     if present:
-        raise InvalidRequest(
+        raise unsupported(
+            present[0],
             f"'{present[0]}' is not supported by '{model}': Black Forest Labs has no such "
             f"setting. Leave {', '.join(repr(p) for p in present)} out.",
-            param=present[0],
-            code=UNSUPPORTED_PARAMETER,
         )
     if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
-        raise InvalidRequest(
+        raise unsupported(
+            "output_format",
             f"'{model}' makes jpeg, png or webp images, not {request.output_format!r}.",
-            param="output_format",
-            code=UNSUPPORTED_PARAMETER,
         )
     if request.image is not None and schema.image_field is None:
-        raise InvalidRequest(
-            f"'{model}' takes no reference image.", param="image", code=UNSUPPORTED_PARAMETER
-        )
+        raise unsupported("image", f"'{model}' takes no reference image.")
 
 
 def build_body(request: ImageRequest, schema: Schema, *, seed: int | None) -> dict[str, Any]:
@@ -375,10 +344,8 @@ def _sample(payload: dict[str, Any], task: Task, provider: str) -> str:
         "http",
         "https",
     ):
-        raise UpstreamError(
-            f"{provider} reported task {task.id} ready without a usable result.sample URL.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=task.id,
+        raise malformed(
+            f"{provider} reported task {task.id} ready without a usable result.sample URL.", task.id
         )
     return sample
 

@@ -52,20 +52,16 @@ error is raised (``DeadlineExceeded`` for the deadline).
 
 from __future__ import annotations
 
-import binascii
 import dataclasses
 import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import pybase64 as base64
 import requests
 
 from shared.errors import (
     INVALID_VALUE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     DeadlineExceeded,
     GatewayError,
     InvalidRequest,
@@ -73,6 +69,7 @@ from shared.errors import (
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import fields_set, image_of, malformed, unsupported
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
 POLL_INTERVAL = 0.5  # seconds before the first status poll
@@ -211,11 +208,9 @@ class _Handle:
 def build_input(request: ImageRequest) -> dict[str, Any]:
     """The fal model input for ``request``; InvalidRequest for what fal cannot take."""
     options = request.model.options
-    for name in _UNSUPPORTED:
-        if getattr(request, name) is not None:
-            raise _unsupported(name, request)
-    for name in sorted(request.extra):
-        if request.extra[name] is not None:
+    given = fields_set(request)
+    for name in (*_UNSUPPORTED, *sorted(request.extra)):
+        if name in given:
             raise _unsupported(name, request)
 
     max_images = int(options.get("max_images", DEFAULT_MAX_IMAGES))
@@ -335,7 +330,7 @@ def _result(payload: Any, rid: str, prompt: str) -> ImageResult:
         if index < len(flags) and flags[index] is True:
             moderated += 1
             continue
-        images.append(_image(item, rid, revised))
+        images.append(image_of(item, rid, "fal", revised_prompt=revised))
     if not images:
         if moderated:
             raise content_policy_violation(
@@ -345,32 +340,9 @@ def _result(payload: Any, rid: str, prompt: str) -> ImageResult:
     return ImageResult(images=images, upstream_request_id=rid)
 
 
-def _image(item: Any, rid: str, revised: str | None) -> GeneratedImage:
-    url = item.get("url") if isinstance(item, dict) else None
-    if not isinstance(url, str) or not url:
-        raise _malformed("an image entry without a url", rid)
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        if not header.endswith(";base64"):
-            raise _malformed("a data URI that is not base64", rid)
-        try:
-            return GeneratedImage(
-                data=base64.b64decode(data, validate=True), revised_prompt=revised
-            )
-        except (binascii.Error, ValueError) as exc:
-            raise _malformed("invalid base64 image data", rid) from exc
-    return GeneratedImage(url=url, revised_prompt=revised)
-
-
 def _unsupported(name: str, request: ImageRequest) -> InvalidRequest:
-    return InvalidRequest(
-        f"'{name}' is not supported by model '{request.model.id}'.",
-        param=name,
-        code=UNSUPPORTED_PARAMETER,
-    )
+    return unsupported(name, f"'{name}' is not supported by model '{request.model.id}'.")
 
 
 def _malformed(what: str, rid: str | None) -> UpstreamError:
-    return UpstreamError(
-        f"fal sent {what}.", code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid
-    )
+    return malformed(f"fal sent {what}.", rid)

@@ -26,13 +26,10 @@ as 400 with that code.
 
 from __future__ import annotations
 
-import binascii
 from typing import Any
 
-import pybase64 as base64
-
-from shared.errors import UPSTREAM_MALFORMED_RESPONSE, UpstreamError
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import CallContext, ImageRequest, ImageResult
+from workers.adapters.common import image_of, malformed
 from workers.http import request_id_of
 
 _PASS_THROUGH = (
@@ -78,13 +75,9 @@ class OpenAIImagesAdapter:
         rid = request_id_of(response)
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
-            raise UpstreamError(
-                "The upstream answered without images.",
-                code=UPSTREAM_MALFORMED_RESPONSE,
-                upstream_request_id=rid,
-            )
+            raise malformed("The upstream answered without images.", rid)
         return ImageResult(
-            images=[_image(item, rid) for item in items],
+            images=[image_of(item, rid, "The upstream") for item in items],
             upstream_request_id=rid,
             reported=_reported(payload),
         )
@@ -108,31 +101,3 @@ def _reported(payload: dict[str, Any]) -> dict[str, Any]:
         ):
             out[name] = value
     return out
-
-
-def _image(item: Any, rid: str | None) -> GeneratedImage:
-    if not isinstance(item, dict):
-        raise UpstreamError(
-            "The upstream sent a malformed image entry.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=rid,
-        )
-    revised = item.get("revised_prompt") if isinstance(item.get("revised_prompt"), str) else None
-    if isinstance(item.get("b64_json"), str):
-        try:
-            return GeneratedImage(
-                data=base64.b64decode(item["b64_json"], validate=True), revised_prompt=revised
-            )
-        except (binascii.Error, ValueError) as exc:
-            raise UpstreamError(
-                "The upstream sent invalid base64 image data.",
-                code=UPSTREAM_MALFORMED_RESPONSE,
-                upstream_request_id=rid,
-            ) from exc
-    if isinstance(item.get("url"), str):
-        return GeneratedImage(url=item["url"], revised_prompt=revised)
-    raise UpstreamError(
-        "The upstream sent an image entry with neither b64_json nor url.",
-        code=UPSTREAM_MALFORMED_RESPONSE,
-        upstream_request_id=rid,
-    )

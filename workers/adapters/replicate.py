@@ -73,8 +73,6 @@ from shared.errors import (
     IMAGE_TOO_LARGE,
     INVALID_IMAGE,
     INVALID_VALUE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     DeadlineExceeded,
     InvalidRequest,
     ServerError,
@@ -82,6 +80,7 @@ from shared.errors import (
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import RequestIds, fields_set, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP
 
@@ -185,7 +184,7 @@ class ReplicateAdapter:
         base_input, sources = _build_input(request, opts)
         target = _target(model, ctx.base_url)
         http = dataclasses.replace(ctx.http, error_parser=replicate_error_parser(sources))
-        run = _Runner(ctx, http, target, opts)
+        run = _Runner(ctx, target, opts)
 
         if opts.count_field:
             if request.n > opts.max_count:
@@ -194,26 +193,24 @@ class ReplicateAdapter:
                     param="n",
                     code=INVALID_VALUE,
                 )
-            urls = run.predict({**base_input, opts.count_field: request.n})
+            urls = run.predict({**base_input, opts.count_field: request.n}, http)
             return ImageResult(
                 images=[GeneratedImage(url=u) for u in urls],
                 upstream_request_id=run.request_id,
             )
 
-        def make_one(index: int) -> GeneratedImage:
+        def make_one(index: int, own: UpstreamHTTP) -> GeneratedImage:
             one = dict(base_input)
             if request.seed is not None and index:
                 one["seed"] = request.seed + index
-            urls = run.predict(one)
+            urls = run.predict(one, own, index)
             if not urls:
-                raise UpstreamError(
-                    "Replicate's prediction succeeded without an image.",
-                    code=UPSTREAM_MALFORMED_RESPONSE,
-                    upstream_request_id=run.request_id,
+                raise malformed(
+                    "Replicate's prediction succeeded without an image.", run.request_id
                 )
             return GeneratedImage(url=urls[0])
 
-        images = fan_out(request.n, make_one)
+        images = fan_out(request.n, http, make_one)
         return ImageResult(images=images, upstream_request_id=run.request_id)
 
 
@@ -222,25 +219,15 @@ class ReplicateAdapter:
 
 def _reject_unsupported(request: ImageRequest, opts: ReplicateOptions) -> None:
     """Every field the client set must be sent or deliberately ignored, never dropped."""
-    given: dict[str, Any] = {
-        "quality": request.quality,
-        "style": request.style,
-        "background": request.background,
-        "output_format": request.output_format,
-        "seed": request.seed,
-        "image": request.image,
-        "user": request.user,
-        **request.extra,
-    }
+    given = fields_set(request)
     supported = MAPPABLE & request.model.params
-    for name, value in given.items():
-        if value is None or name in ALWAYS_IGNORED or name in opts.ignored_params:
+    for name in given:
+        if name in ALWAYS_IGNORED or name in opts.ignored_params:
             continue
         if name not in supported:
-            raise InvalidRequest(
+            raise unsupported(
+                name,
                 f"The model '{request.model.id}' does not support '{name}' (served by Replicate).",
-                param=name,
-                code=UNSUPPORTED_PARAMETER,
             )
 
 
@@ -328,50 +315,47 @@ def _target(model: Model, base_url: str) -> _Target:
 class _Runner:
     """Creates one prediction and follows it to its end; remembers the prediction ids."""
 
-    def __init__(
-        self, ctx: CallContext, http: UpstreamHTTP, target: _Target, opts: ReplicateOptions
-    ) -> None:
+    def __init__(self, ctx: CallContext, target: _Target, opts: ReplicateOptions) -> None:
         self.ctx = ctx
-        self.http = http
         self.target = target
         self.interval = opts.poll_interval if opts.poll_interval is not None else POLL_INTERVAL
         self.auth = {"Authorization": f"Bearer {ctx.api_key}"}
-        self.ids: list[str] = []
+        self.ids = RequestIds()
 
     @property
     def request_id(self) -> str | None:
-        return ",".join(self.ids)[:200] or None
+        return self.ids.joined(200)
 
-    def predict(self, input_: dict[str, Any]) -> list[str]:
-        """Run one prediction; its output URLs, or the translated failure."""
+    def predict(self, input_: dict[str, Any], http: UpstreamHTTP, index: int = 0) -> list[str]:
+        """Run one prediction (image ``index`` of a fan-out) through ``http``; its output
+        URLs, or the translated failure. ``urls.get``/``cancel`` come from the answer:
+        they go through the SSRF guard (``http.fetch_session``), like result files."""
         body: dict[str, Any] = {"input": input_}
         if self.target.version:
             body = {"version": self.target.version, **body}
-        response = self.http.request(
-            "POST", self.target.url, json_body=body, headers=self._create_headers()
+        response = http.request(
+            "POST", self.target.url, json_body=body, headers=self._create_headers(http)
         )
-        prediction = _prediction(self.http.json(response), None)
+        prediction = _prediction(http.json(response), None)
         pred_id = prediction["id"]
-        self.ids.append(pred_id)
+        self.ids.add(pred_id, index)
         get_url = self._own_url(prediction, "get", f"/predictions/{pred_id}")
         try:
             while prediction["status"] not in TERMINAL:
-                self.http.pause(self.interval)
-                response = self.http.request("GET", get_url, headers=self.auth)
-                prediction = _prediction(self.http.json(response), pred_id)
+                http.pause(self.interval)
+                response = http.request("GET", get_url, headers=self.auth, guarded=True)
+                prediction = _prediction(http.json(response), pred_id)
         except Exception:
             # Deadline, or the poll broke: stop paying for a prediction nobody will read.
             cancel_url = self._own_url(prediction, "cancel", f"/predictions/{pred_id}/cancel")
-            self.http.best_effort("POST", cancel_url, headers=self.auth)
+            http.best_effort("POST", cancel_url, headers=self.auth, guarded=True)
             raise
-        return self._outcome(prediction)
+        return self._outcome(prediction, http)
 
-    def _create_headers(self) -> dict[str, str]:
+    def _create_headers(self, http: UpstreamHTTP) -> dict[str, str]:
         headers = dict(self.auth)
-        left = self.http.remaining()
-        wait = math.floor(
-            min(PREFER_WAIT_MAX, left - PREFER_WAIT_MARGIN, self.http.attempt_timeout - 1)
-        )
+        left = http.remaining()
+        wait = math.floor(min(PREFER_WAIT_MAX, left - PREFER_WAIT_MARGIN, http.attempt_timeout - 1))
         if wait >= 1:
             headers["Prefer"] = f"wait={wait}"
         headers["Cancel-After"] = f"{max(1, math.ceil(left))}s"
@@ -386,7 +370,7 @@ class _Runner:
             return url
         return base + fallback
 
-    def _outcome(self, prediction: Mapping[str, Any]) -> list[str]:
+    def _outcome(self, prediction: Mapping[str, Any], http: UpstreamHTTP) -> list[str]:
         pred_id = prediction["id"]
         status = prediction["status"]
         if status == "succeeded":
@@ -404,7 +388,7 @@ class _Runner:
                 upstream_request_id=pred_id,
             )
         # canceled / aborted: by its Cancel-After deadline (ours) or by someone else.
-        if self.http.remaining() < PREFER_WAIT_MARGIN:
+        if http.remaining() < PREFER_WAIT_MARGIN:
             raise DeadlineExceeded(f"replicate {status} prediction {pred_id} at its deadline")
         raise UpstreamError(
             f"replicate's prediction ended '{status}' before it produced an image.",
@@ -428,10 +412,8 @@ def _prediction(payload: Any, expected_id: str | None) -> dict[str, Any]:
         and (expected_id is None or payload["id"] == expected_id)
     )
     if not ok:
-        raise UpstreamError(
-            "replicate answered something that is not the expected prediction.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=expected_id,
+        raise malformed(
+            "replicate answered something that is not the expected prediction.", expected_id
         )
     return payload
 
@@ -439,7 +421,7 @@ def _prediction(payload: Any, expected_id: str | None) -> dict[str, Any]:
 def _output_urls(prediction: Mapping[str, Any], pred_id: str) -> list[str]:
     output = prediction.get("output")
     if output is None and prediction.get("data_removed"):
-        raise UpstreamError(
+        raise malformed(
             "replicate already removed the prediction's output.",
             code="upstream_output_removed",
             upstream_request_id=pred_id,
@@ -449,9 +431,7 @@ def _output_urls(prediction: Mapping[str, Any], pred_id: str) -> list[str]:
         isinstance(u, str) and urlsplit(u).scheme in ("http", "https") for u in items
     ):
         raise UpstreamError(
-            "replicate's prediction output is not a URL or a list of URLs.",
-            code=UPSTREAM_MALFORMED_RESPONSE,
-            upstream_request_id=pred_id,
+            "replicate's prediction output is not a URL or a list of URLs.", pred_id
         )
     return list(items)
 

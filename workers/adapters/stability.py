@@ -47,7 +47,6 @@ import dataclasses
 import json
 import math
 import re
-import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from urllib.parse import quote, unquote_to_bytes
@@ -60,14 +59,13 @@ from shared.errors import (
     IMAGE_TOO_LARGE,
     INVALID_IMAGE,
     INVALID_VALUE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import RequestIds, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
@@ -176,23 +174,18 @@ class StabilityAdapter:
             user = request.user if request.user.isascii() else quote(request.user, safe="")
             headers["stability-client-user-id"] = user[:MAX_USER_HEADER]
         url = f"{ctx.base_url.rstrip('/')}{_path(request, spec)}"
-        request_ids: dict[int, str] = {}
-        lock = threading.Lock()
+        request_ids = RequestIds()
 
-        def make_one(index: int) -> GeneratedImage:
+        def make_one(index: int, http: UpstreamHTTP) -> GeneratedImage:
             part = dict(fields)
             if request.seed is not None:
                 part["seed"] = str(_seed_for(request.seed, index))
             response = http.request("POST", url, data=part, files=files, headers=headers)
-            rid = request_id_of(response)
-            if rid:
-                with lock:
-                    request_ids[index] = rid
+            request_ids.add(request_id_of(response), index)
             return _image_of(response, http)
 
-        images = fan_out(request.n, make_one)
-        rid = request_ids[min(request_ids)] if request_ids else None
-        return ImageResult(images=images, upstream_request_id=rid)
+        images = fan_out(request.n, http, make_one)
+        return ImageResult(images=images, upstream_request_id=request_ids.first())
 
 
 # -- request ---------------------------------------------------------------------
@@ -224,11 +217,7 @@ def _refuse_unsupported(request: ImageRequest, spec: EndpointSpec) -> None:
     """Refuse what Stability cannot honour, naming the param (never drop it silently)."""
 
     def refuse(param: str, why: str) -> InvalidRequest:
-        return InvalidRequest(
-            f"'{request.model.id}' (Stability {spec.kind}) {why}.",
-            param=param,
-            code=UNSUPPORTED_PARAMETER,
-        )
+        return unsupported(param, f"'{request.model.id}' (Stability {spec.kind}) {why}.")
 
     if request.quality not in (None, "auto"):
         raise refuse("quality", "has no quality setting")
@@ -374,17 +363,17 @@ def _image_of(response: requests.Response, http: UpstreamHTTP) -> GeneratedImage
     if content_type == "application/json":
         payload = http.json(response)
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
-            raise _malformed("The upstream answered JSON without an image.", rid)
+            raise malformed("The upstream answered JSON without an image.", rid)
         if isinstance(payload.get("finish_reason"), str):
             finish = payload["finish_reason"]
         try:
             data = base64.b64decode(payload["image"], validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise _malformed("The upstream sent invalid base64 image data.", rid) from exc
+            raise malformed("The upstream sent invalid base64 image data.", rid) from exc
     elif content_type.startswith("image/"):
         data = response.content
     else:
-        raise _malformed(
+        raise malformed(
             f"The upstream answered {content_type or 'no content type'} instead of an image.", rid
         )
     finish = (finish or "SUCCESS").strip().upper()
@@ -400,9 +389,5 @@ def _image_of(response: requests.Response, http: UpstreamHTTP) -> GeneratedImage
             upstream_request_id=rid,
         )
     if not data:
-        raise _malformed("The upstream answered an empty image.", rid)
+        raise malformed("The upstream answered an empty image.", rid)
     return GeneratedImage(data=data)
-
-
-def _malformed(message: str, rid: str | None) -> UpstreamError:
-    return UpstreamError(message, code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid)

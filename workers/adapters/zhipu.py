@@ -46,28 +46,24 @@ by the HTTP helper, then upstream_rate_limited).
 
 from __future__ import annotations
 
-import binascii
 import dataclasses
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import pybase64 as base64
 import requests
 
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     INVALID_VALUE,
-    UNSUPPORTED_PARAMETER,
-    UPSTREAM_MALFORMED_RESPONSE,
     InvalidRequest,
     ServerError,
     UpstreamError,
     content_policy_violation,
 )
 from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.common import RequestIds, image_of, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, request_id_of
 
@@ -160,19 +156,15 @@ def _send(http: UpstreamHTTP, method: str, url: str, **kw: Any) -> requests.Resp
 
 
 def _malformed(message: str, rid: str | None) -> UpstreamError:
-    return UpstreamError(
-        f"zhipu {message}", code=UPSTREAM_MALFORMED_RESPONSE, upstream_request_id=rid
-    )
+    return malformed(f"zhipu {message}", rid)
 
 
 # -- request body ---------------------------------------------------------------------
 
 
 def _unsupported(param: str, model_id: str, what: str = "") -> InvalidRequest:
-    return InvalidRequest(
-        f"'{model_id}' (Zhipu) does not support {what or f'the parameter {param!r}'}.",
-        param=param,
-        code=UNSUPPORTED_PARAMETER,
+    return unsupported(
+        param, f"'{model_id}' (Zhipu) does not support {what or f'the parameter {param!r}'}."
     )
 
 
@@ -236,15 +228,7 @@ def _first_image(items: Any, rid: str | None) -> GeneratedImage:
         raise UpstreamError(
             "zhipu answered without an image.", code="upstream_no_image", upstream_request_id=rid
         )
-    item = items[0]
-    if isinstance(item, dict) and isinstance(item.get("url"), str) and item["url"]:
-        return GeneratedImage(url=item["url"])
-    if isinstance(item, dict) and isinstance(item.get("b64_json"), str):
-        try:
-            return GeneratedImage(data=base64.b64decode(item["b64_json"], validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise _malformed("sent invalid base64 image data.", rid) from exc
-    raise _malformed("sent an image entry without a url.", rid)
+    return image_of(items[0], rid, "zhipu")
 
 
 def _task_failure(payload: dict[str, Any], rid: str | None) -> Exception:
@@ -287,20 +271,12 @@ class _Call:
 
     request: ImageRequest
     ctx: CallContext
-    http: UpstreamHTTP
     body: dict[str, Any]
-    request_ids: list[str] = dataclasses.field(default_factory=list)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    request_ids: RequestIds = dataclasses.field(default_factory=RequestIds)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ctx.api_key}"}
-
-    def seen(self, rid: str | None) -> str | None:
-        if rid:
-            with self._lock:
-                self.request_ids.append(rid)
-        return rid
 
     def poll_interval(self) -> float:
         value = self.request.model.options.get("poll_interval", POLL_INTERVAL)
@@ -312,32 +288,34 @@ class _Call:
         return float(value)
 
 
-def _sync_image(call: _Call) -> GeneratedImage:
+def _sync_image(call: _Call, index: int, http: UpstreamHTTP) -> GeneratedImage:
     response = _send(
-        call.http,
+        http,
         "POST",
         f"{call.ctx.base_url}/images/generations",
         json_body=call.body,
         headers=call.headers,
     )
     rid = request_id_of(response)
-    payload = _object(call.http, response)
+    payload = _object(http, response)
     body_id = payload.get("request_id") or payload.get("id")
-    call.seen(rid or (str(body_id) if body_id else None))
+    call.request_ids.add(rid or (str(body_id) if body_id else None), index)
     return _first_image(payload.get("data"), rid)
 
 
-def _async_image(call: _Call) -> GeneratedImage:
+def _async_image(call: _Call, index: int, http: UpstreamHTTP) -> GeneratedImage:
     response = _send(
-        call.http,
+        http,
         "POST",
         f"{call.ctx.base_url}/async/images/generations",
         json_body=call.body,
         headers=call.headers,
     )
-    payload = _object(call.http, response)
+    payload = _object(http, response)
     # The task's own request_id is what Zhipu support can trace; the header is per call.
-    rid = call.seen(str(payload.get("request_id") or "") or request_id_of(response))
+    rid = call.request_ids.add(
+        str(payload.get("request_id") or "") or request_id_of(response), index
+    )
     task_id = payload.get("id") or payload.get("task_id")
     if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
         raise _malformed("accepted the task without an id.", rid)
@@ -347,20 +325,20 @@ def _async_image(call: _Call) -> GeneratedImage:
     while status not in _DONE:
         if status in _FAILED:
             raise _task_failure(payload, rid)
-        call.http.pause(interval)
+        http.pause(interval)
         response = _send(
-            call.http,
+            http,
             "GET",
             f"{call.ctx.base_url}/async-result/{quote(str(task_id), safe='')}",
             headers=call.headers,
         )
-        payload = _object(call.http, response)
+        payload = _object(http, response)
         status = _task_status(payload, rid)
     items = payload.get("image_result")
     return _first_image(items if items is not None else payload.get("data"), rid)
 
 
-MODES: Mapping[str, Callable[[_Call], GeneratedImage]] = {
+MODES: Mapping[str, Callable[[_Call, int, UpstreamHTTP], GeneratedImage]] = {
     "sync": _sync_image,
     "async": _async_image,
 }
@@ -376,14 +354,8 @@ class ZhipuAdapter:
                 f"the zhipu adapter knows {', '.join(MODES)}.",
                 code=CATALOG_MISCONFIGURED,
             )
-        call = _Call(
-            request=request,
-            ctx=ctx,
-            http=dataclasses.replace(ctx.http, error_parser=parse_zhipu_error),
-            body=build_body(request),
-        )
+        call = _Call(request=request, ctx=ctx, body=build_body(request))
         call.poll_interval()  # a bad catalog option fails here, before any upstream call
-        images = fan_out(request.n, lambda _index: make_image(call))
-        return ImageResult(
-            images=images, upstream_request_id=call.request_ids[0] if call.request_ids else None
-        )
+        http = dataclasses.replace(ctx.http, error_parser=parse_zhipu_error)
+        images = fan_out(request.n, http, lambda index, own: make_image(call, index, own))
+        return ImageResult(images=images, upstream_request_id=call.request_ids.first())
