@@ -38,21 +38,29 @@ def redis_server(run_dir: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def start_simulator(run_dir: Path, provider: str, *extra: str) -> tuple[Process, str]:
-    """``python -m simulators <provider>`` on a free port; returns the process and its URL."""
+def start_simulator(
+    run_dir: Path, provider: str, *extra: str, name: str | None = None
+) -> tuple[Process, str]:
+    """``python -m simulators <provider>`` on a free port; returns the process and its URL.
+
+    Another simulator of the same provider (a test's own, next to the session's) needs
+    its own ``name``; even under one name, the URL is read from this start's own line
+    of the log, never from a predecessor's that the log file still holds."""
     proc = Process(
-        f"simulator-{provider}",
+        name or f"simulator-{provider}",
         [str(BIN / "python"), "-m", "simulators", provider, "--port", "0", "--api-key", SIM_KEY,
          *extra],
         log_dir=run_dir,
-    ).start()  # fmt: skip
+    )  # fmt: skip
+    before = len(re.findall(r"SIMULATOR READY (\S+)", proc.log()))
+    proc.start()
     found: dict[str, str] = {}
 
     def ready() -> bool:
-        match = re.search(r"SIMULATOR READY (\S+)", proc.log())
-        if match:
-            found["url"] = match.group(1)
-        return bool(match)
+        urls = re.findall(r"SIMULATOR READY (\S+)", proc.log())[before:]
+        if urls:
+            found["url"] = urls[0]
+        return bool(urls)
 
     proc.wait_until(ready)
     return proc, found["url"]

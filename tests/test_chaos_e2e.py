@@ -5,11 +5,19 @@ must be downloadable, and every key's money must add up with no job charged twic
 Its own stack (redis-server with AOF, OpenAI and BFL simulators, two workers per
 upstream family, gunicorn with two processes), so the chaos touches no other test.
 Prints what happened; asserts only outcomes, never timings.
+
+Then hostile peers under load (issue 20), on a stack of their own too: a trickling
+upstream, a trickling webhook receiver and a huge webhook answer while other tenants
+keep submitting; their webhooks must arrive on time (bounds taken from a calm run of the
+same load on this machine, plus one hostile attempt), the trickled jobs must end by their
+deadline and the trickled family's threads must be free again.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
 import random
 import signal
 import threading
@@ -27,7 +35,8 @@ from shared.billing import Accounts
 from shared.jobs import TERMINAL, JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from tests.conftest import create_key, start_simulator, start_worker
+from tests.conftest import SIM_KEY, create_key, start_simulator, start_worker
+from tests.support.peers import SlowPeer
 from tests.support.processes import Process, RedisServer
 
 MODELS = ["dall-e-2", "black-forest-labs/flux-2-pro", "local/testcard"]
@@ -68,8 +77,8 @@ class Chaos:
 @pytest.fixture(scope="module")
 def chaos(run_dir: Path, stack_env: dict[str, str], start_gateway) -> Iterator[Chaos]:
     redis = RedisServer(run_dir, appendonly=True).start()
-    openai_proc, openai_sim = start_simulator(run_dir, "openai")
-    bfl_proc, bfl_sim = start_simulator(run_dir, "bfl")
+    openai_proc, openai_sim = start_simulator(run_dir, "openai", name="chaos-simulator-openai")
+    bfl_proc, bfl_sim = start_simulator(run_dir, "bfl", name="chaos-simulator-bfl")
     # Upstream faults: 5xx from one, 429 with Retry-After from the other, both slow.
     requests.post(
         f"{openai_sim}/_sim/config",
@@ -222,3 +231,252 @@ def test_chaos_nothing_lost_nothing_charged_twice(chaos: Chaos) -> None:
     # No request is answered with a 500: faults end as 502/503/504 (or a dropped connection
     # while Redis restarts, reported as -1).
     assert statuses[500] == 0, statuses
+
+
+# -- hostile peers under load ----------------------------------------------------------------
+#
+# Issue 20: one tenant's trickling upstream, trickling webhook receiver or huge webhook answer
+# must not hold what every tenant shares. Its own Redis, workers (4 threads each, as the
+# Procfile pools them) and gateway; the session's OpenAI simulator serves the other tenants
+# and a second one, answering 16 bytes a second, is the hostile upstream of a family of its own.
+
+HOSTILE_BUDGET = 6.0  # IMAGEGATE_ASYNC_BUDGET_SECONDS of this stack: the trickled jobs' deadline
+ATTEMPT_TIMEOUT = 1.0  # IMAGEGATE_WEBHOOK_TIMEOUT_SECONDS of the test stack (tests/conftest.py)
+MARGIN = 3.0  # scheduling slack on a loaded machine: the bound matters, not its precision
+TRICKLY_OVERLAY = """
+[families.trickly]
+queue = "trickly"
+adapter = "openai"
+base_url = "https://trickly.example/v1"
+key_env = "TRICKLY_API_KEY"
+
+[[models]]
+id = "trickly/model"
+family = "trickly"
+upstream = "compat-any"
+price = "0"
+size_rule = { kind = "max_side", min = 64, max = 1024 }
+default_size = "256x256"
+max_n = 1
+max_prompt_length = 4000
+options = { response_format = "b64_json" }
+"""
+
+
+class HostileStack:
+    def __init__(self, url: str, env: dict[str, str], trickly_sim: str) -> None:
+        self.url = url
+        self.env = env
+        self.trickly_sim = trickly_sim
+
+    def submit(self, key: str, body: dict) -> tuple[str, float]:
+        """Submit asynchronously; (job id, when on the monotonic clock)."""
+        sent = time.monotonic()
+        r = requests.post(
+            f"{self.url}/v1/images/generations",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", "Prefer": "respond-async"},
+            timeout=30,
+        )
+        assert r.status_code == 202, r.text
+        return r.json()["id"], sent
+
+    def job(self, key: str, job_id: str) -> dict:
+        return requests.get(
+            f"{self.url}/v1/images/generations/{job_id}",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        ).json()
+
+
+@pytest.fixture(scope="module")
+def hostile(
+    run_dir: Path,
+    stack_env: dict[str, str],
+    start_gateway,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[HostileStack]:
+    redis = RedisServer(run_dir).start()
+    trickly_proc, trickly_sim = start_simulator(run_dir, "openai", name="trickly-simulator")
+    requests.post(f"{trickly_sim}/_sim/config", json={"trickle": 1.0}, timeout=5).raise_for_status()
+    overlay = tmp_path_factory.mktemp("trickly") / "trickly.toml"
+    overlay.write_text(TRICKLY_OVERLAY)
+    env = {
+        **stack_env,
+        "IMAGEGATE_REDIS_URL": redis.url,
+        "IMAGEGATE_CATALOG_OVERLAYS": os.pathsep.join(
+            [stack_env["IMAGEGATE_CATALOG_OVERLAYS"], str(overlay)]
+        ),
+        "IMAGEGATE_BASE_URL_TRICKLY": f"{trickly_sim}/v1",
+        "TRICKLY_API_KEY": SIM_KEY,
+        "IMAGEGATE_ASYNC_BUDGET_SECONDS": str(HOSTILE_BUDGET),
+    }
+    queues = ["openai", "local", "trickly", "webhooks"]
+    with ThreadPoolExecutor(max_workers=len(queues)) as pool:
+        procs = list(pool.map(lambda q: start_worker(run_dir, env, q, name=f"hostile-{q}"), queues))
+    try:
+        yield HostileStack(start_gateway("web-hostile", **env), env, trickly_sim)
+    finally:
+        for proc in procs:
+            proc.stop()
+        trickly_proc.stop()
+        redis.stop()
+
+
+def _hook_arrivals(peer: SlowPeer) -> dict[str, float]:
+    """Job id -> when its first delivery reached ``peer`` (monotonic clock)."""
+    seen: dict[str, float] = {}
+    for raw, when in zip(list(peer.requests), list(peer.arrived), strict=True):
+        payload = json.loads(raw.partition(b"\r\n\r\n")[2])
+        assert payload["status"] == "succeeded", json.dumps(payload)[:2000]
+        seen.setdefault(payload["id"], when)
+    return seen
+
+
+def _tenant_load(
+    stack: HostileStack, keys: list[str], hook: SlowPeer, seconds: float, tag: str
+) -> dict[str, float]:
+    """Other tenants' steady stream of jobs (testcard and dall-e-2 on the healthy simulator,
+    each with a webhook to ``hook``) for ``seconds``; job id -> when it was submitted."""
+    submitted: dict[str, float] = {}
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        model, size = [("local/testcard", "32x32"), ("dall-e-2", "256x256")][i % 2]
+        body = {
+            "model": model,
+            "prompt": f"{tag} {i}",
+            "size": size,
+            "webhook_url": hook.url(f"/{tag}/{i}"),
+        }
+        job_id, sent = stack.submit(keys[i % len(keys)], body)
+        submitted[job_id] = sent
+        i += 1
+        time.sleep(0.25)
+    return submitted
+
+
+def _delivery_delays(hook: SlowPeer, submitted: dict[str, float]) -> list[float]:
+    """Seconds from each submission to its webhook (fails if one is missing after a wait)."""
+    end = time.monotonic() + 30
+    arrivals = _hook_arrivals(hook)
+    while set(submitted) - set(arrivals) and time.monotonic() < end:
+        time.sleep(0.1)
+        arrivals = _hook_arrivals(hook)
+    missing = set(submitted) - set(arrivals)
+    assert not missing, f"webhooks never delivered: {sorted(missing)}"
+    return [arrivals[j] - submitted[j] for j in submitted]
+
+
+def test_hostile_peers_under_load_do_not_hold_other_tenants(hostile: HostileStack) -> None:
+    """A trickling upstream (8 jobs on a family whose answers come 16 bytes a second), a
+    receiver trickling its answer's head and one sending a 200 MiB answer (webhooks of two
+    keys) while three other tenants submit a job every 0.25 s: the others' webhooks arrive
+    no later than in a calm run of the same load plus one webhook attempt of the hostile
+    receivers (plus scheduling margin), the trickled jobs end by their deadline, and the
+    trickled family's worker threads are free again at once."""
+    env = hostile.env
+    tenants = [create_key(env, f"tenant-{i}")["key"] for i in range(3)]
+    upstream_abuser = create_key(env, "trickled-upstream")["key"]
+    hook_abusers = [create_key(env, f"hostile-hooks-{i}")["key"] for i in range(2)]
+    good = SlowPeer("ok").start()
+    slow = SlowPeer("trickle_headers", interval=0.2).start()
+    huge = SlowPeer("huge_body", declared=200 * 1024 * 1024).start()
+    try:
+        # A calm run of the tenants' load: what "on time" means on this machine right now.
+        calm = _delivery_delays(good, _tenant_load(hostile, tenants, good, 3.0, "calm"))
+        calm_worst = max(calm)
+
+        trickled = [
+            hostile.submit(upstream_abuser, {"model": "trickly/model", "prompt": f"trickle {i}"})
+            for i in range(8)
+        ]
+        abusive_hooks = []
+        for i in range(6):
+            abusive_hooks.append(
+                hostile.submit(
+                    hook_abusers[0],
+                    {
+                        "model": "local/testcard",
+                        "prompt": f"slow hook {i}",
+                        "size": "32x32",
+                        "webhook_url": slow.url(f"/slow/{i}"),
+                    },
+                )  # fmt: skip
+            )
+            abusive_hooks.append(
+                hostile.submit(
+                    hook_abusers[1],
+                    {
+                        "model": "local/testcard",
+                        "prompt": f"huge hook {i}",
+                        "size": "32x32",
+                        "webhook_url": huge.url(f"/huge/{i}"),
+                    },
+                )  # fmt: skip
+            )
+        end = time.monotonic() + 10
+        while len(slow.requests) < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(slow.requests) >= 2, "the trickling receiver was never called"
+
+        under_load = _delivery_delays(good, _tenant_load(hostile, tenants, good, 8.0, "load"))
+        worst = max(under_load)
+
+        # The trickled jobs ended by their deadline (times on the job record, Redis' clock),
+        # whatever the upstream keeps doing.
+        store = JobStore(connect(env["IMAGEGATE_REDIS_URL"]))
+        ends = {}
+        for job_id, _ in trickled:
+            until = time.monotonic() + 20
+            job = hostile.job(upstream_abuser, job_id)
+            while job["status"] not in TERMINAL and time.monotonic() < until:
+                time.sleep(0.1)
+                job = hostile.job(upstream_abuser, job_id)
+            assert job["status"] in ("timed_out", "failed"), job
+            record = store.get(job_id)
+            assert record is not None and record.finished is not None, job_id
+            ends[job_id] = record.finished - record.created
+        # Their threads are free: with the upstream healthy again, a job on the same family
+        # is served at once (threads still reading a trickle would hold all four for hours).
+        requests.post(
+            f"{hostile.trickly_sim}/_sim/config", json={"trickle": 0}, timeout=5
+        ).raise_for_status()
+        probe_id, probe_sent = hostile.submit(
+            tenants[0], {"model": "trickly/model", "prompt": "after the trickle"}
+        )
+        probe = hostile.job(tenants[0], probe_id)
+        while probe["status"] not in TERMINAL and time.monotonic() - probe_sent < 15:
+            time.sleep(0.1)
+            probe = hostile.job(tenants[0], probe_id)
+        probe_took = time.monotonic() - probe_sent
+
+        # Every hostile delivery attempt ended by its timeout; the huge answers were not read.
+        attempts = [
+            a
+            for job_id, _ in abusive_hooks
+            for key in hook_abusers
+            for a in (hostile.job(key, job_id).get("webhook") or {}).get("attempts", [])
+        ]
+        longest_attempt = max(a["duration_ms"] for a in attempts) / 1000
+        huge_read = max(huge.sent, default=0)
+    finally:
+        for peer in (good, slow, huge):
+            peer.stop()
+
+    print(
+        f"\nhostile peers under load: tenants' webhooks {len(calm)} calm (worst {calm_worst:.2f} s),"
+        f" {len(under_load)} under load (worst {worst:.2f} s, median"
+        f" {sorted(under_load)[len(under_load) // 2]:.2f} s); trickled jobs ended after"
+        f" {min(ends.values()):.1f}-{max(ends.values()):.1f} s (budget {HOSTILE_BUDGET} s); probe"
+        f" on the trickled family {probe['status']} in {probe_took:.2f} s; {len(attempts)}"
+        f" hostile attempts, longest {longest_attempt:.2f} s; slow receiver held at most"
+        f" {slow.max_open} at once; huge answer: {huge_read // 1024} KiB sent of 200 MiB"
+    )
+    assert worst <= calm_worst + ATTEMPT_TIMEOUT + MARGIN, (worst, calm_worst)
+    assert max(ends.values()) <= HOSTILE_BUDGET + MARGIN, ends
+    assert probe["status"] == "succeeded", probe
+    assert probe_took <= MARGIN, probe_took
+    assert longest_attempt <= ATTEMPT_TIMEOUT + MARGIN
+    assert slow.max_open <= 2  # IMAGEGATE_WEBHOOK_CONCURRENCY_PER_KEY of the test stack
+    assert huge_read < 200 * 1024 * 1024 // 4

@@ -99,7 +99,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(run_dir: Path, stack_env: dict[str, str], start_gateway) -> Iterator[Stack]:
     redis = RedisServer(run_dir, appendonly=True).start()
-    sim_proc, sim = start_simulator(run_dir, "openai")
+    sim_proc, sim = start_simulator(run_dir, "openai", name="resilience-simulator-openai")
     env = {
         **stack_env,
         "IMAGEGATE_REDIS_URL": redis.url,

@@ -16,14 +16,16 @@ then answers in one of these ways, chosen by ``mode``:
   ``Retry-After``, or ``"410 Gone"``);
 * ``"redirect"``: ``302`` to ``location``.
 
-It records every request it read (``requests``: the request head and body)
-and, per connection, how many body bytes it managed to send (``sent``), so a
+It records every request it read (``requests``: the request head and body;
+``arrived``: when each was read, on :func:`time.monotonic`) and, per
+connection, how many body bytes it managed to send (``sent``), so a
 test can tell whether the other side stopped reading, and the most
 connections it held open at once (``max_open``).
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -43,6 +45,7 @@ class SlowPeer:
     answer: str = "503 Service Unavailable"
     answer_headers: dict[str, str] = field(default_factory=dict)
     requests: list[bytes] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)
     max_open: int = 0
     _open: int = 0
@@ -88,7 +91,10 @@ class SlowPeer:
             self.max_open = max(self.max_open, self._open)
         try:
             with conn:
-                self.requests.append(_read_request(conn))
+                request = _read_request(conn)
+                with self._lock:
+                    self.requests.append(request)
+                    self.arrived.append(time.monotonic())
                 getattr(self, f"_{self.mode}")(conn, index)
         except OSError:
             pass  # the other side gave up: what the tests want to see
@@ -129,13 +135,19 @@ class SlowPeer:
     def _trickle_headers(self, conn: socket.socket, index: int) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
         conn.settimeout(None)  # blocking, so that MSG_DONTWAIT alone decides
-        while not self._stopped.wait(self.interval):
+        while not self._stopped.is_set():
+            # Sleep the interval, but wake at once when the other side closes, so that
+            # ``max_open`` counts the connections the other side holds, not ones it has
+            # already given up on.
+            readable, _, _ = select.select([conn], [], [], self.interval)
+            if readable:
+                try:
+                    if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                        return  # the other side closed
+                except BlockingIOError:
+                    pass
+                time.sleep(self.interval)  # it sent something more: keep the pace anyway
             conn.sendall(b"z")
-            try:
-                if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                    return  # the other side closed
-            except BlockingIOError:
-                pass
 
     def _huge_body(self, conn: socket.socket, index: int) -> None:
         conn.sendall(self._head())
