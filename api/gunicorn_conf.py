@@ -13,15 +13,20 @@ catalog that cannot be used stops gunicorn before it forks a worker.
 import json
 import multiprocessing
 import secrets
+import sys
 
 from gunicorn import util
 
+from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 
 keep_large_buffers()  # in the master: the web processes it forks inherit it
 
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+except (SettingsError, CatalogError) as exc:
+    sys.exit(f"imagegate: {exc}")  # the message, not a traceback of gunicorn's config loader
 bind = f"{_settings.listen_host}:{_settings.listen_port}"
 worker_class = "gevent"
 workers = _settings.web_processes or multiprocessing.cpu_count()

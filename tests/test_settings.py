@@ -254,6 +254,14 @@ def test_gunicorn_takes_its_values_from_the_settings(monkeypatch) -> None:
     assert runpy.run_path(str(REPO / "api" / "gunicorn_conf.py"))["workers"] == os.cpu_count()
 
 
+def test_gunicorn_stops_with_the_message_before_forking(monkeypatch) -> None:
+    monkeypatch.setattr(util, "write_error", util.write_error)
+    monkeypatch.setenv("IMAGEGATE_WEB_PROCESSES", "many")
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / "api" / "gunicorn_conf.py"))
+    assert info.value.code == "imagegate: IMAGEGATE_WEB_PROCESSES='many' is not a number"
+
+
 # --- a typo in the catalog stops the deployment ---------------------------------------------
 
 FAMILY = """
@@ -288,6 +296,18 @@ def test_a_typo_in_a_family_names_the_file_the_entry_and_the_key(tmp_path) -> No
     )
     loaded = Settings.from_env({"IMAGEGATE_CATALOG_PATH": str(catalog)}).load_catalog()
     assert loaded.families["mine"].max_concurrent == 4
+
+
+def test_the_admin_command_prints_a_catalog_typo(tmp_path) -> None:
+    overlay = tmp_path / "mine.toml"
+    overlay.write_text(FAMILY.format(extra="worker_concurency = 4"))
+    env = {"IMAGEGATE_CATALOG_OVERLAYS": str(overlay)}
+    result = CliRunner().invoke(imagegate, ["models"], env=env)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {overlay}: families.mine: unknown key 'worker_concurency' "
+        "(did you mean 'worker_concurrency'?)\n"
+    )
 
 
 def test_a_typo_in_an_overlays_model_names_the_overlay(tmp_path) -> None:
