@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from shared.catalog import CatalogError, default_catalog_path, load_catalog
 from shared.cli import main as imagegate
 from shared.settings import PREFIX, Settings, SettingsError, _StorageVariables
+from shared.storage.base import StorageConfig
 
 pytestmark = pytest.mark.fast
 
@@ -119,6 +120,20 @@ def test_blank_values_and_lowercase_names_are_unset() -> None:
     assert s.sync_budget_seconds == 120.0
     assert s.log_level == "INFO"
     assert s.storage.local_dir == "/srv/images"
+
+
+def test_the_scripts_own_variables_are_not_settings_and_are_ignored() -> None:
+    # scripts/run-local.sh, scripts/lib.sh and bench/ set these for themselves.
+    scripts = {
+        "IMAGEGATE_LOCAL_REDIS_PORT": "6390",
+        "IMAGEGATE_VENV": ".venv",
+        "IMAGEGATE_PYTHON": "python3",
+        "IMAGEGATE_BENCH_PEER": "litellm",
+        "PORT": "8080",
+        "IMAGEGATE_STORAGE_DIR": "/srv/imagegate/var/images",
+    }
+    local_dir = "/srv/imagegate/var/images"
+    assert Settings.from_env(scripts) == Settings(storage=StorageConfig(local_dir=local_dir))
 
 
 def test_a_field_that_names_its_variable_is_read_from_that_variable_only() -> None:
