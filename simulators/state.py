@@ -25,7 +25,8 @@ DEFAULT_MAX_REQUESTS = 1000
 DEFAULT_MAX_FILES = 2000
 DEFAULT_MAX_FAULT_TOKENS = 1000
 
-# Per-request fault injection, named in the request itself (e.g. in its prompt):
+# Per-request fault injection, named in the request itself (its ``X-Sim-Fault``
+# header or its prompt, see ``simulators.base``):
 # ``sim-fault=<status>x<times>[,retry-after=<seconds>]@<token>``. The first <times>
 # requests that carry the same <token> fail with <status>; later ones do not. Only
 # requests that name it are affected, so tests sharing a simulator cannot use up

@@ -1,8 +1,11 @@
-"""The OpenAI Images simulator, run as a real subprocess and driven over HTTP."""
+"""The OpenAI Images simulator, run as a real subprocess and driven over HTTP; and
+what every simulator shares through ``simulators/base.py`` (named faults,
+``fail_next``, request ids, the request log), checked in process."""
 
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import queue
 import signal
@@ -18,6 +21,8 @@ import openai
 import pytest
 import requests
 from PIL import Image
+
+from tests.support.sim import fault, fault_header
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "sim-key"
@@ -583,3 +588,108 @@ def test_request_log_records_body_without_secret(sim: str, client: openai.OpenAI
 
     assert requests.delete(f"{sim}/_sim/requests", timeout=5).status_code == 200
     assert requests.get(f"{sim}/_sim/requests", timeout=5).json() == []
+
+
+# -- every simulator, in process: the shared base (named faults, fail_next, request ids) --
+
+# provider -> (generation path, auth headers, how a prompt goes in, request-id header)
+_GENERATIONS: dict[str, tuple[str, dict[str, str], str, str | None]] = {
+    "openai": ("/v1/images/generations", {"Authorization": "Bearer k"}, "json", "x-request-id"),
+    "bfl": ("/v1/flux-pro-1.1", {"x-key": "k"}, "json", None),
+    "replicate": (
+        "/v1/models/black-forest-labs/flux-schnell/predictions",
+        {"Authorization": "Bearer k"},
+        "input",
+        "X-Request-Id",
+    ),
+    "fal": ("/fal-ai/z-image/turbo", {"Authorization": "Key k"}, "json", "x-fal-request-id"),
+    "ark": ("/api/v3/images/generations", {"Authorization": "Bearer k"}, "json", "x-request-id"),
+    "zhipu": (
+        "/api/paas/v4/images/generations",
+        {"Authorization": "Bearer k"},
+        "json",
+        "x-request-id",
+    ),
+    "stability": (
+        "/v2beta/stable-image/generate/core",
+        {"Authorization": "Bearer k", "Accept": "application/json"},
+        "form",
+        "x-request-id",
+    ),
+}
+# the smallest valid body besides the prompt
+_BODIES: dict[str, dict[str, object]] = {
+    "openai": {"model": "dall-e-2", "size": "256x256"},
+    "bfl": {"width": 256, "height": 256},
+    "ark": {"model": "seedream-4-0-250828", "size": "1280x720"},
+    "zhipu": {"model": "cogview-4", "size": "512x512"},
+}
+
+
+def _in_process(provider: str):  # noqa: ANN202 - a Flask test client
+    from simulators import PROVIDERS
+    from simulators.state import SimConfig
+
+    module = importlib.import_module(PROVIDERS[provider])
+    return module.create_app(SimConfig(api_key="k")).test_client()
+
+
+def _generate(client, provider: str, prompt: str, headers: dict[str, str] | None = None):  # noqa: ANN001, ANN202
+    path, auth, where, _ = _GENERATIONS[provider]
+    all_headers = {**auth, **(headers or {})}
+    if where == "form":
+        return client.post(
+            path, headers=all_headers, data={"prompt": prompt}, content_type="multipart/form-data"
+        )
+    body = (
+        {"input": {"prompt": prompt}}
+        if where == "input"
+        else {**_BODIES.get(provider, {}), "prompt": prompt}
+    )
+    return client.post(path, headers=all_headers, json=body)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("provider", sorted(_GENERATIONS))
+def test_every_simulator_fails_only_the_requests_that_name_a_fault_in_their_prompt(
+    provider: str,
+) -> None:
+    client = _in_process(provider)
+    prompt = fault(503, 2, retry_after=2, prompt="a red fox")
+    first = _generate(client, provider, prompt)
+    assert first.status_code == 503 and first.headers["Retry-After"] == "2"
+    assert _generate(client, provider, "a red fox").status_code < 300  # others go through
+    assert _generate(client, provider, prompt).status_code == 503
+    assert _generate(client, provider, prompt).status_code < 300  # used up after two
+    assert client.get("/_sim/config").get_json()["fail_next"] == 0
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("provider", sorted(_GENERATIONS))
+def test_every_simulator_fails_the_requests_that_name_a_fault_in_a_header(provider: str) -> None:
+    client = _in_process(provider)
+    header = fault_header(429, 1)
+    failed = _generate(client, provider, "a red fox", header)
+    assert failed.status_code == 429 and "Retry-After" not in failed.headers
+    assert _generate(client, provider, "a red fox").status_code < 300
+    assert _generate(client, provider, "a red fox", header).status_code < 300  # used up
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("provider", sorted(_GENERATIONS))
+def test_every_simulator_keeps_the_global_fail_next_and_its_request_id_header(
+    provider: str,
+) -> None:
+    client = _in_process(provider)
+    assert client.post("/_sim/config", json={"fail_next": 1, "fail_status": 500}).status_code == 200
+    failed = _generate(client, provider, "a red fox")
+    assert failed.status_code == 500 and failed.is_json
+    ok = _generate(client, provider, "a red fox")
+    assert ok.status_code < 300
+    header = _GENERATIONS[provider][3]
+    if header is not None:
+        assert failed.headers[header] and ok.headers[header] != failed.headers[header]
+    log = client.get("/_sim/requests").get_json()
+    assert [entry["status"] for entry in log][-2:] == [500, ok.status_code]
+    assert client.post("/_sim/reset").get_json()["ok"] is True
+    assert client.get("/_sim/requests").get_json() == []
