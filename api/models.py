@@ -7,69 +7,68 @@ whether it can be used right now (``available``, with the reason when not).
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify
 
 from api.auth import current_key
 from api.routing import breaker_name
+from api.schemas import Candidate, ModelList, RealModel, VirtualModel
 from api.services import Services, services
-from shared.catalog import Model, VirtualModel
+from shared import catalog
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 
 _CREATED = 1763683200  # catalog entries have no creation time of their own
 
 
-def describe_virtual(vm: VirtualModel, svc: Services) -> dict[str, Any]:
+def describe_virtual(vm: catalog.VirtualModel, svc: Services) -> VirtualModel:
     candidates = []
     for candidate in vm.candidates:
         real = describe(svc.catalog.models[candidate.model], svc)
         candidates.append(
-            {
-                "model": candidate.model,
-                "weight": candidate.weight,
-                "params": dict(candidate.overrides),
-                "available": real["available"],
-                "health": real["health"],
-            }
+            Candidate(
+                model=candidate.model,
+                weight=candidate.weight,
+                params=dict(candidate.overrides),
+                available=real.available,
+                health=real.health,
+            )
         )
-    return {
-        "id": vm.id,
-        "object": "model",
-        "created": _CREATED,
-        "owned_by": vm.owned_by,
-        "virtual": True,
-        "description": vm.description,
-        "price_per_image": str(vm.price),
-        "candidates": candidates,
-        "available": any(c["available"] and c["health"] != "open" for c in candidates),
-    }
+    return VirtualModel(
+        id=vm.id,
+        object="model",
+        created=_CREATED,
+        owned_by=vm.owned_by,
+        virtual=True,
+        description=vm.description,
+        price_per_image=str(vm.price),
+        candidates=candidates,
+        available=any(c.available and c.health != "open" for c in candidates),
+    )
 
 
-def describe(model: Model, svc: Services) -> dict[str, Any]:
+def describe(model: catalog.Model, svc: Services) -> RealModel:
     family = svc.catalog.family_of(model)
     reason = svc.settings.why_unusable(family)
-    return {
-        "id": model.id,
-        "object": "model",
-        "created": _CREATED,
-        "owned_by": model.owned_by,
-        "family": family.name,
-        "description": model.description,
-        "price_per_image": str(model.price),
-        "size_rule": model.size_rule.describe(),
-        "default_size": str(model.default_size),
-        "max_n": model.max_n,
-        "max_prompt_length": model.max_prompt_length,
-        "response_formats": list(model.response_formats),
-        "default_response_format": model.default_response_format,
-        "params": sorted(model.params),
-        "available": not reason,
+    return RealModel(
+        id=model.id,
+        object="model",
+        created=_CREATED,
+        owned_by=model.owned_by,
+        family=family.name,
+        description=model.description,
+        price_per_image=str(model.price),
+        size_rule=model.size_rule.describe(),
+        default_size=str(model.default_size),
+        max_n=model.max_n,
+        max_prompt_length=model.max_prompt_length,
+        response_formats=list(model.response_formats),
+        default_response_format=model.default_response_format,
+        params=sorted(model.params),
+        available=not reason,
         **({"unavailable_reason": reason} if reason else {}),
-        "virtual": False,
-        "health": svc.breakers.status(breaker_name(model.id)).state.value,
-    }
+        virtual=False,
+        health=svc.breakers.status(breaker_name(model.id)).state.value,
+    )
 
 
 @bp.get("/models")
@@ -78,7 +77,7 @@ def list_models():
     svc = services()
     data = [describe_virtual(v, svc) for v in svc.catalog.virtual.values()]
     data += [describe(m, svc) for m in svc.catalog.models.values()]
-    return jsonify({"object": "list", "data": data})
+    return jsonify(ModelList(object="list", data=data).answer())
 
 
 @bp.get("/models/<path:model_id>")
@@ -86,6 +85,6 @@ def get_model(model_id: str):
     current_key()
     svc = services()
     target = svc.catalog.resolve(model_id)
-    if isinstance(target, VirtualModel):
-        return jsonify(describe_virtual(target, svc))
-    return jsonify(describe(target, svc))
+    if isinstance(target, catalog.VirtualModel):
+        return jsonify(describe_virtual(target, svc).answer())
+    return jsonify(describe(target, svc).answer())

@@ -1,10 +1,11 @@
 """The OpenAPI 3.1 document of the public API, served at ``GET /openapi.json``.
 
-The request body of ``POST /v1/images/generations`` is derived from the
-pydantic model that validates it (:class:`api.schemas.GenerationRequest`;
-OpenAPI 3.1 schemas are JSON Schema 2020-12, which pydantic emits). Response
-bodies are written out here to match what :mod:`shared.results`,
-:mod:`api.models`, :mod:`api.usage` and :mod:`api.errors` really return;
+Schemas come from the pydantic models that validate the request and make the
+answers (:mod:`api.schemas`), emitted once under ``components/schemas``
+(OpenAPI 3.1 schemas are JSON Schema 2020-12, which pydantic emits); error
+responses come from the error tree of :mod:`shared.errors` (status, OpenAI
+``type``, the headers each may carry). What is written here is what a schema
+cannot say: paths, headers, links and prose.
 ``tests/test_openapi_schemathesis.py`` checks the live gateway against this
 document, and that every ``/v1`` route of the app is in it.
 """
@@ -14,10 +15,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from api.schemas import GenerationRequest
-from shared.errors import ERROR_CLASSES, InvalidRequest
-from shared.jobs import JobStatus
-from shared.results import JOB_OBJECT
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+from api.schemas import RESPONSE_MODELS, GenerationRequest
+from shared import errors
+from shared.errors import ERROR_CLASSES, GatewayError, InvalidRequest
 
 JSON = "application/json"
 _REF = "#/components/{}/{}"
@@ -31,20 +33,7 @@ def _schema(name: str) -> dict[str, str]:
     return _ref("schemas", name)
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-_MONEY = {"type": "string", "pattern": r"^-?[0-9]+\.[0-9]{6}$", "examples": ["0.020000"]}
-_PRICE = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$", "examples": ["0.02", "0"]}
-_SIZE = {"type": "string", "pattern": r"^[0-9]+x[0-9]+$", "examples": ["1024x1024"]}
-_UNIX = {"type": "integer", "description": "Unix time in seconds."}
 _JOB_ID = {"type": "string", "pattern": r"^imgjob_[0-9a-f]{24}$"}
-_HEALTH = {
-    "type": "string",
-    "enum": ["closed", "open", "half_open"],
-    "description": "State of the model's circuit breaker ('open': failing, not routed to).",
-}
 
 
 # --- request --------------------------------------------------------------------------------
@@ -103,262 +92,34 @@ def generation_request_schema(default_model: str) -> dict[str, Any]:
 
 # --- responses -------------------------------------------------------------------------------
 
-# The OpenAI error ``type`` of each status (one error class per status).
-ERROR_TYPES: dict[int, str] = {cls.status: cls.error_type for cls in ERROR_CLASSES}
 
-_ERROR_BODY = {
-    "type": "object",
-    "description": "OpenAI's error object, with the gateway's extra fields where they apply.",
-    "required": ["message", "type", "param", "code"],
-    "properties": {
-        "message": {"type": "string"},
-        "type": {"type": "string", "enum": sorted(set(ERROR_TYPES.values()))},
-        "param": _nullable({"type": "string"}),
-        "code": _nullable({"type": "string"}),
-        "job_id": {**_JOB_ID, "description": "The job, on a 504 (fetch it later) or a 503."},
-        "limit": {"type": "string", "description": "The limit that was hit, on a 429."},
-    },
-    "additionalProperties": True,
-}
+class _ResponseSchema(GenerateJsonSchema):
+    """Response schemas as the document wants them: no pydantic titles, and no
+    ``default`` (an answer leaves out what does not apply; nothing is defaulted)."""
 
-_IMAGE = {
-    "type": "object",
-    "properties": {
-        "url": {
-            "type": "string",
-            "format": "uri",
-            "description": "Signed URL of the stored image; expires (one hour by default).",
-        },
-        "b64_json": {"type": "string", "contentEncoding": "base64"},
-        "revised_prompt": {"type": "string"},
-    },
-    "anyOf": [{"required": ["url"]}, {"required": ["b64_json"]}],
-    "additionalProperties": False,
-}
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
 
-_IMAGES_RESPONSE = {
-    "type": "object",
-    "description": "OpenAI's images response, plus what was actually produced.",
-    "required": ["created", "data", "model"],
-    "properties": {
-        "created": _UNIX,
-        "data": {"type": "array", "items": _schema("Image")},
-        "size": {**_SIZE, "description": "The size produced, read from the image."},
-        "output_format": {"type": "string", "examples": ["png", "jpeg", "webp"]},
-        "quality": {
-            "type": "string",
-            "enum": ["low", "medium", "high"],
-            "description": "The quality the upstream reports it used (GPT image models).",
-        },
-        "background": {
-            "type": "string",
-            "enum": ["transparent", "opaque"],
-            "description": "The background the upstream reports it made (GPT image models).",
-        },
-        "usage": {
-            "type": "object",
-            "description": "The upstream's token usage, as OpenAI reports it (GPT image models).",
-            "properties": {
-                "input_tokens": {"type": "integer"},
-                "output_tokens": {"type": "integer"},
-                "total_tokens": {"type": "integer"},
-                "input_tokens_details": {"type": "object"},
-                "output_tokens_details": {"type": "object"},
-            },
-        },
-        "model": {"type": "string", "description": "The model id the request named."},
-        "served_by": {
-            **_nullable({"type": "string"}),
-            "description": "Virtual models only: the real model that made the images.",
-        },
-    },
-    "additionalProperties": False,
-}
+    def default_schema(self, schema: Any) -> dict[str, Any]:
+        return self.generate_inner(schema["schema"])
 
-_WEBHOOK = {
-    "type": "object",
-    "required": ["url", "state", "attempts"],
-    "properties": {
-        "url": {"type": "string"},
-        "state": {
-            "type": "string",
-            "enum": ["waiting", "pending", "retrying", "delivered", "failed", "disabled"],
-        },
-        "attempts": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["attempt", "at"],
-                "properties": {
-                    "attempt": {"type": "integer", "minimum": 1},
-                    "at": _UNIX,
-                    "status": {"type": "integer", "description": "The receiver's HTTP status."},
-                    "error": {"type": "string"},
-                    "duration_ms": {"type": "integer", "minimum": 0},
-                },
-            },
-        },
-    },
-    "additionalProperties": False,
-}
+    def generate(self, schema: Any, mode: Any = "validation") -> dict[str, Any]:
+        out = super().generate(schema, mode)
+        out.pop("title", None)
+        return out
 
-_JOB = {
-    "type": "object",
-    "description": "An image generation job (asynchronous requests, and fetching a job).",
-    "required": ["id", "object", "status", "created", "model", "expires_at"],
-    "properties": {
-        "id": _JOB_ID,
-        "object": {"const": JOB_OBJECT},
-        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-        "created": _UNIX,
-        "model": {"type": "string"},
-        "expires_at": {**_UNIX, "description": "The job's deadline."},
-        "finished": _UNIX,
-        "served_by": _nullable({"type": "string"}),
-        "fallbacks": {
-            "type": "array",
-            "items": {"type": "object"},
-            "description": "Virtual models: the candidates given up, with why.",
-        },
-        "result": {**_schema("ImagesResponse"), "description": "When `succeeded`."},
-        "error": {**_schema("ErrorBody"), "description": "When failed, timed out or canceled."},
-        "status_code": {
-            "type": "integer",
-            "description": "The HTTP status the synchronous request would have had.",
-        },
-        "webhook": _schema("Webhook"),
-    },
-    "additionalProperties": False,
-}
 
-_MODEL_COMMON = {
-    "id": {"type": "string"},
-    "object": {"const": "model"},
-    "created": _UNIX,
-    "owned_by": {"type": "string"},
-    "description": {"type": "string"},
-    "price_per_image": _PRICE,
-    "available": {"type": "boolean", "description": "Whether it can be used right now."},
-}
-
-_REAL_MODEL = {
-    "type": "object",
-    "required": [
-        *_MODEL_COMMON,
-        "family",
-        "size_rule",
-        "default_size",
-        "max_n",
-        "max_prompt_length",
-        "response_formats",
-        "default_response_format",
-        "params",
-        "virtual",
-        "health",
-    ],
-    "properties": {
-        **_MODEL_COMMON,
-        "family": {"type": "string", "description": "The upstream family serving it."},
-        "size_rule": {
-            "type": "object",
-            "required": ["kind"],
-            "properties": {
-                "kind": {
-                    "type": "string",
-                    "enum": [
-                        "fixed",
-                        "max_side",
-                        "area_band",
-                        "range_multiple",
-                        "passthrough",
-                        "aspect_ratio",
-                    ],
-                }
-            },
-            "description": "How requested sizes are fitted to what the model makes.",
-        },
-        "default_size": _SIZE,
-        "max_n": {"type": "integer", "minimum": 1},
-        "max_prompt_length": {"type": "integer", "minimum": 1},
-        "response_formats": {
-            "type": "array",
-            "items": {"type": "string", "enum": ["url", "b64_json"]},
-        },
-        "default_response_format": {
-            "type": "string",
-            "enum": ["url", "b64_json"],
-            "description": "What the model answers without `response_format` "
-            "(`b64_json` for GPT image models, as OpenAI does).",
-        },
-        "params": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "The optional request fields this model accepts.",
-        },
-        "unavailable_reason": {"type": "string"},
-        "virtual": {"const": False},
-        "health": _HEALTH,
-    },
-    "additionalProperties": False,
-}
-
-_VIRTUAL_MODEL = {
-    "type": "object",
-    "required": [*_MODEL_COMMON, "virtual", "candidates"],
-    "properties": {
-        **_MODEL_COMMON,
-        "virtual": {"const": True},
-        "candidates": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["model", "weight", "params", "available", "health"],
-                "properties": {
-                    "model": {"type": "string"},
-                    "weight": {"type": "number"},
-                    "params": {"type": "object", "description": "Request fields it overrides."},
-                    "available": {"type": "boolean"},
-                    "health": _HEALTH,
-                },
-                "additionalProperties": False,
-            },
-        },
-    },
-    "additionalProperties": False,
-}
-
-_USAGE_ROW = {
-    "type": "object",
-    "required": ["model", "images", "amount"],
-    "properties": {
-        "day": {"type": "string", "format": "date"},
-        "model": {"type": "string"},
-        "images": {"type": "integer"},
-        "amount": _MONEY,
-    },
-    "additionalProperties": False,
-}
-
-_USAGE = {
-    "type": "object",
-    "required": ["object", "key_id", "tier", "balance", "data", "totals"],
-    "properties": {
-        "object": {"const": "usage"},
-        "key_id": {"type": "string"},
-        "tier": {"type": "string"},
-        "balance": {
-            "anyOf": [_MONEY, {"const": "unlimited"}],
-            "description": "Currency units with 6 decimals, or `unlimited`.",
-        },
-        "data": {
-            "type": "array",
-            "items": {**_USAGE_ROW, "required": ["day", *_USAGE_ROW["required"]]},
-            "description": "By UTC day and model.",
-        },
-        "totals": {"type": "array", "items": _USAGE_ROW, "description": "By model."},
-    },
-    "additionalProperties": False,
-}
+def response_schemas() -> dict[str, Any]:
+    """Every response body's schema, and the models they refer to, by model name."""
+    _, top = models_json_schema(
+        [(model, "serialization") for model in RESPONSE_MODELS],
+        ref_template=_REF.format("schemas", "{model}"),
+        schema_generator=_ResponseSchema,
+    )
+    schemas = top["$defs"]
+    for schema in schemas.values():
+        schema.pop("title", None)
+    return schemas
 
 
 # --- headers ---------------------------------------------------------------------------------
@@ -444,22 +205,89 @@ def _headers(*names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
 _RATE = ("RateLimitLimit", "RateLimitRemaining", "RateLimitReset")
 
 
+# What each error class's answers are, and the headers they may carry (see shared.errors).
+_ERROR_DOCS: dict[type[GatewayError], tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    errors.InvalidRequest: (
+        "Invalid request: a bad or unknown field (named in `param`), malformed JSON, a body "
+        "that is not `application/json`, a field or value the model does not take, an unsafe "
+        f"URL, or the upstream refused the content (`code: {errors.CONTENT_POLICY_VIOLATION}`).",
+        ("UpstreamRequestId",),
+        (),
+    ),
+    errors.AuthenticationFailed: ("Missing, wrong or revoked API key.", (), ()),
+    errors.InsufficientBalance: (
+        "The key's balance does not cover `price x n`; nothing was charged.",
+        (),
+        (),
+    ),
+    errors.PermissionDenied: (
+        "The key's tier does not include the model (the message names the tiers that do).",
+        (),
+        (),
+    ),
+    errors.NotFound: ("No such model, job or URL.", (), ()),
+    errors.Conflict: (
+        "Conflict: an `Idempotency-Key` reused with another body, or the job already ended.",
+        (),
+        (),
+    ),
+    errors.RequestTooLarge: (
+        "The body is larger than the gateway's limit (`code: request_too_large`), an inline "
+        "`image` is (`image_too_large`), or the job it makes is (`job_too_large`).",
+        (),
+        (),
+    ),
+    errors.RateLimited: (
+        "A limit is reached (a tier's, or the bytes of request bodies a key may have "
+        "parsed); the message and `error.limit` name it.",
+        ("RetryAfter",),
+        ("RetryAfter",),
+    ),
+    errors.ServerError: ("A gateway bug; the message carries the request id.", (), ()),
+    errors.UpstreamError: (
+        "The upstream failed after retries, or answered something unusable.",
+        ("UpstreamRequestId",),
+        (),
+    ),
+    errors.ServiceUnavailable: (
+        "The model's family has no upstream key here (`upstream_not_configured`) or no "
+        "adapter (`model_unavailable`), every candidate of a virtual model is failing, or the "
+        "gateway's queue or state store is unreachable (with `Retry-After`).",
+        ("RetryAfter", "ShouldRetry", "JobId"),
+        (),
+    ),
+    errors.GatewayTimeout: (
+        "The time budget ran out; `error.job_id` and `x-job-id` name the job, which can be "
+        "fetched later.",
+        ("JobId",),
+        ("JobId",),
+    ),
+}
+
+# What the HTTP server answers itself, before the app, to any URL: an oversized request
+# line or header (in the same envelope and error type, see api/gunicorn_conf.py).
+_TRANSPORT: dict[int, tuple[str, str]] = {
+    414: (
+        "UriTooLong",
+        "The request line is longer than the HTTP server accepts (`code: request_line_too_large`).",
+    ),
+    431: (
+        "HeadersTooLarge",
+        "A request header is larger than the HTTP server accepts "
+        "(`code: request_header_too_large`).",
+    ),
+}
+
+
 def _error_response(
-    status: int,
-    description: str,
-    *headers: str,
-    required: tuple[str, ...] = (),
-    error_type: str | None = None,
+    error_type: str, description: str, headers: tuple[str, ...] = (), required=()
 ) -> dict[str, Any]:
     body = {
         "type": "object",
         "required": ["error"],
         "properties": {
             "error": {
-                "allOf": [
-                    _schema("ErrorBody"),
-                    {"properties": {"type": {"const": error_type or ERROR_TYPES[status]}}},
-                ]
+                "allOf": [_schema("ErrorBody"), {"properties": {"type": {"const": error_type}}}]
             }
         },
         "additionalProperties": False,
@@ -471,94 +299,21 @@ def _error_response(
     }
 
 
-_ERRORS: dict[str, dict[str, Any]] = {
-    "BadRequest": _error_response(
-        400,
-        "Invalid request: a bad or unknown field (named in `param`), malformed JSON, a body "
-        "that is not `application/json`, a field the model does not take, an unsafe URL, or "
-        "the upstream refused the content (`code: content_policy_violation`).",
-        "UpstreamRequestId",
-    ),
-    "Unauthorized": _error_response(401, "Missing, wrong or revoked API key."),
-    "PaymentRequired": _error_response(
-        402, "The key's balance does not cover `price x n`; nothing was charged."
-    ),
-    "Forbidden": _error_response(
-        403, "The key's tier does not include the model (the message names the tiers that do)."
-    ),
-    "NotFound": _error_response(404, "No such model, job or URL."),
-    "Conflict": _error_response(
-        409, "Conflict: an `Idempotency-Key` reused with another body, or the job already ended."
-    ),
-    "PayloadTooLarge": _error_response(
-        413,
-        "The body is larger than the gateway's limit (`code: request_too_large`), an inline "
-        "`image` is (`image_too_large`), or the job it makes is (`job_too_large`).",
-    ),
-    "UriTooLong": _error_response(
-        414,
-        "The request line is longer than the HTTP server accepts (`code: request_line_too_large`).",
-        error_type=InvalidRequest.error_type,
-    ),
-    "HeadersTooLarge": _error_response(
-        431,
-        "A request header is larger than the HTTP server accepts (`code: "
-        "request_header_too_large`).",
-        error_type=InvalidRequest.error_type,
-    ),
-    "TooManyRequests": _error_response(
-        429,
-        "A tier limit is reached; the message and `error.limit` name it.",
-        "RetryAfter",
-        required=("RetryAfter",),
-    ),
-    "InternalServerError": _error_response(
-        500, "A gateway bug; the message carries the request id."
-    ),
-    "BadGateway": _error_response(
-        502,
-        "The upstream failed after retries, or answered something unusable.",
-        "UpstreamRequestId",
-    ),
-    "ServiceUnavailable": _error_response(
-        503,
-        "The model's family has no upstream key here (`upstream_not_configured`) or no "
-        "adapter (`model_unavailable`), every candidate of a virtual model is failing, or the "
-        "gateway's queue or state store is unreachable (with `Retry-After`).",
-        "RetryAfter",
-        "ShouldRetry",
-        "JobId",
-    ),
-    "GatewayTimeout": _error_response(
-        504,
-        "The time budget ran out; `error.job_id` and `x-job-id` name the job, which can be "
-        "fetched later.",
-        "JobId",
-        required=("JobId",),
-    ),
-}
+def _error_responses() -> dict[str, dict[str, Any]]:
+    """``components/responses``: one per error class, named after it, and the transport's."""
+    out = {}
+    for cls in ERROR_CLASSES:
+        description, headers, required = _ERROR_DOCS[cls]
+        out[cls.__name__] = _error_response(cls.error_type, description, headers, required)
+    for name, description in _TRANSPORT.values():
+        out[name] = _error_response(InvalidRequest.error_type, description)
+    return out
+
 
 _STATUS_RESPONSE = {
-    400: "BadRequest",
-    401: "Unauthorized",
-    402: "PaymentRequired",
-    403: "Forbidden",
-    404: "NotFound",
-    409: "Conflict",
-    413: "PayloadTooLarge",
-    414: "UriTooLong",
-    429: "TooManyRequests",
-    431: "HeadersTooLarge",
-    500: "InternalServerError",
-    502: "BadGateway",
-    503: "ServiceUnavailable",
-    504: "GatewayTimeout",
+    **{cls.status: cls.__name__ for cls in ERROR_CLASSES},
+    **{status: name for status, (name, _) in _TRANSPORT.items()},
 }
-
-
-# What the HTTP server answers itself, before the app, to any URL: an oversized
-# request line or header (in the same envelope, see api/gunicorn_conf.py).
-_TRANSPORT = (414, 431)
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
@@ -808,7 +563,8 @@ def _paths(default_model: str) -> dict[str, Any]:
                         },
                     },
                     "403": _error_response(
-                        403, "The URL's signature is not valid, or the URL has expired."
+                        errors.PermissionDenied.error_type,
+                        "The URL's signature is not valid, or the URL has expired.",
                     ),
                     **_errors(404, 500),
                 },
@@ -900,27 +656,10 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
                 }
             },
             "headers": _HEADERS,
-            "responses": _ERRORS,
+            "responses": _error_responses(),
             "schemas": {
                 "CreateImageRequest": generation_request_schema(default_model),
-                "Image": _IMAGE,
-                "ImagesResponse": _IMAGES_RESPONSE,
-                "Job": _JOB,
-                "Webhook": _WEBHOOK,
-                "Model": {"oneOf": [_schema("RealModel"), _schema("VirtualModel")]},
-                "RealModel": _REAL_MODEL,
-                "VirtualModel": _VIRTUAL_MODEL,
-                "ModelList": {
-                    "type": "object",
-                    "required": ["object", "data"],
-                    "properties": {
-                        "object": {"const": "list"},
-                        "data": {"type": "array", "items": _schema("Model")},
-                    },
-                    "additionalProperties": False,
-                },
-                "Usage": _USAGE,
-                "ErrorBody": _ERROR_BODY,
+                **response_schemas(),
             },
         },
     }

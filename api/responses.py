@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, request
 
+from api import schemas
 from api.services import Services
 from shared import results
 from shared.jobs import Job
@@ -27,15 +28,20 @@ def base_url(svc: Services) -> str:
 
 
 def images_response(job: Job, svc: Services) -> dict[str, Any]:
-    return results.images_response(
+    """The images response of a succeeded job, as :class:`api.schemas.ImagesResponse`
+    says (checked like a response model; base64 images stay bytes for :func:`json_response`)."""
+    body = results.images_response(
         job, svc.storage, base_url=base_url(svc), ttl=svc.settings.url_ttl_seconds
     )
+    return schemas.ImagesResponse.model_validate(body).answer()
 
 
 def job_object(job: Job, svc: Services) -> dict[str, Any]:
-    return results.job_object(
+    """The job object, as :class:`api.schemas.Job` says (also what webhooks carry)."""
+    body = results.job_object(
         job, svc.storage, base_url=base_url(svc), ttl=svc.settings.url_ttl_seconds
     )
+    return schemas.Job.model_validate(body).answer()
 
 
 def json_response(body: Any, status: int = 200) -> Response:

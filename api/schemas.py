@@ -1,4 +1,9 @@
-"""The request body of POST /v1/images/generations, validated with pydantic.
+"""The request and response bodies of the API, as pydantic models.
+
+The request body of POST /v1/images/generations is validated with
+:class:`GenerationRequest`; the response bodies (images, job, models, usage,
+error) are the models below, used to answer and, by :mod:`api.openapi`, to
+describe the answers.
 
 Field names and value sets follow OpenAI's Images API; ``aspect_ratio``,
 ``seed`` and ``image`` are the gateway's additive extensions. Whether a
@@ -8,9 +13,15 @@ catalog in :mod:`api.validation`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
+
+from shared.errors import ERROR_CLASSES
+from shared.health import BreakerState
+from shared.jobs import JobStatus
+from shared.sizing import RULES
 
 # A user id goes into logs and upstream requests (some upstreams take it as an HTTP
 # header): printable characters only, so no C0/C1 control characters (CR, LF, NUL,
@@ -47,3 +58,255 @@ class GenerationRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = None
     image: Annotated[str, StringConstraints(min_length=1)] | None = None
     webhook_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+
+
+# --- response bodies ---------------------------------------------------------------------------
+#
+# What the API answers, as models: the views build (or, for the job object and the images
+# response made by shared.results, validate) these, and api/openapi.py emits their JSON Schema
+# as the document's components. A field typed ``X | Absent = None`` is left out of an answer
+# when it does not apply (never ``null``); ``X | None`` may be ``null``.
+
+Absent = SkipJsonSchema[None]
+
+Unix = Annotated[int, Field(description="Unix time in seconds.")]
+JobId = Annotated[str, Field(pattern=r"^imgjob_[0-9a-f]{24}$")]
+Money = Annotated[str, Field(pattern=r"^-?[0-9]+\.[0-9]{6}$", examples=["0.020000"])]
+Price = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?$", examples=["0.02", "0"])]
+Size = Annotated[str, Field(pattern=r"^[0-9]+x[0-9]+$", examples=["1024x1024"])]
+Health = Annotated[
+    Literal[tuple(s.value for s in BreakerState)],  # type: ignore[valid-type]
+    Field(description="State of the model's circuit breaker ('open': failing, not routed to)."),
+]
+ResponseFormat = Literal["url", "b64_json"]
+# Base64 image bytes are not validated nor encoded by pydantic: shared.results keeps them as
+# bytes (Base64Image) that shared.results.dumps splices into the JSON text.
+B64 = Annotated[Any, WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+
+
+class _Body(BaseModel):
+    """A response body: no field beyond the declared ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def answer(self) -> dict[str, Any]:
+        """The body as JSON-ready data, without the fields that were not given."""
+        return self.model_dump(exclude_unset=True)
+
+
+class _Open(_Body):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Image(_Body):
+    """One image: its URL or its bytes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["url"]}, {"required": ["b64_json"]}]}
+    )
+
+    url: (
+        Annotated[
+            str,
+            Field(
+                json_schema_extra={"format": "uri"},
+                description="Signed URL of the stored image; expires (one hour by default).",
+            ),
+        ]
+        | Absent
+    ) = None
+    b64_json: B64 | Absent = None
+    revised_prompt: str | Absent = None
+
+
+class ImageUsage(_Open):
+    """The upstream's token usage, as OpenAI reports it (GPT image models)."""
+
+    input_tokens: int | Absent = None
+    output_tokens: int | Absent = None
+    total_tokens: int | Absent = None
+    input_tokens_details: dict[str, Any] | Absent = None
+    output_tokens_details: dict[str, Any] | Absent = None
+
+
+class ImagesResponse(_Body):
+    """OpenAI's images response, plus what was actually produced."""
+
+    created: Unix
+    data: list[Image]
+    size: Annotated[Size, Field(description="The size produced, read from the image.")] | Absent = (
+        None
+    )
+    output_format: Annotated[str, Field(examples=["png", "jpeg", "webp"])] | Absent = None
+    quality: (
+        Annotated[
+            Literal["low", "medium", "high"],
+            Field(description="The quality the upstream reports it used (GPT image models)."),
+        ]
+        | Absent
+    ) = None
+    background: (
+        Annotated[
+            Literal["transparent", "opaque"],
+            Field(description="The background the upstream reports it made (GPT image models)."),
+        ]
+        | Absent
+    ) = None
+    usage: ImageUsage | Absent = None
+    model: Annotated[str, Field(description="The model id the request named.")]
+    served_by: Annotated[
+        str | None,
+        Field(description="Virtual models only: the real model that made the images."),
+    ] = None
+
+
+class ErrorBody(_Open):
+    """OpenAI's error object, with the gateway's extra fields where they apply."""
+
+    message: str
+    type: Literal[tuple(sorted({c.error_type for c in ERROR_CLASSES}))]  # type: ignore[valid-type]
+    param: str | None
+    code: str | None
+    job_id: (
+        Annotated[JobId, Field(description="The job, on a 504 (fetch it later) or a 503.")] | Absent
+    ) = None
+    limit: Annotated[str, Field(description="The limit that was hit, on a 429.")] | Absent = None
+
+
+class WebhookAttempt(_Open):
+    attempt: Annotated[int, Field(ge=1)]
+    at: Unix
+    status: Annotated[int, Field(description="The receiver's HTTP status.")] | Absent = None
+    error: str | Absent = None
+    duration_ms: Annotated[int, Field(ge=0)] | Absent = None
+
+
+class Webhook(_Body):
+    url: str
+    state: Literal["waiting", "pending", "retrying", "delivered", "failed", "disabled"]
+    attempts: list[WebhookAttempt]
+
+
+class Job(_Body):
+    """An image generation job (asynchronous requests, and fetching a job)."""
+
+    id: JobId
+    object: Literal["image.generation.job"]
+    status: Literal[tuple(s.value for s in JobStatus)]  # type: ignore[valid-type]
+    created: Unix
+    model: str
+    expires_at: Annotated[Unix, Field(description="The job's deadline.")]
+    finished: Unix | Absent = None
+    served_by: str | None = None
+    fallbacks: (
+        Annotated[
+            list[dict[str, Any]],
+            Field(description="Virtual models: the candidates given up, with why."),
+        ]
+        | Absent
+    ) = None
+    result: Annotated[ImagesResponse, Field(description="When `succeeded`.")] | Absent = None
+    error: (
+        Annotated[ErrorBody, Field(description="When failed, timed out or canceled.")] | Absent
+    ) = None
+    status_code: (
+        Annotated[int, Field(description="The HTTP status the synchronous request would have had.")]
+        | Absent
+    ) = None
+    webhook: Webhook | Absent = None
+
+
+class SizeRule(_Open):
+    """How requested sizes are fitted to what the model makes."""
+
+    kind: Literal[tuple(RULES)]  # type: ignore[valid-type]
+
+
+class _ModelCommon(_Body):
+    id: str
+    object: Literal["model"]
+    created: Unix
+    owned_by: str
+    description: str
+    price_per_image: Price
+    available: Annotated[bool, Field(description="Whether it can be used right now.")]
+
+
+class RealModel(_ModelCommon):
+    """A model served by one upstream family."""
+
+    family: Annotated[str, Field(description="The upstream family serving it.")]
+    size_rule: SizeRule
+    default_size: Size
+    max_n: Annotated[int, Field(ge=1)]
+    max_prompt_length: Annotated[int, Field(ge=1)]
+    response_formats: list[ResponseFormat]
+    default_response_format: Annotated[
+        ResponseFormat,
+        Field(
+            description="What the model answers without `response_format` "
+            "(`b64_json` for GPT image models, as OpenAI does)."
+        ),
+    ]
+    params: Annotated[
+        list[str], Field(description="The optional request fields this model accepts.")
+    ]
+    unavailable_reason: str | Absent = None
+    virtual: Literal[False]
+    health: Health
+
+
+class Candidate(_Body):
+    model: str
+    weight: float
+    params: Annotated[dict[str, Any], Field(description="Request fields it overrides.")]
+    available: bool
+    health: Health
+
+
+class VirtualModel(_ModelCommon):
+    """A gateway model that routes each request to one of its candidates."""
+
+    virtual: Literal[True]
+    candidates: list[Candidate]
+
+
+class Model(RootModel[RealModel | VirtualModel]):
+    """A model of the catalog, real or virtual."""
+
+    def answer(self) -> dict[str, Any]:
+        return self.root.answer()
+
+
+class ModelList(_Body):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class UsageTotal(_Body):
+    model: str
+    images: int
+    amount: Money
+
+
+class UsageDay(_Body):
+    day: Annotated[str, Field(json_schema_extra={"format": "date"})]
+    model: str
+    images: int
+    amount: Money
+
+
+class Usage(_Body):
+    object: Literal["usage"]
+    key_id: str
+    tier: str
+    balance: Annotated[
+        Money | Literal["unlimited"],
+        Field(description="Currency units with 6 decimals, or `unlimited`."),
+    ]
+    data: Annotated[list[UsageDay], Field(description="By UTC day and model.")]
+    totals: Annotated[list[UsageTotal], Field(description="By model.")]
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (ImagesResponse, Job, Model, ModelList, Usage)
+"""The response bodies the document describes (with every model they refer to)."""
