@@ -12,7 +12,6 @@ document, and that every ``/v1`` route of the app is in it.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
@@ -38,75 +37,34 @@ _JOB_ID = {"type": "string", "pattern": r"^imgjob_[0-9a-f]{24}$"}
 
 # --- request --------------------------------------------------------------------------------
 
-_EXTENSION_DOCS = {
-    "prompt": "What to draw. Each model has its own maximum length (`GET /v1/models`).",
-    "model": "A model id from `GET /v1/models` (real or virtual). Defaults to the "
-    "gateway's default model.",
-    "n": "How many images (default 1); each model has its own `max_n`.",
-    "size": "`WxH` or `auto`. Fitted to the model's size rule, not refused; the "
-    "response's `size` says what was produced.",
-    "response_format": "`url`: signed, expiring URLs served by the gateway; "
-    "`b64_json`: the image bytes in base64. Default: the model's `default_response_format` "
-    "(`b64_json` for GPT image models, as OpenAI; `url` for the others and virtual models).",
-    "quality": "Accepted by every model: a value the model takes is sent as is, another is "
-    "mapped to the model's own level (`hd` -> `high`, `high` -> `hd`, `standard` -> "
-    "`medium`) or dropped; `x-imagegate-mapped-params` / `x-imagegate-ignored-params` say "
-    "which. Strict mode refuses what the model does not take.",
-    "style": "Accepted by every model; dropped (and listed in `x-imagegate-ignored-params`) "
-    "where the model has no style, unless strict mode is on.",
-    "user": "Accepted by every model and recorded on the job; sent upstream where the "
-    "upstream takes it, else listed in `x-imagegate-ignored-params`, unless strict mode "
-    "is on.",
-    "stream": "Streaming is not supported; only `false` is accepted.",
-    "aspect_ratio": "Extension: `W:H`, for models whose size rule takes a ratio.",
-    "seed": "Extension: a seed, for models that take one.",
-    "image": "Extension: a reference image, as an https URL or a `data:` URL "
-    "(models with edit mode only). A `data:` URL must hold a PNG, JPEG or WebP image "
-    "of at most 8192x8192 pixels and the gateway's byte limit (400 `invalid_image`, "
-    "413 `image_too_large`).",
-    "webhook_url": "Extension: an https URL that receives the job object when the job "
-    "ends; makes the request asynchronous (202).",
-}
+
+class _Titleless(GenerateJsonSchema):
+    """Schemas without pydantic's titles (the property and component names say it)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def generate(self, schema: Any, mode: Any = "validation") -> dict[str, Any]:
+        out = super().generate(schema, mode)
+        out.pop("title", None)
+        return out
 
 
 def generation_request_schema(default_model: str) -> dict[str, Any]:
-    """The request body schema, from the pydantic model, with descriptions and examples."""
-    schema = copy.deepcopy(GenerationRequest.model_json_schema())
-    schema.pop("title", None)
-    schema["description"] = (
-        "OpenAI's Images API request, plus the additive extensions `aspect_ratio`, `seed`, "
-        "`image` and `webhook_url`. Which optional fields a model accepts, and with which "
-        "values, comes from the catalog (`params` in `GET /v1/models`); others are a 400 "
-        "naming the `param`, except OpenAI's tuning fields `user`, `quality` and `style`, "
-        "which every model accepts (mapped or ignored) unless strict mode is on."
-    )
-    for name, prop in schema["properties"].items():
-        prop.pop("title", None)
-        if name in _EXTENSION_DOCS:
-            prop["description"] = _EXTENSION_DOCS[name]
+    """The request body schema, from the pydantic model (its descriptions and examples)."""
+    schema = GenerationRequest.model_json_schema(schema_generator=_Titleless)
     schema["properties"]["model"]["examples"] = [default_model]
-    schema["properties"]["size"]["examples"] = ["256x256", "1024x1024", "auto"]
-    schema["properties"]["aspect_ratio"]["examples"] = ["16:9"]
     return schema
 
 
 # --- responses -------------------------------------------------------------------------------
 
 
-class _ResponseSchema(GenerateJsonSchema):
-    """Response schemas as the document wants them: no pydantic titles, and no
-    ``default`` (an answer leaves out what does not apply; nothing is defaulted)."""
-
-    def field_title_should_be_set(self, schema: Any) -> bool:
-        return False
+class _ResponseSchema(_Titleless):
+    """No ``default`` either: an answer leaves out what does not apply, nothing is defaulted."""
 
     def default_schema(self, schema: Any) -> dict[str, Any]:
         return self.generate_inner(schema["schema"])
-
-    def generate(self, schema: Any, mode: Any = "validation") -> dict[str, Any]:
-        out = super().generate(schema, mode)
-        out.pop("title", None)
-        return out
 
 
 def response_schemas() -> dict[str, Any]:

@@ -38,26 +38,83 @@ Prompt = Annotated[
 
 
 class GenerationRequest(BaseModel):
+    """OpenAI's Images API request, plus the additive extensions `aspect_ratio`, `seed`,
+    `image` and `webhook_url`. Which optional fields a model accepts, and with which
+    values, comes from the catalog (`params` in `GET /v1/models`); others are a 400
+    naming the `param`, except OpenAI's tuning fields `user`, `quality` and `style`,
+    which every model accepts (mapped or ignored) unless strict mode is on."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-    prompt: Prompt
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    n: Annotated[int, Field(ge=1, le=100)] | None = None
-    size: Annotated[str, StringConstraints(max_length=32)] | None = None
-    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = None
-    style: Literal["vivid", "natural"] | None = None
-    response_format: Literal["url", "b64_json"] | None = None
+    prompt: Prompt = Field(
+        description="What to draw. Each model has its own maximum length (`GET /v1/models`)."
+    )
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None,
+        description="A model id from `GET /v1/models` (real or virtual). Defaults to the "
+        "gateway's default model.",
+    )
+    n: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        None, description="How many images (default 1); each model has its own `max_n`."
+    )
+    size: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        None,
+        description="`WxH` or `auto`. Fitted to the model's size rule, not refused; the "
+        "response's `size` says what was produced.",
+        examples=["256x256", "1024x1024", "auto"],
+    )
+    quality: Literal["auto", "standard", "hd", "low", "medium", "high"] | None = Field(
+        None,
+        description="Accepted by every model: a value the model takes is sent as is, another "
+        "is mapped to the model's own level (`hd` -> `high`, `high` -> `hd`, `standard` -> "
+        "`medium`) or dropped; `x-imagegate-mapped-params` / `x-imagegate-ignored-params` "
+        "say which. Strict mode refuses what the model does not take.",
+    )
+    style: Literal["vivid", "natural"] | None = Field(
+        None,
+        description="Accepted by every model; dropped (and listed in "
+        "`x-imagegate-ignored-params`) where the model has no style, unless strict mode is on.",
+    )
+    response_format: Literal["url", "b64_json"] | None = Field(
+        None,
+        description="`url`: signed, expiring URLs served by the gateway; `b64_json`: the "
+        "image bytes in base64. Default: the model's `default_response_format` (`b64_json` "
+        "for GPT image models, as OpenAI; `url` for the others and virtual models).",
+    )
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
     moderation: Literal["low", "auto"] | None = None
-    user: UserId | None = None
-    stream: Literal[False] | None = None
+    user: UserId | None = Field(
+        None,
+        description="Accepted by every model and recorded on the job; sent upstream where "
+        "the upstream takes it, else listed in `x-imagegate-ignored-params`, unless strict "
+        "mode is on.",
+    )
+    stream: Literal[False] | None = Field(
+        None, description="Streaming is not supported; only `false` is accepted."
+    )
     # extensions
-    aspect_ratio: Annotated[str, StringConstraints(max_length=16)] | None = None
-    seed: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = None
-    image: Annotated[str, StringConstraints(min_length=1)] | None = None
-    webhook_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    aspect_ratio: Annotated[str, StringConstraints(max_length=16)] | None = Field(
+        None,
+        description="Extension: `W:H`, for models whose size rule takes a ratio.",
+        examples=["16:9"],
+    )
+    seed: Annotated[int, Field(ge=0, le=4_294_967_294)] | None = Field(
+        None, description="Extension: a seed, for models that take one."
+    )
+    image: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None,
+        description="Extension: a reference image, as an https URL or a `data:` URL "
+        "(models with edit mode only). A `data:` URL must hold a PNG, JPEG or WebP image "
+        "of at most 8192x8192 pixels and the gateway's byte limit (400 `invalid_image`, "
+        "413 `image_too_large`).",
+    )
+    webhook_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description="Extension: an https URL that receives the job object when the job "
+        "ends; makes the request asynchronous (202).",
+    )
 
 
 # --- response bodies ---------------------------------------------------------------------------
