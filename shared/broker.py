@@ -41,7 +41,10 @@ import uuid
 from typing import Any
 
 import redis
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+
+from shared.redis_client import SentinelURL
 
 
 class Channel(kombu_redis.Channel):
@@ -67,9 +70,65 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel with the fixes above, reading the gateway's ``sentinel://`` URL.
+
+    kombu wants the master group in a transport option; here it comes from the
+    URL itself (``…/<master>/<db>``, see :mod:`shared.redis_client`), so that
+    one URL configures the web side, the workers and the broker alike, and no
+    process can be started with a Sentinel URL but no master name.
+    """
+
+    _master_option: str | None = None
+
+    def _spec(self) -> SentinelURL:
+        if self.connection is None or self.connection.client is None:  # not AttributeError:
+            raise redis.ConnectionError("the broker connection was already closed")  # see above
+        alt = self.connection.client.alt
+        return SentinelURL.parse(";".join(u for u in alt if isinstance(u, str)))
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params = super()._connparams(asynchronous=asynchronous)
+        spec = self._spec()  # the primary's credentials may sit on any part of the URL
+        params["username"], params["password"] = spec.username, spec.password
+        return params
+
+    @property
+    def master_name(self) -> str:  # read by kombu's _sentinel_managed_pool
+        return self._master_option or self._spec().master
+
+    @master_name.setter
+    def master_name(self, value: str) -> None:  # a ``master_name`` transport option still wins
+        self._master_option = value
+
+    def _prepare_virtual_host(self, vhost: Any) -> int:
+        return self._spec().db
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        password = self._spec().sentinel_password
+        if password is not None and not getattr(self, "sentinel_kwargs", None):
+            self.sentinel_kwargs = {"password": password}
+        return super()._sentinel_managed_pool(asynchronous)
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# When a connection fails, kombu moves on to the next ``;``-separated part of the URL
+# and re-resolves the transport from that part's scheme (``Connection.switch``), which
+# would swap this transport for kombu's own (no master name, no fixes) in the middle of
+# a failover. Sentinel URLs therefore resolve to this transport in every process that
+# uses the broker (all of them import this module before connecting).
+TRANSPORT_ALIASES["sentinel"] = f"{__name__}:SentinelTransport"
+
+
 def transport_for(broker_url: str) -> str | None:
-    """Celery's ``broker_transport`` for a broker URL: ours for Redis, else Celery's choice."""
+    """Celery's ``broker_transport`` for a broker URL: ours for Redis and Sentinel, else Celery's
+    choice."""
     scheme = broker_url.partition("://")[0].lower()
+    if scheme == "sentinel":
+        return f"{__name__}:SentinelTransport"
     return f"{__name__}:Transport" if scheme in ("redis", "rediss") else None
 
 
