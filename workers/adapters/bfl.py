@@ -2,8 +2,9 @@
 
 Asynchronous, one image per task. ``POST {base_url}/v1/<model.upstream>`` with
 header ``x-key: <key>`` answers ``{id, polling_url, cost, input_mp, output_mp}``;
-the adapter then polls ``polling_url`` *verbatim* (it may name a regional host)
-until ``status`` is terminal:
+the adapter then polls ``polling_url`` *verbatim* (it may name a regional host),
+through the SSRF guard like a result file (the catalog's base URL host is
+allowed, any other internal address refused), until ``status`` is terminal:
 
 * ``Ready``: ``result.sample`` is a signed URL that expires after about ten
   minutes, returned as ``GeneratedImage(url=...)`` for the task to download at

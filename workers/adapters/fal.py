@@ -12,6 +12,8 @@ Every call carries ``Authorization: Key <FAL_KEY>``. The protocol:
    ``options.max_poll_interval`` override) while it says ``IN_QUEUE`` or
    ``IN_PROGRESS``, until ``COMPLETED``. The returned URLs are used as given
    (fal's leave the app's subpath out); they are only rebuilt when missing.
+   Being the upstream's answer, not our configuration, they are fetched through
+   the SSRF guard (``http.fetch_session``), like result files.
 3. ``GET response_url`` for the output ``{images: [{url, width, height,
    content_type}], seed, has_nsfw_concepts: [bool], prompt, timings}``.
 
@@ -130,7 +132,7 @@ class FalAdapter:
             payload = self._fetch_output(http, handle, auth, status)
         except (DeadlineExceeded, GatewayError):
             if not completed:
-                http.best_effort("PUT", handle.cancel_url, headers=auth)
+                http.best_effort("PUT", handle.cancel_url, headers=auth, guarded=True)
             raise
         return _result(payload, handle.request_id, request.prompt)
 
@@ -146,7 +148,7 @@ class FalAdapter:
         while True:
             http.pause(interval)
             interval = min(ceiling, interval * 1.5)
-            response = http.request("GET", handle.status_url, headers=auth)
+            response = http.request("GET", handle.status_url, headers=auth, guarded=True)
             status = http.json(response)
             if not isinstance(status, dict):
                 raise _malformed("a status that is not an object", handle.request_id)
@@ -167,7 +169,9 @@ class FalAdapter:
         # A failed run's response_url answers the app's own error (e.g. 422 with
         # the validation details): the best account of what went wrong. Fetched
         # once, as retrying cannot change it.
-        response = http.request("GET", handle.response_url, headers=auth, retry=not failed)
+        response = http.request(
+            "GET", handle.response_url, headers=auth, retry=not failed, guarded=True
+        )
         if failed:
             raise _run_failure(status, handle.request_id)
         return http.json(response)

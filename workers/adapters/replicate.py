@@ -14,7 +14,8 @@ Asynchronous JSON predictions with ``Authorization: Bearer <token>``:
   :data:`POLL_INTERVAL` seconds (``options.poll_interval`` overrides) until
   ``succeeded``/``failed``/``canceled``/``aborted``. ``urls.get``/``cancel``
   are only followed on the base URL's own origin (the bearer token never
-  leaves it); otherwise ``{base}/predictions/{id}[/cancel]`` is used. At the
+  leaves it); otherwise ``{base}/predictions/{id}[/cancel]`` is used. Polls
+  and cancels go through the SSRF guard, like result files. At the
   deadline, or on any error after the prediction exists, it POSTs the cancel
   URL best-effort and re-raises (:class:`DeadlineExceeded` at the deadline).
 
