@@ -549,11 +549,7 @@ class ArkSimulator(Simulator):
         return self.answer(entry, lambda: self._generate(body, raw_text))
 
     def _generate(self, body: Any, raw_text: str | None) -> Response:
-        config = self.state.config
-        if config.latency > 0:
-            time.sleep(config.latency)
-        self.check_auth(config)
-        self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
+        config = self.admit(body.get("prompt") if isinstance(body, dict) else None)
         if raw_text is not None:
             raise ArkError(400, "InvalidParameter", "The request body is not valid JSON.")
         gen = parse_generation(body)

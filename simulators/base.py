@@ -19,7 +19,8 @@ gives each of them, the same way:
   each provider shapes like its upstream;
 * the request log (:meth:`Simulator.record`, :meth:`Simulator.answer`);
 * injected faults (:meth:`Simulator.inject_fault`), in this order: a fault
-  the request names itself, then ``fail_next``, then ``failure_rate``.
+  the request names itself, then ``fail_next``, then ``failure_rate``; and
+  for a synchronous generation, :meth:`Simulator.admit` (latency, key, fault).
 
 Per-request faults: a request names a fault with the directive
 ``sim-fault=<status>x<times>[,retry-after=<seconds>]@<token>`` (see
@@ -47,6 +48,7 @@ import io
 import re
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -158,8 +160,8 @@ class Simulator:
     """One simulated upstream: a Flask app, its state, and the shared plumbing.
 
     Subclasses set :attr:`provider`, implement :meth:`routes`,
-    :meth:`failure` (the upstream's answer to an injected fault of a given
-    status) and :meth:`http_error`, and may override :meth:`new_request_id`,
+    :meth:`check_auth`, :meth:`failure` (the upstream's answer to an injected
+    fault of a given status) and :meth:`http_error`, and may override :meth:`new_request_id`,
     :meth:`add_headers` and :meth:`reset`.
     """
 
@@ -195,6 +197,10 @@ class Simulator:
 
     def http_error(self, err: HTTPException) -> Response:
         """The answer to a routing or HTTP error (unknown path, wrong method, ...)."""
+        raise NotImplementedError
+
+    def check_auth(self, config: SimConfig) -> None:
+        """Raise the upstream's answer to a missing or wrong key (``config.api_key``)."""
         raise NotImplementedError
 
     def new_request_id(self) -> str:
@@ -252,6 +258,19 @@ class Simulator:
         fault = self.take_fault(prompt)
         if fault is not None:
             raise self.failure(fault)
+
+    def admit(self, prompt: Any = None) -> SimConfig:
+        """What a synchronous generation goes through first; returns the config it read.
+
+        Sleep ``latency``, check the key, inject a fault -- in that order, so a
+        request with a bad key uses up neither ``fail_next`` nor a named fault.
+        """
+        config = self.state.config
+        if config.latency > 0:
+            time.sleep(config.latency)
+        self.check_auth(config)
+        self.inject_fault(prompt)
+        return config
 
     @classmethod
     def create_app(cls, config: SimConfig | None = None) -> Flask:

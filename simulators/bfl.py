@@ -695,7 +695,7 @@ class BflSimulator(Simulator):
             return ApiError(status, "Internal Server Error", headers=headers)
         return ApiError(status, f"Simulated upstream failure (HTTP {status}).", headers=headers)
 
-    def check_key(self, config: SimConfig) -> None:
+    def check_auth(self, config: SimConfig) -> None:
         key = request.headers.get("x-key", "").strip()
         if not key:
             raise ApiError(403, "Not authenticated")
@@ -735,7 +735,7 @@ class BflSimulator(Simulator):
         endpoint = ENDPOINTS.get(name)
         if endpoint is None:
             raise ApiError(404, "Not Found")
-        self.check_key(config)
+        self.check_auth(config)
         self.inject_fault(prompt)
         sub = parse_submission(endpoint, _parse_body())
         now = time.time()

@@ -487,15 +487,14 @@ class FalSimulator(Simulator):
             headers=headers,
         )
 
-    def check_auth(self) -> None:
+    def check_auth(self, config: SimConfig) -> None:
         header = request.headers.get("Authorization", "")
         if not header:
             raise FalError(401, "Missing authorization header")
         token = credential(("key",))
         if token is None:
             raise FalError(401, "Invalid authorization header, expected 'Key <FAL_KEY>'")
-        expected = self.state.config.api_key
-        if expected is not None and token != expected:
+        if config.api_key is not None and token != config.api_key:
             raise FalError(401, f"No user found for Key ID and Secret ({_mask(token)})")
 
     def routes(self) -> None:
@@ -621,7 +620,7 @@ class FalSimulator(Simulator):
         return self.answer(entry, lambda: self._submit(app_path, body, raw_text))
 
     def _submit(self, app_path: str, body: Any, raw_text: str | None) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         config = self.state.config
         self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
         spec = APPS.get(app_path.strip("/"))
@@ -681,7 +680,7 @@ class FalSimulator(Simulator):
         return self.answer(entry, lambda: self._status(f"{owner}/{name}", request_id))
 
     def _status(self, root: str, request_id: str) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         task = self._task(root, request_id)
         with_logs = request.args.get("logs") in ("1", "true")
         with self.lock:
@@ -730,7 +729,7 @@ class FalSimulator(Simulator):
         return self.answer(entry, lambda: self._result(f"{owner}/{name}", request_id))
 
     def _result(self, root: str, request_id: str) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         task = self._task(root, request_id)
         with self.lock:
             self._advance(task, poll=False)
@@ -753,7 +752,7 @@ class FalSimulator(Simulator):
         return self.answer(entry, lambda: self._cancel(f"{owner}/{name}", request_id))
 
     def _cancel(self, root: str, request_id: str) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         with self.lock:
             task = self.tasks.get(request_id)
             if task is None or task.spec.root != root:

@@ -679,6 +679,7 @@ class OpenAISimulator(Simulator):
     def failure(self, config: SimConfig) -> ApiError:
         status = config.fail_status
         headers = retry_after_headers(config)
+        g.rate_limited = status == 429
         if status == 429:
             return ApiError(
                 429,
@@ -727,14 +728,7 @@ class OpenAISimulator(Simulator):
         return self.answer(entry, lambda: self._generate(body, raw_text))
 
     def _generate(self, body: Any, raw_text: str | None) -> Response:
-        config = self.state.config
-        if config.latency > 0:
-            time.sleep(config.latency)
-        self.check_auth(config)
-        fault = self.take_fault(body.get("prompt") if isinstance(body, dict) else None)
-        if fault is not None:
-            g.rate_limited = fault.fail_status == 429
-            raise self.failure(fault)
+        config = self.admit(body.get("prompt") if isinstance(body, dict) else None)
         if raw_text is not None:
             raise ApiError(
                 400,

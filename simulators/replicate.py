@@ -1023,12 +1023,11 @@ class ReplicateSimulator(Simulator):
             headers=headers,
         )
 
-    def check_auth(self) -> None:
+    def check_auth(self, config: SimConfig) -> None:
         token = credential(("bearer", "token"))
         if token is None:
             raise Problem(401, "Unauthenticated", "You did not pass an authentication token")
-        expected = self.state.config.api_key
-        if expected is not None and token != expected:
+        if config.api_key is not None and token != config.api_key:
             raise Problem(401, "Unauthenticated", "You did not pass a valid authentication token")
 
     def routes(self) -> None:
@@ -1045,7 +1044,7 @@ class ReplicateSimulator(Simulator):
     # -- predictions -----------------------------------------------------------------
 
     def create_official(self, owner: str, name: str) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         self._inject()
         spec = MODELS.get(f"{owner}/{name}")
         if spec is None or not spec.official:
@@ -1053,7 +1052,7 @@ class ReplicateSimulator(Simulator):
         return self._create(spec, needs_version=False)
 
     def create_versioned(self) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         self._inject()
         return self._create(None, needs_version=True)
 
@@ -1104,7 +1103,7 @@ class ReplicateSimulator(Simulator):
         return resp
 
     def _prediction(self, pred_id: str) -> Prediction:
-        self.check_auth()
+        self.check_auth(self.state.config)
         pred = self.store.get(pred_id)
         if pred is None:
             raise not_found()
@@ -1119,13 +1118,13 @@ class ReplicateSimulator(Simulator):
         return jsonify(self.store.cancel(pred, time.time()))
 
     def list_predictions(self) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         now = time.time()
         results = [self.store.refresh(p, now) for p in self.store.newest()]
         return jsonify({"previous": None, "next": None, "results": results})
 
     def webhook_secret_endpoint(self) -> Response:
-        self.check_auth()
+        self.check_auth(self.state.config)
         return jsonify({"key": self.webhook_secret})
 
     def delivery(self, name: str) -> Response:

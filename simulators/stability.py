@@ -534,11 +534,7 @@ class StabilitySimulator(Simulator):
         files: dict[str, FileStorage],
         too_large: bool,
     ) -> Response:
-        config = self.state.config
-        if config.latency > 0:
-            time.sleep(config.latency)
-        self.check_auth(config)
-        self.inject_fault(form.get("prompt"))
+        self.admit(form.get("prompt"))
         if too_large:
             raise ApiError(
                 413,

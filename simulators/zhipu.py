@@ -326,11 +326,7 @@ class ZhipuSimulator(Simulator):
 
     def _submission(self, body: Any, raw_text: str | None) -> Generation:
         """What every submission goes through before its mode-specific part."""
-        cfg = self.state.config
-        if cfg.latency > 0:
-            time.sleep(cfg.latency)
-        self.check_auth(cfg)
-        self.inject_fault(body.get("prompt") if isinstance(body, dict) else None)
+        self.admit(body.get("prompt") if isinstance(body, dict) else None)
         if raw_text is not None:
             raise ZhipuError(400, "1210", MESSAGES["1210"] + " 请求体不是合法的 JSON。")
         gen = parse_generation(body)
