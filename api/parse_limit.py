@@ -11,11 +11,15 @@ of its API key; a key that has used its budget gets 429
 is parsed, while every other key goes on as before.
 
 The bucket holds ``burst`` bytes and refills at ``rate`` bytes a second
-(``IMAGEGATE_PARSE_BYTES_PER_SECOND``, default :data:`DEFAULT_RATE`);
-``burst`` is at least two bodies of ``max_body_bytes``, so a single body the
-gateway accepts always fits a full bucket. A refused body takes nothing from
-the bucket. Time is Redis' clock (``TIME`` inside the script), the one clock
-of every host.
+(``IMAGEGATE_PARSE_BYTES_PER_SECOND``, default :data:`DEFAULT_RATE`, 64 MiB);
+``burst`` is :data:`BURST_BODIES` bodies of ``max_body_bytes`` (or one second of
+``rate`` if more), so a single body the gateway accepts always fits a full
+bucket and a client's short burst of large bodies passes. The limit is a
+backstop for what the cheap checks let through: a body of strings parses in
+well under a millisecond per MB (see :mod:`api.validation`), so the default
+holds one key to a few per cent of a web process's CPU, and no honest client
+meets it. A refused body takes nothing from the bucket. Time is Redis' clock
+(``TIME`` inside the script), the one clock of every host.
 
 Keys::
 
@@ -31,8 +35,11 @@ import redis
 from shared.errors import RateLimited
 from shared.settings import Settings
 
-DEFAULT_RATE = 32 * 1024 * 1024
+DEFAULT_RATE = 64 * 1024 * 1024
 """Bytes of request body a key may have parsed per second, on average."""
+
+BURST_BODIES = 8
+"""The bucket holds this many bodies of ``max_body_bytes`` (or one second of ``rate``)."""
 
 _BUCKET = "ig:parse:{}"
 
@@ -74,7 +81,7 @@ class ParseLimit:
         """``settings.parse_bytes_per_second`` (``IMAGEGATE_PARSE_BYTES_PER_SECOND``) when
         the settings have it, else :data:`DEFAULT_RATE`; ``burst`` from ``max_body_bytes``."""
         rate = float(getattr(settings, "parse_bytes_per_second", DEFAULT_RATE))
-        return cls(client, rate=rate, burst=max(int(rate), 2 * settings.max_body_bytes))
+        return cls(client, rate=rate, burst=max(int(rate), BURST_BODIES * settings.max_body_bytes))
 
     def charge(self, subject: str, nbytes: int) -> None:
         """Take ``nbytes`` from ``subject``'s bucket, or raise 429 with ``Retry-After``

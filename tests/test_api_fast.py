@@ -26,7 +26,7 @@ from openapi_spec_validator import validate
 
 from api.app import create_app
 from api.openapi import build_openapi
-from api.parse_limit import ParseLimit
+from api.parse_limit import BURST_BODIES, ParseLimit
 from api.services import EXTENSION, Services
 from shared.errors import RateLimited
 from shared.keys import KeyStore
@@ -284,8 +284,8 @@ def test_many_large_bodies_from_one_key_get_429_and_another_key_is_served(
 
 def test_the_default_budget_takes_any_body_the_gateway_accepts(app: Flask) -> None:
     limit = services_of(app).parse_limit
-    assert limit.burst >= 2 * app.config["MAX_CONTENT_LENGTH"]
-    for _ in range(2):
+    assert limit.burst >= BURST_BODIES * app.config["MAX_CONTENT_LENGTH"]
+    for _ in range(BURST_BODIES):
         limit.charge("key_fast", app.config["MAX_CONTENT_LENGTH"])
 
 
