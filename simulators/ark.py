@@ -113,6 +113,7 @@ from simulators.base import (
     credential,
     encode,
     retry_after_headers,
+    route,
     tag_file,
 )
 from simulators.control import parse_json_body
@@ -539,10 +540,7 @@ class ArkSimulator(Simulator):
                 error_type="Unauthorized",
             )
 
-    def routes(self) -> None:
-        self.app.post(f"{API_PREFIX}/images/generations")(self.generations)
-        self.app.get("/files/<name>")(self.files)
-
+    @route("POST", f"{API_PREFIX}/images/generations")
     def generations(self) -> Response:
         body, raw_text = parse_json_body()
         entry = self.record(json=body, raw_body=raw_text)
@@ -612,6 +610,7 @@ class ArkSimulator(Simulator):
             }
         )
 
+    @route("GET", "/files/<name>")
     def files(self, name: str) -> Response:
         match = re.fullmatch(r"[0-9a-f]+-([0-9]+)\.(?:jpeg|png)", name)
         stored = self.state.get_file(name)

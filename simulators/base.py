@@ -2,8 +2,8 @@
 
 A provider's module defines its error answer (a :class:`SimError` subclass
 whose ``response()`` renders the upstream's error body) and a
-:class:`Simulator` subclass that declares its routes in :meth:`Simulator.routes`
-and keeps its state machine (tasks, predictions, ...) as attributes and
+:class:`Simulator` subclass whose methods serve its endpoints (marked with
+:func:`route`) and which keeps its state machine (tasks, predictions, ...) as attributes and
 methods; ``create_app(config)`` is ``TheSimulator(config).app``. The base
 gives each of them, the same way:
 
@@ -155,13 +155,26 @@ def tag_file(data: bytes, fmt: str, file_id: str) -> bytes:
 
 # -- the base class ----------------------------------------------------------------------
 
+_ROUTES = "_simulator_routes"
+
+
+def route(method: str, rule: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a :class:`Simulator` method the view of ``method rule`` (Flask's rule syntax)."""
+
+    def mark(view: Callable[..., Any]) -> Callable[..., Any]:
+        view.__dict__.setdefault(_ROUTES, []).append((method, rule))
+        return view
+
+    return mark
+
 
 class Simulator:
     """One simulated upstream: a Flask app, its state, and the shared plumbing.
 
-    Subclasses set :attr:`provider`, implement :meth:`routes`,
-    :meth:`check_auth`, :meth:`failure` (the upstream's answer to an injected
-    fault of a given status) and :meth:`http_error`, and may override :meth:`new_request_id`,
+    Subclasses set :attr:`provider`, mark their endpoints' methods with
+    :func:`route`, implement :meth:`check_auth`, :meth:`failure` (the
+    upstream's answer to an injected fault of a given status) and
+    :meth:`http_error`, and may override :meth:`new_request_id`,
     :meth:`add_headers` and :meth:`reset`.
     """
 
@@ -182,14 +195,12 @@ class Simulator:
         app.register_error_handler(SimError, lambda err: err.response())
         app.register_error_handler(HTTPException, self.http_error)
         self.app = app
-        self.routes()
+        for name in dir(type(self)):
+            for method, rule in getattr(getattr(type(self), name), _ROUTES, ()):
+                app.add_url_rule(rule, name, getattr(self, name), methods=[method])
         register_control(app, self.state, self.initial_config, self.provider, on_reset=self.reset)
 
     # -- what providers define --------------------------------------------------------
-
-    def routes(self) -> None:
-        """Add the upstream's endpoints to :attr:`app`."""
-        raise NotImplementedError
 
     def failure(self, config: SimConfig) -> SimError:
         """The answer to an injected fault of ``config.fail_status`` (``retry_after`` too)."""

@@ -129,6 +129,7 @@ from simulators.base import (
     Simulator,
     encode,
     retry_after_headers,
+    route,
 )
 from simulators.state import PALETTE, SimConfig
 
@@ -714,12 +715,7 @@ class BflSimulator(Simulator):
             and (endpoint is None or t.submission.endpoint.name == endpoint)
         )
 
-    def routes(self) -> None:
-        self.app.post("/v1/<endpoint>")(self.submit)
-        self.app.get("/v1/get_result")(self.get_result)
-        self.app.get(f"/{REGION}/v1/get_result", endpoint="regional_get_result")(self.get_result)
-        self.app.get("/delivery/<task_id>/sample.<fmt>")(self.delivery)
-
+    @route("POST", "/v1/<endpoint>")
     def submit(self, endpoint: str) -> Response:
         raw = request.get_data(cache=True)
         try:
@@ -774,6 +770,8 @@ class BflSimulator(Simulator):
         resp.headers["X-RateLimit-Remaining"] = str(max(0, remaining))
         return resp
 
+    @route("GET", "/v1/get_result")
+    @route("GET", f"/{REGION}/v1/get_result")
     def get_result(self) -> Response:
         entry = self.record(json=None)
         return self.answer(entry, lambda: jsonify(self._poll(request.args.get("id"))))
@@ -830,6 +828,7 @@ class BflSimulator(Simulator):
             f"?se={expires}&sp=r&sig={self.sign(name, expires)}"
         )
 
+    @route("GET", "/delivery/<task_id>/sample.<fmt>")
     def delivery(self, task_id: str, fmt: str) -> Response:
         entry = self.record(json=None)
         resp = self._deliver(f"{task_id}.{fmt}")

@@ -103,6 +103,7 @@ from simulators.base import (
     Simulator,
     credential,
     retry_after_headers,
+    route,
     solid_image,
     word,
 )
@@ -497,14 +498,6 @@ class FalSimulator(Simulator):
         if config.api_key is not None and token != config.api_key:
             raise FalError(401, f"No user found for Key ID and Secret ({_mask(token)})")
 
-    def routes(self) -> None:
-        app = self.app
-        app.post("/<path:app_path>")(self.submit)
-        app.get("/<owner>/<name>/requests/<request_id>/status")(self.status)
-        app.get("/<owner>/<name>/requests/<request_id>")(self.result)
-        app.put("/<owner>/<name>/requests/<request_id>/cancel")(self.cancel)
-        app.get("/files/<name>")(self.files)
-
     def _urls(self, task: Task) -> dict[str, str]:
         base = f"{request.host_url}{task.spec.root}/requests/{task.id}"
         return {
@@ -613,6 +606,7 @@ class FalSimulator(Simulator):
 
     # -- queue endpoints -----------------------------------------------------------------
 
+    @route("POST", "/<path:app_path>")
     def submit(self, app_path: str) -> Response:
         # An empty body is a JSON null here (refused as not an object), not invalid JSON.
         body, raw_text = parse_json_body() if request.get_data(cache=True) else (None, None)
@@ -674,6 +668,7 @@ class FalSimulator(Simulator):
             }
         )
 
+    @route("GET", "/<owner>/<name>/requests/<request_id>/status")
     def status(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
         entry = self.record(kind="status", json=None, raw_body=None)
@@ -723,6 +718,7 @@ class FalSimulator(Simulator):
         resp.status_code = 202
         return resp
 
+    @route("GET", "/<owner>/<name>/requests/<request_id>")
     def result(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
         entry = self.record(kind="result", json=None, raw_body=None)
@@ -746,6 +742,7 @@ class FalSimulator(Simulator):
             )
         return jsonify(task.result_body)
 
+    @route("PUT", "/<owner>/<name>/requests/<request_id>/cancel")
     def cancel(self, owner: str, name: str, request_id: str) -> Response:
         g.request_id = request_id
         entry = self.record(kind="cancel", json=None, raw_body=None)
@@ -768,6 +765,7 @@ class FalSimulator(Simulator):
         resp.status_code = 202
         return resp
 
+    @route("GET", "/files/<name>")
     def files(self, name: str) -> Response:
         stored = self.state.get_file(name)
         created = self.file_times.get(name)

@@ -129,6 +129,7 @@ from simulators.base import (
     credential,
     encode,
     retry_after_headers,
+    route,
     tag_file,
 )
 from simulators.control import parse_json_body
@@ -718,10 +719,7 @@ class OpenAISimulator(Simulator):
                 code="invalid_api_key",
             )
 
-    def routes(self) -> None:
-        self.app.post("/v1/images/generations")(self.generations)
-        self.app.get("/files/<name>")(self.files)
-
+    @route("POST", "/v1/images/generations")
     def generations(self) -> Response:
         body, raw_text = parse_json_body()
         entry = self.record(json=body, raw_body=raw_text)
@@ -773,6 +771,7 @@ class OpenAISimulator(Simulator):
             payload["size"] = f"{req.width}x{req.height}"
         return jsonify(payload)
 
+    @route("GET", "/files/<name>")
     def files(self, name: str) -> Response:
         stored = self.state.get_file(name)
         if stored is None:

@@ -140,6 +140,7 @@ from simulators.base import (
     Simulator,
     credential,
     retry_after_headers,
+    route,
     solid_image,
 )
 from simulators.control import parse_json_body
@@ -1030,19 +1031,9 @@ class ReplicateSimulator(Simulator):
         if config.api_key is not None and token != config.api_key:
             raise Problem(401, "Unauthenticated", "You did not pass a valid authentication token")
 
-    def routes(self) -> None:
-        app = self.app
-        app.post("/v1/models/<owner>/<name>/predictions")(self.create_official)
-        app.post("/v1/predictions")(self.create_versioned)
-        app.get("/v1/predictions/<pred_id>")(self.get_prediction)
-        app.post("/v1/predictions/<pred_id>/cancel")(self.cancel_prediction)
-        app.get("/v1/predictions")(self.list_predictions)
-        app.get("/v1/webhooks/default/secret")(self.webhook_secret_endpoint)
-        app.get("/delivery/xezq/<path:name>")(self.delivery)
-        app.post("/_sim/malformed")(self.post_malformed)
-
     # -- predictions -----------------------------------------------------------------
 
+    @route("POST", "/v1/models/<owner>/<name>/predictions")
     def create_official(self, owner: str, name: str) -> Response:
         self.check_auth(self.state.config)
         self._inject()
@@ -1051,6 +1042,7 @@ class ReplicateSimulator(Simulator):
             raise not_found()
         return self._create(spec, needs_version=False)
 
+    @route("POST", "/v1/predictions")
     def create_versioned(self) -> Response:
         self.check_auth(self.state.config)
         self._inject()
@@ -1109,24 +1101,29 @@ class ReplicateSimulator(Simulator):
             raise not_found()
         return pred
 
+    @route("GET", "/v1/predictions/<pred_id>")
     def get_prediction(self, pred_id: str) -> Response:
         pred = self._prediction(pred_id)
         return jsonify(self.store.refresh(pred, time.time(), poll=True))
 
+    @route("POST", "/v1/predictions/<pred_id>/cancel")
     def cancel_prediction(self, pred_id: str) -> Response:
         pred = self._prediction(pred_id)
         return jsonify(self.store.cancel(pred, time.time()))
 
+    @route("GET", "/v1/predictions")
     def list_predictions(self) -> Response:
         self.check_auth(self.state.config)
         now = time.time()
         results = [self.store.refresh(p, now) for p in self.store.newest()]
         return jsonify({"previous": None, "next": None, "results": results})
 
+    @route("GET", "/v1/webhooks/default/secret")
     def webhook_secret_endpoint(self) -> Response:
         self.check_auth(self.state.config)
         return jsonify({"key": self.webhook_secret})
 
+    @route("GET", "/delivery/xezq/<path:name>")
     def delivery(self, name: str) -> Response:
         stored = self.state.get_file(name)
         if stored is None or not self.store.file_alive(name, time.time()):
@@ -1135,6 +1132,7 @@ class ReplicateSimulator(Simulator):
 
     # -- control endpoints for tests -------------------------------------------
 
+    @route("POST", "/_sim/malformed")
     def post_malformed(self) -> Response:
         body = request.get_json(force=True, silent=True)
         count = body.get("next") if isinstance(body, dict) else None

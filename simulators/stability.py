@@ -113,6 +113,7 @@ from simulators.base import (
     Simulator,
     credential,
     retry_after_headers,
+    route,
     solid_image,
     word,
 )
@@ -496,11 +497,7 @@ class StabilitySimulator(Simulator):
         if config.api_key is not None and token != config.api_key:
             raise ApiError(401, "unauthorized", ["authorization: invalid API key"])
 
-    def routes(self) -> None:
-        self.app.post(f"{GENERATE_PREFIX}/<kind>")(self.generate)
-        self.app.post("/_sim/files")(self.host_file)
-        self.app.get("/_sim/files/<name>")(self.hosted_file)
-
+    @route("POST", f"{GENERATE_PREFIX}/<kind>")
     def generate(self, kind: str) -> Response:
         endpoint = ENDPOINTS.get(kind)
         if endpoint is None:
@@ -571,6 +568,7 @@ class StabilitySimulator(Simulator):
 
     # -- files tests host here as client reference images ------------------------
 
+    @route("POST", "/_sim/files")
     def host_file(self) -> Response:
         ext = {v: k for k, v in CONTENT_TYPES.items()}.get(request.mimetype, "bin")
         name = f"{uuid.uuid4().hex}.{ext}"
@@ -580,6 +578,7 @@ class StabilitySimulator(Simulator):
             self.hosted[name] = time.time()
         return jsonify({"url": f"{request.host_url}_sim/files/{name}"})
 
+    @route("GET", "/_sim/files/<name>")
     def hosted_file(self, name: str) -> Response:
         stored = self.state.get_file(name)
         with self.lock:

@@ -88,6 +88,7 @@ from simulators.base import (
     Simulator,
     credential,
     retry_after_headers,
+    route,
     solid_image,
     word,
 )
@@ -314,12 +315,6 @@ class ZhipuSimulator(Simulator):
         if config.api_key is not None and token != config.api_key:
             raise ZhipuError(401, "1000")
 
-    def routes(self) -> None:
-        self.app.post(f"{API_PREFIX}/images/generations")(self.generations)
-        self.app.post(f"{API_PREFIX}/async/images/generations")(self.async_generations)
-        self.app.get(f"{API_PREFIX}/async-result/<task_id>")(self.async_result)
-        self.app.get("/files/<name>")(self.files)
-
     def _record(self) -> tuple[dict[str, Any], Any, str | None]:
         body, raw_text = parse_json_body()
         return self.record(json=body, raw_body=raw_text), body, raw_text
@@ -350,6 +345,7 @@ class ZhipuSimulator(Simulator):
     def _garbled() -> Response:
         return Response('{"created": 17, "data": [{"url": "ht', 200, mimetype="application/json")
 
+    @route("POST", f"{API_PREFIX}/images/generations")
     def generations(self) -> Response:
         entry, body, raw_text = self._record()
 
@@ -371,6 +367,7 @@ class ZhipuSimulator(Simulator):
 
         return self.answer(entry, produce)
 
+    @route("POST", f"{API_PREFIX}/async/images/generations")
     def async_generations(self) -> Response:
         entry, body, raw_text = self._record()
 
@@ -401,6 +398,7 @@ class ZhipuSimulator(Simulator):
 
         return self.answer(entry, produce)
 
+    @route("GET", f"{API_PREFIX}/async-result/<task_id>")
     def async_result(self, task_id: str) -> Response:
         entry, _, _ = self._record()
         return self.answer(entry, lambda: self._poll(task_id))
@@ -440,6 +438,7 @@ class ZhipuSimulator(Simulator):
             if task.status == "PROCESSING":
                 task.status, task.error, task.urls = status, error, urls
 
+    @route("GET", "/files/<name>")
     def files(self, name: str) -> Response:
         stored = self.state.get_file(name)
         with self.lock:
