@@ -198,31 +198,21 @@ def _string(*, min_length: int = 0) -> Check:
     return check
 
 
+def _bounds(loc: list[Any], value: float, low: float | None, high: float | None) -> list[dict]:
+    if low is not None and value < low:
+        msg = f"Input should be greater than or equal to {low}"
+        return [_item("greater_than_equal", loc, msg, value, {"ge": low})]
+    if high is not None and value > high:
+        msg = f"Input should be less than or equal to {high}"
+        return [_item("less_than_equal", loc, msg, value, {"le": high})]
+    return []
+
+
 def _integer(low: int | None = None, high: int | None = None) -> Check:
     def check(loc: list[Any], value: Any) -> list[dict]:
         if isinstance(value, bool) or not isinstance(value, int):
             return [_item("int_type", loc, "Input should be a valid integer", value)]
-        if low is not None and value < low:
-            return [
-                _item(
-                    "greater_than_equal",
-                    loc,
-                    f"Input should be greater than or equal to {low}",
-                    value,
-                    {"ge": low},
-                )
-            ]
-        if high is not None and value > high:
-            return [
-                _item(
-                    "less_than_equal",
-                    loc,
-                    f"Input should be less than or equal to {high}",
-                    value,
-                    {"le": high},
-                )
-            ]
-        return []
+        return _bounds(loc, value, low, high)
 
     return check
 
@@ -231,27 +221,7 @@ def _number(low: float, high: float) -> Check:
     def check(loc: list[Any], value: Any) -> list[dict]:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return [_item("float_type", loc, "Input should be a valid number", value)]
-        if value < low:
-            return [
-                _item(
-                    "greater_than_equal",
-                    loc,
-                    f"Input should be greater than or equal to {low}",
-                    value,
-                    {"ge": low},
-                )
-            ]
-        if value > high:
-            return [
-                _item(
-                    "less_than_equal",
-                    loc,
-                    f"Input should be less than or equal to {high}",
-                    value,
-                    {"le": high},
-                )
-            ]
-        return []
+        return _bounds(loc, value, low, high)
 
     return check
 
