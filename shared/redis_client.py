@@ -19,11 +19,12 @@ the Celery broker):
 Every client fails fast instead of hanging: connecting gives up after
 :data:`CONNECT_TIMEOUT` seconds, a reply that does not come within
 :data:`SOCKET_TIMEOUT` is an error, TCP keep-alives notice a silent peer on an
-idle connection, and a failed command is retried once after a short pause
-(long enough for a restarted Redis, short enough that a request still gets its
-503 within a few seconds). Blocking reads that wait on purpose (the pub/sub
-listener's ``get_message(timeout=…)``) poll with their own timeout and are not
-affected by :data:`SOCKET_TIMEOUT`.
+idle connection, and a command whose connection failed is retried once after a
+short pause (long enough for a restarted Redis, short enough that a request
+still gets its 503 within a few seconds); one that timed out is not retried.
+Blocking reads that wait on purpose (the pub/sub listener's
+``get_message(timeout=…)``) poll with their own timeout and are not affected
+by :data:`SOCKET_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ def client_options(*, max_connections: int | None = None) -> dict[str, Any]:
         "socket_keepalive": True,
         "socket_keepalive_options": KEEPALIVE_OPTIONS,
         "health_check_interval": 15,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "retry": Retry(
+            ExponentialBackoff(cap=0.5, base=0.05),
+            retries=1,
+            supported_errors=(redis.ConnectionError,),
+        ),
+        # A refused or reset connection is retried (Redis restarting, a failover); a
+        # reply that never came is not: the host is silent and another wait would only
+        # double the time before the request's 503.
+        "retry_on_error": [redis.ConnectionError],
         "max_connections": max_connections,
     }
 

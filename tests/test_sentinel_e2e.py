@@ -9,6 +9,8 @@ from the same ``redis-server`` binary (``--sentinel``), the web front-end and a
 from __future__ import annotations
 
 import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -216,3 +218,74 @@ def test_the_gateway_on_sentinel_answers_200_or_a_quick_503_through_a_failover(
         Process.wait_until(worker, lambda: generate(0)[0] == 200, timeout=60)
     finally:
         worker.stop()
+
+
+# -- a silent Redis host ------------------------------------------------------------------
+
+
+class SilenceableProxy:
+    """A TCP relay to Redis that can go silent: connections stay open, nothing comes back,
+    and new connections are accepted by the kernel but never served — a host whose
+    network dropped without a reset."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while True:
+            conn, _ = self.listener.accept()
+            while self.silent.is_set():  # what arrives now waits in the backlog, unserved
+                time.sleep(0.05)
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                while self.silent.is_set():
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_silent_redis_host_costs_requests_a_503_in_seconds_not_a_hang(
+    redis_server: RedisServer, start_gateway
+) -> None:
+    proxy = SilenceableProxy(redis_server.port)
+    # One web process, so that none is still starting (and reading Redis) when it goes silent.
+    gateway = start_gateway(
+        "web-silent-redis", IMAGEGATE_REDIS_URL=proxy.url, IMAGEGATE_WEB_PROCESSES="1"
+    )
+    assert requests.get(f"{gateway}/healthz", timeout=10).ok
+    proxy.silent.set()
+    try:
+
+        def generate(_: int) -> tuple[int, str | None, float]:
+            started = time.monotonic()
+            # 20 s: the old settings (10 s reads, three retries of 5 s connects) took ~27 s.
+            r = requests.post(
+                f"{gateway}/v1/images/generations",
+                headers={"Authorization": "Bearer ig-anything"},
+                json={"model": "local/testcard", "prompt": "a fox"},
+                timeout=20,
+            )
+            return r.status_code, r.headers.get("Retry-After"), time.monotonic() - started
+
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(generate, range(8)))
+        print(f"silent Redis: answers after {sorted(round(t, 1) for *_, t in results)} s")
+        assert {status for status, *_ in results} == {503}
+        assert all(retry for _, retry, _ in results)
+    finally:
+        proxy.silent.clear()
+    Process.wait_until(redis_server.process, lambda: requests.get(f"{gateway}/healthz").ok)
