@@ -172,6 +172,7 @@ class _StorageVariables(_Variables):
     s3_bucket: str = ""
     s3_region: str | None = None
     s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
     s3_prefix: str = StorageConfig.s3_prefix
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = Field(None, repr=False)
@@ -231,6 +232,8 @@ class Settings(_Variables):
     # instead of mapping or ignoring them (also per key: `imagegate keys strict-params`).
     strict_params: Flag = False
     max_body_bytes: Count = 16 * 1024 * 1024
+    # Request-body bytes parsed per second per key (a token bucket; see api.parse_limit).
+    parse_bytes_per_second: Count = 64 * 1024 * 1024
     max_image_bytes: Count = 50 * 1024 * 1024
     # Largest reference image a client may send inline (``image`` as a data: URL), decoded.
     max_reference_image_bytes: Count = 10 * 1024 * 1024

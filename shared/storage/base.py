@@ -34,6 +34,9 @@ class StorageConfig:
     s3_bucket: str = ""
     s3_region: str | None = None
     s3_endpoint_url: str | None = None  # MinIO / R2 / moto
+    # Where clients reach the bucket, when not where the gateway does (a private MinIO
+    # behind a public name): presigned URLs are signed for this endpoint instead.
+    s3_public_endpoint_url: str | None = None
     s3_prefix: str = "images/"
     s3_access_key_id: str | None = None  # None → boto3's default credential chain
     s3_secret_access_key: str | None = field(default=None, repr=False)

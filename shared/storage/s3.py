@@ -1,10 +1,14 @@
 """Image storage in an S3-compatible bucket (AWS S3, MinIO, Cloudflare R2, moto).
 
 Objects are stored at ``config.s3_prefix + key`` with their ``ContentType``;
-clients receive SigV4 presigned ``GetObject`` URLs. One boto3 client is made
-per instance (boto3 clients are thread-safe). boto errors are translated here:
-a missing object becomes :class:`shared.errors.NotFound`, everything else
-(unreachable endpoint, missing bucket, bad credentials, throttling) becomes
+clients receive SigV4 presigned ``GetObject`` URLs, signed for
+``s3_public_endpoint_url`` when clients reach the bucket by another name than
+the gateway does. One boto3 client is made per instance (boto3 clients are
+thread-safe), plus one that only presigns when there is a public endpoint.
+
+boto errors are translated here: a missing object becomes
+:class:`shared.errors.NotFound`, everything else (unreachable endpoint, missing
+bucket, bad credentials, throttling) becomes
 :class:`shared.errors.ServiceUnavailable`. Messages name the S3 operation and
 the error code only, never credentials; the original error stays chained.
 """
@@ -37,16 +41,22 @@ class S3Storage:
             aws_secret_access_key=config.s3_secret_access_key,
             region_name=config.s3_region,
         )
+        client_config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": config.s3_addressing_style},
+            retries={"mode": "standard", "max_attempts": config.s3_max_attempts},
+            connect_timeout=config.s3_connect_timeout,
+            read_timeout=config.s3_read_timeout,
+        )
         self._client = session.client(
-            "s3",
-            endpoint_url=config.s3_endpoint_url,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": config.s3_addressing_style},
-                retries={"mode": "standard", "max_attempts": config.s3_max_attempts},
-                connect_timeout=config.s3_connect_timeout,
-                read_timeout=config.s3_read_timeout,
-            ),
+            "s3", endpoint_url=config.s3_endpoint_url, config=client_config
+        )
+        # A SigV4 signature covers the Host: URLs for clients are signed for the
+        # endpoint they will use. Presigning is local; this client never connects.
+        self._presigner = (
+            session.client("s3", endpoint_url=config.s3_public_endpoint_url, config=client_config)
+            if config.s3_public_endpoint_url
+            else self._client
         )
 
     def object_key(self, key: str) -> str:
@@ -78,7 +88,7 @@ class S3Storage:
         object_key = self.object_key(key)
         validate_ttl(ttl_seconds, maximum=MAX_PRESIGN_SECONDS)
         try:
-            return self._client.generate_presigned_url(
+            return self._presigner.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": object_key},
                 ExpiresIn=ttl_seconds,
