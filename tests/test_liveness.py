@@ -30,9 +30,13 @@ LIVE = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0
 IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
 
 
-def _url(redis_server) -> str:
-    """A database of the test Redis that no running worker's reaper looks at."""
-    return redis_server.url.rsplit("/", 1)[0] + "/7"
+def _url(redis_server, db: int = 11) -> str:
+    """A database of the test Redis that no running worker's reaper looks at, emptied:
+    ``reap_once`` and the reaper threads act on every due job in it, so a job another
+    test left there would be theirs too."""
+    url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
+    connect(url).flushdb()
+    return url
 
 
 @pytest.fixture()
@@ -302,7 +306,7 @@ def redis_time(store: JobStore) -> float:
 @pytest.fixture()
 def skew_store(redis_server) -> JobStore:
     """A database of its own: the reaper threads below act on every due job in it."""
-    client = connect(redis_server.url.rsplit("/", 1)[0] + "/10")
+    client = connect(_url(redis_server, 10))
     return JobStore(client, retention_seconds=600, liveness=LIVE)
 
 
