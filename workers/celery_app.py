@@ -8,6 +8,9 @@ Delivery settings, and why:
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged
   only when it has finished, so a worker that dies mid-job leaves the message
   to be delivered again; the job record's fenced attempts make that safe.
+* the catalog is checked against the adapters when the worker starts
+  (:func:`workers.adapters.validate_catalog`): a model whose ``options`` its
+  adapter cannot take stops the worker instead of failing requests later.
 * pool size planned from the catalog when the worker starts (``workers/pool.py``):
   jobs wait on upstreams for seconds to minutes, so a family's pool holds as
   many as its upstream allows, not a few per core.
@@ -27,8 +30,10 @@ from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready
 
 from shared.broker import transport_for
+from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
 from shared.settings import Settings
+from workers.adapters import validate_catalog
 from workers.pool import apply_plan, log_plan
 
 # Image-sized buffers stay mapped between jobs; two malloc arenas for a pool of
@@ -67,6 +72,20 @@ app.conf.update(
     worker_send_task_events=False,
     task_default_queue="local",
 )
+
+
+@celeryd_init.connect
+def _check_catalog(**_: object) -> None:
+    """Before anything else: a catalog an adapter cannot serve stops the worker.
+
+    Celery logs and swallows a signal handler's exceptions; SystemExit is not
+    one of them, so the worker exits with the message naming the model and option.
+    """
+    try:
+        validate_catalog(settings.load_catalog())
+    except CatalogError as exc:
+        logging.getLogger(__name__).critical("%s", exc)
+        raise SystemExit(f"imagegate worker: the catalog is invalid: {exc}") from exc
 
 
 @celeryd_init.connect

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping
 
+from shared.catalog import Catalog, CatalogError
+from shared.errors import ServerError
 from workers.adapters.base import Adapter
 
 # adapter name -> "module:class"
@@ -43,3 +45,29 @@ class _Registry(Mapping[str, Adapter]):
 
 
 ADAPTERS: Mapping[str, Adapter] = _Registry(_ADAPTERS)
+
+
+def validate_catalog(catalog: Catalog) -> None:
+    """Check every model against its adapter; :class:`CatalogError` naming the model and
+    the option (or the problem) on the first that fails.
+
+    Each adapter's ``options_model`` checks the model's ``options`` table (unknown
+    keys, types, allowed values), and its ``check_model``, when it has one, what
+    else only the adapter knows (its upstream name, endpoint or input schema).
+    Run where a process loads the catalog (the worker at start, the API at start),
+    so a broken catalog stops the deployment instead of failing requests with 500.
+    Only the adapters of the catalog's families are imported; a family whose
+    adapter this build lacks is left alone (its models answer 503 model_unavailable).
+    """
+    for model in catalog.models.values():
+        family = catalog.family_of(model)
+        if family.adapter not in ADAPTERS:
+            continue  # served as 503 model_unavailable until the adapter exists
+        adapter = ADAPTERS[family.adapter]
+        try:
+            adapter.options_model.of(model)
+            check = getattr(adapter, "check_model", None)
+            if check is not None:
+                check(model)
+        except ServerError as exc:
+            raise CatalogError(exc.message) from None

@@ -46,19 +46,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
 from shared.errors import (
-    CATALOG_MISCONFIGURED,
     INVALID_VALUE,
     InvalidRequest,
-    ServerError,
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+)
 from workers.adapters.common import image_of, malformed, unsupported
 from workers.http import MODERATION_CODES, UpstreamFault, default_error_parser, request_id_of
 
@@ -66,7 +70,6 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES_PER_CALL = 15  # reference images + generated images, per Ark
 OUTPUT_FORMATS = ("jpeg", "png")
-RESPONSE_FORMATS = ("url", "b64_json")
 BATCH_PROMPT = "{prompt}\n\nGenerate a set of {n} separate images."
 
 # Request fields Ark has nothing to map to: refused, never dropped.
@@ -87,7 +90,17 @@ def ark_error_parser(response: requests.Response) -> UpstreamFault:
     return dataclasses.replace(fault, moderated=fault.moderated or is_moderation_code(fault.code))
 
 
+class ArkOptions(AdapterOptions):
+    """``options`` of a Seedream model on ModelArk."""
+
+    response_format: Literal["url", "b64_json"] = "url"
+    batch_prompt: str = BATCH_PROMPT
+    """The prompt of an n > 1 batch; ``{prompt}`` and ``{n}`` are filled in."""
+
+
 class ArkAdapter:
+    options_model = ArkOptions
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         body = build_body(request)
         http = dataclasses.replace(ctx.http, error_parser=ark_error_parser)
@@ -132,13 +145,8 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
         raise unsupported(
             "aspect_ratio", f"'{model.id}' takes an explicit size, not an aspect ratio."
         )
-    fmt = model.options.get("response_format", "url")
-    if fmt not in RESPONSE_FORMATS:
-        raise ServerError(
-            f"The catalog sets response_format={fmt!r} for '{model.id}'; "
-            "Ark takes url or b64_json.",
-            code=CATALOG_MISCONFIGURED,
-        )
+    options = ArkOptions.of(model)
+    fmt = options.response_format
     body: dict[str, Any] = {
         "model": model.upstream,
         "prompt": request.prompt,
@@ -162,7 +170,7 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
                 param="n",
                 code=INVALID_VALUE,
             )
-        template = str(model.options.get("batch_prompt", BATCH_PROMPT))
+        template = options.batch_prompt
         body["prompt"] = template.format(prompt=request.prompt, n=request.n)
         body["sequential_image_generation"] = "auto"
         body["sequential_image_generation_options"] = {"max_images": request.n}

@@ -11,9 +11,12 @@ URL results, checks them and writes them to storage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.catalog import Family, Model
+from shared.errors import CATALOG_MISCONFIGURED, ServerError
 from workers.http import UpstreamHTTP
 
 
@@ -75,5 +78,53 @@ class CallContext:
     client_http: UpstreamHTTP | None = None
 
 
+Seconds = Annotated[float, Field(gt=0, strict=True)]
+"""An option that is a positive number of seconds (an int is fine, a bool or string is not)."""
+Count = Annotated[int, Field(ge=1, strict=True)]
+"""An option that is a positive whole number."""
+
+
+class AdapterOptions(BaseModel):
+    """A catalog model's ``options`` table, as its adapter reads it.
+
+    Each adapter declares one subclass (``options_model``) naming every option
+    it reads, with its type and default; a key it does not know is refused.
+    :func:`workers.adapters.validate_catalog` checks every model's options
+    when a process loads the catalog, so a typo stops the deployment instead
+    of failing requests later.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def of(cls, model: Model) -> Self:
+        """``model``'s options, checked; ServerError ``catalog_misconfigured`` if they are bad."""
+        try:
+            return cls.model_validate(dict(model.options))
+        except ValidationError as exc:
+            raise ServerError(options_problem(model.id, exc), code=CATALOG_MISCONFIGURED) from None
+
+
+def options_problem(model_id: str, exc: ValidationError) -> str:
+    """One sentence naming the model and each bad option."""
+    problems = "; ".join(
+        f"options.{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+        if error["loc"]
+        else error["msg"]
+        for error in exc.errors()
+    )
+    return f"The catalog entry of '{model_id}' has bad options: {problems}."
+
+
+class NoOptions(AdapterOptions):
+    """For adapters that read no options: any key is a mistake."""
+
+
 class Adapter(Protocol):
+    """An upstream adapter. It may also have ``check_model(model)``, raising
+    ServerError ``catalog_misconfigured`` for a model it cannot serve whatever the
+    request (e.g. an upstream name it cannot parse); validate_catalog calls it."""
+
+    options_model: ClassVar[type[AdapterOptions]]
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult: ...

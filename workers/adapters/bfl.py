@@ -69,11 +69,13 @@ import ipaddress
 import math
 import urllib.parse
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pybase64 as base64
 import requests
+from pydantic import Field
 
+from shared.catalog import Model
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     INVALID_IMAGE,
@@ -82,7 +84,13 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+)
 from workers.adapters.common import RequestIds, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser
@@ -146,6 +154,18 @@ _PARAM_OF_FIELD = {
 }
 
 
+class BflOptions(AdapterOptions):
+    """``options`` of a BFL model."""
+
+    schema_name: str | None = Field(None, alias="schema")
+    """The endpoint's input schema (one of :data:`SCHEMAS`), for an endpoint missing
+    from :data:`ENDPOINTS`."""
+    output_format: Literal["jpeg", "png", "webp"] | None = None
+    """Sent when the request names none (else BFL's default)."""
+    safety_tolerance: Annotated[int, Field(ge=0, strict=True)] = DEFAULT_SAFETY_TOLERANCE
+    """Capped at the schema's maximum."""
+
+
 @dataclass(frozen=True)
 class Task:
     id: str
@@ -153,6 +173,8 @@ class Task:
 
 
 class BflAdapter:
+    options_model = BflOptions
+
     def __init__(
         self,
         *,
@@ -163,6 +185,9 @@ class BflAdapter:
         self.first_poll_delay = first_poll_delay
         self.poll_backoff = poll_backoff
         self.max_poll_interval = max_poll_interval
+
+    def check_model(self, model: Model) -> None:
+        schema_of(model)
 
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         schema = schema_for(request)
@@ -247,8 +272,12 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
 
 
 def schema_for(request: ImageRequest) -> Schema:
-    model = request.model
-    name = model.options.get("schema") or ENDPOINTS.get(model.upstream)
+    return schema_of(request.model)
+
+
+def schema_of(model: Model) -> Schema:
+    """The input schema of ``model``'s endpoint; ServerError if the gateway does not know it."""
+    name = BflOptions.of(model).schema_name or ENDPOINTS.get(model.upstream)
     if name not in SCHEMAS:
         raise ServerError(
             f"The catalog entry '{model.id}' names BFL endpoint '{model.upstream}', whose input "
@@ -297,11 +326,11 @@ def build_body(request: ImageRequest, schema: Schema, *, seed: int | None) -> di
         )
     if seed is not None:
         body["seed"] = seed
-    output_format = request.output_format or request.model.options.get("output_format")
+    options = BflOptions.of(request.model)
+    output_format = request.output_format or options.output_format
     if output_format is not None:
         body["output_format"] = output_format
-    tolerance = int(request.model.options.get("safety_tolerance", DEFAULT_SAFETY_TOLERANCE))
-    body["safety_tolerance"] = max(0, min(schema.max_safety_tolerance, tolerance))
+    body["safety_tolerance"] = min(schema.max_safety_tolerance, options.safety_tolerance)
     if request.image is not None and schema.image_field is not None:
         body[schema.image_field] = reference_image(request.image)
     return body

@@ -70,7 +70,15 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    Count,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Seconds,
+)
 from workers.adapters.common import fields_set, image_of, malformed, unsupported
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
@@ -110,12 +118,27 @@ CLIENT_PARAM = {
 _UNSUPPORTED = ("quality", "style", "background", "user")
 
 
+class FalOptions(AdapterOptions):
+    """``options`` of a fal model."""
+
+    poll_interval: Seconds = POLL_INTERVAL
+    max_poll_interval: Seconds = MAX_POLL_INTERVAL
+    max_images: Count = DEFAULT_MAX_IMAGES
+    image_field: str | None = None
+    """Where a reference image goes (``image_url``, or ``image_urls`` as a list); unset:
+    the model takes none."""
+    input: dict[str, Any] = {}
+    """Fixed inputs sent with every request (e.g. ``num_inference_steps``)."""
+
+
 class FalAdapter:
+    options_model = FalOptions
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         body = build_input(request)
         http = dataclasses.replace(ctx.http, error_parser=parse_fal_error)
         auth = {"Authorization": f"Key {ctx.api_key}"}
-        options = request.model.options
+        options = FalOptions.of(request.model)
 
         headers = dict(auth)
         if (left := int(http.remaining())) >= 2:
@@ -141,10 +164,10 @@ class FalAdapter:
         http: UpstreamHTTP,
         handle: _Handle,
         auth: Mapping[str, str],
-        options: Mapping[str, Any],
+        options: FalOptions,
     ) -> dict[str, Any]:
-        interval = float(options.get("poll_interval", POLL_INTERVAL))
-        ceiling = max(interval, float(options.get("max_poll_interval", MAX_POLL_INTERVAL)))
+        interval = options.poll_interval
+        ceiling = max(interval, options.max_poll_interval)
         while True:
             http.pause(interval)
             interval = min(ceiling, interval * 1.5)
@@ -211,13 +234,13 @@ class _Handle:
 
 def build_input(request: ImageRequest) -> dict[str, Any]:
     """The fal model input for ``request``; InvalidRequest for what fal cannot take."""
-    options = request.model.options
+    options = FalOptions.of(request.model)
     given = fields_set(request)
     for name in (*_UNSUPPORTED, *sorted(request.extra)):
         if name in given:
             raise _unsupported(name, request)
 
-    max_images = int(options.get("max_images", DEFAULT_MAX_IMAGES))
+    max_images = options.max_images
     if not 1 <= request.n <= max_images:
         raise InvalidRequest(
             f"n must be between 1 and {max_images} for model '{request.model.id}'.",
@@ -249,13 +272,11 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
             )
         body["output_format"] = request.output_format
     if request.image is not None:
-        image_field = options.get("image_field")
+        image_field = options.image_field
         if not image_field:
             raise _unsupported("image", request)
-        body[image_field] = [request.image] if str(image_field).endswith("s") else request.image
-    fixed = options.get("input", {})
-    if isinstance(fixed, Mapping):
-        body.update({k: v for k, v in fixed.items() if k not in body})
+        body[image_field] = [request.image] if image_field.endswith("s") else request.image
+    body.update({k: v for k, v in options.input.items() if k not in body})
     body["enable_safety_checker"] = True
     body["sync_mode"] = False
     return body

@@ -19,12 +19,20 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    CallContext,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    NoOptions,
+)
 
 _PIL = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 class TestcardAdapter:
+    options_model = NoOptions
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         width = request.width or request.model.default_size.width
         height = request.height or request.model.default_size.height

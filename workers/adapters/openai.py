@@ -26,9 +26,9 @@ as 400 with that code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from workers.adapters.base import CallContext, ImageRequest, ImageResult
+from workers.adapters.base import AdapterOptions, CallContext, ImageRequest, ImageResult
 from workers.adapters.common import image_of, malformed
 from workers.http import request_id_of
 
@@ -44,7 +44,16 @@ _PASS_THROUGH = (
 )
 
 
+class OpenAIOptions(AdapterOptions):
+    """``options`` of an OpenAI-compatible model."""
+
+    response_format: Literal["url", "b64_json"] | None = None
+    """Sent as is: ``b64_json`` spares the worker a second download."""
+
+
 class OpenAIImagesAdapter:
+    options_model = OpenAIOptions
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         body: dict[str, Any] = {
             "model": request.model.upstream,
@@ -63,7 +72,7 @@ class OpenAIImagesAdapter:
                 value = request.extra.get(name)
             if value is not None:
                 body[name] = value
-        if fmt := request.model.options.get("response_format"):
+        if fmt := OpenAIOptions.of(request.model).response_format:
             body["response_format"] = fmt
         response = ctx.http.request(
             "POST",

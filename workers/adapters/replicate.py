@@ -63,10 +63,11 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import requests
+from pydantic import StrictBool
 
 from shared.catalog import Model
 from shared.errors import (
@@ -80,7 +81,15 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    Count,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Seconds,
+)
 from workers.adapters.common import RequestIds, fields_set, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP
@@ -94,7 +103,6 @@ DEFAULT_OUTPUT_FORMAT_VALUES: Mapping[str, str] = {"jpeg": "jpg"}
 ALWAYS_IGNORED = frozenset({"user"})
 # Gateway fields this adapter can map, when the model's catalog params list them.
 MAPPABLE = frozenset({"seed", "output_format", "image"})
-SIZE_MODES = ("aspect_ratio", "width_height", "custom")
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 # How Replicate models word a content refusal in a failed prediction's `error`.
@@ -109,64 +117,18 @@ _PREDICTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _DETAIL_FIELD = re.compile(r"^- input\.([\w]+)", re.MULTILINE)
 
 
-@dataclass(frozen=True)
-class ReplicateOptions:
-    """The catalog entry's ``options`` for a Replicate model, checked."""
+class ReplicateOptions(AdapterOptions):
+    """The catalog entry's ``options`` for a Replicate model (see the module docstring)."""
 
-    size_mode: str | None = None
+    size_mode: Literal["aspect_ratio", "width_height", "custom"] | None = None
     count_field: str | None = None
-    max_count: int = DEFAULT_MAX_COUNT
-    output_format_values: Mapping[str, str] = dataclasses.field(
-        default_factory=lambda: dict(DEFAULT_OUTPUT_FORMAT_VALUES)
-    )
+    max_count: Count = DEFAULT_MAX_COUNT
+    output_format_values: dict[str, str] = dict(DEFAULT_OUTPUT_FORMAT_VALUES)
     image_field: str = "image"
-    image_list: bool = False
+    image_list: StrictBool = False
     ignored_params: frozenset[str] = frozenset()
-    fixed_input: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    poll_interval: float | None = None
-
-    @classmethod
-    def of(cls, model: Model) -> ReplicateOptions:
-        raw = dict(model.options)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        problems = [f"unknown option(s) {', '.join(unknown)}"] if unknown else []
-        size_mode = raw.get("size_mode")
-        if size_mode is not None and size_mode not in SIZE_MODES:
-            problems.append(f"size_mode must be one of {', '.join(SIZE_MODES)}")
-        max_count = raw.get("max_count", DEFAULT_MAX_COUNT)
-        if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count < 1:
-            problems.append("max_count must be a positive integer")
-        formats = raw.get("output_format_values", DEFAULT_OUTPUT_FORMAT_VALUES)
-        if not isinstance(formats, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in formats.items()
-        ):
-            problems.append("output_format_values must be a table of strings")
-        ignored = raw.get("ignored_params", ())
-        if not isinstance(ignored, list | tuple) or not all(isinstance(p, str) for p in ignored):
-            problems.append("ignored_params must be a list of field names")
-        if not isinstance(raw.get("fixed_input", {}), Mapping):
-            problems.append("fixed_input must be a table")
-        poll = raw.get("poll_interval")
-        if poll is not None and (isinstance(poll, bool) or not isinstance(poll, int | float)):
-            problems.append("poll_interval must be a number")
-        if problems:
-            raise ServerError(
-                f"The catalog entry of '{model.id}' has bad Replicate options: "
-                f"{'; '.join(problems)}.",
-                code=CATALOG_MISCONFIGURED,
-            )
-        return cls(
-            size_mode=size_mode,
-            count_field=raw.get("count_field") or None,
-            max_count=max_count,
-            output_format_values=dict(formats),
-            image_field=str(raw.get("image_field", "image")),
-            image_list=bool(raw.get("image_list", False)),
-            ignored_params=frozenset(ignored),
-            fixed_input=dict(raw.get("fixed_input", {})),
-            poll_interval=float(poll) if poll is not None else None,
-        )
+    fixed_input: dict[str, Any] = {}
+    poll_interval: Seconds | None = None
 
 
 @dataclass(frozen=True)
@@ -178,9 +140,14 @@ class _Target:
 
 
 class ReplicateAdapter:
+    options_model = ReplicateOptions
+
+    def check_model(self, model: Model) -> None:
+        _target(model, "")
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
         model = request.model
-        opts = ReplicateOptions.of(model)
+        opts = ReplicateOptions.of(model)  # ServerError catalog_misconfigured if bad
         _reject_unsupported(request, opts)
         base_input, sources = _build_input(request, opts)
         target = _target(model, ctx.base_url)

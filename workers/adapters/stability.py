@@ -49,11 +49,14 @@ import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Annotated
 from urllib.parse import quote, unquote_to_bytes
 
 import pybase64 as base64
 import requests
+from pydantic import Field
 
+from shared.catalog import Model
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     IMAGE_TOO_LARGE,
@@ -64,7 +67,13 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+)
 from workers.adapters.common import RequestIds, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
@@ -149,9 +158,24 @@ def stability_error_parser(response: requests.Response) -> UpstreamFault:
     )
 
 
+class StabilityOptions(AdapterOptions):
+    """``options`` of a Stability model."""
+
+    endpoint: str | None = None
+    """The v2beta path, ending in /ultra, /core or /sd3 (default: by the upstream name)."""
+    strength: Annotated[float, Field(ge=0, le=1)] = DEFAULT_STRENGTH
+    """How far an image-to-image result may stray from the reference image."""
+
+
 class StabilityAdapter:
+    options_model = StabilityOptions
+
+    def check_model(self, model: Model) -> None:
+        _endpoint(model, StabilityOptions.of(model))
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
-        spec = _endpoint(request)
+        options = StabilityOptions.of(request.model)
+        spec = _endpoint(request.model, options)
         _refuse_unsupported(request, spec)
         http = dataclasses.replace(ctx.http, error_parser=stability_error_parser)
         fields: dict[str, str] = {"prompt": request.prompt}
@@ -160,7 +184,7 @@ class StabilityAdapter:
         files: dict[str, tuple[str, bytes] | tuple[str, bytes, str]]
         if request.image is not None:
             data, content_type = _reference_image(request.image, ctx)
-            fields["strength"] = str(_strength(request))
+            fields["strength"] = str(options.strength)
             files = {"image": (f"image.{_EXTENSIONS.get(content_type, 'bin')}", data, content_type)}
         else:
             fields["aspect_ratio"] = _aspect_ratio(request)
@@ -173,7 +197,7 @@ class StabilityAdapter:
         if request.user:
             user = request.user if request.user.isascii() else quote(request.user, safe="")
             headers["stability-client-user-id"] = user[:MAX_USER_HEADER]
-        url = f"{ctx.base_url.rstrip('/')}{_path(request, spec)}"
+        url = f"{ctx.base_url.rstrip('/')}{_path(options, spec)}"
         request_ids = RequestIds()
 
         def make_one(index: int, http: UpstreamHTTP) -> GeneratedImage:
@@ -191,25 +215,25 @@ class StabilityAdapter:
 # -- request ---------------------------------------------------------------------
 
 
-def _endpoint(request: ImageRequest) -> EndpointSpec:
-    path = str(request.model.options.get("endpoint") or "")
+def _endpoint(model: Model, options: StabilityOptions) -> EndpointSpec:
+    path = options.endpoint or ""
     if path:
         kind = path.rstrip("/").rsplit("/", 1)[-1]
     else:  # no endpoint configured: the upstream name says which one
-        upstream = request.model.upstream
+        upstream = model.upstream
         kind = "sd3" if upstream.startswith("sd3") else upstream
     spec = ENDPOINTS.get(kind)
     if spec is None:
         raise ServerError(
-            f"The catalog entry '{request.model.id}' names no Stability endpoint "
+            f"The catalog entry '{model.id}' names no Stability endpoint "
             "(options.endpoint must end in /ultra, /core or /sd3).",
             code=CATALOG_MISCONFIGURED,
         )
     return spec
 
 
-def _path(request: ImageRequest, spec: EndpointSpec) -> str:
-    path = str(request.model.options.get("endpoint") or _DEFAULT_PATH.format(kind=spec.kind))
+def _path(options: StabilityOptions, spec: EndpointSpec) -> str:
+    path = options.endpoint or _DEFAULT_PATH.format(kind=spec.kind)
     return path if path.startswith("/") else f"/{path}"
 
 
@@ -276,15 +300,6 @@ def _seed_for(seed: int, index: int) -> int:
     if seed == 0:
         return 0
     return (seed - 1 + index) % MAX_SEED + 1
-
-
-def _strength(request: ImageRequest) -> float:
-    value = request.model.options.get("strength", DEFAULT_STRENGTH)
-    try:
-        strength = float(value)
-    except (TypeError, ValueError):
-        strength = DEFAULT_STRENGTH
-    return min(1.0, max(0.0, strength))
 
 
 _DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)", re.DOTALL)

@@ -49,20 +49,26 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import requests
+from pydantic import StrictBool
 
 from shared.errors import (
-    CATALOG_MISCONFIGURED,
     INVALID_VALUE,
     InvalidRequest,
-    ServerError,
     UpstreamError,
     content_policy_violation,
 )
-from workers.adapters.base import CallContext, GeneratedImage, ImageRequest, ImageResult
+from workers.adapters.base import (
+    AdapterOptions,
+    CallContext,
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    Seconds,
+)
 from workers.adapters.common import RequestIds, image_of, malformed, unsupported
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, request_id_of
@@ -75,6 +81,16 @@ QUALITIES = ("hd", "standard")
 
 _DONE = frozenset({"SUCCESS", "SUCCEEDED"})
 _FAILED = frozenset({"FAIL", "FAILED", "FAILURE", "ERROR"})
+
+
+class ZhipuOptions(AdapterOptions):
+    """``options`` of a Zhipu model."""
+
+    mode: Literal["sync", "async"] = "sync"
+    """``async``: submit, then poll the task (no connection held meanwhile)."""
+    poll_interval: Seconds = POLL_INTERVAL
+    watermark_enabled: StrictBool | None = None
+    """Sent only when set (accounts with a signed waiver may turn it off)."""
 
 
 # -- errors ---------------------------------------------------------------------
@@ -205,8 +221,8 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
                 code=INVALID_VALUE,
             )
         body["user_id"] = request.user
-    watermark = model.options.get("watermark_enabled")
-    if isinstance(watermark, bool):
+    watermark = ZhipuOptions.of(model).watermark_enabled
+    if watermark is not None:
         body["watermark_enabled"] = watermark
     return body
 
@@ -272,20 +288,12 @@ class _Call:
     request: ImageRequest
     ctx: CallContext
     body: dict[str, Any]
+    options: ZhipuOptions
     request_ids: RequestIds = dataclasses.field(default_factory=RequestIds)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.ctx.api_key}"}
-
-    def poll_interval(self) -> float:
-        value = self.request.model.options.get("poll_interval", POLL_INTERVAL)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ServerError(
-                f"Catalog model '{self.request.model.id}' has a bad options.poll_interval.",
-                code=CATALOG_MISCONFIGURED,
-            )
-        return float(value)
 
 
 def _sync_image(call: _Call, index: int, http: UpstreamHTTP) -> GeneratedImage:
@@ -319,7 +327,7 @@ def _async_image(call: _Call, index: int, http: UpstreamHTTP) -> GeneratedImage:
     task_id = payload.get("id") or payload.get("task_id")
     if not isinstance(task_id, str | int) or isinstance(task_id, bool) or not str(task_id):
         raise _malformed("accepted the task without an id.", rid)
-    interval = call.poll_interval()
+    interval = call.options.poll_interval
     status = str(payload.get("task_status") or "PROCESSING").upper()
     # PROCESSING, and any status Zhipu may add, means "not yet"; the deadline bounds it.
     while status not in _DONE:
@@ -345,17 +353,12 @@ MODES: Mapping[str, Callable[[_Call, int, UpstreamHTTP], GeneratedImage]] = {
 
 
 class ZhipuAdapter:
+    options_model = ZhipuOptions
+
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
-        mode = request.model.options.get("mode", "sync")
-        make_image = MODES.get(mode) if isinstance(mode, str) else None
-        if make_image is None:
-            raise ServerError(
-                f"Catalog model '{request.model.id}' has options.mode={mode!r}; "
-                f"the zhipu adapter knows {', '.join(MODES)}.",
-                code=CATALOG_MISCONFIGURED,
-            )
-        call = _Call(request=request, ctx=ctx, body=build_body(request))
-        call.poll_interval()  # a bad catalog option fails here, before any upstream call
+        options = ZhipuOptions.of(request.model)  # bad options fail before any upstream call
+        make_image = MODES[options.mode]
+        call = _Call(request=request, ctx=ctx, body=build_body(request), options=options)
         http = dataclasses.replace(ctx.http, error_parser=parse_zhipu_error)
         images = fan_out(request.n, http, lambda index, own: make_image(call, index, own))
         return ImageResult(images=images, upstream_request_id=call.request_ids.first())
