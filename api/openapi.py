@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
-from api.schemas import RESPONSE_MODELS, GenerationRequest
+from api.schemas import RESPONSE_MODELS, GenerationRequest, JobId
 from shared import errors
 from shared.errors import ERROR_CLASSES, GatewayError, InvalidRequest
 
@@ -32,7 +33,7 @@ def _schema(name: str) -> dict[str, str]:
     return _ref("schemas", name)
 
 
-_JOB_ID = {"type": "string", "pattern": r"^imgjob_[0-9a-f]{24}$"}
+_JOB_ID = TypeAdapter(JobId).json_schema()
 
 
 # --- request --------------------------------------------------------------------------------
