@@ -20,7 +20,9 @@ from pathlib import Path
 import openai
 import pytest
 import requests
+from flask.testing import FlaskClient
 from PIL import Image
+from werkzeug.test import TestResponse
 
 from tests.support.sim import fault, fault_header
 
@@ -626,7 +628,7 @@ _BODIES: dict[str, dict[str, object]] = {
 }
 
 
-def _in_process(provider: str):  # noqa: ANN202 - a Flask test client
+def _in_process(provider: str) -> FlaskClient:
     from simulators import PROVIDERS
     from simulators.state import SimConfig
 
@@ -634,7 +636,9 @@ def _in_process(provider: str):  # noqa: ANN202 - a Flask test client
     return module.create_app(SimConfig(api_key="k")).test_client()
 
 
-def _generate(client, provider: str, prompt: str, headers: dict[str, str] | None = None):  # noqa: ANN001, ANN202
+def _generate(
+    client: FlaskClient, provider: str, prompt: str, headers: dict[str, str] | None = None
+) -> TestResponse:
     path, auth, where, _ = _GENERATIONS[provider]
     all_headers = {**auth, **(headers or {})}
     if where == "form":
