@@ -11,7 +11,7 @@ of its API key; a key that has used its budget gets 429
 is parsed, while every other key goes on as before.
 
 The bucket holds ``burst`` bytes and refills at ``rate`` bytes a second
-(``IMAGEGATE_PARSE_BYTES_PER_SECOND``, default :data:`DEFAULT_RATE`, 64 MiB);
+(``IMAGEGATE_PARSE_BYTES_PER_SECOND``: ``Settings.parse_bytes_per_second``, 64 MiB);
 ``burst`` is :data:`BURST_BODIES` bodies of ``max_body_bytes`` (or one second of
 ``rate`` if more), so a single body the gateway accepts always fits a full
 bucket and a client's short burst of large bodies passes. The limit is a
@@ -34,9 +34,6 @@ import redis
 
 from shared.errors import RateLimited
 from shared.settings import Settings
-
-DEFAULT_RATE = 64 * 1024 * 1024
-"""Bytes of request body a key may have parsed per second, on average."""
 
 BURST_BODIES = 8
 """The bucket holds this many bodies of ``max_body_bytes`` (or one second of ``rate``)."""
@@ -78,9 +75,8 @@ class ParseLimit:
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> ParseLimit:
-        """``settings.parse_bytes_per_second`` (``IMAGEGATE_PARSE_BYTES_PER_SECOND``) when
-        the settings have it, else :data:`DEFAULT_RATE`; ``burst`` from ``max_body_bytes``."""
-        rate = float(getattr(settings, "parse_bytes_per_second", DEFAULT_RATE))
+        """``rate`` from ``parse_bytes_per_second``, ``burst`` from ``max_body_bytes``."""
+        rate = float(settings.parse_bytes_per_second)
         return cls(client, rate=rate, burst=max(int(rate), BURST_BODIES * settings.max_body_bytes))
 
     def charge(self, subject: str, nbytes: int) -> None:

@@ -27,6 +27,7 @@ import requests
 from openai import OpenAI
 
 from shared.settings import Settings
+from tests.conftest import create_key
 
 TIMEOUT = 30  # no request here may take long; a hang fails instead of blocking the run
 BASE = {"model": "local/testcard", "prompt": "a test card", "size": "32x32"}
@@ -711,3 +712,30 @@ def test_an_inline_image_above_the_limit_is_413_naming_image(
     error = _error(resp, 413)
     assert error["param"] == "image" and error["code"] == "image_too_large"
     assert "x-job-id" not in resp.headers
+
+
+# -- parse work counts against a per-key limit (api/parse_limit.py) ------------------------
+
+
+def test_many_large_bodies_from_one_key_get_429_while_another_key_is_served(
+    gateway: str, start_gateway, stack_env: dict[str, str]
+) -> None:
+    # Parsed at most 256 KiB a second per key, from a bucket of eight 64 KiB bodies.
+    url = start_gateway(
+        "web-parse-limit",
+        IMAGEGATE_PARSE_BYTES_PER_SECOND=str(256 * 1024),
+        IMAGEGATE_MAX_BODY_BYTES=str(64 * 1024),
+    )
+    greedy = create_key(stack_env, "parse-greedy")["key"]
+    other = create_key(stack_env, "parse-other")["key"]
+    # Passes the cheap checks, is parsed, and is refused after: the prompt is too long.
+    large = json.dumps({"model": "local/testcard", "prompt": "p" * 60_000})
+    answers = [_post(url, greedy, large) for _ in range(30)]
+    statuses = [r.status_code for r in answers]
+    assert statuses[0] == 400 and set(statuses) == {400, 429}, statuses
+    for refused in (r for r in answers if r.status_code == 429):
+        error = _error(refused, 429)
+        assert error["type"] == "rate_limit_error" and error["limit"] == "request_body_bytes"
+        assert int(refused.headers["Retry-After"]) >= 1
+    # The other key's request is parsed and admitted as usual.
+    assert _post(url, other, BASE, {"Prefer": "respond-async"}).status_code == 202
