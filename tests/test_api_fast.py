@@ -68,8 +68,12 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture()
 def new_key(app: Flask) -> Callable[..., str]:
-    def make(name: str = "fast", tier: str = "internal") -> str:
-        plaintext, _ = KeyStore(services_of(app).redis).create(name, tier=tier, unlimited=True)
+    def make(name: str = "fast", tier: str = "internal", balance: int | None = None) -> str:
+        """A key of ``tier``: unlimited, or with ``balance`` micros."""
+        svc = services_of(app)
+        plaintext, key = KeyStore(svc.redis).create(name, tier=tier, unlimited=balance is None)
+        if balance is not None:
+            svc.accounts.set_balance(key.id, balance)
         return plaintext
 
     return make
@@ -237,6 +241,26 @@ def test_tiers_and_models_refuse_as_documented(client: FlaskClient, new_key) -> 
     )
     assert retired.status_code == 503 and retired.headers["x-should-retry"] == "false"
     conforms(retired, GENERATIONS, "post")
+
+
+def test_balance_limits_and_idempotency_answer_as_documented(client: FlaskClient, new_key) -> None:
+    poor = {"Authorization": f"Bearer {new_key('poor', tier='test-billing', balance=5000)}"}
+    body = {"prompt": "x", "model": "test/priced-card", "size": "64x64"}
+    _error(client.post(GENERATIONS, json=body, headers=poor), 402, "insufficient_balance")
+    limited = {"Authorization": f"Bearer {new_key('limited', tier='test-limited')}"}
+    over = client.post(GENERATIONS, json={**body, "n": 6}, headers=limited)
+    assert _error(over, 429, "rate_limit_exceeded")["limit"]
+    assert int(over.headers["Retry-After"]) >= 1
+    assert over.headers["x-ratelimit-limit-requests"] == "5"
+    # The same Idempotency-Key: the same job; with another body, a conflict.
+    auth = {"Authorization": f"Bearer {new_key()}", "Prefer": "respond-async"}
+    once = {**auth, "Idempotency-Key": "fast-1"}
+    first = client.post(GENERATIONS, json=body, headers=once)
+    again = client.post(GENERATIONS, json=body, headers=once)
+    assert first.status_code == again.status_code == 202
+    assert first.get_json()["id"] == again.get_json()["id"]
+    other = client.post(GENERATIONS, json={**body, "prompt": "y"}, headers=once)
+    _error(other, 409, "idempotency_key_reused")
 
 
 def test_redis_down_is_503_with_retry_after(client: FlaskClient, auth, server) -> None:
