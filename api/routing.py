@@ -29,6 +29,7 @@ from api.validation import ParamNotes, check_against_model, fit_tuning
 from shared.catalog import Catalog, Family, Model, VirtualModel
 from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
+from shared.route import model_breaker, route_meta
 from shared.settings import Settings
 from shared.sizing import parse_size
 
@@ -41,20 +42,12 @@ class Route:
     notes: ParamNotes = ParamNotes()  # tuning fields mapped or ignored for this candidate
 
     def to_meta(self, base: dict[str, Any]) -> dict[str, Any]:
-        """The route as the job spec keeps it: its request as ``changes`` to ``base``
-        (the job's request) and the fields it ``unset``, so the prompt and the other
-        shared fields are stored once, not once per candidate (read back by
-        ``workers.pipeline.route_of``)."""
-        return {
-            "model": self.model.id,
-            "changes": {k: v for k, v in self.request.items() if k not in base or base[k] != v},
-            "unset": [k for k in base if k not in self.request],
-            "params": self.notes.to_meta(),
-        }
+        """The route as the job spec keeps it (:func:`shared.route.route_meta`)."""
+        return route_meta(self.model.id, self.request, base, self.notes.to_meta())
 
 
-def breaker_name(model_id: str) -> str:
-    return f"model:{model_id}"
+# The breaker of a real model; kept under this name for api/models.py.
+breaker_name = model_breaker
 
 
 def plan(

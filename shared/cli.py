@@ -29,6 +29,7 @@ from shared.errors import NotFound
 from shared.health import Breakers, policy_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
+from shared.route import model_breaker
 from shared.settings import Settings, SettingsError
 
 
@@ -225,13 +226,13 @@ def models() -> None:
     for vm in catalog.virtual.values():
         click.echo(f"{vm.id}\tvirtual\t${vm.price}/image")
         for c in vm.candidates:
-            state = breakers.status(f"model:{c.model}").state.value
+            state = breakers.status(model_breaker(c.model)).state.value
             click.echo(f"  -> {c.model}\tweight {c.weight:g}\t{state}")
     for model in catalog.models.values():
         family = catalog.family_of(model)
         reason = settings.why_unusable(family)
         state = f"unavailable: {reason}" if reason else "ready"
-        health = breakers.status(f"model:{model.id}").state.value
+        health = breakers.status(model_breaker(model.id)).state.value
         click.echo(f"{model.id}\t{family.name}\t${model.price}/image\t{state}\t{health}")
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
+from typing import TYPE_CHECKING, Any
 
-import redis
+if TYPE_CHECKING:
+    import redis
 
-from shared.settings import Settings
-from shared.storage import ImageStorage, build_storage
+    from shared.settings import Settings
 
 _SECRET_KEY = "ig:signing-secret"
 
@@ -21,7 +21,10 @@ def signing_secret(settings: Settings, client: redis.Redis) -> str:
     return str(client.get(_SECRET_KEY))
 
 
-def storage_for(settings: Settings, client: redis.Redis) -> ImageStorage:
-    """The configured storage, able to sign URLs (local) or presign them (S3)."""
-    secret = signing_secret(settings, client).encode()
-    return build_storage(dataclasses.replace(settings.storage, signing_secret=secret))
+def __getattr__(name: str) -> Any:
+    # The storage factory lives in shared.storage; this name is kept for api/services.py.
+    if name == "storage_for":
+        from shared.storage import storage_for
+
+        return storage_for
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from shared.catalog import load_catalog
 from shared.errors import NotFound
 from shared.jobs import Job, JobStatus
+from shared.route import route_meta, route_of
 from shared.settings import Settings
 from shared.uploads import ReferenceImage, data_url, upload_key
 from tests.support.jobs import make_job
+from tests.support.processes import REPO
 from workers.context import build_context
 from workers.pipeline import _release_upload, _run_claimed, run_job
 
@@ -172,3 +177,37 @@ def test_a_lost_upload_fails_the_job_refunded_with_a_500(ctx) -> None:
     assert run_job(job.id, ctx).status == "failed"
     error = ctx.jobs.get(job.id).error
     assert (error["status"], error["code"]) == (500, "reference_image_lost")
+
+
+# -- the route contract (shared/route.py) ---------------------------------------------
+
+
+def test_a_route_written_by_the_api_reads_back_as_its_request() -> None:
+    catalog = load_catalog()
+    base = {"prompt": "p", "n": 2, "size": "1024x1024", "quality": "hd"}
+    route = {"prompt": "p", "n": 2, "size": "1024x1024", "style": "vivid"}  # quality unset
+    meta = route_meta("dall-e-3", route, base, {"mapped": [], "ignored": []})
+    assert meta["changes"] == {"style": "vivid"} and meta["unset"] == ["quality"]
+    job = Job(
+        id="imgjob_route",
+        key_id="k",
+        model="image",
+        family="openai",
+        queue="openai",
+        request=base,
+        created=0.0,
+        deadline=1.0,
+        meta={"routes": [{"model": "gpt-image-1", "changes": {}, "unset": []}, meta]},
+        candidate=1,
+    )
+    model, request = route_of(job, catalog)
+    assert (model.id, request) == ("dall-e-3", route)
+
+
+def test_the_liveness_threads_do_not_import_the_pipeline() -> None:
+    """No import circle: the reaper reads routes from shared.route, not from the pipeline."""
+    code = "import sys, workers.liveness; print('workers.pipeline' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -32,8 +32,7 @@ from shared.jobs import JobStore, liveness_from
 from shared.netguard import NetPolicy, policy_for, safe_session
 from shared.redis_client import connect
 from shared.settings import Settings
-from shared.signing import storage_for
-from shared.storage import ImageStorage
+from shared.storage import ImageStorage, storage_for
 from workers import pool
 
 
@@ -118,7 +117,7 @@ def _upstream_session() -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "imagegate/0.1"
     # With trust_env, requests looks up proxies, ~/.netrc and the CA bundle
-    # variables on every call (about 5% of a worker's CPU). Read them once:
+    # variables on every call (a measurable share of a worker's CPU). Read them once:
     # per call only when a proxy is set (no_proxy is per host).
     session.trust_env = _PROXIES
     if _CA_BUNDLE:
@@ -134,7 +133,7 @@ _CA_BUNDLE = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUN
 def build_context(settings: Settings) -> WorkerContext:
     # A worker runs up to --concurrency tasks at once, each making Redis calls;
     # redis-py caps a pool at 100 connections and raises past it (jobs then
-    # failed with 500 in the 1,000-held benchmark). Same ceiling as the web side.
+    # failed with 500 under many held requests). Same ceiling as the web side.
     client = connect(settings.redis_url, max_connections=max(2000, pool.planned() + 256))
     return WorkerContext(
         settings=settings,

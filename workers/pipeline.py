@@ -31,7 +31,7 @@ from typing import Any
 import redis
 
 from shared.capacity import Lease
-from shared.catalog import Catalog, Family, Model
+from shared.catalog import Family, Model
 from shared.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -42,6 +42,7 @@ from shared.errors import (
 )
 from shared.jobs import TERMINAL, Job, StoredImage, timeout_error
 from shared.netguard import policy_for, policy_with_hosts_of
+from shared.route import key_breaker, model_breaker, route_of
 from shared.sizing import Size, parse_size
 from shared.uploads import ReferenceImage, data_url
 from workers.adapters import ADAPTERS
@@ -175,25 +176,6 @@ def _discard(images: list[StoredImage], ctx: WorkerContext) -> None:
             log.warning("could not delete %s: %s", image.key, exc)
 
 
-def route_of(job: Job, catalog: Catalog) -> tuple[Model, dict[str, Any]]:
-    """The real model and request this attempt runs: the current route of a virtual model.
-
-    A route keeps its request as ``changes`` to the job's request and the fields it
-    ``unset`` (``api.routing.Route.to_meta``); records written before that keep it
-    whole under ``request``.
-    """
-    routes = job.meta.get("routes")
-    if routes:
-        route = routes[min(job.candidate, len(routes) - 1)]
-        if "request" in route:
-            return catalog.model(route["model"]), route["request"]
-        unset = set(route.get("unset", ()))
-        request = {k: v for k, v in job.request.items() if k not in unset}
-        request.update(route.get("changes", {}))
-        return catalog.model(route["model"]), request
-    return catalog.model(job.model), job.request
-
-
 def _fall_back(
     job: Job, attempt: int, error: GatewayError, ctx: WorkerContext, handoff: Handoff
 ) -> bool:
@@ -297,7 +279,7 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
         request.aspect_ratio,
         request.n,
     )
-    breakers = [f"model:{model.id}"] + ([f"key:{family.name}:{key_index}"] if keys else [])
+    breakers = [model_breaker(model.id)] + ([key_breaker(family.name, key_index)] if keys else [])
     try:
         result = adapter.generate(request, call)
         stored = _store(job, result, http, ctx, request, attempt)
@@ -336,7 +318,9 @@ def _take_slot(job: Job, family: Family, keys: list[str], ctx: WorkerContext) ->
     """
     if not keys or (len(keys) == 1 and family.max_concurrent <= 0):
         return None
-    skip = [i for i in range(len(keys)) if not ctx.breakers.would_allow(f"key:{family.name}:{i}")]
+    skip = [
+        i for i in range(len(keys)) if not ctx.breakers.would_allow(key_breaker(family.name, i))
+    ]
     if len(skip) == len(keys):
         skip = []  # every key is failing: try anyway rather than refuse
     lease = ctx.capacity.acquire_blocking(

@@ -11,7 +11,7 @@ from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from shared.memory_tuning import freeze_startup_objects
 from workers.celery_app import app
 from workers.context import get_context, job_sessions
-from workers.liveness import Liveness
+from workers.liveness import HeartbeatAndReaper
 from workers.pipeline import run_job
 from workers.webhook_pump import start_pump
 from workers.webhooks import deliver
@@ -55,7 +55,7 @@ def deliver_webhook(job_id: str, lease: str | None = None) -> str:
 def _start_background_threads(sender: Any = None, **_: Any) -> None:
     """Every worker beats for its jobs and reaps stale ones; webhooks workers also pump."""
     ctx = get_context()
-    Liveness(
+    HeartbeatAndReaper(
         ctx.jobs,
         ctx.catalog,
         _send_to_queue,

@@ -1,14 +1,18 @@
 """Image storage: one :class:`ImageStorage` interface, local and S3 implementations.
 
 ``build_storage(config)`` picks the implementation named by ``config.backend``
-from :data:`BACKENDS`.
+from :data:`BACKENDS`; ``storage_for(settings, redis)`` is the configured one
+with the deployment's URL-signing secret (:mod:`shared.signing`), as every web
+and worker process builds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from shared.signing import signing_secret
 from shared.storage.base import (
     DEFAULT_URL_TTL_SECONDS,
     MAX_KEY_LENGTH,
@@ -19,12 +23,15 @@ from shared.storage.base import (
 from shared.storage.local import LocalStorage, content_type_for, verify_signature
 
 if TYPE_CHECKING:
+    import redis
+
+    from shared.settings import Settings
     from shared.storage.s3 import S3Storage
 
 
 def _s3(config: StorageConfig) -> ImageStorage:
-    # Imported when chosen: boto3 costs ~10 MB in every process that never uses it
-    # (each family's worker, the web processes) and ~0.3 s of start-up.
+    # Imported when chosen: boto3 costs memory and start-up time in every process
+    # that never uses it (each family's worker, the web processes).
     from shared.storage.s3 import S3Storage
 
     return S3Storage(config)
@@ -56,6 +63,12 @@ def build_storage(config: StorageConfig) -> ImageStorage:
     return factory(config)
 
 
+def storage_for(settings: Settings, client: redis.Redis) -> ImageStorage:
+    """The configured storage, able to sign URLs (local) or presign them (S3)."""
+    secret = signing_secret(settings, client).encode()
+    return build_storage(dataclasses.replace(settings.storage, signing_secret=secret))
+
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_URL_TTL_SECONDS",
@@ -65,6 +78,7 @@ __all__ = [
     "S3Storage",
     "StorageConfig",
     "build_storage",
+    "storage_for",
     "content_type_for",
     "validate_key",
     "verify_signature",
