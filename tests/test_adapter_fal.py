@@ -54,6 +54,14 @@ def _reset(sim: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fal, "MAX_POLL_INTERVAL", 0.1)
 
 
+def budget_for(sim: str, least: float) -> float:
+    """A deadline budget of at least ``least`` seconds, longer on a machine too loaded
+    for it: ten round trips to the simulator, as measured now."""
+    started = time.monotonic()
+    requests.get(f"{sim}/_sim/config", timeout=10).raise_for_status()
+    return max(least, 10 * (time.monotonic() - started))
+
+
 def _ctx(sim: str, *, budget: float = 20.0, key: str | None = SIM_KEY) -> CallContext:
     deadline = time.time() + budget
     return CallContext(
@@ -361,9 +369,10 @@ def test_a_failed_run_whose_result_says_nothing_is_judged_by_its_status(
 
 
 def test_deadline_cancels_the_request_and_raises(sim: str) -> None:
-    _config(sim, latency=5)
+    budget = budget_for(sim, 1.0)
+    _config(sim, latency=5 * budget)
     with pytest.raises(DeadlineExceeded):
-        _generate(sim, _request(), budget=1.0)
+        _generate(sim, _request(), budget=budget)
     [submit] = _calls(sim, "submit")
     [cancel] = _calls(sim, "cancel")
     assert cancel["method"] == "PUT"
@@ -429,11 +438,12 @@ def test_sim_queue_state_machine(sim: str) -> None:
 
 
 def test_sim_latency_keeps_a_request_in_progress(sim: str) -> None:
-    _config(sim, latency=0.4, poll_steps=0)
+    latency = budget_for(sim, 0.4)  # long enough to poll once in between on this machine
+    _config(sim, latency=latency, poll_steps=0)
     job = _submit(sim, {"prompt": "a cat"}).json()
     first = requests.get(job["status_url"], headers=AUTH, timeout=5).json()
     assert first["status"] == "IN_QUEUE"
-    time.sleep(0.45)
+    time.sleep(latency + 0.05)
     assert requests.get(job["status_url"], headers=AUTH, timeout=5).json()["status"] == (
         "COMPLETED"
     )

@@ -78,6 +78,14 @@ def _calls(sim: str, path: str | None = None) -> list[dict[str, Any]]:
     return [c for c in calls if path is None or c["path"].startswith(path)]
 
 
+def budget_for(sim: str, least: float) -> float:
+    """A deadline budget of at least ``least`` seconds, longer on a machine too loaded
+    for it: ten round trips to the simulator, as measured now."""
+    started = time.monotonic()
+    requests.get(f"{sim}/_sim/config", timeout=10).raise_for_status()
+    return max(least, 10 * (time.monotonic() - started))
+
+
 def _ctx(sim: str, *, budget: float = 20.0, retries: int = 2, key: str = SIM_KEY) -> CallContext:
     deadline = time.time() + budget
     http = UpstreamHTTP(
@@ -390,7 +398,7 @@ def test_tolerated_values_pass_without_extra_fields(sim: str) -> None:
 def test_deadline_while_the_task_keeps_processing(sim: str) -> None:
     _config(sim, poll_steps=100_000)
     with pytest.raises(DeadlineExceeded):
-        ADAPTER.generate(_request(), _ctx(sim, budget=1.0))
+        ADAPTER.generate(_request(), _ctx(sim, budget=budget_for(sim, 1.0)))
     polls = _calls(sim, POLL)
     assert len(polls) >= 2
     # Zhipu has no cancel API: nothing but the submission and polls was sent.
@@ -399,20 +407,22 @@ def test_deadline_while_the_task_keeps_processing(sim: str) -> None:
 
 
 def test_deadline_while_the_sync_call_is_slow(sim: str) -> None:
-    _config(sim, latency=5)
+    budget = budget_for(sim, 1.0)
+    _config(sim, latency=5 * budget)
     with pytest.raises(DeadlineExceeded):
-        ADAPTER.generate(_request(COGVIEW, size=(1024, 1024)), _ctx(sim, budget=1.0))
+        ADAPTER.generate(_request(COGVIEW, size=(1024, 1024)), _ctx(sim, budget=budget))
 
 
 def test_an_expired_result_url_fails_the_download(sim: str) -> None:
-    _config(sim, result_ttl=1.0)
+    ttl = budget_for(sim, 1.0)  # long enough to generate and download once on this machine
+    _config(sim, result_ttl=ttl)
     ctx = _ctx(sim)
     result = ADAPTER.generate(_request(COGVIEW, size=(512, 512)), ctx)
     url = result.images[0].url
     assert url is not None
     data, _ = ctx.http.download(url, max_bytes=10_000_000)
     assert data.startswith(b"\x89PNG")
-    time.sleep(1.2)
+    time.sleep(ttl + 0.2)
     with pytest.raises(UpstreamError) as info:
         ctx.http.download(url, max_bytes=10_000_000)
     assert "404" in info.value.message
