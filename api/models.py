@@ -10,10 +10,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.auth import current_key
-from api.routing import breaker_name
 from api.schemas import Candidate, ModelList, RealModel, VirtualModel
 from api.services import Services, services
 from shared import catalog
+from shared.route import model_breaker
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 
@@ -67,7 +67,7 @@ def describe(model: catalog.Model, svc: Services) -> RealModel:
         available=not reason,
         **({"unavailable_reason": reason} if reason else {}),
         virtual=False,
-        health=svc.breakers.status(breaker_name(model.id)).state.value,
+        health=svc.breakers.status(model_breaker(model.id)).state.value,
     )
 
 

@@ -17,8 +17,7 @@ from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from shared.signing import storage_for
-from shared.storage import ImageStorage
+from shared.storage import ImageStorage, storage_for
 
 EXTENSION = "imagegate"
 
