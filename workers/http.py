@@ -26,7 +26,10 @@ It owns what adapters must not each reinvent:
 * **Guarded downloads**: result files and reference images are fetched through
   ``fetch_session`` (SSRF-guarded by :mod:`shared.netguard`), and a redirect is
   followed only as a new URL the guard checks again, at most
-  :data:`MAX_REDIRECTS` times.
+  :data:`MAX_REDIRECTS` times. Calls to URLs an upstream's answer named
+  (polling URLs) take ``guarded=True`` and go the same way.
+* **One session per thread**: requests sessions are not thread-safe, so a
+  fan-out thread calls through :meth:`UpstreamHTTP.own_sessions`.
 
 Adapters pass a small ``ErrorParser`` that pulls (message, code) out of their
 upstream's error body. Whatever the upstream said is stripped of the credential
