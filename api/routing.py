@@ -46,10 +46,6 @@ class Route:
         return route_meta(self.model.id, self.request, base, self.notes.to_meta())
 
 
-# The breaker of a real model; kept under this name for api/models.py.
-breaker_name = model_breaker
-
-
 def plan(
     req: GenerationRequest,
     virtual: VirtualModel,
@@ -92,10 +88,10 @@ def plan(
             code="model_unavailable",
             headers={"x-should-retry": "false"},
         )
-    healthy = [(r, w) for r, w in eligible if breakers.would_allow(breaker_name(r.model.id))]
+    healthy = [(r, w) for r, w in eligible if breakers.would_allow(model_breaker(r.model.id))]
     if not healthy:
         retry = min(
-            (breakers.status(breaker_name(r.model.id)).retry_at or 0.0) for r, _ in eligible
+            (breakers.status(model_breaker(r.model.id)).retry_at or 0.0) for r, _ in eligible
         )
         raise ServiceUnavailable(
             f"Every model behind '{virtual.id}' is failing right now; try again shortly.",

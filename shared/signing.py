@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import redis
@@ -19,12 +19,3 @@ def signing_secret(settings: Settings, client: redis.Redis) -> str:
         return settings.signing_secret
     client.set(_SECRET_KEY, secrets.token_urlsafe(32), nx=True)
     return str(client.get(_SECRET_KEY))
-
-
-def __getattr__(name: str) -> Any:
-    # The storage factory lives in shared.storage; this name is kept for api/services.py.
-    if name == "storage_for":
-        from shared.storage import storage_for
-
-        return storage_for
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
