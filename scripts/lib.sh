@@ -16,6 +16,9 @@ ensure_system_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   [ "${1:-}" = test ] && ! command -v npm >/dev/null && missing+=(nodejs npm)  # S3 test server
+  # the multi-host tests: hosts in network namespaces, one with its clock off
+  [ "${1:-}" = test ] && ! command -v ip >/dev/null && missing+=(iproute2)
+  [ "${1:-}" = test ] && ! command -v faketime >/dev/null && missing+=(faketime)
   "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -44,11 +44,18 @@ import redis
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
-from shared.redis_client import SentinelURL
+from shared.redis_client import KEEPALIVE_OPTIONS, SentinelURL
 
 
 class Channel(kombu_redis.Channel):
     _sync_client: tuple[Any, redis.Redis] | None = None
+
+    # A consumer waits in BRPOP on a socket that only becomes readable when Redis answers:
+    # a broker host that went silent (no reset) would hold it forever. TCP keep-alives, as
+    # on every client of shared.redis_client, turn that into a connection error in ~11 s,
+    # and Celery reconnects (to the new primary, with Sentinel). Transport options win.
+    socket_keepalive = True
+    socket_keepalive_options = KEEPALIVE_OPTIONS
 
     def _create_client(self, asynchronous: bool = False) -> redis.Redis:
         if asynchronous:
