@@ -239,6 +239,11 @@ class Settings(_Variables):
     max_reference_image_bytes: Count = 10 * 1024 * 1024
     # Largest job spec kept in Redis (the request and its routes, never image bytes).
     max_job_spec_bytes: Count = 512 * 1024
+    # Streaming (stream=true, api/streaming.py): an SSE comment this often while nothing
+    # else is sent, so proxies that cut idle connections keep a long generation open; and
+    # the largest partial image relayed from worker to web (shared/progress.py), decoded.
+    stream_keepalive_seconds: Seconds = 15.0
+    stream_partial_image_max_bytes: Count = 4 * 1024 * 1024
     upstream_attempt_timeout_seconds: Seconds = 90.0
     upstream_max_retries: Cap = 3
     signing_secret: str = Field("", repr=False)  # empty: made once at random, kept in Redis
