@@ -1,8 +1,10 @@
 """GET /v1/models and GET /v1/models/{id}: the catalog in OpenAI's list format.
 
 Besides OpenAI's fields (id, object, created, owned_by) each entry says what
-the gateway knows of it: family, price per image, size rule, limits, and
-whether it can be used right now (``available``, with the reason when not).
+the gateway knows of it: family, price per image, size rule, limits, what
+edits and variations it serves (``max_reference_images``, ``mask``,
+``variations``), and whether it can be used right now (``available``, with
+the reason when not).
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ def describe(model: catalog.Model, svc: Services) -> RealModel:
         response_formats=list(model.response_formats),
         default_response_format=model.default_response_format,
         params=sorted(model.params),
+        max_reference_images=model.max_reference_images,
+        mask=model.mask,
+        variations=model.variations,
         available=not reason,
         **({"unavailable_reason": reason} if reason else {}),
         virtual=False,

@@ -308,6 +308,17 @@ class RealModel(_ModelCommon):
     params: Annotated[
         list[str], Field(description="The optional request fields this model accepts.")
     ]
+    max_reference_images: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="How many images `POST /v1/images/edits` may send it (0: no edits).",
+        ),
+    ]
+    mask: Annotated[bool, Field(description="Whether an edit may send it a `mask`.")]
+    variations: Annotated[
+        bool, Field(description="Whether it serves `POST /v1/images/variations`.")
+    ]
     unavailable_reason: str | Absent = None
     virtual: Literal[False]
     health: Health

@@ -26,6 +26,10 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     params = ["quality", "style", "user"]           # optional request fields it accepts
     choices = { quality = ["standard", "hd"] }      # allowed values, where narrower than the API's
     options = { response_format = "b64_json" }      # adapter-specific settings
+    max_reference_images = 1         # images an edit may send (default: 1 if params has
+                                     # "image", else 0 = no POST /v1/images/edits)
+    mask = true                      # an edit may send a mask (default false)
+    variations = true                # serves POST /v1/images/variations (default false)
 
     [[virtual_models]]
     id = "image-turbo"               # routed per request to one of its candidates
@@ -91,9 +95,12 @@ OPTIONAL_PARAMS = frozenset(
         "aspect_ratio",
         "seed",
         "image",
+        "input_fidelity",
     }
 )
 RESPONSE_FORMATS = ("url", "b64_json")
+# OpenAI's edits take up to 16 images; no upstream takes more.
+MAX_REFERENCE_IMAGES = 16
 
 # OpenAI clients' tuning fields: accepted by every model unless strict mode is on,
 # and mapped to what the model has or ignored (api/validation.py, `fit_tuning`).
@@ -140,10 +147,20 @@ class Model:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     owned_by: str = ""
     description: str = ""
+    # Edits (POST /v1/images/edits): how many reference images the model takes (0: no
+    # edits), and whether it takes a mask; variations (POST /v1/images/variations).
+    max_reference_images: int = 0
+    mask: bool = False
+    variations: bool = False
 
     @property
     def price(self) -> Decimal:
         return Decimal(self.price_micros) / MICROS_PER_UNIT
+
+    @property
+    def edits(self) -> bool:
+        """Whether the model serves ``POST /v1/images/edits`` (it takes reference images)."""
+        return self.max_reference_images > 0
 
 
 @dataclass(frozen=True)
@@ -351,6 +368,11 @@ class ModelEntry(_Entry):
     options: dict[str, Any] = {}  # the adapter's own settings
     owned_by: str = ""  # "": the family
     description: str = ""
+    # Reference images an edit may send (None: 1 if `image` is in params, else 0),
+    # whether an edit may send a mask, and whether the model makes variations.
+    max_reference_images: int | None = Field(None, ge=0, le=MAX_REFERENCE_IMAGES)
+    mask: bool = False
+    variations: bool = False
 
     @field_validator("params")
     @classmethod
@@ -365,7 +387,15 @@ class ModelEntry(_Entry):
             raise ValueError("default_response_format must be one of response_formats")
         if set(self.choices) - self.params:
             raise ValueError("choices given for params the model does not accept")
+        if self.mask and self.references == 0:
+            raise ValueError("mask = true needs max_reference_images >= 1")
         return self
+
+    @property
+    def references(self) -> int:
+        if self.max_reference_images is not None:
+            return self.max_reference_images
+        return 1 if "image" in self.params else 0
 
     def build(self) -> Model:
         return Model(
@@ -384,6 +414,9 @@ class ModelEntry(_Entry):
             options=MappingProxyType(dict(self.options)),
             owned_by=self.owned_by or self.family,
             description=self.description,
+            max_reference_images=self.references,
+            mask=self.mask,
+            variations=self.variations,
         )
 
 

@@ -292,3 +292,36 @@ def test_load_catalog_reports_unreadable_file(tmp_path) -> None:
     bad.write_text("this is = = not toml")
     with pytest.raises(CatalogError, match="cannot read catalog"):
         load_catalog(bad)
+
+
+# --- edits and variations ----------------------------------------------------
+
+
+def test_edit_capabilities_of_the_shipped_models(catalog: Catalog) -> None:
+    # OpenAI: GPT image models take 16 images and a mask, dall-e-2 one image, a mask and
+    # variations; dall-e-3 has no edits. Seed 001: Kontext [max] 4 references.
+    for model_id in ("gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2"):
+        model = catalog.models[model_id]
+        assert (model.max_reference_images, model.mask, model.variations) == (16, True, False)
+    dalle2 = catalog.models["dall-e-2"]
+    assert (dalle2.max_reference_images, dalle2.mask, dalle2.variations) == (1, True, True)
+    assert not catalog.models["dall-e-3"].edits
+    assert catalog.models["black-forest-labs/flux.1-kontext-max"].max_reference_images == 4
+    assert catalog.models["local/testcard"].max_reference_images == 16
+    assert catalog.models["local/testcard"].variations
+    assert "input_fidelity" not in catalog.models["gpt-image-1-mini"].params
+    assert "input_fidelity" in catalog.models["gpt-image-1"].params
+
+
+def test_max_reference_images_defaults_from_the_image_param() -> None:
+    assert parse_catalog(_minimal()).models["m1"].max_reference_images == 0
+    cat = parse_catalog(_with(params=["quality", "image"]))
+    assert cat.models["m1"].max_reference_images == 1
+    assert cat.models["m1"].edits and not cat.models["m1"].mask
+
+
+def test_rejects_a_mask_without_reference_images() -> None:
+    with pytest.raises(CatalogError, match="mask = true needs max_reference_images"):
+        parse_catalog(_with(mask=True))
+    with pytest.raises(CatalogError, match="max_reference_images"):
+        parse_catalog(_with(max_reference_images=17))
