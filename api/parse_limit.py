@@ -32,6 +32,7 @@ import math
 
 import redis
 
+from shared import lua
 from shared.errors import RateLimited
 from shared.settings import Settings
 
@@ -39,28 +40,6 @@ BURST_BODIES = 8
 """The bucket holds this many bodies of ``max_body_bytes`` (or one second of ``rate``)."""
 
 _BUCKET = "ig:parse:{}"
-
-# KEYS[1] the bucket (hash: tokens, ts)
-# ARGV[1] cost: bytes to parse; ARGV[2] rate: bytes per second; ARGV[3] burst: bucket size
-# Returns {1, "0"} when charged, else {0, seconds until the cost fits (a decimal string)}.
-_CHARGE = """
-local cost = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-if cost > tokens then
-  return {0, tostring((cost - tokens) / rate)}
-end
-tokens = tokens - cost
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) / rate * 1000) + 1000)
-return {1, "0"}
-"""
 
 
 class ParseLimit:
@@ -71,7 +50,7 @@ class ParseLimit:
             raise ValueError("a parse limit needs a positive rate and burst")
         self.rate = rate
         self.burst = burst
-        self._charge = client.register_script(_CHARGE)
+        self._charge = lua.register(client, "parse_charge")
 
     @classmethod
     def for_settings(cls, client: redis.Redis, settings: Settings) -> ParseLimit:
@@ -85,7 +64,9 @@ class ParseLimit:
         cost = min(max(nbytes, 0), self.burst)
         if cost == 0:
             return
-        ok, wait = self._charge(keys=[_BUCKET.format(subject)], args=[cost, self.rate, self.burst])
+        ok, wait = self._charge(
+            [_BUCKET.format(subject)], cost=cost, rate=self.rate, burst=self.burst
+        )
         if int(ok):
             return
         retry = max(1, math.ceil(float(wait)))

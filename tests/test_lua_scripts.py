@@ -27,15 +27,26 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from api.parse_limit import ParseLimit
 from shared import jobrecord, lua
 from shared.billing import Accounts, Idempotency
 from shared.capacity import Capacity
 from shared.catalog import Catalog, parse_catalog
 from shared.errors import InsufficientBalance, RateLimited, UpstreamError
 from shared.health import BreakerPolicy, Breakers
-from shared.jobs import TERMINAL, Job, JobStatus, JobStore, Liveness, StoredImage, new_job_id
+from shared.jobs import (
+    TERMINAL,
+    WEBHOOKS_DUE,
+    Job,
+    JobStatus,
+    JobStore,
+    Liveness,
+    StoredImage,
+    new_job_id,
+)
 from shared.keys import ApiKey
 from shared.redis_client import connect
+from workers.webhook_pump import inflight_key, pump_once
 
 SCRIPTS = lua.script_names()
 PIECES = lua.piece_names()
@@ -241,7 +252,8 @@ def recorder(redis_server) -> Iterator[Recorder]:
 
 def _scenario(client: redis.Redis) -> None:
     """Takes every script through its branches (admission refused and accepted, claims,
-    heartbeats, handoff, sends, reaps, ends, webhook state; capacity leases; breakers)."""
+    heartbeats, handoff, sends, reaps, ends, webhook state; capacity leases; breakers;
+    webhook takes and claims; the parse budget)."""
     live = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0)
     store = JobStore(client, retention_seconds=600, liveness=live)
     accounts = Accounts(client, CATALOG)
@@ -309,6 +321,41 @@ def _scenario(client: redis.Redis) -> None:
     breakers.record_failure(breaker)
     assert not breakers.allow(breaker)
     assert breakers.allow(breaker, now=time.time() + 2)
+
+    # webhooks: the pump takes a due id (and defers one of a key at its cap), the
+    # delivery's message claims its lease (and a stale message does not)
+    _webhooks(client, store, hooked.id, key.id)
+    # the parse budget: charged, then refused
+    limit = ParseLimit(client, rate=1000.0, burst=1000)
+    subject = "lua_" + secrets.token_hex(4)
+    limit.charge(subject, 800)
+    with pytest.raises(RateLimited):
+        limit.charge(subject, 800)
+
+
+def _webhooks(client: redis.Redis, store: JobStore, job_id: str, key_id: str) -> None:
+    # the due set of this test's database; no pump runs on it
+    client.zadd(WEBHOOKS_DUE, {job_id: 0, "imgjob_lua_other": 0})
+    client.hset(store.record_key("imgjob_lua_other"), "key_id", key_id)
+
+    class Sent:  # the Celery app's one method the pump calls
+        def __init__(self) -> None:
+            self.leases: list[str] = []
+
+        def send_task(self, name: str, args: list[str], queue: str) -> None:
+            self.leases.append(args[1])
+
+    sent = Sent()
+    assert pump_once(client, sent, per_key=1) == 1  # the other is deferred: one in flight
+    assert len(sent.leases) == 1
+    lease = float(sent.leases[0])
+    taken = next(j for j in (job_id, "imgjob_lua_other") if client.zscore(WEBHOOKS_DUE, j) == lease)
+    claim = lua.register(client, "webhook_claim")
+    inflight = inflight_key(key_id)
+    assert claim([WEBHOOKS_DUE, inflight], job_id=taken, token=sent.leases[0], renewed="1e10")
+    assert not claim([WEBHOOKS_DUE, inflight], job_id=taken, token=sent.leases[0], renewed="1")
+    client.zrem(WEBHOOKS_DUE, job_id, "imgjob_lua_other")
+    client.delete(inflight, store.record_key("imgjob_lua_other"))
 
 
 def test_every_key_a_script_touches_comes_from_its_keys(redis_server, recorder: Recorder) -> None:

@@ -39,6 +39,7 @@ import time
 import redis
 from celery import Celery
 
+from shared import lua
 from shared.jobs import DELIVER_WEBHOOK_TASK, WEBHOOK_QUEUE, WEBHOOKS_DUE, JobStore, redis_clock
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,6 @@ def inflight_key(key_id: str | None) -> str:
     return _INFLIGHT.format(key_id or "-")
 
 
-# KEYS[1] the due set, KEYS[2] the key's in-flight set;
-# ARGV: job id, now, lease end, per-key cap (0: none), defer until.
-# 1 if this pump took the id, 0 if not due (or another pump took it), -1 if deferred.
-_TAKE = """
-local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
-local cap = tonumber(ARGV[4])
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-  if not redis.call('ZSCORE', KEYS[2], ARGV[1]) and redis.call('ZCARD', KEYS[2]) >= cap then
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[5]), ARGV[1])
-    return -1
-  end
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
-  redis.call('EXPIRE', KEYS[2], math.ceil(tonumber(ARGV[3]) - tonumber(ARGV[2])) + 60)
-end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[1])
-return 1
-"""
-
-
 def pump_once(
     client: redis.Redis,
     app: Celery,
@@ -82,7 +62,7 @@ def pump_once(
     limit: int = 200,
 ) -> int:
     """Send the due deliveries (at most ``per_key`` in flight per API key; 0: no cap)."""
-    take = client.register_script(_TAKE)
+    take = lua.register(client, "webhook_take")
     now = redis_clock(client)  # due times and leases are Redis' clock, like the job's
     due = client.zrangebyscore(WEBHOOKS_DUE, "-inf", now, start=0, num=limit)
     if not due:
@@ -95,8 +75,12 @@ def pump_once(
     for job_id, key_id in zip(due, key_ids, strict=True):
         lease = repr(now + lease_seconds)
         cap = per_key if key_id else 0  # a record that is gone: the delivery cleans up
-        args = [job_id, repr(now), lease, cap, repr(now + DEFER_SECONDS)]
-        if take(keys=[WEBHOOKS_DUE, inflight_key(key_id)], args=args) != 1:
+        defer_until = repr(now + DEFER_SECONDS)
+        keys = [WEBHOOKS_DUE, inflight_key(key_id)]
+        took = take(
+            keys, job_id=job_id, now=repr(now), lease=lease, cap=cap, defer_until=defer_until
+        )
+        if took != 1:
             continue  # another pump took it, or its key is at its cap
         try:
             app.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, lease], queue=WEBHOOK_QUEUE)

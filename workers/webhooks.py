@@ -40,6 +40,7 @@ from typing import Any
 import redis
 import requests
 
+from shared import lua
 from shared.jobs import WEBHOOKS_DUE, Job, JobStore, redis_clock
 from shared.keys import KeyStore
 from shared.netguard import UnsafeDestination, policy_for, safe_session
@@ -56,18 +57,6 @@ USER_AGENT = "imagegate-webhooks/0.1"
 KEEP_AFTER_ATTEMPT = 3600.0
 # The lease of a running attempt outlasts its timeout by this much (payload, Redis).
 _ATTEMPT_LEASE_MARGIN = 30.0
-
-# KEYS[1] the due set, KEYS[2] the key's in-flight set; ARGV: job id, token, lease end.
-# 1 if the message still holds the lease named by its token (which is then renewed).
-_CLAIM = """
-local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not due or tonumber(due) ~= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[3]), ARGV[1])
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[1])
-end
-return 1
-"""
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -104,8 +93,8 @@ def deliver(
         renewed = repr(
             redis_clock(client) + settings.webhook_timeout_seconds + _ATTEMPT_LEASE_MARGIN
         )
-        claim = client.register_script(_CLAIM)
-        if not claim(keys=[WEBHOOKS_DUE, inflight], args=[job_id, lease, renewed]):
+        claim = lua.register(client, "webhook_claim")
+        if not claim([WEBHOOKS_DUE, inflight], job_id=job_id, token=lease, renewed=renewed):
             return "not_owner"
     state = dict(job.webhook or {"state": "pending", "attempts": []})
     try:

@@ -2,7 +2,9 @@
 
 ``job_*``: the job record's transitions (:mod:`shared.jobs`); ``admit`` and
 ``release_idempotency``: :mod:`shared.billing`; ``capacity_*``: :mod:`shared.capacity`;
-``breaker_*``: :mod:`shared.health`; ``_*.lua``: pieces the job scripts include.
+``breaker_*``: :mod:`shared.health`; ``webhook_take``: :mod:`workers.webhook_pump`;
+``webhook_claim``: :mod:`workers.webhooks`; ``parse_charge``: :mod:`api.parse_limit`;
+``_*.lua``: pieces the job scripts include.
 
 Every ``<name>.lua`` here is one atomic transition, run with ``EVALSHA`` through
 :func:`register` (redis-py's ``register_script``: the script is sent again only
