@@ -42,6 +42,7 @@ from shared.errors import (
 )
 from shared.jobs import TERMINAL, Job, StoredImage, timeout_error
 from shared.netguard import policy_for, policy_with_hosts_of
+from shared.progress import PartialSink
 from shared.route import key_breaker, model_breaker, route_of
 from shared.sizing import Size, parse_size
 from shared.uploads import ReferenceImage, data_url
@@ -269,6 +270,7 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
             fetch_session=ctx.client_session(),
             provider="the client's URL",
         ),
+        progress=_progress_sink(job, ctx),
     )
     log.info(
         "job %s running: model=%s upstream=%s size=%s aspect=%s n=%d",
@@ -295,6 +297,20 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
                 log.warning("job %s: could not release its upstream slot: %s", job.id, exc)
     ctx.breakers.record_success(*breakers)
     return stored
+
+
+def _progress_sink(job: Job, ctx: WorkerContext) -> PartialSink | None:
+    """Where the adapter publishes partial images, when the job's client streams them
+    (``meta.stream``, set by api/generations.py; :mod:`shared.progress`)."""
+    stream = job.meta.get("stream")
+    if not isinstance(stream, dict):
+        return None
+    return PartialSink(
+        ctx.redis,
+        job.id,
+        partial_images=int(stream.get("partial_images") or 0),
+        max_bytes=ctx.settings.stream_partial_image_max_bytes,
+    )
 
 
 def _reference_image(reference: ReferenceImage, ctx: WorkerContext) -> str:

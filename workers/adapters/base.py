@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.catalog import Family, Model
 from shared.errors import CATALOG_MISCONFIGURED, ServerError
+from shared.progress import PartialSink
 from workers.http import UpstreamHTTP
 
 
@@ -76,6 +77,10 @@ class CallContext:
     # For URLs the *client* gave (reference images): the SSRF guard checks every address
     # at connection time, connects to the checked one and follows no redirects.
     client_http: UpstreamHTTP | None = None
+    # Set when the client streams (stream=true): an adapter whose upstream streams
+    # partial images asks it for ``progress.partial_images`` of them and hands each to
+    # ``progress.publish`` as it arrives (shared.progress). None: nobody is listening.
+    progress: PartialSink | None = None
 
 
 Seconds = Annotated[float, Field(gt=0, strict=True)]
