@@ -24,7 +24,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def test_testcard_url_n2(client: OpenAI) -> None:
+def test_testcard_urls_serve_two_different_pngs_of_the_asked_size(client: OpenAI) -> None:
     r = client.images.generate(model="local/testcard", prompt="a red fox", size="512x512", n=2)
     assert len(r.data) == 2
     urls = [d.url for d in r.data]
@@ -39,7 +39,7 @@ def test_testcard_url_n2(client: OpenAI) -> None:
     assert bodies[0] != bodies[1]
 
 
-def test_testcard_b64(client: OpenAI) -> None:
+def test_testcard_b64_json_is_a_png_of_the_default_size_and_no_url(client: OpenAI) -> None:
     r = client.images.generate(model="local/testcard", prompt="x", response_format="b64_json")
     data = base64.b64decode(r.data[0].b64_json)
     assert _png_size(data) == (1024, 1024)
@@ -67,7 +67,9 @@ def test_openai_family_dalle3_fixed_size_is_mapped_and_revised_prompt_kept(
     assert _png_size(image.content) == (1792, 1024)
 
 
-def test_openai_gpt_image_n3_b64(client: OpenAI, sim: str) -> None:
+def test_gpt_image_n3_sends_n_and_quality_and_no_response_format_upstream(
+    client: OpenAI, sim: str
+) -> None:
     prompt = tagged("three cats")
     r = client.images.generate(
         model="gpt-image-1", prompt=prompt, n=3, quality="low", response_format="b64_json"
