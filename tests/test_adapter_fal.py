@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from shared.catalog import Model, load_catalog
 from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 from tests.conftest import SIM_KEY, start_simulator
+from tests.support.peers import SlowPeer
 from workers.adapters import fal
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.http import UpstreamHTTP
@@ -363,6 +365,56 @@ def test_a_failed_run_whose_result_says_nothing_is_judged_by_its_status(
     err = fal._run_failure(status, "rid-2")
     assert type(err) is kind and err.code == code
     assert err.headers["x-upstream-request-id"] == "rid-2"
+
+
+# -- the key goes only to fal's own site -----------------------------------------------------
+
+
+def test_queue_urls_on_another_host_never_get_the_key(sim: str) -> None:
+    """A submission answer naming another host (here "localhost", a loopback name that is
+    not the base URL's) for its status/response/cancel URLs: the key is not sent there;
+    the documented URLs on fal's own origin are used instead."""
+    thief = SlowPeer("error").start()
+    try:
+        elsewhere = f"http://localhost:{thief.port}/steal"
+        ctx = _ctx(sim)
+
+        def point_elsewhere(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+            if response.request.method == "POST" and response.ok:
+                body = response.json()
+                for name in ("status_url", "response_url", "cancel_url"):
+                    body[name] = f"{elsewhere}/{name}"
+                response._content = json.dumps(body).encode()
+
+        ctx.http.session.hooks["response"].append(point_elsewhere)
+        result = fal.FalAdapter().generate(_request(), ctx)
+    finally:
+        thief.stop()
+    assert thief.requests == []
+    assert len(result.images) == 1
+    rid = _calls(sim, "submit")[0]["id"]
+    assert {p["path"] for p in _calls(sim, "status")} == {f"/fal-ai/z-image/requests/{rid}/status"}
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://queue.fal.run/fal-ai/x/requests/1/status", True),
+        ("https://queue.fal.run:443/fal-ai/x/requests/1", True),
+        ("https://QUEUE.fal.run/x", True),
+        ("http://queue.fal.run/x", False),  # the key in clear text
+        ("https://queue.fal.run:8443/x", False),
+        ("https://rest.fal.run/x", False),
+        ("https://queue.fal.run.example.com/x", False),
+        ("https://example.com/?https://queue.fal.run", False),
+        ("https://user@example.com:443@queue.fal.run/x", True),  # its host is queue.fal.run
+        ("https://queue.fal.run:bad/x", False),
+        ("ftp://queue.fal.run/x", False),
+        ("/relative", False),
+    ],
+)
+def test_same_origin(url: str, ok: bool) -> None:
+    assert fal.same_origin(url, "https://queue.fal.run") is ok
 
 
 # -- deadline and result lifetime ---------------------------------------------------------

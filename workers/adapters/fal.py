@@ -11,9 +11,12 @@ Every call carries ``Authorization: Key <FAL_KEY>``. The protocol:
    :data:`MAX_POLL_INTERVAL`; ``options.poll_interval`` /
    ``options.max_poll_interval`` override) while it says ``IN_QUEUE`` or
    ``IN_PROGRESS``, until ``COMPLETED``. The returned URLs are used as given
-   (fal's leave the app's subpath out); they are only rebuilt when missing.
-   Being the upstream's answer, not our configuration, they are fetched through
-   the SSRF guard (``http.fetch_session``), like result files.
+   (fal's leave the app's subpath out); they are rebuilt from ``base_url`` when
+   missing or not on ``base_url``'s origin (scheme, host and port): they carry
+   the key, which goes only to fal's own site (as BFL's and Replicate's keys
+   go only to theirs), never to a host an answer names. Being the upstream's
+   answer, not our configuration, they are fetched through the SSRF guard
+   (``http.fetch_session``), like result files.
 3. ``GET response_url`` for the output ``{images: [{url, width, height,
    content_type}], seed, has_nsfw_concepts: [bool], prompt, timings}``.
 
@@ -59,6 +62,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -222,7 +226,8 @@ class _Handle:
 
         def url(name: str, default: str) -> str:
             value = payload.get(name)
-            return value if isinstance(value, str) and value.startswith("http") else default
+            ok = isinstance(value, str) and same_origin(value, base_url)
+            return value if ok else default
 
         return cls(
             request_id=rid,
@@ -230,6 +235,24 @@ class _Handle:
             response_url=url("response_url", fallback),
             cancel_url=url("cancel_url", f"{fallback}/cancel"),
         )
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """Whether ``url`` is on ``base_url``'s origin: the same scheme, host and port
+    (a default port written out or not), so a request to it may carry the key."""
+    try:
+        target, base = urlsplit(url), urlsplit(base_url)
+        ports = target.port, base.port
+    except ValueError:  # a malformed port
+        return False
+    defaults = {"http": 80, "https": 443}
+    return (
+        target.scheme.lower() in defaults
+        and target.scheme.lower() == base.scheme.lower()
+        and (target.hostname or "") == (base.hostname or "")
+        and (ports[0] or defaults[target.scheme.lower()])
+        == (ports[1] or defaults.get(base.scheme.lower()))
+    )
 
 
 def build_input(request: ImageRequest) -> dict[str, Any]:
