@@ -30,9 +30,9 @@ output_format      unknown             unknown           png (default)      unkn
                                                          jpeg webp
 output_compression unknown             unknown           0-100              unknown
 moderation         unknown             unknown           auto low           unknown
-stream             unknown             unknown           false only (no     unknown
-                                                         SSE here)
-partial_images     unknown             unknown           0-3 (ignored)      unknown
+stream             unknown             unknown           boolean (true:     unknown
+                                                         SSE, see below)
+partial_images     unknown             unknown           0-3                unknown
 seed               unknown             unknown           unknown            integer (optional)
 user               string              string            string             string
 ================== =================== ================= ================== =====================
@@ -74,6 +74,21 @@ colour per index (transparent backgrounds: a coloured square on alpha 0);
 PNG/JPEG files also carry the file id in a comment chunk so every file's
 bytes are unique.
 
+Streaming (GPT models, ``stream: true``): after the same checks (an error is
+still an ordinary JSON answer with its status), ``200 text/event-stream`` with,
+for each of the ``n`` images in order, ``partial_images`` events
+``event: image_generation.partial_image`` (``data``: ``type``, ``b64_json`` -- a
+small preview, the image at 1/8 of each side --, ``created_at``, ``size``,
+``quality``, ``background``, ``output_format``, ``partial_image_index``) and then
+one ``event: image_generation.completed`` (the same fields without the index,
+the full image, and the call's ``usage``). Events are sent ``pace`` seconds
+apart: 0.05, or what the prompt says with ``sim-pace=<seconds>`` (at most 10),
+so a test can watch partials arrive before the image is done. A prompt with
+the word ``streamfail`` gets, after its partial images, ``event: error`` with
+``{"type": "error", "error": {"message", "type": "server_error", "param",
+"code": "server_error"}}`` and no completed event, as when OpenAI fails
+mid-stream.
+
 Errors use OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``:
 
 * 401 ``invalid_request_error``/``invalid_api_key``: missing/wrong bearer key.
@@ -109,10 +124,12 @@ Test/control endpoints: ``GET|POST /_sim/config`` (POST merges JSON),
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +148,7 @@ from simulators.base import (
     retry_after_headers,
     route,
     tag_file,
+    word,
 )
 from simulators.control import parse_json_body
 from simulators.state import PALETTE, SimConfig
@@ -165,6 +183,14 @@ COMPAT_MAX_RATIO_TERM = 64
 COMPAT_TARGET_AREA = 1024 * 1024
 COMPAT_SIZE_RE = re.compile(r"([0-9]{1,6})x([0-9]{1,6})")
 COMPAT_RATIO_RE = re.compile(r"([0-9]{1,3}):([0-9]{1,3})")
+
+# Streaming: seconds between events (or the prompt's sim-pace=<seconds>), the preview's
+# scale, and the prompt word that makes the stream fail after its partial images.
+STREAM_PACE = 0.05
+STREAM_MAX_PACE = 10.0
+STREAM_PACE_RE = re.compile(r"\bsim-pace=([0-9]{1,2}(?:\.[0-9]{1,3})?)\b")
+PARTIAL_SCALE = 8
+STREAM_FAIL_WORD = word("streamfail")
 
 
 @dataclass(frozen=True)
@@ -381,6 +407,8 @@ class GenerationRequest:
     output_compression: int
     aspect_ratio: str | None = None  # compat only, as requested
     seed: int | None = None  # compat only
+    stream: bool = False  # GPT only
+    partial_images: int = 0  # GPT only
 
 
 def _compat_dimensions(body: dict[str, Any]) -> tuple[str, int, int, str | None]:
@@ -514,6 +542,8 @@ def parse_generation(body: Any) -> GenerationRequest:
     output_format = "png"
     output_compression = 100
     seed = None
+    stream = False
+    partial_images = 0
     if spec.family == "compat":
         response_format = _choice(body, "response_format", ("url", "b64_json"), "url")
         seed = body.get("seed")
@@ -528,17 +558,11 @@ def parse_generation(body: Any) -> GenerationRequest:
         output_format = _choice(body, "output_format", ("png", "jpeg", "webp"), "png")
         output_compression = _integer(body, "output_compression", 0, 100, 100)
         _choice(body, "moderation", ("low", "auto"), "auto")
-        _integer(body, "partial_images", 0, 3, 0)
+        partial_images = _integer(body, "partial_images", 0, 3, 0)
         stream = body.get("stream")
         if stream is not None and not isinstance(stream, bool):
             raise _invalid_type("stream", "a boolean", stream)
-        if stream:
-            raise ApiError(
-                400,
-                "Streaming is not supported by this simulator; send stream=false.",
-                param="stream",
-                code="unsupported_value",
-            )
+        stream = bool(stream)
         if background == "transparent" and output_format == "jpeg":
             raise ApiError(
                 400,
@@ -564,6 +588,8 @@ def parse_generation(body: Any) -> GenerationRequest:
         output_compression=output_compression,
         aspect_ratio=aspect_ratio,
         seed=seed,
+        stream=stream,
+        partial_images=partial_images,
     )
 
 
@@ -616,6 +642,79 @@ def render_image(req: GenerationRequest, index: int, base_colour: int, file_id: 
         req.output_compression,
     )
     return tag_file(data, req.output_format, file_id)
+
+
+def render_partial(req: GenerationRequest, index: int, base_colour: int) -> bytes:
+    """A streamed preview of image ``index``: the same colour at 1/8 of each side."""
+    return _encode(
+        max(1, req.width // PARTIAL_SCALE),
+        max(1, req.height // PARTIAL_SCALE),
+        req.output_format,
+        req.background == "transparent",
+        (base_colour + index) % len(PALETTE),
+        req.output_compression,
+    )
+
+
+def stream_pace(prompt: str) -> float:
+    match = STREAM_PACE_RE.search(prompt)
+    return min(STREAM_MAX_PACE, float(match.group(1))) if match else STREAM_PACE
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def stream_events(req: GenerationRequest, base_colour: int, images: int) -> Iterator[bytes]:
+    """The SSE body of a streamed GPT generation (see the module's docstring)."""
+    pace = stream_pace(req.prompt)
+    fields = {
+        "size": f"{req.width}x{req.height}",
+        "quality": req.quality,
+        "background": req.background,
+        "output_format": req.output_format,
+    }
+    usage = usage_for(req)
+    for index in range(images):
+        for partial in range(req.partial_images):
+            time.sleep(pace)
+            data = render_partial(req, index, base_colour)
+            yield sse(
+                "image_generation.partial_image",
+                {
+                    "type": "image_generation.partial_image",
+                    "b64_json": base64.b64encode(data).decode("ascii"),
+                    "created_at": int(time.time()),
+                    **fields,
+                    "partial_image_index": partial,
+                },
+            )
+        time.sleep(pace)
+        if STREAM_FAIL_WORD.search(req.prompt):
+            yield sse(
+                "error",
+                {
+                    "type": "error",
+                    "error": {
+                        "message": SERVER_ERROR_MESSAGE,
+                        "type": "server_error",
+                        "param": None,
+                        "code": "server_error",
+                    },
+                },
+            )
+            return
+        data = render_image(req, index, base_colour, f"img_{uuid.uuid4().hex}")
+        yield sse(
+            "image_generation.completed",
+            {
+                "type": "image_generation.completed",
+                "b64_json": base64.b64encode(data).decode("ascii"),
+                "created_at": int(time.time()),
+                **fields,
+                "usage": usage,
+            },
+        )
 
 
 def usage_for(req: GenerationRequest) -> dict[str, Any]:
@@ -741,6 +840,9 @@ class OpenAISimulator(Simulator):
             base_colour = req.seed % len(PALETTE)
         else:
             base_colour = int.from_bytes(uuid.uuid4().bytes[:2], "big") % len(PALETTE)
+        if req.stream:
+            events = stream_events(req, base_colour, max(0, req.n - config.drop_images))
+            return Response(events, status=200, mimetype="text/event-stream")
         items: list[dict[str, Any]] = []
         for index in range(max(0, req.n - config.drop_images)):
             file_id = f"img_{uuid.uuid4().hex}"
