@@ -75,6 +75,20 @@ def test_a_sent_job_is_sent_once_more_then_waits_for_its_deadline(store: JobStor
     assert store.reap(job.id, now=job.deadline - 1) == "fresh"
 
 
+def test_a_job_sent_max_sends_times_waits_for_its_deadline_even_if_looked_at_early(
+    store: JobStore,
+) -> None:
+    """The reaper's own cap: a queued job already sent ``max_sends`` times in this spell is
+    not sent again, whatever brought its watch time forward; it waits for its deadline."""
+    job = make_job(store, budget=300)
+    for _ in range(LIVE.max_sends):
+        assert store.mark_sent(job.id, now=job.created)
+    t = job.created + 1
+    store._redis.zadd(WATCH, {job.id: t - 0.5})  # looked at early (e.g. a stale entry)
+    assert store.reap(job.id, now=t) == "wait"
+    assert watch_time(store, job.id) == pytest.approx(job.deadline)
+
+
 def test_a_sent_job_past_its_deadline_is_timed_out_and_refunded(store: JobStore) -> None:
     job = make_job(store, budget=20)
     store.mark_sent(job.id, now=job.created)
@@ -94,6 +108,39 @@ def test_heartbeats_keep_a_running_job_from_being_taken_over(store: JobStore) ->
     assert store.reap(job.id, now=job.created + LIVE.stale_after + 1) == "fresh"
     # A duplicate message for it is skipped, not run.
     assert store.claim(job.id, worker="b", now=t + 1).outcome == "busy"
+
+
+def test_a_heartbeat_for_an_attempt_that_lost_the_job_keeps_nothing_alive(
+    store: JobStore,
+) -> None:
+    """A worker still beating for attempt 1 after the job was taken over and claimed again
+    (attempt 3) must not push the new run's watch time: only the holder's beat counts."""
+    job = make_job(store, budget=300)
+    old = store.claim(job.id, worker="a", now=job.created)
+    t = job.created + LIVE.stale_after + 1
+    assert store.reap(job.id, now=t) == "takeover"
+    new = store.claim(job.id, worker="b", now=t)
+    assert new.attempt > old.attempt
+    watched = watch_time(store, job.id)
+    assert store.beat({job.id: old.attempt}, now=t + 1) == 0
+    assert watch_time(store, job.id) == pytest.approx(watched)
+    assert store.beat({job.id: new.attempt}, now=t + 1) == 1
+
+
+def test_a_send_is_counted_only_for_a_queued_job(store: JobStore) -> None:
+    """``mark_sent`` after the job was claimed (the send raced its own run) changes nothing:
+    the running job keeps its heartbeat watch time and its send count."""
+    job = make_job(store, budget=300)
+    store.claim(job.id, worker="a", now=job.created)
+    watched = watch_time(store, job.id)
+    assert store.mark_sent(job.id, now=job.created + 1) is False
+    assert watch_time(store, job.id) == pytest.approx(watched)
+    assert store._redis.hget(store.record_key(job.id), "sends") in (None, "0")
+
+
+def test_a_job_record_lives_its_budget_plus_the_retention(store: JobStore) -> None:
+    job = make_job(store, budget=300)
+    assert 600 + 300 - 5 <= store._redis.ttl(store.record_key(job.id)) <= 600 + 300
 
 
 def test_a_job_whose_worker_stopped_beating_is_taken_over_and_fenced(store: JobStore) -> None:
