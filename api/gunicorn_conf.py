@@ -7,7 +7,9 @@ at once for a few kB each (see README, "Web server"). One process per core.
 The values come from :class:`shared.settings.Settings` (``PORT``, ``IMAGEGATE_HOST``,
 ``IMAGEGATE_WEB_PROCESSES``, ``IMAGEGATE_WEB_CONNECTIONS``,
 ``IMAGEGATE_SYNC_BUDGET_SECONDS``), read here in the master: a setting or a
-catalog that cannot be used stops gunicorn before it forks a worker.
+catalog that cannot be used (including a model's adapter ``options``, checked by
+:func:`workers.adapters.validate_catalog` as the worker does) stops gunicorn
+before it forks a worker.
 """
 
 import json
@@ -20,11 +22,15 @@ from gunicorn import util
 from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
 from shared.settings import Settings, SettingsError
+from workers.adapters import validate_catalog
 
 keep_large_buffers()  # in the master: the web processes it forks inherit it
 
 try:
     _settings = Settings.from_env()
+    # Each model's adapter options, as the worker checks them at start: a broken entry
+    # stops the deployment here rather than answering its requests with 500.
+    validate_catalog(_settings.load_catalog())
 except (SettingsError, CatalogError) as exc:
     sys.exit(f"imagegate: {exc}")  # the message, not a traceback of gunicorn's config loader
 bind = f"{_settings.listen_host}:{_settings.listen_port}"
