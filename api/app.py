@@ -9,7 +9,7 @@ import secrets
 import redis
 from flask import Flask, Response, g, jsonify, request
 
-from api import files, generations, models, usage
+from api import edits, files, generations, models, usage
 from api.errors import register_error_handlers
 from api.openapi import build_openapi
 from api.services import EXTENSION, Services
@@ -68,6 +68,7 @@ def create_app(
 
     register_error_handlers(app)
     app.register_blueprint(generations.bp)
+    app.register_blueprint(edits.bp)
     app.register_blueprint(models.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(usage.bp)

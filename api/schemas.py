@@ -117,6 +117,70 @@ class GenerationRequest(BaseModel):
     )
 
 
+class ImageRef(BaseModel):
+    """An input image of a JSON edit: `image_url` (an https URL or a `data:` URL). OpenAI's
+    `file_id` is refused (400): this gateway has no Files API."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    image_url: Annotated[str, StringConstraints(min_length=1)] | None = Field(
+        None,
+        description="An https URL (fetched by the gateway behind its SSRF guard) or a "
+        "`data:` URL of a PNG, JPEG or WebP image.",
+    )
+    file_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        None, description="Not supported: the gateway has no Files API (400)."
+    )
+
+
+class EditRequest(GenerationRequest):
+    """`POST /v1/images/edits`: OpenAI's edit request. As JSON, `images` (and `mask`)
+    name the input images; as multipart, the files `image` / `image[]` (up to the model's
+    `max_reference_images`) and `mask` do, and the other fields are form fields. The
+    model's `max_reference_images` and `mask` (`GET /v1/models`) say what it takes."""
+
+    images: Annotated[list[ImageRef], Field(min_length=1, max_length=16)] | None = Field(
+        None, description="JSON form: the images to edit, in order (the mask applies to the first)."
+    )
+    mask: ImageRef | None = Field(
+        None,
+        description="JSON form: a PNG whose fully transparent areas mark where to edit; the "
+        "size of the first image.",
+    )
+    input_fidelity: Literal["high", "low"] | None = Field(
+        None, description="How closely to keep the input images' features (GPT image models)."
+    )
+    partial_images: Annotated[int, Field(ge=0, le=3)] | None = Field(
+        None, description="Partial images while streaming; streaming is not supported yet."
+    )
+    # Generation-only fields an edit does not take.
+    image: SkipJsonSchema[None] = None
+    moderation: SkipJsonSchema[None] = None
+
+
+class VariationRequest(BaseModel):
+    """`POST /v1/images/variations` (multipart): variations of the file `image`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        None, description="A model with `variations` in `GET /v1/models` (default `dall-e-2`)."
+    )
+    n: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        None, description="How many images (default 1); each model has its own `max_n`."
+    )
+    size: Annotated[str, StringConstraints(max_length=32)] | None = Field(
+        None, description="`WxH`, fitted to the model's size rule.", examples=["256x256"]
+    )
+    response_format: Literal["url", "b64_json"] | None = None
+    user: UserId | None = None
+    webhook_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description="Extension: an https URL that receives the job object when the job "
+        "ends; makes the request asynchronous (202).",
+    )
+
+
 # --- response bodies ---------------------------------------------------------------------------
 #
 # What the API answers, as models: the views build (or, for the job object and the images

@@ -26,6 +26,12 @@ and dropped is returned as :class:`ParamNotes`, which the response lists in its
 these fields are fitted: losing any other one (a transparent background, an
 output format, ...) would change what the client gets, so it is still refused.
 
+Edits and variations go through the same steps: :func:`parse_body` with
+``model=EditRequest`` (the JSON form; the multipart form is read by
+:mod:`api.uploads` and validated with :func:`validate_fields`), then
+:func:`check_against_model`; a variation, which has no prompt, is checked by
+:func:`check_variation`.
+
 Sizes are only *parsed* here; fitting them to the model's rule (clamping) is
 the worker's job, so what the upstream receives is decided in one place.
 """
@@ -36,13 +42,13 @@ import json
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import has_request_context, request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api.schemas import GenerationRequest
+from api.schemas import GenerationRequest, VariationRequest
 from shared.catalog import QUALITY_LEVELS, TUNING_PARAMS, Catalog, Model
 from shared.errors import (
     INVALID_VALUE,
@@ -72,13 +78,18 @@ def json_budget(catalog: Catalog) -> int:
     return longest + _FIELDS_ROOM
 
 
+_Request = TypeVar("_Request", bound=BaseModel)
+
+
 def parse_body(
     body: bytes,
     *,
     max_tokens: int | None = None,
     charge: Callable[[int], None] | None = None,
-) -> GenerationRequest:
-    """The request in ``body``; 400 naming the param for what the schema refuses.
+    model: type[_Request] = GenerationRequest,  # type: ignore[assignment]
+) -> _Request:
+    """The request in ``body`` (a ``model``, by default a :class:`GenerationRequest`);
+    400 naming the param for what the schema refuses.
 
     With ``max_tokens``, a body that holds more JSON punctuation than that outside an
     inline image is refused before it is parsed (:func:`_reject_costly_json`). Once
@@ -92,7 +103,7 @@ def parse_body(
     if charge is not None:
         charge(len(body))
     try:
-        parsed = GenerationRequest.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         raise _translate(exc) from None
     if image is not None:
@@ -188,11 +199,30 @@ def _reject_duplicate_keys(body: bytes) -> None:
         return
 
 
+def validate_fields(fields: Mapping[str, Any], model: type[_Request]) -> _Request:
+    """``fields`` (already typed: see :mod:`api.uploads`) as a ``model``; 400 naming the
+    param for what the schema refuses, as :func:`parse_body`."""
+    try:
+        return model.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise _translate(exc) from None
+
+
+def _param_of(loc: Sequence[Any]) -> str | None:
+    """``images[0].image_url`` for a nested location, the field's name for a flat one."""
+    if not loc:
+        return None
+    param = str(loc[0])
+    for part in loc[1:]:
+        param += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return param
+
+
 def _translate(exc: ValidationError) -> InvalidRequest:
     first = exc.errors(include_url=False)[0]
     kind = first.get("type", "")
     loc = first.get("loc") or ()
-    param = str(loc[0]) if loc else None
+    param = _param_of(loc)
     if kind == "json_invalid":
         return InvalidRequest(
             "We could not parse the JSON body of your request: "
@@ -201,7 +231,8 @@ def _translate(exc: ValidationError) -> InvalidRequest:
         )
     if kind == "model_type" or (kind == "model_attributes_type"):
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" or (kind == "none_required" and len(loc) == 1):
+        # none_required: a field of another operation (`image` in a JSON edit).
         return InvalidRequest(f"Unknown parameter: '{param}'.", param=param, code=UNKNOWN_PARAMETER)
     if kind == "missing":
         return InvalidRequest(
@@ -235,7 +266,9 @@ _PATTERN_RULES = {
 }
 
 # Fields that only the gateway handles, so every model accepts them.
-_ALWAYS = frozenset({"prompt", "model", "n", "size", "response_format", "stream", "webhook_url"})
+_ALWAYS = frozenset(
+    {"prompt", "model", "n", "size", "response_format", "stream", "partial_images", "webhook_url"}
+)
 
 
 MAPPED_HEADER = "x-imagegate-mapped-params"
@@ -341,20 +374,8 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
         )
     if _blank(req.prompt):
         raise InvalidRequest("The prompt must not be blank.", param="prompt", code=INVALID_VALUE)
-    n = req.n if req.n is not None else 1
-    if n > model.max_n:
-        raise InvalidRequest(
-            f"'{model.id}' makes at most {model.max_n} image(s) per request; you asked for {n}.",
-            param="n",
-            code=INVALID_VALUE,
-        )
-    response_format = req.response_format or model.default_response_format
-    if response_format not in model.response_formats:
-        raise InvalidRequest(
-            f"'{model.id}' does not support response_format '{response_format}'.",
-            param="response_format",
-            code=INVALID_VALUE,
-        )
+    n = _checked_n(req.n, model)
+    response_format = _checked_response_format(req.response_format, model)
     given = req.model_dump(exclude_none=True)
     for name, value in given.items():
         if name in _ALWAYS:
@@ -390,8 +411,61 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
         model=model.id, n=n, size=size, response_format=response_format, requested_size=req.size
     )
     request.pop("stream", None)
+    request.pop("partial_images", None)
     request.pop("webhook_url", None)  # kept on the job record, not sent upstream
     return request
+
+
+def check_variation(req: VariationRequest, model: Model) -> dict[str, Any]:
+    """The job's request dict of a variation (no prompt), or InvalidRequest naming the
+    param: the model must make variations, and ``n``, ``response_format`` and ``size``
+    are checked as for a generation. ``user`` is recorded, sent where the model takes it."""
+    if not model.variations:
+        raise InvalidRequest(
+            f"'{model.id}' does not make variations; GET /v1/models lists the models with "
+            "`variations`.",
+            param="model",
+            code=INVALID_VALUE,
+        )
+    n = _checked_n(req.n, model)
+    response_format = _checked_response_format(req.response_format, model)
+    size = None
+    if req.size is not None and req.size != "auto":
+        size = str(parse_size(req.size))
+    request: dict[str, Any] = {
+        "prompt": "",
+        "model": model.id,
+        "n": n,
+        "size": size,
+        "response_format": response_format,
+        "requested_size": req.size,
+    }
+    if req.user is not None and "user" in model.params:
+        request["user"] = req.user
+    return request
+
+
+def _checked_n(n: int | None, model: Model) -> int:
+    n = n if n is not None else 1
+    if n > model.max_n:
+        raise InvalidRequest(
+            f"'{model.id}' makes at most {model.max_n} image(s) per request; you asked for {n}.",
+            param="n",
+            code=INVALID_VALUE,
+        )
+    return n
+
+
+def _checked_response_format(value: str | None, model: Model) -> str:
+    """The client's ``response_format``, or the model's default; 400 if the model has not it."""
+    response_format = value or model.default_response_format
+    if response_format not in model.response_formats:
+        raise InvalidRequest(
+            f"'{model.id}' does not support response_format '{response_format}'.",
+            param="response_format",
+            code=INVALID_VALUE,
+        )
+    return response_format
 
 
 def _blank(text: str) -> bool:

@@ -239,6 +239,11 @@ class Settings(_Variables):
     max_reference_image_bytes: Count = 10 * 1024 * 1024
     # Largest job spec kept in Redis (the request and its routes, never image bytes).
     max_job_spec_bytes: Count = 512 * 1024
+    # Uploads of POST /v1/images/edits and /variations (multipart files, or JSON with
+    # data: URLs): the whole body, each file, and how many files (16 images and a mask).
+    max_upload_bytes: Count = 64 * 1024 * 1024
+    max_upload_file_bytes: Count = 50 * 1024 * 1024
+    max_upload_files: Count = 17
     # Streaming (stream=true, api/streaming.py): an SSE comment this often while nothing
     # else is sent, so proxies that cut idle connections keep a long generation open; and
     # the largest partial image relayed from worker to web (shared/progress.py), decoded.

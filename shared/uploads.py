@@ -24,6 +24,15 @@ upstream's protocol wants). The upload is deleted once the job is terminal
 (:mod:`workers.pipeline`); one whose task never runs again stays under the
 ``uploads/`` prefix, which a bucket lifecycle rule (or a periodic sweep of
 the local directory) expires after the job retention.
+
+Edits and variations (``POST /v1/images/edits``, ``/variations``) upload
+several images and a mask, as multipart files or JSON ``data:`` URLs; each
+is checked the same way, with the errors naming its part (``image``,
+``image[2]``, ``mask``), stored under ``uploads/{day}/{job id}/{index}.{ext}``,
+and named in the job's request by a :class:`Reference` (a storage key, or a
+client's URL the worker fetches behind the SSRF guard). ``meta["uploads"]``
+lists every key the job stored; :func:`job_uploads` is what is deleted with
+the job.
 """
 
 from __future__ import annotations
@@ -80,41 +89,79 @@ class ReferenceImage:
         return cls(key=str(meta["key"]), content_type=str(meta["content_type"]))
 
 
+@dataclass(frozen=True)
+class Reference:
+    """One image of an edit as its job names it: a stored upload, or a client's URL.
+
+    In the job's request as ``{"key", "content_type"}`` or ``{"url"}``; never bytes.
+    """
+
+    stored: ReferenceImage | None = None
+    url: str | None = None
+
+    def to_spec(self) -> dict[str, str]:
+        return self.stored.to_meta() if self.stored is not None else {"url": str(self.url)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> Reference:
+        if "url" in spec:
+            return cls(url=str(spec["url"]))
+        return cls(stored=ReferenceImage.from_meta(spec))
+
+
+def job_uploads(meta: Mapping[str, Any]) -> list[ReferenceImage]:
+    """Every upload a job's ``meta`` says it stored: a generation's inline
+    ``reference_image``, an edit's or variation's ``uploads``."""
+    found = [ReferenceImage.from_meta(meta.get("reference_image"))]
+    found += [ReferenceImage.from_meta(item) for item in meta.get("uploads") or ()]
+    return [item for item in found if item is not None]
+
+
 def is_data_url(value: str) -> bool:
     return value[:5].lower() == "data:"
 
 
-def decode_data_url(value: str, *, max_bytes: int) -> bytes:
-    """The bytes of a ``data:`` URL that claims to be an image, at most ``max_bytes`` long."""
+def decode_data_url(value: str, *, max_bytes: int, param: str = "image") -> bytes:
+    """The bytes of a ``data:`` URL that claims to be an image, at most ``max_bytes`` long;
+    errors name ``param``."""
     header, comma, payload = value[5:].partition(",")
     if not comma:
-        raise _invalid("The image data URL has no ',' before its data.")
+        raise _invalid("The image data URL has no ',' before its data.", param)
     media_type, *params = (part.strip().lower() for part in header.split(";"))
     if media_type and not media_type.startswith("image/"):
         raise _invalid(
             f"The image data URL says its data is '{media_type[:60]}'; it must be a PNG, "
-            "JPEG or WebP image (data:image/png;base64,...)."
+            "JPEG or WebP image (data:image/png;base64,...).",
+            param,
         )
     if "base64" in params:
         compact = "".join(payload.split())
         # Four base64 characters make three bytes: refuse before decoding what is too long.
         if len(compact) // 4 * 3 - compact[-2:].count("=") > max_bytes:
-            raise _too_large(max_bytes)
+            raise too_large(max_bytes, param)
         try:
             data = base64.b64decode(compact, validate=True)
         except (binascii.Error, ValueError):
-            raise _invalid("The image data URL is not valid base64.") from None
+            raise _invalid("The image data URL is not valid base64.", param) from None
     else:
         data = urllib.parse.unquote_to_bytes(payload)
     if len(data) > max_bytes:
-        raise _too_large(max_bytes)
+        raise too_large(max_bytes, param)
     if not data:
-        raise _invalid("The image data URL holds no data.")
+        raise _invalid("The image data URL holds no data.", param)
     return data
 
 
-def inspect_image(data: bytes, *, max_pixels: int = MAX_REFERENCE_PIXELS) -> InspectedImage:
-    """Format and size of a PNG/JPEG/WebP image, read without decoding its pixels."""
+def inspect_image(
+    data: bytes,
+    *,
+    max_pixels: int = MAX_REFERENCE_PIXELS,
+    param: str = "image",
+    what: str = "The image data URL",
+) -> InspectedImage:
+    """Format and size of a PNG/JPEG/WebP image, read without decoding its pixels.
+
+    Errors name ``param`` and start with ``what`` (``The file 'mask'``)."""
     try:
         with warnings.catch_warnings():
             # Above Pillow's own limit it only warns (twice that, it raises); ours is lower.
@@ -124,15 +171,13 @@ def inspect_image(data: bytes, *, max_pixels: int = MAX_REFERENCE_PIXELS) -> Ins
                 if width * height <= max_pixels:
                     image.verify()
     except Image.DecompressionBombError:
-        raise _too_many_pixels(0, 0, max_pixels) from None
+        raise _too_many_pixels(0, 0, max_pixels, param) from None
     except Exception:  # noqa: BLE001 - Pillow raises many kinds of error for bad bytes
-        raise _invalid(
-            "The image data URL does not hold a valid PNG, JPEG or WebP image."
-        ) from None
+        raise _invalid(f"{what} does not hold a valid PNG, JPEG or WebP image.", param) from None
     if width * height > max_pixels:
-        raise _too_many_pixels(width, height, max_pixels)
+        raise _too_many_pixels(width, height, max_pixels, param)
     if fmt not in FORMATS or width <= 0 or height <= 0:
-        raise _invalid("The image data URL does not hold a valid PNG, JPEG or WebP image.")
+        raise _invalid(f"{what} does not hold a valid PNG, JPEG or WebP image.", param)
     extension, content_type = FORMATS[fmt]
     return InspectedImage(extension, content_type, width, height)
 
@@ -148,23 +193,26 @@ def data_url(data: bytes, content_type: str) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def _invalid(message: str) -> InvalidRequest:
-    return InvalidRequest(message, param="image", code="invalid_image")
+def _invalid(message: str, param: str = "image") -> InvalidRequest:
+    return InvalidRequest(message, param=param, code="invalid_image")
 
 
-def _too_large(max_bytes: int) -> RequestTooLarge:
+def too_large(max_bytes: int, param: str = "image") -> RequestTooLarge:
+    """413 ``image_too_large`` naming ``param``."""
+    what = "The reference image" if param == "image" else f"The image '{param}'"
     return RequestTooLarge(
-        f"The reference image is larger than {max_bytes} bytes, this gateway's limit; "
+        f"{what} is larger than {max_bytes} bytes, this gateway's limit; "
         "send a smaller image or an https URL of it.",
-        param="image",
+        param=param,
         code="image_too_large",
     )
 
 
-def _too_many_pixels(width: int, height: int, max_pixels: int) -> InvalidRequest:
+def _too_many_pixels(width: int, height: int, max_pixels: int, param: str) -> InvalidRequest:
     size = f"{width}x{height} " if width and height else ""
+    what = "The reference image" if param == "image" else f"The image '{param}'"
     return InvalidRequest(
-        f"The reference image {size}has more than {max_pixels} pixels, this gateway's limit.",
-        param="image",
+        f"{what} {size}has more than {max_pixels} pixels, this gateway's limit.",
+        param=param,
         code="image_dimensions_too_large",
     )

@@ -45,8 +45,8 @@ from shared.netguard import policy_for, policy_with_hosts_of
 from shared.progress import PartialSink
 from shared.route import key_breaker, model_breaker, route_of
 from shared.sizing import Size, parse_size
-from shared.uploads import ReferenceImage, data_url
-from workers.adapters import ADAPTERS
+from shared.uploads import Reference, ReferenceImage, data_url, job_uploads
+from workers.adapters import adapter_for
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.context import WorkerContext, result_session
 from workers.http import UpstreamHTTP, default_error_parser, redact
@@ -94,8 +94,9 @@ def run_job(
 def _release_upload(
     job_id: str, ctx: WorkerContext, job: Job | None = None, *, ended: bool = False
 ) -> None:
-    """Delete the job's stored reference image (:mod:`shared.uploads`) once the job has
-    ended (best effort; ``ended``: the caller knows it has).
+    """Delete the job's stored uploads (a reference image, an edit's images and mask:
+    :func:`shared.uploads.job_uploads`) once the job has ended (best effort; ``ended``:
+    the caller knows it has).
 
     Never before: a job taken over, or handed to its next route, still needs it. The
     upload of a job whose task never runs again stays until the ``uploads/`` prefix
@@ -103,14 +104,15 @@ def _release_upload(
     """
     try:
         job = job or ctx.jobs.get(job_id)
-        reference = ReferenceImage.from_meta(job.meta.get("reference_image")) if job else None
-        if reference is None:
+        uploads = job_uploads(job.meta) if job else []
+        if not uploads:
             return
         if not ended:
             status = ctx.jobs.status(job_id)
             if status is not None and status not in TERMINAL:
                 return
-        ctx.storage.delete(reference.key)
+        for upload in uploads:
+            ctx.storage.delete(upload.key)
     except Exception as exc:  # noqa: BLE001 - a leftover is only storage, expired later
         log.warning("job %s: could not delete its uploaded reference image: %s", job_id, exc)
 
@@ -227,17 +229,22 @@ def build_request(job: Job, model: Model, req: dict[str, Any] | None = None) -> 
         seed=req.get("seed"),
         user=req.get("user"),
         image=req.get("image"),
-        extra={k: req[k] for k in ("output_compression", "moderation") if k in req},
+        extra={
+            k: req[k] for k in ("output_compression", "moderation", "input_fidelity") if k in req
+        },
+        operation=req.get("operation", "generate"),
     )
 
 
 def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
     model, req = route_of(job, ctx.catalog)
     family = ctx.catalog.family_of(model)
-    adapter = ADAPTERS.get(family.adapter)
+    request = build_request(job, model, req)
+    adapter = adapter_for(family.adapter, request.operation)
     if adapter is None:
         raise ServerError(f"No adapter '{family.adapter}' in this worker build.", code="no_adapter")
-    request = build_request(job, model, req)
+    if req.get("images"):
+        request = _with_inputs(request, req, ctx)
     reference = ReferenceImage.from_meta(job.meta.get("reference_image"))
     if reference is not None:
         request = dataclasses.replace(request, image=_reference_image(reference, ctx))
@@ -311,6 +318,20 @@ def _progress_sink(job: Job, ctx: WorkerContext) -> PartialSink | None:
         partial_images=int(stream.get("partial_images") or 0),
         max_bytes=ctx.settings.stream_partial_image_max_bytes,
     )
+
+
+def _with_inputs(request: ImageRequest, req: dict[str, Any], ctx: WorkerContext) -> ImageRequest:
+    """An edit's or variation's input images and mask, as the adapters take them: a
+    client's URL as is, an upload read back from storage as a ``data:`` URL
+    (:class:`shared.uploads.Reference`); ``image`` is the first of them."""
+
+    def resolve(spec: dict[str, Any]) -> str:
+        ref = Reference.from_spec(spec)
+        return ref.url if ref.stored is None else _reference_image(ref.stored, ctx)
+
+    images = tuple(resolve(spec) for spec in req["images"])
+    mask = resolve(req["mask"]) if req.get("mask") else None
+    return dataclasses.replace(request, images=images, image=images[0], mask=mask)
 
 
 def _reference_image(reference: ReferenceImage, ctx: WorkerContext) -> str:

@@ -46,6 +46,24 @@ class _Registry(Mapping[str, Adapter]):
 
 ADAPTERS: Mapping[str, Adapter] = _Registry(_ADAPTERS)
 
+# adapter name -> "module:class" of the adapter serving its edits and variations, where
+# the upstream has endpoints of their own for them (OpenAI's /images/edits and
+# /images/variations); other adapters serve them in `generate`, with
+# `ImageRequest.operation`, `images` and `mask` set.
+_EDIT_ADAPTERS: dict[str, str] = {
+    "openai": "workers.adapters.openai_edits:OpenAIEditsAdapter",
+}
+
+EDIT_ADAPTERS: Mapping[str, Adapter] = _Registry(_EDIT_ADAPTERS)
+
+
+def adapter_for(name: str, operation: str = "generate") -> Adapter | None:
+    """The adapter of ``name`` for ``operation`` ("generate", "edit", "variation"), or
+    None when this build has none."""
+    if operation != "generate" and name in EDIT_ADAPTERS:
+        return EDIT_ADAPTERS[name]
+    return ADAPTERS.get(name)
+
 
 def validate_catalog(catalog: Catalog) -> None:
     """Check every model against its adapter; :class:`CatalogError` naming the model and
@@ -66,6 +84,8 @@ def validate_catalog(catalog: Catalog) -> None:
         adapter = ADAPTERS[family.adapter]
         try:
             adapter.options_model.of(model)
+            if family.adapter in EDIT_ADAPTERS and (model.edits or model.variations):
+                EDIT_ADAPTERS[family.adapter].options_model.of(model)
             check = getattr(adapter, "check_model", None)
             if check is not None:
                 check(model)

@@ -39,6 +39,12 @@ class ImageRequest:
     user: str | None = None
     image: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # "generate"; "edit" (POST /v1/images/edits) or "variation" (/variations), whose
+    # input images are `images` (`image` is the first) and `mask`: each an http(s) URL
+    # or a data: URL of the client's upload, read back from storage by the task.
+    operation: str = "generate"
+    images: tuple[str, ...] = ()
+    mask: str | None = None
 
     @property
     def size(self) -> str | None:

@@ -1,0 +1,395 @@
+"""POST /v1/images/edits and POST /v1/images/variations.
+
+An edit is a generation with input images: OpenAI's two forms are taken,
+
+* multipart: files ``image`` (or repeated ``image[]``) and ``mask``, the other
+  fields as text (read and checked by :mod:`api.uploads`);
+* JSON: ``images: [{"image_url"}]`` and ``mask: {"image_url"}``, each an https
+  URL (checked by the SSRF policy, fetched by the worker) or a ``data:`` URL
+  (decoded and checked here like a file). A ``file_id`` is a 400: the gateway
+  has no Files API.
+
+A variation is multipart only: one file ``image``, ``model``, ``n``, ``size``,
+``response_format``, ``user``.
+
+The model must be a real one (a virtual model is a 400) whose catalog entry
+allows it: ``max_reference_images`` images, ``mask``, ``variations``
+(``GET /v1/models``). The other fields are checked as a generation's
+(:func:`api.validation.check_against_model`, with ``fit_tuning`` unless strict
+mode is on). ``stream=true`` is refused (400) until streaming lands here.
+
+Uploaded bytes never reach Redis or Celery: once every check passed, each
+image is stored under the job's own key (``uploads/{day}/{job id}/{i}.{ext}``,
+:mod:`shared.uploads`), the job's request names it by that key (a client's
+URL by the URL), and ``meta["uploads"]`` lists the keys; a refused request
+deletes them again, and the worker deletes them when the job ends. Nothing
+is charged before the uploads passed their checks.
+
+From there it is a generation: the same admission (limits, balance, job
+record, ``Idempotency-Key`` -- the key of an edit is its fields and the
+SHA-256 of each file), the same synchronous wait within the budget, 202 with
+the job for ``Prefer: respond-async`` or ``webhook_url``, and the job
+endpoints under ``/v1/images/generations/{id}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, g, request
+
+from api import generations
+from api.auth import current_key
+from api.responses import base_url
+from api.schemas import EditRequest, ImageRef, VariationRequest
+from api.services import Services, services
+from api.uploads import MULTIPART, Upload, check_mask, read_form
+from api.validation import (
+    ParamNotes,
+    check_against_model,
+    check_variation,
+    fit_tuning,
+    json_budget,
+    parse_body,
+    validate_fields,
+)
+from shared.catalog import Model, VirtualModel
+from shared.errors import (
+    INVALID_VALUE,
+    MISSING_REQUIRED_PARAMETER,
+    UNSUPPORTED_PARAMETER,
+    GatewayError,
+    InvalidRequest,
+)
+from shared.jobs import Job, new_job_id
+from shared.keys import ApiKey
+from shared.netguard import check_url, policy_for
+from shared.uploads import (
+    Reference,
+    ReferenceImage,
+    decode_data_url,
+    inspect_image,
+    is_data_url,
+    job_uploads,
+    upload_key,
+)
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("edits", __name__, url_prefix="/v1/images")
+
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input image before the job exists: checked bytes to store, or a checked URL."""
+
+    upload: Upload | None = None
+    url: str | None = None
+
+
+@bp.post("/edits")
+def create_edit():
+    svc = services()
+    key = current_key()
+    _identity_encoding()
+    if request.mimetype == MULTIPART:
+        form = read_form(svc.settings, charge=lambda n: svc.parse_limit.charge(key.id, n))
+        req = validate_fields(form.fields, EditRequest)
+        images = [Source(upload=upload) for upload in form.images]
+        mask = Source(upload=form.mask) if form.mask is not None else None
+        digest_of = _digest(form.fields, [*form.images, *([form.mask] if form.mask else [])])
+    elif request.mimetype == JSON_TYPE:
+        request.max_content_length = svc.settings.max_upload_bytes
+        body = request.get_data(cache=False)
+        req = parse_body(
+            body,
+            max_tokens=json_budget(svc.catalog),
+            charge=lambda nbytes: svc.parse_limit.charge(key.id, nbytes),
+            model=EditRequest,
+        )
+        if req.images is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'images' (a JSON edit names its images as "
+                '`images: [{"image_url": ...}]`).',
+                param="images",
+                code=MISSING_REQUIRED_PARAMETER,
+            )
+        images = [_json_source(ref, f"images[{i}]", svc) for i, ref in enumerate(req.images)]
+        mask = _json_source(req.mask, "mask", svc) if req.mask is not None else None
+        digest_of = body
+    else:
+        raise InvalidRequest(
+            "Send the edit as multipart/form-data (image files) or as application/json "
+            "(images by URL).",
+            code="unsupported_content_type",
+        )
+    if mask is not None and mask.upload is not None:
+        first = images[0].upload.image if images[0].upload is not None else None
+        check_mask(mask.upload.image, first)
+
+    model = _real_model(req.model, "edits", svc)
+    if not model.edits:
+        raise InvalidRequest(
+            f"'{model.id}' does not edit images; GET /v1/models lists the models with "
+            "`max_reference_images` above 0.",
+            param="model",
+            code=INVALID_VALUE,
+        )
+    if len(images) > model.max_reference_images:
+        raise InvalidRequest(
+            f"'{model.id}' takes at most {model.max_reference_images} image(s) per edit; "
+            f"the request has {len(images)}.",
+            param="image",
+            code="too_many_images",
+        )
+    if mask is not None and not model.mask:
+        raise InvalidRequest(
+            f"'{model.id}' takes no mask.", param="mask", code=UNSUPPORTED_PARAMETER
+        )
+    tier = svc.accounts.check_model(key, model)
+    base = req.model_copy(update={"images": None, "mask": None})
+    notes = ParamNotes()
+    if not (svc.settings.strict_params or key.strict_params):
+        base, notes = fit_tuning(base, model)
+    job_request = check_against_model(base, model)
+    job_request["operation"] = "edit"
+    return _submit(
+        svc,
+        key,
+        tier,
+        model,
+        job_request,
+        images=images,
+        mask=mask,
+        notes=notes,
+        user=req.user,
+        webhook_url=req.webhook_url,
+        digest_of=digest_of,
+    )
+
+
+@bp.post("/variations")
+def create_variation():
+    svc = services()
+    key = current_key()
+    _identity_encoding()
+    if request.mimetype != MULTIPART:
+        raise InvalidRequest(
+            "Send the variation as multipart/form-data with the image file in 'image'.",
+            code="unsupported_content_type",
+        )
+    form = read_form(
+        svc.settings, charge=lambda n: svc.parse_limit.charge(key.id, n), mask_allowed=False
+    )
+    req = validate_fields(form.fields, VariationRequest)
+    if len(form.images) > 1:
+        raise InvalidRequest(
+            f"A variation takes one image; the request has {len(form.images)}.",
+            param="image",
+            code="too_many_images",
+        )
+    model = _real_model(req.model, "variations", svc)
+    tier = svc.accounts.check_model(key, model)
+    job_request = check_variation(req, model)
+    job_request["operation"] = "variation"
+    notes = ParamNotes()
+    if req.user is not None and "user" not in model.params:
+        if svc.settings.strict_params or key.strict_params:
+            raise InvalidRequest(
+                f"'{model.id}' does not support the parameter 'user'.",
+                param="user",
+                code=UNSUPPORTED_PARAMETER,
+            )
+        notes = ParamNotes(ignored=("user",))
+    return _submit(
+        svc,
+        key,
+        tier,
+        model,
+        job_request,
+        images=[Source(upload=form.images[0])],
+        mask=None,
+        notes=notes,
+        user=req.user,
+        webhook_url=req.webhook_url,
+        digest_of=_digest(form.fields, form.images),
+    )
+
+
+def _identity_encoding() -> None:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidRequest(
+            f"Content-Encoding '{encoding[:40]}' is not supported; send the body uncompressed.",
+            code="unsupported_content_encoding",
+        )
+
+
+def _real_model(model_id: str | None, operation: str, svc: Services) -> Model:
+    target = svc.catalog.resolve(model_id or svc.settings.default_model)
+    if isinstance(target, VirtualModel):
+        raise InvalidRequest(
+            f"'{target.id}' is a virtual model; {operation} need a real model (GET /v1/models).",
+            param="model",
+            code=INVALID_VALUE,
+        )
+    generations._check_family(target, svc.catalog.family_of(target), svc)
+    return target
+
+
+def _json_source(ref: ImageRef, param: str, svc: Services) -> Source:
+    """A JSON image reference, checked: a ``data:`` URL decoded and inspected, an https
+    URL through the SSRF policy; ``file_id`` is a 400 (no Files API)."""
+    if ref.file_id is not None:
+        raise InvalidRequest(
+            "This gateway has no Files API, so 'file_id' cannot name an image; send "
+            "'image_url' (an https URL or a data: URL) or upload the file as multipart.",
+            param=f"{param}.file_id",
+            code=UNSUPPORTED_PARAMETER,
+        )
+    if ref.image_url is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{param}.image_url'.",
+            param=f"{param}.image_url",
+            code=MISSING_REQUIRED_PARAMETER,
+        )
+    if is_data_url(ref.image_url):
+        data = decode_data_url(
+            ref.image_url, max_bytes=svc.settings.max_upload_file_bytes, param=param
+        )
+        inspected = inspect_image(data, param=param, what=f"The data URL of '{param}'")
+        return Source(upload=Upload(param, data, inspected))
+    return Source(url=check_url(ref.image_url, policy_for(svc.settings), param=param))
+
+
+def _digest(fields: dict[str, Any], files: list[Upload]) -> bytes:
+    """What an ``Idempotency-Key`` compares for a multipart request: its fields and files."""
+    return json.dumps(
+        {"fields": fields, "files": [[f.part, hashlib.sha256(f.data).hexdigest()] for f in files]},
+        sort_keys=True,
+    ).encode()
+
+
+def _submit(
+    svc: Services,
+    key: ApiKey,
+    tier: Any,
+    model: Model,
+    job_request: dict[str, Any],
+    *,
+    images: list[Source],
+    mask: Source | None,
+    notes: ParamNotes,
+    user: str | None,
+    webhook_url: str | None,
+    digest_of: bytes,
+):
+    """Admit, store the uploads, enqueue and answer, as a generation does
+    (:func:`api.generations.create_generation`)."""
+    family = svc.catalog.family_of(model)
+    checked_webhook = None
+    if webhook_url is not None:
+        checked_webhook = check_url(webhook_url, policy_for(svc.settings), param="webhook_url")
+    is_async = checked_webhook is not None or generations._wants_async()
+    now = time.time()
+    job_id = new_job_id()
+    stored: list[tuple[ReferenceImage, bytes]] = []
+
+    def reference(source: Source) -> dict[str, str]:
+        if source.upload is None:
+            return Reference(url=source.url).to_spec()
+        ref = ReferenceImage(
+            key=upload_key(job_id, now, source.upload.image.extension, len(stored)),
+            content_type=source.upload.image.content_type,
+        )
+        stored.append((ref, source.upload.data))
+        return Reference(stored=ref).to_spec()
+
+    job_request["images"] = [reference(source) for source in images]
+    if mask is not None:
+        job_request["mask"] = reference(mask)
+    budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
+    meta: dict[str, Any] = {
+        "base_url": base_url(svc),
+        "mode": "async" if is_async else "sync",
+        "params": notes.to_meta(),
+        "uploads": [ref.to_meta() for ref, _ in stored],
+    }
+    if user is not None:
+        meta["user"] = user  # recorded even where the upstream does not take it
+    job = Job(
+        id=job_id,
+        key_id=key.id,
+        model=model.id,
+        family=family.name,
+        queue=family.queue,
+        request=job_request,
+        created=now,
+        deadline=now + budget,
+        meta=meta,
+    )
+    idempotency = generations._idempotency(key, svc, digest_of, job.id)
+    spec_json = generations._bounded_spec(job, svc)
+    try:
+        for ref, data in stored:
+            svc.storage.put(ref.key, data, ref.content_type)
+        admission = svc.accounts.admit(
+            key,
+            tier,
+            model,
+            job_request["n"],
+            job_key=svc.jobs.record_key(job.id),
+            job_id=job.id,
+            spec_json=spec_json,
+            deadline=job.deadline,
+            ttl=svc.jobs.ttl_for(job),
+            now=now,
+            idempotency=idempotency,
+            webhook_url=checked_webhook,
+            watch=svc.jobs.watch_entry(job),
+        )
+    except (GatewayError, OSError):
+        drop_uploads(job, svc)  # refused (429, 402, 403) or not stored: nothing refers to them
+        raise
+    if admission.duplicate_of is not None:
+        drop_uploads(job, svc)  # the first job of this key has its own
+        return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async)
+    g.ratelimit = admission.status
+    waiter = None if is_async else svc.hub.expect(job.id)
+    try:
+        generations._send(job, svc, idempotency)
+        log.info(
+            "job %s queued: key=%s model=%s %s images=%d mask=%s n=%s mode=%s",
+            job.id,
+            key.id,
+            model.id,
+            job_request["operation"],
+            len(images),
+            mask is not None,
+            job_request["n"],
+            meta["mode"],
+        )
+        if waiter is None:
+            return generations._accepted(job.id, svc)
+        done = waiter.wait(job.deadline + generations._GRACE_SECONDS, read_first=False)
+        return generations._answer(done, job.id, svc)
+    finally:
+        if waiter is not None:
+            waiter.close()
+
+
+def drop_uploads(job: Job, svc: Services) -> None:
+    """Delete every upload of the job (best effort: a leftover only costs storage until
+    the ``uploads/`` prefix expires)."""
+    for ref in job_uploads(job.meta):
+        try:
+            svc.storage.delete(ref.key)
+        except Exception as exc:  # noqa: BLE001 - never hide the error being answered
+            log.warning("job %s: could not delete its upload %s: %s", job.id, ref.key, exc)
