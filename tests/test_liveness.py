@@ -214,6 +214,17 @@ def test_reap_once_sends_each_due_job_once_to_its_queue(store: JobStore, redis_s
     assert len(sent) == 2
 
 
+def test_a_job_the_reaper_sends_is_counted_as_sent(store: JobStore) -> None:
+    """After its send, the job waits ``resend_after`` for the worker (not the enqueue grace
+    again), and the send counts towards ``max_sends``."""
+    job = make_job(store, budget=300)
+    store._redis.zadd(WATCH, {job.id: time.time() - 1})
+    before = store.clock()
+    assert reap_once(store, load_catalog(), lambda *a: None) == {"requeue": 1}
+    assert store._redis.hget(store.record_key(job.id), "sends") == "1"
+    assert watch_time(store, job.id) >= before + LIVE.resend_after
+
+
 def test_billing_settles_once_when_a_reaper_and_a_worker_race(redis_server) -> None:
     """The overdue reap and a late worker's success: exactly one settles the job."""
     client = connect(_url(redis_server))
@@ -314,6 +325,20 @@ def test_running_registry_tracks_only_the_current_attempt() -> None:
         with running.track("j2", 4):
             assert running.snapshot() == {"j1": 1, "j2": 4}
         assert running.snapshot() == {"j1": 1}
+    assert running.snapshot() == {}
+
+
+def test_an_older_attempt_ending_late_does_not_untrack_the_newer_one() -> None:
+    """Attempts 1 and 2 of one job in one process (a takeover landed here), 1 ends last:
+    the heartbeat must go on for attempt 2 until 2 itself ends."""
+    running = Running()
+    first, second = running.track("j", 1), running.track("j", 2)
+    first.__enter__()
+    second.__enter__()
+    assert running.snapshot() == {"j": 2}
+    first.__exit__(None, None, None)
+    assert running.snapshot() == {"j": 2}
+    second.__exit__(None, None, None)
     assert running.snapshot() == {}
 
 

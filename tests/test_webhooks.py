@@ -1,17 +1,23 @@
 """Webhook delivery in-process against real Redis and a real receiver on loopback:
 a retry keeps its job record alive, a message whose lease was handed on does
 nothing (so a delivery never runs twice at once), the receiver's ``Retry-After``
-postpones the next attempt and ``410 Gone`` ends deliveries for the job."""
+postpones the next attempt and ``410 Gone`` ends deliveries for the job; the
+signature verifies with the Standard Webhooks library, the schedule's last retry
+is the last, a delivered webhook is not sent again, and an attempt ends by its
+timeout in wall-clock time."""
 
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from celery import Celery
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.errors import InvalidRequest
 from shared.jobs import WEBHOOKS_DUE, Job, new_job_id
@@ -224,3 +230,70 @@ def test_due_times_and_leases_are_redis_time_whatever_the_hosts_clock(
     assert _deliver(ctx, job.id, sent[0]) == "retrying"
     assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) - redis_now() == pytest.approx(30, abs=2)
     assert pump_once(ctx.redis, app, lease_seconds=60, per_key=2) == 0
+
+
+def _request_parts(raw: bytes) -> tuple[dict[str, str], bytes]:
+    """The headers (lower-case names) and body of a request a :class:`SlowPeer` read."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers, body
+
+
+def test_the_signature_verifies_with_standardwebhooks_for_that_body_only(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    job = _ended_job(ctx, peer.url("/hook"))
+    assert _deliver(ctx, job.id) == "delivered"
+    headers, body = _request_parts(peer.requests[0])
+    secret = KeyStore(ctx.redis).webhook_secret(job.key_id)
+    payload = Webhook(secret).verify(body, headers)
+    assert payload["id"] == job.id and headers["webhook-id"] == f"msg_{job.id}"
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(body + b" ", headers)
+
+
+def test_after_the_schedules_last_retry_the_delivery_has_failed(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    """The schedule of this context has one retry: the second failed attempt is the last."""
+    peer.mode = "error"
+    job = _ended_job(ctx, peer.url("/hook"))
+    assert _deliver(ctx, job.id) == "retrying"
+    state = ctx.jobs.get(job.id).webhook
+    ctx.jobs.set_webhook_state(job.id, {**state, "next_attempt": 0})  # the retry is due now
+    assert _deliver(ctx, job.id) == "failed"
+    state = ctx.jobs.get(job.id).webhook
+    assert [a["status"] for a in state["attempts"]] == [500, 500]
+    assert ctx.redis.zscore(WEBHOOKS_DUE, job.id) is None
+    assert len(peer.requests) == 2
+
+
+def test_a_delivered_webhook_is_not_sent_again_by_a_duplicated_message(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    job = _ended_job(ctx, peer.url("/hook"))
+    assert _deliver(ctx, job.id) == "delivered"
+    assert _deliver(ctx, job.id) == "delivered"
+    assert len(peer.requests) == 1
+
+
+def test_an_attempt_ends_by_its_timeout_whatever_the_receiver_trickles(
+    ctx: WorkerContext, peer: SlowPeer
+) -> None:
+    """The receiver sends its answer's head a byte every 0.2 s: no socket read ever waits
+    the 1 s timeout, yet the attempt ends after about 1 s (wall-clock bound)."""
+    peer.mode, peer.interval = "trickle_headers", 0.2
+    job = _ended_job(ctx, peer.url("/hook"))
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(_deliver(ctx, job.id)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(timeout=ctx.settings.webhook_timeout_seconds + 3)
+    assert not worker.is_alive(), "the attempt outlived its timeout"
+    assert time.monotonic() - started < ctx.settings.webhook_timeout_seconds + 3
+    assert outcome == ["retrying"]
+    [attempt] = ctx.jobs.get(job.id).webhook["attempts"]
+    assert attempt["error"] == "ReadTimeout"
