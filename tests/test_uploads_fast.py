@@ -250,7 +250,9 @@ def test_idempotency_key_replays_a_multipart_edit(app, client, auth) -> None:
     assert first.status_code == again.status_code == 202
     assert first.get_json()["id"] == again.get_json()["id"]
     assert len(stored_files(app)) == 1  # the replay's upload was deleted
-    other = multipart(client, headers, {"prompt": "p", "model": TESTCARD}, [("image", png(8, 8), "b.png")])
+    other = multipart(
+        client, headers, {"prompt": "p", "model": TESTCARD}, [("image", png(8, 8), "b.png")]
+    )
     assert other.status_code == 409
 
 
