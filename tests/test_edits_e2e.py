@@ -108,7 +108,9 @@ def test_sdk_edit_with_several_images_and_a_mask(
     # The mask's transparent (left) half is tinted: half-way to red, row by row (the
     # card's gradient is vertical), the right half is not.
     left, right = card.getpixel((20, 300)), card.getpixel((1000, 300))
-    assert all(abs(lv - (rv + tv) / 2) <= 1 for lv, rv, tv in zip(left, right, (220, 30, 30)))
+    assert all(
+        abs(lv - (rv + tv) / 2) <= 1 for lv, rv, tv in zip(left, right, (220, 30, 30), strict=True)
+    )
     assert left != right
     _assert_uploads_deleted(stack_env, raw.headers["x-job-id"])
 
