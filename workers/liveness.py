@@ -10,9 +10,11 @@ client waiting on it. So every worker process also runs two daemon threads:
   by the attempt number, so a run that lost its job stops refreshing it);
 * **reaper**: every ``reaper_interval_seconds`` it acts on the jobs whose
   watch time has come (:meth:`shared.jobs.JobStore.reap`): a running job whose
-  worker stopped beating gets a new attempt number and goes back to its queue,
-  a job nobody sent to a queue is sent, an overdue job ends ``timed_out`` and
-  is refunded. The Lua script decides, so reapers in many processes act once.
+  worker stopped beating gets a new attempt number (and one more ``takeovers``)
+  and goes back to its queue *at the front*, ahead of new work (``send_front``:
+  it waited its turn once, and its client is still waiting); a job nobody sent
+  to a queue is sent to its back; an overdue job ends ``timed_out`` and is
+  refunded. The Lua script decides, so reapers in many processes act once.
 
 After losing Redis the reaper waits ``stale_after`` seconds of continuous
 connection before judging heartbeats again: during an outage nobody could
@@ -80,9 +82,17 @@ def queue_of(job_id: str, jobs: JobStore, catalog: Catalog) -> str | None:
 
 
 def reap_once(
-    jobs: JobStore, catalog: Catalog, send: Send, due: list[str] | None = None
+    jobs: JobStore,
+    catalog: Catalog,
+    send: Send,
+    due: list[str] | None = None,
+    *,
+    send_front: Send | None = None,
 ) -> dict[str, int]:
-    """One pass over the due jobs (``due``, or read now); returns how many got each action."""
+    """One pass over the due jobs (``due``, or read now); returns how many got each action.
+
+    A taken-over job is sent with ``send_front`` (ahead of its queue) when given, a job
+    that never reached its queue with ``send``."""
     counts: dict[str, int] = {}
     for job_id in jobs.due() if due is None else due:
         action = jobs.reap(job_id)
@@ -91,7 +101,10 @@ def reap_once(
             queue = queue_of(job_id, jobs, catalog)
             if queue is None:
                 continue
-            send(job_id, queue)
+            if action == "takeover" and send_front is not None:
+                send_front(job_id, queue)
+            else:
+                send(job_id, queue)
             jobs.mark_sent(job_id)
             level = logging.WARNING if action == "takeover" else logging.INFO
             log.log(level, "reaper: job %s %s -> queue %s", job_id, action, queue)
@@ -115,10 +128,12 @@ class HeartbeatAndReaper:
         heartbeat_seconds: float,
         reaper_interval_seconds: float,
         running: Running = RUNNING,
+        send_front: Send | None = None,
     ) -> None:
         self._jobs = jobs
         self._catalog = catalog
         self._send = send
+        self._send_front = send_front
         self._beat_every = heartbeat_seconds
         self._reap_every = reaper_interval_seconds
         self._running = running
@@ -160,7 +175,9 @@ class HeartbeatAndReaper:
             if now - self._connected_since < stale_after:
                 continue  # heartbeats may be stale only because Redis was away
             try:
-                counts = reap_once(self._jobs, self._catalog, self._send, due)
+                counts = reap_once(
+                    self._jobs, self._catalog, self._send, due, send_front=self._send_front
+                )
             except redis.RedisError as exc:
                 log.warning("reaper pass failed: %s", exc)
                 self._connected_since = None

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+import redis
 from celery import Task
 from celery.signals import worker_ready
 
+from shared.broker import push_front, transport_for
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from shared.memory_tuning import freeze_startup_objects
+from shared.redis_client import connect
 from workers.celery_app import app
 from workers.context import get_context, job_sessions
 from workers.liveness import HeartbeatAndReaper
@@ -33,8 +37,31 @@ def generate(self: Task, job_id: str, key_id: str = "") -> str:
 
 
 def _send_to_queue(job_id: str, queue: str) -> None:
-    """Send a job's task to a queue: a virtual model's fallback, or the reaper."""
+    """Send a job's task to the back of a queue: a virtual model's fallback, or the reaper
+    sending a job that never reached its queue."""
     app.send_task(GENERATE_TASK, args=[job_id], queue=queue)
+
+
+def _send_to_front(job_id: str, queue: str) -> None:
+    """Send a taken-over job's task ahead of every queued one: it has waited its turn once
+    already, and its client has been waiting since (with a Redis broker; another broker
+    has no such order to choose, and the job goes to the back)."""
+    client = _broker_client()
+    if client is None:
+        _send_to_queue(job_id, queue)
+    else:
+        push_front(client, GENERATE_TASK, [job_id], queue)
+
+
+@cache
+def _broker_client() -> redis.Redis | None:
+    """A client of the broker's Redis (the jobs' own client when they are the same), or
+    None when the broker is not Redis."""
+    settings = get_context().settings
+    url = settings.effective_broker_url
+    if transport_for(url) is None:
+        return None
+    return get_context().redis if url == settings.redis_url else connect(url)
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True)
@@ -59,6 +86,7 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
         ctx.jobs,
         ctx.catalog,
         _send_to_queue,
+        send_front=_send_to_front,
         heartbeat_seconds=ctx.settings.heartbeat_seconds,
         reaper_interval_seconds=ctx.settings.reaper_interval_seconds,
     ).start()
