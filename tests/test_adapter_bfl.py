@@ -5,6 +5,7 @@ Celery worker -> simulator)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import time
 from collections.abc import Iterator
@@ -229,6 +230,26 @@ def test_a_reference_url_is_passed_on_as_is(bfl: str) -> None:
     url = "https://images.example.com/ref.png?x=1"
     FAST.generate(_request(FLUX2, image=url), _ctx(bfl))
     assert _submits(bfl)[0]["json"]["input_image"] == url
+
+
+def test_an_edit_sends_its_images_as_input_image_2_and_on(bfl: str) -> None:
+    raws = [_png(colour=(10 * i, 0, 0)) for i in range(3)]
+    urls = tuple("data:image/png;base64," + base64.b64encode(raw).decode() for raw in raws)
+    request = dataclasses.replace(_request(FLUX2, operation="edit"), images=urls, image=urls[0])
+    FAST.generate(request, _ctx(bfl))
+    sent = _submits(bfl)[0]
+    assert sent["status"] == 200
+    names = ["input_image", "input_image_2", "input_image_3"]
+    assert [base64.b64decode(sent["json"][name]) for name in names] == raws
+    assert "input_image_4" not in sent["json"]
+
+
+def test_more_images_than_the_schema_takes_is_a_400_naming_image() -> None:
+    urls = tuple(f"https://images.example.com/{i}.png" for i in range(5))
+    request = dataclasses.replace(_request(KONTEXT), images=urls, image=urls[0])
+    with pytest.raises(InvalidRequest) as caught:
+        FAST.generate(request, _ctx("http://127.0.0.1:9"))
+    assert caught.value.param == "image"
 
 
 def test_flux_11_pro_gets_its_clamped_multiple_of_32_size(bfl: str) -> None:

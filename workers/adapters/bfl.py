@@ -33,16 +33,20 @@ clamped size      width, height (x32,       aspect_ratio (the size rule  width, 
 seed              seed (+ index of the image, so n images differ and stay reproducible)
 output_format     output_format (jpeg/png/webp); absent: ``options.output_format`` or BFL's
                   default (jpeg; Kontext png)
-image             (rejected: no reference   input_image (Kontext; ultra  input_image
-                  image input)              rejects it)
+image, images     (rejected: no reference   input_image,                 input_image,
+                  image input)              input_image_2..4 (Kontext;   input_image_2..8
+                                            ultra rejects them)          (Klein ..4)
 -                 safety_tolerance = ``options.safety_tolerance`` or 2, capped at the
                   schema's maximum (6; FLUX.2: 5)
 user              not sent (BFL has no end-user field)
 ================= ========================= ============================ ===================
 
-``image`` is sent as an ``http(s)`` URL as is, or as raw base64: a ``data:``
-URL loses its ``data:<type>;base64,`` prefix (a percent-encoded data URL is
-base64-encoded first). ``quality``, ``style``, ``output_compression``,
+An edit's images go to ``input_image``, ``input_image_2``, ... in order, up
+to the schema's count (more is a 400 naming ``image``; the catalog's
+``max_reference_images`` keeps requests within it). Each image is sent as an
+``http(s)`` URL as is, or as raw base64: a ``data:`` URL loses its
+``data:<type>;base64,`` prefix (a percent-encoded data URL is base64-encoded
+first). ``quality``, ``style``, ``output_compression``,
 ``moderation`` and a transparent ``background`` have no BFL equivalent: a
 request carrying them is a 400 naming the field (the catalog lists none of
 them for bfl models, so the API normally rejects them first).
@@ -79,6 +83,7 @@ from shared.catalog import Model
 from shared.errors import (
     CATALOG_MISCONFIGURED,
     INVALID_IMAGE,
+    INVALID_VALUE,
     InvalidRequest,
     ServerError,
     UpstreamError,
@@ -115,16 +120,17 @@ class Schema:
     sizing: str  # "width_height" or "aspect_ratio"
     image_field: str | None  # where a reference image goes; None: the schema takes none
     max_safety_tolerance: int
+    max_images: int = 1  # input_image, input_image_2, ... input_image_<max_images>
 
 
 SCHEMAS: dict[str, Schema] = {
     "FluxPro11Inputs": Schema("width_height", None, 6),
     "FluxDevInputs": Schema("width_height", None, 6),
     "FluxUltraInput": Schema("aspect_ratio", None, 6),
-    "FluxKontextProInputs": Schema("aspect_ratio", "input_image", 6),
-    "Flux2Inputs": Schema("width_height", "input_image", 5),
-    "Flux2FlexInputs": Schema("width_height", "input_image", 5),
-    "Flux2KleinInputs": Schema("width_height", "input_image", 5),
+    "FluxKontextProInputs": Schema("aspect_ratio", "input_image", 6, max_images=4),
+    "Flux2Inputs": Schema("width_height", "input_image", 5, max_images=8),
+    "Flux2FlexInputs": Schema("width_height", "input_image", 5, max_images=8),
+    "Flux2KleinInputs": Schema("width_height", "input_image", 5, max_images=4),
 }
 
 # endpoint (the catalog's `upstream`) -> its schema in BFL's OpenAPI document
@@ -147,6 +153,7 @@ _PARAM_OF_FIELD = {
     "width": "size",
     "height": "size",
     "input_image": "image",
+    **{f"input_image_{i}": "image" for i in range(2, 9)},
     "aspect_ratio": "aspect_ratio",
     "output_format": "output_format",
     "seed": "seed",
@@ -308,6 +315,15 @@ def check_supported(request: ImageRequest, schema: Schema) -> None:
         )
     if request.image is not None and schema.image_field is None:
         raise unsupported("image", f"'{model}' takes no reference image.")
+    if request.mask is not None:
+        raise unsupported("mask", f"'{model}' takes no mask: Black Forest Labs has none.")
+    if len(request.images) > schema.max_images:
+        raise InvalidRequest(
+            f"'{model}' takes at most {schema.max_images} reference image(s); the request "
+            f"has {len(request.images)}.",
+            param="image",
+            code=INVALID_VALUE,
+        )
 
 
 def build_body(request: ImageRequest, schema: Schema, *, seed: int | None) -> dict[str, Any]:
@@ -331,8 +347,11 @@ def build_body(request: ImageRequest, schema: Schema, *, seed: int | None) -> di
     if output_format is not None:
         body["output_format"] = output_format
     body["safety_tolerance"] = min(schema.max_safety_tolerance, options.safety_tolerance)
-    if request.image is not None and schema.image_field is not None:
-        body[schema.image_field] = reference_image(request.image)
+    if schema.image_field is not None:
+        images = request.images or ((request.image,) if request.image is not None else ())
+        for index, image in enumerate(images):
+            name = schema.image_field if index == 0 else f"{schema.image_field}_{index + 1}"
+            body[name] = reference_image(image)
     return body
 
 
