@@ -322,6 +322,23 @@ def test_a_data_url_reference_reaches_the_upstream_as_is(sim: str) -> None:
     assert body["sequential_image_generation_options"] == {"max_images": 2}
 
 
+def test_an_edit_sends_its_images_as_a_list(sim: str) -> None:
+    # Seedream 4.0 takes no generation `image`, but edits with up to 10 references.
+    references = (_data_url(), "https://example.com/cat.png")
+    _generate(sim, _request(SEEDREAM_40, operation="edit", images=references, n=2))
+    body = _calls(sim)[0]["json"]
+    assert body["image"] == list(references)
+    assert body["sequential_image_generation_options"] == {"max_images": 2}
+
+
+def test_an_edit_above_the_models_reference_count_is_refused(sim: str) -> None:
+    references = tuple(f"https://example.com/{i}.png" for i in range(11))
+    with pytest.raises(InvalidRequest) as info:
+        _generate(sim, _request(SEEDREAM_40, operation="edit", images=references))
+    assert info.value.param == "image"
+    assert _calls(sim) == []
+
+
 def test_a_url_reference_reaches_the_upstream_as_is(sim: str) -> None:
     _generate(sim, _request(SEEDREAM_50, image="https://example.com/cat.png"))
     body = _calls(sim)[0]["json"]

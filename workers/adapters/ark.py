@@ -15,8 +15,11 @@ Field mapping (gateway request -> upstream body):
   the rest), more are cut to n. Reference images count against Ark's 15 images
   per call, so ``n + references > 15`` is refused naming ``n``;
 * ``seed`` -> ``seed``; ``image`` (a URL or ``data:image/<fmt>;base64,...``,
-  or a list of them) -> ``image`` as is, for models whose catalog ``params``
-  list ``image``; ``output_format`` ``jpeg``/``png`` -> ``output_format`` where
+  or a list of them; for models whose catalog ``params`` list ``image``) and
+  an edit's ``images`` -> ``image`` as is (a string for one, a list for
+  several), up to the catalog's ``max_reference_images`` (Ark: 10 for 4.0, 14
+  for 4.5; more is a 400 naming ``image``); Ark has no mask;
+  ``output_format`` ``jpeg``/``png`` -> ``output_format`` where
   the catalog lists it (other formats are refused naming the param);
 * ``watermark: false`` always (Ark's default stamps "AI generated");
 * ``response_format``: ``url`` unless the catalog entry sets
@@ -154,14 +157,25 @@ def build_body(request: ImageRequest) -> dict[str, Any]:
         "response_format": fmt,
         "watermark": False,
     }
-    references = 0
-    if request.image is not None:
-        if "image" not in model.params:
+    if request.mask is not None:
+        raise unsupported("mask", f"'{model.id}' takes no mask: Seedream has none.")
+    images = list(request.images)
+    if not images and request.image is not None:
+        images = list(request.image) if isinstance(request.image, list | tuple) else [request.image]
+    references = len(images)
+    if images:
+        # A generation's `image` where the catalog lists it; an edit's images up to its count.
+        takes = "image" in model.params if request.operation == "generate" else True
+        if not takes or model.max_reference_images == 0:
             raise unsupported("image", f"'{model.id}' does not take a reference image.")
-        body["image"] = request.image
-        references = len(request.image) if isinstance(request.image, list | tuple) else 1
-        if isinstance(request.image, tuple):
-            body["image"] = list(request.image)
+        if references > model.max_reference_images:
+            raise InvalidRequest(
+                f"'{model.id}' takes at most {model.max_reference_images} reference image(s); "
+                f"the request has {references}.",
+                param="image",
+                code=INVALID_VALUE,
+            )
+        body["image"] = images[0] if references == 1 else images
     if request.n > 1:
         if request.n + references > MAX_IMAGES_PER_CALL:
             raise InvalidRequest(
