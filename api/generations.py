@@ -28,13 +28,24 @@ after its bytes were charged to the key's parse budget (:mod:`api.parse_limit`:
 ``Idempotency-Key`` (per API key, kept ``idempotency_ttl_seconds``) makes a
 retry with the same body return the same job instead of creating and
 charging a new one; the same key with another body is a 409.
+
+``stream: true`` (with ``partial_images`` 0-3) answers the same job as
+Server-Sent Events in OpenAI's shapes (:mod:`api.streaming`): partial images
+where the upstream streams them, then the completed image(s) or an ``error``
+event; the budget, billing and timeout rules are the synchronous ones. It
+cannot be combined with ``webhook_url`` (400); ``Prefer: respond-async`` is
+ignored for it (a preference, RFC 7240). A replay by ``Idempotency-Key`` streams
+too. Until :class:`api.schemas.GenerationRequest` takes the two fields, they are
+taken out of the body here (:func:`_parse`) and the rest is validated as usual.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from dataclasses import dataclass
 
 import redis
 from flask import Blueprint, g, request
@@ -42,8 +53,11 @@ from flask import Blueprint, g, request
 from api.auth import current_key
 from api.responses import base_url, images_response, job_object, json_response
 from api.routing import Route, plan
+from api.schemas import GenerationRequest
 from api.services import Services, services
+from api.streaming import stream_response
 from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
+from api.waiter import Waiter
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -74,6 +88,59 @@ bp = Blueprint("generations", __name__, url_prefix="/v1/images")
 # to do so before the web side declares the job timed out on its own.
 _GRACE_SECONDS = 0.5
 _MAX_IDEMPOTENCY_KEY = 255
+_STREAM_FIELDS = ("stream", "partial_images")
+_MAX_PARTIAL_IMAGES = 3
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """The client asked for ``stream: true``."""
+
+    partial_images: int = 0
+
+
+def _parse(
+    body: bytes, svc: Services, key: ApiKey
+) -> tuple[GenerationRequest, StreamOptions | None]:
+    """The request and, if it streams, its stream options.
+
+    ``stream``/``partial_images`` that the schema refuses are taken out of the body and
+    checked here; the rest is parsed as any request (charged once, to the first parse).
+    """
+    budget = json_budget(svc.catalog)
+    try:
+        req = parse_body(
+            body, max_tokens=budget, charge=lambda n: svc.parse_limit.charge(key.id, n)
+        )
+    except InvalidRequest as exc:
+        if exc.param not in _STREAM_FIELDS:
+            raise
+        fields = json.loads(body)  # the schema got to its fields: it is a JSON object
+        stream, partials = fields.pop("stream", None), fields.pop("partial_images", None)
+        req = parse_body(json.dumps(fields).encode(), max_tokens=budget)
+    else:
+        stream, partials = getattr(req, "stream", None), getattr(req, "partial_images", None)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest(
+            "Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type"
+        )
+    if partials is not None and (
+        type(partials) is not int or not 0 <= partials <= _MAX_PARTIAL_IMAGES
+    ):
+        raise InvalidRequest(
+            f"Invalid value for 'partial_images': an integer from 0 to {_MAX_PARTIAL_IMAGES}.",
+            param="partial_images",
+            code="invalid_value",
+        )
+    if not stream:
+        return req, None
+    if req.webhook_url is not None:
+        raise InvalidRequest(
+            "A streaming request cannot also have a webhook_url: send one or the other.",
+            param="stream",
+            code="invalid_value",
+        )
+    return req, StreamOptions(partial_images=partials or 0)
 
 
 def _wants_async() -> bool:
@@ -117,11 +184,7 @@ def create_generation():
             code="unsupported_content_encoding",
         )
     body = request.get_data(cache=False)
-    req = parse_body(
-        body,
-        max_tokens=json_budget(svc.catalog),
-        charge=lambda nbytes: svc.parse_limit.charge(key.id, nbytes),
-    )
+    req, stream = _parse(body, svc, key)
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
     strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []
@@ -155,7 +218,7 @@ def create_generation():
         checked = check_url(req.image, policy_for(svc.settings), param="image")
         for request_dict in [job_request, *(route.request for route in routes)]:
             request_dict["image"] = checked
-    is_async = webhook_url is not None or _wants_async()
+    is_async = stream is None and (webhook_url is not None or _wants_async())
 
     now = time.time()
     job_id = new_job_id()
@@ -166,7 +229,10 @@ def create_generation():
         for request_dict in [job_request, *(route.request for route in routes)]:
             request_dict.pop("image", None)
     budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
-    meta: dict = {"base_url": base_url(svc), "mode": "async" if is_async else "sync"}
+    mode = "async" if is_async else "stream" if stream is not None else "sync"
+    meta: dict = {"base_url": base_url(svc), "mode": mode}
+    if stream is not None:  # the worker relays partial images (shared.progress)
+        meta["stream"] = {"partial_images": stream.partial_images}
     if upload is not None:
         meta["reference_image"] = upload[0].to_meta()  # once, whatever the route
     if routes:
@@ -213,11 +279,11 @@ def create_generation():
         raise
     if admission.duplicate_of is not None:
         _drop_upload(job, svc)  # the first job of this key has its own
-        return _replay(admission.duplicate_of, idempotency, key, svc, is_async)
+        return _replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
     # A synchronous request listens for its job before sending it, so the worker's
     # notice cannot slip past, and its first look at the record waits for it.
-    waiter = None if is_async else svc.hub.expect(job.id)
+    waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
     try:
         _send(job, svc, idempotency)
         log.info(
@@ -231,6 +297,9 @@ def create_generation():
         )
         if waiter is None:
             return _accepted(job.id, svc)
+        if stream is not None:
+            streaming, waiter = waiter, None  # the stream closes it when it ends
+            return _stream(streaming, job, job.deadline, svc, read_first=False)
         return _answer(waiter.wait(job.deadline + _GRACE_SECONDS, read_first=False), job.id, svc)
     finally:
         if waiter is not None:
@@ -322,7 +391,14 @@ def _check_family(model, family, svc: Services) -> None:
         )
 
 
-def _replay(stored: str, idempotency, key: ApiKey, svc: Services, is_async: bool):
+def _replay(
+    stored: str,
+    idempotency,
+    key: ApiKey,
+    svc: Services,
+    is_async: bool,
+    stream: StreamOptions | None = None,
+):
     job_id, _, digest = stored.partition("|")
     if idempotency is None or digest != idempotency.value.partition("|")[2]:
         raise Conflict(
@@ -336,7 +412,24 @@ def _replay(stored: str, idempotency, key: ApiKey, svc: Services, is_async: bool
         )
     if is_async:
         return _accepted(job.id, svc)
+    if stream is not None:
+        # The stored deadline is on Redis' clock; the stream counts on this host's.
+        local_deadline = job.deadline - (svc.jobs.clock() - time.time())
+        return _stream(svc.hub.expect(job.id, progress=True), job, local_deadline, svc)
     return _wait_and_answer(job.id, svc)
+
+
+def _stream(waiter: Waiter, job: Job, deadline: float, svc: Services, *, read_first=True):
+    """The job's answer as Server-Sent Events (:mod:`api.streaming`), until ``deadline``
+    (this host's clock) and the grace the worker gets to record a timeout."""
+    return stream_response(
+        waiter,
+        deadline + _GRACE_SECONDS,
+        svc,
+        lambda done, job_id: _settle(done, job_id, svc),
+        headers=_param_headers(job),
+        read_first=read_first,
+    )
 
 
 def _accepted(job_id: str, svc: Services):
@@ -370,6 +463,16 @@ def _wait_and_answer(job_id: str, svc: Services):
 
 def _answer(done: Job | None, job_id: str, svc: Services):
     """The synchronous answer from the job record a wait ended with."""
+    done = _settle(done, job_id, svc)
+    response = json_response(images_response(done, svc))
+    response.headers["x-job-id"] = done.id
+    response.headers.update(_param_headers(done))
+    return response
+
+
+def _settle(done: Job | None, job_id: str, svc: Services) -> Job:
+    """The succeeded job a wait ended with, or raises what the client gets instead: the
+    job's own error, a 504 once its deadline passed, a 503 if Redis is gone then."""
     if done is None or not done.terminal:
         try:
             expired = svc.jobs.expire_if_overdue(job_id)
@@ -388,10 +491,7 @@ def _answer(done: Job | None, job_id: str, svc: Services):
     if done is None:
         raise timeout_error(job_id)
     if done.status == JobStatus.SUCCEEDED:
-        response = json_response(images_response(done, svc))
-        response.headers["x-job-id"] = done.id
-        response.headers.update(_param_headers(done))
-        return response
+        return done
     if done.status in (JobStatus.FAILED, JobStatus.CANCELED) and done.error:
         error = error_from_dict(done.error)
         error.headers["x-job-id"] = done.id  # the failed job's record can be fetched

@@ -19,6 +19,16 @@ A request that registers (:meth:`CompletionHub.expect`) before it enqueues its
 job cannot miss the notice and skips the read before its first sleep; every
 wake-up reads the whole record, which is what the answer is built from.
 
+A streaming request (``stream=true``, :mod:`api.streaming`) also asks for its
+job's partial images (``expect(job_id, progress=True)``): the same connection
+then subscribes to the job's progress channel (:mod:`shared.progress`) until the
+last such waiter of that job closes, and queues each partial image on the
+waiter, waking it. Only the web process streaming a job receives its partials,
+still over one connection however many requests stream. After a reconnect the
+listener subscribes to every wanted progress channel again; a partial published
+meanwhile is lost (partials are previews, the completed image is read from the
+job record).
+
 Under gunicorn's gevent worker the threading primitives here are
 monkey-patched into greenlets; under a threaded server they are threads.
 """
@@ -29,10 +39,13 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 
 import redis
 
+from shared import progress
 from shared.jobs import DONE_CHANNEL, Job, JobStore
+from shared.progress import PartialImage
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +56,31 @@ class CompletionHub:
         self._jobs = jobs
         self._poll = poll_interval
         self._lock = threading.Lock()
-        self._waiters: dict[str, list[threading.Event]] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._subscribed = threading.Event()  # the listener is subscribed right now
         self._subscriptions = 0  # confirmed subscriptions so far (reconnects included)
+        self._progress: dict[str, int] = {}  # progress channel -> waiters that want it
+        self._live: redis.client.PubSub | None = None  # set once it has every wanted channel
 
-    def expect(self, job_id: str) -> Waiter:
+    def expect(self, job_id: str, *, progress: bool = False) -> Waiter:
         """Start listening for ``job_id`` now, before it is enqueued, so that its
-        notice cannot be missed and the first read can wait for it."""
+        notice cannot be missed and the first read can wait for it; with ``progress``,
+        also for its partial images (:attr:`Waiter.partials`)."""
         self._ensure_listener()
-        event = threading.Event()
+        waiter = Waiter(self, job_id, notices=self._subscribed.is_set(), progress=progress)
+        live = None
+        name = _progress_channel(job_id)
         with self._lock:
-            self._waiters.setdefault(job_id, []).append(event)
-        return Waiter(self, job_id, event, notices=self._subscribed.is_set())
+            self._waiters.setdefault(job_id, []).append(waiter)
+            if progress:
+                self._progress[name] = self._progress.get(name, 0) + 1
+                live = self._live if self._progress[name] == 1 else None
+        if live is not None:
+            # Not live yet: the listener subscribes to it once it is (see _listen).
+            self._pubsub_call(live, "subscribe", name)
+        return waiter
 
     def wait(self, job_id: str, deadline: float) -> Job | None:
         """Block until the job is terminal or ``deadline`` (unix time) passes; see
@@ -64,13 +88,32 @@ class CompletionHub:
         with self.expect(job_id) as waiter:
             return waiter.wait(deadline)
 
-    def _forget(self, job_id: str, event: threading.Event) -> None:
+    def _forget(self, waiter: Waiter) -> None:
+        live = None
+        name = _progress_channel(waiter.job_id)
         with self._lock:
-            events = self._waiters.get(job_id, [])
-            if event in events:
-                events.remove(event)
-            if not events:
-                self._waiters.pop(job_id, None)
+            waiters = self._waiters.get(waiter.job_id, [])
+            if waiter not in waiters:
+                return  # closed before
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(waiter.job_id, None)
+            if waiter.partials is not None:
+                self._progress[name] -= 1
+                if not self._progress[name]:
+                    del self._progress[name]
+                    live = self._live
+        if live is not None:
+            self._pubsub_call(live, "unsubscribe", name)
+
+    @staticmethod
+    def _pubsub_call(pubsub: redis.client.PubSub, method: str, name: str) -> None:
+        # Sent from the request's greenlet while the listener reads: redis-py sends
+        # under the PubSub's lock, and the reply comes to the listener like any other.
+        try:
+            getattr(pubsub, method)(name)
+        except (redis.RedisError, OSError) as exc:  # the listener reconnects and resubscribes
+            log.warning("progress channel %s: %s failed (%s)", name, method, exc)
 
     def _ensure_listener(self) -> None:
         # After a fork (gunicorn preloading) the parent's thread does not exist here.
@@ -89,13 +132,23 @@ class CompletionHub:
         while True:
             pubsub = self._redis.pubsub()
             try:
-                pubsub.subscribe(DONE_CHANNEL)
+                with self._lock:
+                    wanted = set(self._progress)
+                pubsub.subscribe(DONE_CHANNEL, *wanted)
+                with self._lock:
+                    missing = set(self._progress) - wanted  # asked for meanwhile
+                    self._live = pubsub  # from now on, expect() subscribes itself
+                if missing:
+                    pubsub.subscribe(*missing)
                 while True:
                     message = pubsub.get_message(timeout=30.0)
                     kind = message.get("type") if message else None
-                    if kind == "message":
+                    if kind == "message" and message["channel"] != DONE_CHANNEL:
+                        self._relay(str(message["channel"]), str(message["data"]))
+                    elif kind == "message":
                         self._wake(str(message["data"]))
-                    elif kind == "subscribe":  # Redis confirmed: no notice is missed from now
+                    elif kind == "subscribe" and message["channel"] == DONE_CHANNEL:
+                        # Redis confirmed: no notice is missed from now.
                         # After a reconnect (ours, or redis-py's own silent one, which
                         # resubscribes by itself), re-read what finished meanwhile.
                         if self._subscriptions:
@@ -103,6 +156,8 @@ class CompletionHub:
                         self._subscriptions += 1
                         self._subscribed.set()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                with self._lock:
+                    self._live = None
                 self._subscribed.clear()
                 log.warning("job notification listener lost Redis (%s); reconnecting", exc)
                 self._wake_all()  # let waiters re-read their status now
@@ -115,28 +170,90 @@ class CompletionHub:
 
     def _wake(self, job_id: str) -> None:
         with self._lock:
-            events = list(self._waiters.get(job_id, ()))
-        for event in events:
-            event.set()
+            waiters = list(self._waiters.get(job_id, ()))
+        for waiter in waiters:
+            waiter._notify()
 
     def _wake_all(self) -> None:
         with self._lock:
-            events = [e for evs in self._waiters.values() for e in evs]
-        for event in events:
-            event.set()
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for waiter in waiters:
+            waiter._notify()
+
+    def _relay(self, name: str, data: str) -> None:
+        """A partial image on a progress channel: queued on its job's streaming waiters."""
+        job_id = progress.job_of(name)
+        partial = PartialImage.from_json(data) if job_id else None
+        if partial is None:
+            return
+        with self._lock:
+            waiters = [w for w in self._waiters.get(job_id, ()) if w.partials is not None]
+        for waiter in waiters:
+            waiter._add_partial(partial)
+
+
+def _progress_channel(job_id: str) -> str:
+    return progress.channel(job_id)
 
 
 class Waiter:
     """One request waiting for one job (from :meth:`CompletionHub.expect`); a context
     manager that stops listening when it exits."""
 
+    # Partial images kept for a streaming waiter that has not taken them yet: a
+    # client reading slowly loses the oldest previews, never the web process' memory.
+    MAX_PARTIALS = 32
+
     def __init__(
-        self, hub: CompletionHub, job_id: str, event: threading.Event, *, notices: bool
+        self, hub: CompletionHub, job_id: str, *, notices: bool, progress: bool = False
     ) -> None:
         self._hub = hub
         self.job_id = job_id
-        self._event = event
+        self._event = threading.Event()
         self._notices = notices  # the hub was subscribed when this waiter registered
+        self._noticed = False  # a done notice (or a reconnect) since the last pause()
+        self.partials: deque[PartialImage] | None = (
+            deque(maxlen=self.MAX_PARTIALS) if progress else None
+        )
+        """The partial images received and not yet taken (None: not asked for)."""
+
+    @property
+    def poll_interval(self) -> float:
+        """How often a waiter re-reads its job's record with no notice (the safety net)."""
+        return self._hub._poll
+
+    @property
+    def notices(self) -> bool:
+        """Whether no done notice can have been missed since :meth:`CompletionHub.expect`."""
+        return self._notices
+
+    def _notify(self) -> None:
+        self._noticed = True
+        self._event.set()
+
+    def _add_partial(self, partial: PartialImage) -> None:
+        if self.partials is not None:
+            self.partials.append(partial)
+            self._event.set()
+
+    def take_partials(self) -> list[PartialImage]:
+        """The partial images received since the last call, oldest first."""
+        taken: list[PartialImage] = []
+        while self.partials:
+            taken.append(self.partials.popleft())
+        return taken
+
+    def pause(self, timeout: float) -> bool:
+        """Sleep until woken or ``timeout`` seconds pass; True if a done notice (or a
+        listener reconnect) came, so the job's record is worth reading again."""
+        self._event.wait(max(0.0, timeout))
+        self._event.clear()
+        noticed, self._noticed = self._noticed, False
+        return noticed
+
+    def read(self) -> Job | None:
+        """The job's record now; raises redis errors."""
+        return self._hub._jobs.get(self.job_id)
 
     def __enter__(self) -> Waiter:
         return self
@@ -145,7 +262,7 @@ class Waiter:
         self.close()
 
     def close(self) -> None:
-        self._hub._forget(self.job_id, self._event)
+        self._hub._forget(self)
 
     def wait(self, deadline: float, *, read_first: bool = True) -> Job | None:
         """The job's record once it is terminal, or the last record read when
