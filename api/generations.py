@@ -94,9 +94,15 @@ _MAX_PARTIAL_IMAGES = 3
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """The client asked for ``stream: true``."""
+    """The client asked for ``stream: true``; ``kind`` names its events
+    (``image_generation`` here, ``image_edit`` for edits)."""
 
     partial_images: int = 0
+    kind: str = "image_generation"
+
+    def to_meta(self) -> dict:
+        """``job.meta["stream"]``: tells the worker to relay partial images."""
+        return {"partial_images": self.partial_images}
 
 
 def _parse(
@@ -232,7 +238,7 @@ def create_generation():
     mode = "async" if is_async else "stream" if stream is not None else "sync"
     meta: dict = {"base_url": base_url(svc), "mode": mode}
     if stream is not None:  # the worker relays partial images (shared.progress)
-        meta["stream"] = {"partial_images": stream.partial_images}
+        meta["stream"] = stream.to_meta()
     if upload is not None:
         meta["reference_image"] = upload[0].to_meta()  # once, whatever the route
     if routes:
@@ -299,7 +305,7 @@ def create_generation():
             return _accepted(job.id, svc)
         if stream is not None:
             streaming, waiter = waiter, None  # the stream closes it when it ends
-            return _stream(streaming, job, job.deadline, svc, read_first=False)
+            return stream_answer(streaming, job, job.deadline, svc, stream, read_first=False)
         return _answer(waiter.wait(job.deadline + _GRACE_SECONDS, read_first=False), job.id, svc)
     finally:
         if waiter is not None:
@@ -415,18 +421,35 @@ def _replay(
     if stream is not None:
         # The stored deadline is on Redis' clock; the stream counts on this host's.
         local_deadline = job.deadline - (svc.jobs.clock() - time.time())
-        return _stream(svc.hub.expect(job.id, progress=True), job, local_deadline, svc)
+        waiter = svc.hub.expect(job.id, progress=True)
+        return stream_answer(waiter, job, local_deadline, svc, stream)
     return _wait_and_answer(job.id, svc)
 
 
-def _stream(waiter: Waiter, job: Job, deadline: float, svc: Services, *, read_first=True):
-    """The job's answer as Server-Sent Events (:mod:`api.streaming`), until ``deadline``
-    (this host's clock) and the grace the worker gets to record a timeout."""
+def stream_answer(
+    waiter: Waiter,
+    job: Job,
+    deadline: float,
+    svc: Services,
+    stream: StreamOptions,
+    *,
+    read_first: bool = True,
+):
+    """The job's answer as Server-Sent Events (:mod:`api.streaming`) until ``deadline``
+    (this host's clock) plus the grace the worker gets to record a timeout; it closes
+    ``waiter`` (from ``svc.hub.expect(job.id, progress=True)``) when it ends.
+
+    For the edits endpoint too: a job admitted with ``meta["stream"] =
+    stream.to_meta()`` and ``StreamOptions(kind="image_edit")`` streams
+    ``image_edit.*`` events, with the same budget, billing and 504 rules.
+    ``read_first=False`` for a job enqueued after the waiter registered.
+    """
     return stream_response(
         waiter,
         deadline + _GRACE_SECONDS,
         svc,
         lambda done, job_id: _settle(done, job_id, svc),
+        kind=stream.kind,
         headers=_param_headers(job),
         read_first=read_first,
     )

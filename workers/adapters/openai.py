@@ -24,13 +24,15 @@ Streaming: when the client streams (``CallContext.progress``) with
 the body adds ``stream: true`` and ``partial_images``, and the upstream's SSE
 answer is read event by event as it arrives, under the same byte bound, wall
 clock, retries and error translation as any exchange (:class:`_StreamingHTTP`):
-each ``image_generation.partial_image`` is published at once
-(:mod:`shared.progress`; it previews the image of the completed events seen so
-far), each ``image_generation.completed`` is one image (``b64_json``; its
+each ``image_generation.partial_image`` (or ``image_edit.partial_image``) is
+published at once (:mod:`shared.progress`; it previews the image of the
+completed events seen so far), each ``*.completed`` is one image (``b64_json``; its
 ``quality``, ``background`` and ``usage`` are reported as above), and an
 ``error`` event (or a data object with an ``error`` key) fails the call like an
 error answer (moderation codes: 400 ``content_policy_violation``; others: 502).
 An upstream that answers a streamed request with plain JSON is read as usual.
+:func:`post` does all this for any OpenAI Images endpoint, JSON or multipart
+(the edits adapter calls it too), and :func:`streams` says when to ask.
 
 Errors are OpenAI's envelope ``{"error": {message, type, param, code}}``,
 which :func:`workers.http.default_error_parser` reads; moderation refusals
@@ -47,6 +49,7 @@ from typing import Any, Literal
 
 import requests
 
+from shared.catalog import Model
 from shared.errors import UpstreamError, content_policy_violation
 from shared.progress import PartialImage, PartialSink
 from workers.adapters.base import AdapterOptions, CallContext, ImageRequest, ImageResult
@@ -99,23 +102,12 @@ class OpenAIImagesAdapter:
         options = OpenAIOptions.of(request.model)
         if fmt := options.response_format:
             body["response_format"] = fmt
-        http = ctx.http
-        stream = _StreamReader(ctx.progress) if _streams(request, options, ctx) else None
-        if stream is not None and ctx.progress is not None:
-            body["stream"] = True
-            body["partial_images"] = ctx.progress.partial_images
-            http = _StreamingHTTP.of(ctx.http, stream)
-        response = http.request(
-            "POST",
+        payload, rid = post(
+            ctx,
             f"{ctx.base_url}/images/generations",
+            stream=streams(request.model, ctx),
             json_body=body,
-            headers={"Authorization": f"Bearer {ctx.api_key}"},
         )
-        rid = request_id_of(response)
-        if stream is not None and stream.used:
-            payload = stream.payload(rid)
-        else:
-            payload = ctx.http.json(response)
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise malformed("The upstream answered without images.", rid)
@@ -126,13 +118,57 @@ class OpenAIImagesAdapter:
         )
 
 
-def _streams(request: ImageRequest, options: OpenAIOptions, ctx: CallContext) -> bool:
-    """Whether to ask the upstream for a stream of partial images."""
+def streams(model: Model, ctx: CallContext) -> bool:
+    """Whether to ask the upstream for a stream of partial images: the client streams,
+    wants some, and the model streams them (``options.stream_partials``)."""
     if ctx.progress is None or ctx.progress.partial_images < 1:
         return False
-    if options.stream_partials is not None:
-        return options.stream_partials
-    return request.model.upstream.startswith("gpt-image")
+    wanted = OpenAIOptions.of(model).stream_partials
+    return wanted if wanted is not None else model.upstream.startswith("gpt-image")
+
+
+def post(
+    ctx: CallContext,
+    url: str,
+    *,
+    stream: bool = False,
+    json_body: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    files: Any = None,
+) -> tuple[Any, str | None]:
+    """POST to an OpenAI Images endpoint (generations, edits: JSON or multipart);
+    the answer's JSON payload and the upstream's request id.
+
+    With ``stream`` (see :func:`streams`), the body also asks for ``stream`` and
+    ``partial_images``; partial images are published as they arrive, and the
+    payload returned is what the completed events stand for (``data`` with
+    ``b64_json`` items, ``quality``, ``background``, ``usage``), so the caller
+    reads it like a JSON answer.
+    """
+    http, reader = ctx.http, None
+    if stream and ctx.progress is not None:
+        reader = _StreamReader(ctx.progress)
+        http = _StreamingHTTP.of(ctx.http, reader)
+        if json_body is not None:
+            json_body = {**json_body, "stream": True, "partial_images": ctx.progress.partial_images}
+        else:  # multipart: the fields as text
+            data = {
+                **(data or {}),
+                "stream": "true",
+                "partial_images": str(ctx.progress.partial_images),
+            }
+    response = http.request(
+        "POST",
+        url,
+        json_body=json_body,
+        data=data,
+        files=files,
+        headers={"Authorization": f"Bearer {ctx.api_key}"},
+    )
+    rid = request_id_of(response)
+    if reader is not None and reader.used:
+        return reader.payload(rid), rid
+    return ctx.http.json(response), rid
 
 
 class _StreamReader:
