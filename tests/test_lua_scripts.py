@@ -45,6 +45,7 @@ from shared.jobs import (
     new_job_id,
 )
 from shared.keys import ApiKey
+from shared.presence import Presence
 from shared.redis_client import connect
 from workers.webhook_pump import inflight_key, pump_once
 
@@ -253,7 +254,7 @@ def recorder(redis_server) -> Iterator[Recorder]:
 def _scenario(client: redis.Redis) -> None:
     """Takes every script through its branches (admission refused and accepted, claims,
     heartbeats, handoff, sends, reaps, ends, webhook state; capacity leases; breakers;
-    webhook takes and claims; the parse budget)."""
+    webhook takes and claims; the parse budget; presence announcements)."""
     live = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0)
     store = JobStore(client, retention_seconds=600, liveness=live)
     accounts = Accounts(client, CATALOG)
@@ -331,6 +332,12 @@ def _scenario(client: redis.Redis) -> None:
     limit.charge(subject, 800)
     with pytest.raises(RateLimited):
         limit.charge(subject, 800)
+    # presence: a worker announces two families; one is live, then none once it ran out
+    presence = Presence(client)
+    one, two = "lua_" + secrets.token_hex(4), "lua_" + secrets.token_hex(4)
+    presence.announce("w:1", [one, two], ttl=30)
+    assert presence.live([one, two, "lua_nobody"]) == {one: 1, two: 1, "lua_nobody": 0}
+    assert presence.live([one], now=time.time() + 60) == {one: 0}
 
 
 def _webhooks(client: redis.Redis, store: JobStore, job_id: str, key_id: str) -> None:

@@ -7,7 +7,10 @@ client waiting on it. So every worker process also runs two daemon threads:
 
 * **heartbeat**: every ``heartbeat_seconds`` it refreshes the watch entry of
   each job this process is running (:meth:`shared.jobs.JobStore.beat`, fenced
-  by the attempt number, so a run that lost its job stops refreshing it);
+  by the attempt number, so a run that lost its job stops refreshing it), and
+  renews this process's announcement of the families it serves (``announce``,
+  see :mod:`shared.presence`: how the web knows a family is served without
+  holding its upstream key), once at start and then with every beat;
 * **reaper**: every ``reaper_interval_seconds`` it acts on the jobs whose
   watch time has come (:meth:`shared.jobs.JobStore.reap`): a running job whose
   worker stopped beating gets a new attempt number (and one more ``takeovers``)
@@ -129,11 +132,13 @@ class HeartbeatAndReaper:
         reaper_interval_seconds: float,
         running: Running = RUNNING,
         send_front: Send | None = None,
+        announce: Callable[[], None] | None = None,
     ) -> None:
         self._jobs = jobs
         self._catalog = catalog
         self._send = send
         self._send_front = send_front
+        self._announce = announce
         self._beat_every = heartbeat_seconds
         self._reap_every = reaper_interval_seconds
         self._running = running
@@ -152,12 +157,22 @@ class HeartbeatAndReaper:
         self._stop.set()
 
     def _beat_loop(self) -> None:
+        self._announce_once()
         while not self._stop.wait(self._beat_every):
             running = self._running.snapshot()
             try:
                 self._jobs.beat(running)
             except redis.RedisError as exc:
                 log.warning("heartbeat for %d jobs failed: %s", len(running), exc)
+            self._announce_once()
+
+    def _announce_once(self) -> None:
+        if self._announce is None:
+            return
+        try:
+            self._announce()
+        except redis.RedisError as exc:
+            log.warning("announcing the families served failed: %s", exc)
 
     def _reap_loop(self) -> None:
         stale_after = self._jobs.liveness.stale_after

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import cache
 from typing import Any
 
 import redis
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from shared.broker import push_front, transport_for
 from shared.jobs import DELIVER_WEBHOOK_TASK, GENERATE_TASK, WEBHOOK_QUEUE
 from shared.memory_tuning import freeze_startup_objects
+from shared.presence import Presence, served_here
 from shared.redis_client import connect
 from workers.celery_app import app
 from workers.context import get_context, job_sessions
@@ -78,10 +81,20 @@ def deliver_webhook(job_id: str, lease: str | None = None) -> str:
     )
 
 
+# What this process announces (shared.presence), to withdraw it when the worker stops.
+_ANNOUNCED: dict[str, Any] = {}
+
+
 @worker_ready.connect
 def _start_background_threads(sender: Any = None, **_: Any) -> None:
-    """Every worker beats for its jobs and reaps stale ones; webhooks workers also pump."""
+    """Every worker beats for its jobs, announces the families it serves and reaps stale
+    jobs; webhooks workers also pump."""
     ctx = get_context()
+    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
+    presence = Presence(ctx.redis)
+    worker = f"{getattr(sender, 'hostname', None) or socket.gethostname()}:{os.getpid()}"
+    families = served_here(ctx.settings, ctx.catalog.families.values(), queues)
+    _ANNOUNCED.update(presence=presence, worker=worker, families=families)
     HeartbeatAndReaper(
         ctx.jobs,
         ctx.catalog,
@@ -89,8 +102,8 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
         send_front=_send_to_front,
         heartbeat_seconds=ctx.settings.heartbeat_seconds,
         reaper_interval_seconds=ctx.settings.reaper_interval_seconds,
+        announce=lambda: presence.announce(worker, families, ttl=ctx.settings.job_stale_seconds),
     ).start()
-    queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     if WEBHOOK_QUEUE in queues:
         # A delivery lease outlasts one attempt (timeout) plus time queued behind others.
         start_pump(
@@ -100,3 +113,13 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
             per_key=ctx.settings.webhook_concurrency_per_key,
         )
     freeze_startup_objects()  # after the context: full GCs need not walk it ever again
+
+
+@worker_shutdown.connect
+def _withdraw(**_: Any) -> None:
+    """A worker that stops cleanly stops counting for its families at once."""
+    if _ANNOUNCED.get("families"):
+        try:
+            _ANNOUNCED["presence"].withdraw(_ANNOUNCED["worker"], _ANNOUNCED["families"])
+        except redis.RedisError:
+            pass  # the announcement runs out by itself
