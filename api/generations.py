@@ -127,8 +127,10 @@ def _parse(
     else:
         stream, partials = getattr(req, "stream", None), getattr(req, "partial_images", None)
     if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest(
-            "Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type"
+        raise InvalidRequest(  # what the schema says of a non-boolean, once it takes `stream`
+            "Invalid value for 'stream': it must be true or false.",
+            param="stream",
+            code="invalid_value",
         )
     if partials is not None and (
         type(partials) is not int or not 0 <= partials <= _MAX_PARTIAL_IMAGES

@@ -22,11 +22,14 @@ import requests
 from openai import OpenAI
 from PIL import Image
 
+from api.waiter import CompletionHub
 from shared import progress
 from shared.billing import Accounts
+from shared.jobs import JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import create_key
+from tests.support.jobs import make_job
 from tests.support.sim import fault, sent_with, tagged
 
 OPENAI_SCHEMA = Path(__file__).resolve().parents[2] / "shared/reference/openai-images-openapi.json"
@@ -296,13 +299,49 @@ def test_the_budget_ends_a_stream_with_a_timeout_error_event(
     assert body["error"]["job_id"] == response.headers["x-job-id"]
 
 
+# -- the transport: worker -> web ---------------------------------------------------------
+
+
+def test_partials_reach_only_their_jobs_streaming_waiters_and_stay_bounded(redis_server) -> None:
+    # A database no live worker's reaper looks at: the jobs made here are never sent.
+    client = connect(redis_server.url.rsplit("/", 1)[0] + "/8")
+    store = JobStore(client, retention_seconds=600)
+    hub = CompletionHub(client, store, poll_interval=30.0)
+    job, other = make_job(store), make_job(store)
+    streaming = hub.expect(job.id, progress=True)
+    plain = hub.expect(job.id)
+    elsewhere = hub.expect(other.id, progress=True)
+    numsub = lambda: client.pubsub_numsub(progress.channel(job.id))[0][1]  # noqa: E731
+    _wait_until(lambda: numsub() == 1)  # one subscription for the process, not per waiter
+
+    def partial(index: int, image: int = 0, size: int = 100) -> progress.PartialImage:
+        b64 = base64.b64encode(b"p" * size).decode()
+        return progress.PartialImage(b64_json=b64, partial_image_index=index, image_index=image)
+
+    sink = progress.PartialSink(client, job.id, partial_images=2, max_bytes=1000)
+    assert not sink.publish(partial(0, size=1001))  # over the byte bound: not sent
+    assert sink.publish(partial(0)) and sink.publish(partial(1))
+    assert not sink.publish(partial(2))  # more than the client asked for
+    assert sink.publish(partial(0, image=1))  # the next image has its own count
+    _wait_until(lambda: len(streaming.partials or ()) == 3)
+    taken = streaming.take_partials()
+    assert [(p.image_index, p.partial_image_index) for p in taken] == [(0, 0), (0, 1), (1, 0)]
+    assert all(p.created_at and base64.b64decode(p.b64_json) == b"p" * 100 for p in taken)
+    assert plain.partials is None and not elsewhere.partials
+    streaming.close()
+    _wait_until(lambda: numsub() == 0)  # the last streaming waiter of the job let go
+    plain.close()
+    elsewhere.close()
+    assert progress.PartialSink(client, job.id, partial_images=9, max_bytes=1).partial_images == 3
+
+
 # -- refused before streaming: ordinary JSON errors ---------------------------------------
 
 
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
-        ({"stream": "yes"}, "stream", "invalid_type"),
+        ({"stream": "yes"}, "stream", "invalid_value"),
         ({"stream": True, "partial_images": 4}, "partial_images", "invalid_value"),
         ({"stream": True, "webhook_url": "https://example.com/hook"}, "stream", "invalid_value"),
     ],
