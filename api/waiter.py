@@ -202,7 +202,7 @@ class Waiter:
 
     # Partial images kept for a streaming waiter that has not taken them yet: a
     # client reading slowly loses the oldest previews, never the web process' memory.
-    MAX_PARTIALS = 32
+    MAX_PARTIALS = 8
 
     def __init__(
         self, hub: CompletionHub, job_id: str, *, notices: bool, progress: bool = False
