@@ -1,8 +1,9 @@
 """``stream=true``: a job's answer as Server-Sent Events, in OpenAI's event shapes.
 
-Used by ``POST /v1/images/generations`` (events ``image_generation.*``); the
-edits endpoint can call :func:`stream_response` with ``kind="image_edit"``
-(events ``image_edit.*``). What a streaming client receives, in order:
+Used by ``POST /v1/images/generations`` (events ``image_generation.*``) through
+:func:`api.generations.stream_answer`, which the edits endpoint can call with
+``StreamOptions(kind="image_edit")`` (events ``image_edit.*``). What a streaming
+client receives, in order:
 
 1. The response head at once: ``200``, ``Content-Type: text/event-stream``,
    ``x-job-id`` and the other headers of a synchronous answer. Everything that
