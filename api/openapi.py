@@ -17,11 +17,12 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
-from api.schemas import RESPONSE_MODELS, GenerationRequest, JobId
+from api.schemas import RESPONSE_MODELS, EditRequest, GenerationRequest, JobId, VariationRequest
 from shared import errors
 from shared.errors import ERROR_CLASSES, GatewayError, InvalidRequest
 
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
 _REF = "#/components/{}/{}"
 
 
@@ -56,6 +57,72 @@ def generation_request_schema(default_model: str) -> dict[str, Any]:
     schema = GenerationRequest.model_json_schema(schema_generator=_Titleless)
     schema["properties"]["model"]["examples"] = [default_model]
     return schema
+
+
+_BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+_IMAGE_FILE = {
+    **_BINARY,
+    "description": "A PNG, JPEG or WebP file of at most 8192x8192 pixels and "
+    "`IMAGEGATE_MAX_UPLOAD_FILE_BYTES` (400 `invalid_image` / 413 `image_too_large` naming "
+    "the part: `image`, `image[1]`, `mask`).",
+}
+
+
+def edit_request_schemas(default_model: str) -> dict[str, Any]:
+    """The edit's JSON body, its multipart form, and the variation's form, from the
+    pydantic models (:class:`EditRequest`, :class:`VariationRequest`) plus the files."""
+    json_body = EditRequest.model_json_schema(
+        schema_generator=_Titleless, ref_template=_REF.format("schemas", "{model}")
+    )
+    defs = json_body.pop("$defs", {})
+    for definition in defs.values():
+        definition.pop("title", None)
+    json_body["properties"]["model"]["examples"] = [default_model]
+    json_body["required"] = ["prompt", "images"]
+    form = {
+        **json_body,
+        "properties": {
+            name: prop
+            for name, prop in json_body["properties"].items()
+            if name not in ("images", "mask")
+        },
+    }
+    form["properties"]["image"] = {
+        **_IMAGE_FILE,
+        "description": "The image to edit, as one file part; or send several as repeated "
+        "`image` or `image[]` parts, up to the model's `max_reference_images` "
+        "(`GET /v1/models`). " + _IMAGE_FILE["description"],
+    }
+    form["properties"]["image[]"] = {
+        "type": "array",
+        "items": _IMAGE_FILE,
+        "maxItems": 16,
+        "description": "The images to edit, in order (the mask applies to the first).",
+    }
+    form["properties"]["mask"] = {
+        **_IMAGE_FILE,
+        "description": "A PNG whose fully transparent areas mark where to edit; the size of "
+        "the first image (400 `invalid_mask`). Models with `mask` only.",
+    }
+    form["required"] = ["prompt"]
+    form["anyOf"] = [{"required": ["image"]}, {"required": ["image[]"]}]
+    variation = VariationRequest.model_json_schema(schema_generator=_Titleless)
+    variation["properties"]["image"] = {**_IMAGE_FILE, "description": "The image to vary."}
+    variation["properties"]["model"]["examples"] = [default_model]
+    variation["required"] = ["image"]
+    return {
+        **defs,
+        "CreateImageEditRequest": json_body,
+        "CreateImageEditForm": form,
+        "CreateImageVariationRequest": variation,
+    }
+
+
+# A 1x1 PNG: the JSON edit's example runs on the default model.
+_TINY_PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AA"
+    "AAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
 
 
 # --- responses -------------------------------------------------------------------------------
@@ -400,6 +467,7 @@ def _paths(default_model: str) -> dict[str, Any]:
                 },
             }
         },
+        **_edit_paths(default_model, request_id),
         "/v1/images/generations/{job_id}": {
             "get": {
                 "operationId": "getGenerationJob",
@@ -575,6 +643,117 @@ def _paths(default_model: str) -> dict[str, Any]:
     }
 
 
+def _image_answers(operation: str) -> dict[str, Any]:
+    return {
+        "200": _ok(
+            "ImagesResponse",
+            f"The images (synchronous {operation}).",
+            "JobId",
+            "MappedParams",
+            "IgnoredParams",
+            required=("JobId",),
+            links={
+                "GetJob": {
+                    "operationId": "getGenerationJob",
+                    "parameters": {"job_id": "$response.header.x-job-id"},
+                }
+            },
+        ),
+        "202": _ok(
+            "Job",
+            "Accepted (asynchronous request): the job object; poll `Location`.",
+            "Location",
+            "JobId",
+            "MappedParams",
+            "IgnoredParams",
+            required=("Location", "JobId"),
+            links=_JOB_LINKS,
+        ),
+        **_errors(400, 401, 402, 403, 404, 409, 413, 429, 500, 502, 503, 504),
+    }
+
+
+def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any]:
+    parameters = [
+        request_id,
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "As for generations; an upload's key compares its fields and "
+            "the SHA-256 of each file.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
+        {
+            "name": "Prefer",
+            "in": "header",
+            "required": False,
+            "description": "`respond-async` makes the request asynchronous (202).",
+            "schema": {"type": "string"},
+        },
+    ]
+    json_example = {
+        "model": default_model,
+        "prompt": "add a red hat",
+        "size": "64x64",
+        "images": [{"image_url": _TINY_PNG}],
+    }
+    return {
+        "/v1/images/edits": {
+            "post": {
+                "operationId": "createImageEdit",
+                "summary": "Edit images",
+                "description": "OpenAI's image edits: input images (and a mask) with a "
+                "prompt, as multipart files or as JSON `images: [{image_url}]` (https or "
+                "`data:` URLs; `file_id` is a 400, there is no Files API). The model must "
+                "be real, with `max_reference_images` (and `mask`) in `GET /v1/models`. "
+                "Uploads are checked before anything is charged and kept only for the job. "
+                "Answers, jobs, billing and `Idempotency-Key` as for generations; "
+                "`stream=true` is a 400.",
+                "tags": ["images"],
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        MULTIPART: {
+                            "schema": _schema("CreateImageEditForm"),
+                            "encoding": {
+                                "image": {"contentType": "image/png, image/jpeg, image/webp"},
+                                "mask": {"contentType": "image/png"},
+                            },
+                        },
+                        JSON: {
+                            "schema": _schema("CreateImageEditRequest"),
+                            "examples": {"data_url": {"value": json_example}},
+                        },
+                    },
+                },
+                "responses": _image_answers("edit"),
+            }
+        },
+        "/v1/images/variations": {
+            "post": {
+                "operationId": "createImageVariation",
+                "summary": "Make variations of an image",
+                "description": "OpenAI's image variations (multipart, one file `image`), for "
+                "models with `variations` in `GET /v1/models` (`dall-e-2`, `local/testcard`).",
+                "tags": ["images"],
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        MULTIPART: {
+                            "schema": _schema("CreateImageVariationRequest"),
+                            "encoding": {"image": {"contentType": "image/png"}},
+                        }
+                    },
+                },
+                "responses": _image_answers("variation"),
+            }
+        },
+    }
+
+
 def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway's public API."""
     return {
@@ -618,6 +797,7 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
             "responses": _error_responses(),
             "schemas": {
                 "CreateImageRequest": generation_request_schema(default_model),
+                **edit_request_schemas(default_model),
                 **response_schemas(),
             },
         },

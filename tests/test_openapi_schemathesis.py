@@ -22,6 +22,8 @@ the number of fuzzed requests per operation for a longer hunt.
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import re
 import time
@@ -33,6 +35,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
 from openapi_spec_validator import validate
+from PIL import Image
 from schemathesis import Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -51,6 +54,8 @@ from tests.conftest import create_key
 from tests.support.sim import fault
 
 JOB_CANCEL = "/v1/images/generations/{job_id}/cancel"
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
 ASYNC = {"Prefer": "respond-async"}
 CONFORMANCE = [
     status_code_conformance,
@@ -191,6 +196,32 @@ def test_async_generation_and_cancel(call: Call) -> None:
     assert call("POST", "/v1/images/generations", body=other, headers=headers).status_code == 409
     canceled = call("POST", JOB_CANCEL, path_parameters={"job_id": job_id})
     assert canceled.status_code in (200, 409)  # canceled, or the worker was quicker
+
+
+def _png(width: int = 24, height: int = 24, mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_edits_and_variations_answer_as_documented(call: Call) -> None:
+    data_url = "data:image/png;base64," + base64.b64encode(_png()).decode()
+    body = {"prompt": "a hat", "model": "local/testcard", "size": "64x64",
+            "images": [{"image_url": data_url}]}  # fmt: skip
+    assert call("POST", "/v1/images/edits", body=body, media_type=JSON).status_code == 200
+    accepted = call("POST", "/v1/images/edits", body=body, media_type=JSON, headers=ASYNC)
+    assert accepted.status_code == 202
+    refused = {**body, "images": [{"file_id": "file-1"}]}
+    assert call("POST", "/v1/images/edits", body=refused, media_type=JSON).status_code == 400
+    form = {"prompt": "a hat", "model": "local/testcard", "size": "64x64", "image": _png(),
+            "mask": _png(mode="RGBA")}  # fmt: skip
+    edited = call("POST", "/v1/images/edits", body=form, media_type=MULTIPART)
+    assert edited.status_code == 200, edited.json()
+    variation = {"model": "local/testcard", "size": "64x64", "n": 2, "image": _png()}
+    answer = call("POST", "/v1/images/variations", body=variation, media_type=MULTIPART)
+    assert answer.status_code == 200 and len(answer.json()["data"]) == 2
+    bad = {"model": "local/testcard", "image": b"not an image"}
+    assert call("POST", "/v1/images/variations", body=bad, media_type=MULTIPART).status_code == 400
 
 
 @pytest.mark.parametrize(
