@@ -16,7 +16,9 @@ The model must be a real one (a virtual model is a 400) whose catalog entry
 allows it: ``max_reference_images`` images, ``mask``, ``variations``
 (``GET /v1/models``). The other fields are checked as a generation's
 (:func:`api.validation.check_against_model`, with ``fit_tuning`` unless strict
-mode is on). ``stream=true`` is refused (400) until streaming lands here.
+mode is on). ``stream=true`` answers Server-Sent Events of ``image_edit.*``
+events (:mod:`api.streaming`, through :func:`api.generations.stream_answer`),
+with partial images where the upstream streams them (GPT image models).
 
 Uploaded bytes never reach Redis or Celery: once every check passed, each
 image is stored under the job's own key (``uploads/{day}/{job id}/{i}.{ext}``,
@@ -154,7 +156,18 @@ def create_edit():
             f"'{model.id}' takes no mask.", param="mask", code=UNSUPPORTED_PARAMETER
         )
     tier = svc.accounts.check_model(key, model)
-    base = req.model_copy(update={"images": None, "mask": None})
+    stream = None
+    if req.stream:
+        if req.webhook_url is not None:
+            raise InvalidRequest(
+                "A streaming request cannot also have a webhook_url: send one or the other.",
+                param="stream",
+                code=INVALID_VALUE,
+            )
+        stream = generations.StreamOptions(
+            partial_images=req.partial_images or 0, kind="image_edit"
+        )
+    base = req.model_copy(update={"images": None, "mask": None, "stream": None})
     notes = ParamNotes()
     if not (svc.settings.strict_params or key.strict_params):
         base, notes = fit_tuning(base, model)
@@ -172,6 +185,7 @@ def create_edit():
         user=req.user,
         webhook_url=req.webhook_url,
         digest_of=digest_of,
+        stream=stream,
     )
 
 
@@ -290,6 +304,7 @@ def _submit(
     user: str | None,
     webhook_url: str | None,
     digest_of: bytes,
+    stream: generations.StreamOptions | None = None,
 ):
     """Admit, store the uploads, enqueue and answer, as a generation does
     (:func:`api.generations.create_generation`)."""
@@ -297,7 +312,7 @@ def _submit(
     checked_webhook = None
     if webhook_url is not None:
         checked_webhook = check_url(webhook_url, policy_for(svc.settings), param="webhook_url")
-    is_async = checked_webhook is not None or generations._wants_async()
+    is_async = stream is None and (checked_webhook is not None or generations._wants_async())
     now = time.time()
     job_id = new_job_id()
     stored: list[tuple[ReferenceImage, bytes]] = []
@@ -318,10 +333,12 @@ def _submit(
     budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
     meta: dict[str, Any] = {
         "base_url": base_url(svc),
-        "mode": "async" if is_async else "sync",
+        "mode": "async" if is_async else "stream" if stream is not None else "sync",
         "params": notes.to_meta(),
         "uploads": [ref.to_meta() for ref, _ in stored],
     }
+    if stream is not None:  # the worker relays partial images (shared.progress)
+        meta["stream"] = stream.to_meta()
     if user is not None:
         meta["user"] = user  # recorded even where the upstream does not take it
     job = Job(
@@ -360,9 +377,9 @@ def _submit(
         raise
     if admission.duplicate_of is not None:
         drop_uploads(job, svc)  # the first job of this key has its own
-        return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async)
+        return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
-    waiter = None if is_async else svc.hub.expect(job.id)
+    waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
     try:
         generations._send(job, svc, idempotency)
         log.info(
@@ -378,6 +395,11 @@ def _submit(
         )
         if waiter is None:
             return generations._accepted(job.id, svc)
+        if stream is not None:
+            streaming, waiter = waiter, None  # the stream closes it when it ends
+            return generations.stream_answer(
+                streaming, job, job.deadline, svc, stream, read_first=False
+            )
         done = waiter.wait(job.deadline + generations._GRACE_SECONDS, read_first=False)
         return generations._answer(done, job.id, svc)
     finally:

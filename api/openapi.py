@@ -643,21 +643,41 @@ def _paths(default_model: str) -> dict[str, Any]:
     }
 
 
-def _image_answers(operation: str) -> dict[str, Any]:
+_EVENT_STREAM = {
+    "text/event-stream": {
+        "schema": {
+            "type": "string",
+            "description": "With `stream: true`: Server-Sent Events in OpenAI's shapes "
+            "(`image_edit.*` partial and completed images, `error`), with `: keep-alive` "
+            "comments.",
+        },
+    }
+}
+
+
+def _streamed(response: dict[str, Any]) -> dict[str, Any]:
+    """A 200 answer that is JSON, or Server-Sent Events when the request streams."""
+    return {**response, "content": {**response["content"], **_EVENT_STREAM}}
+
+
+def _image_answers(operation: str, *, streams: bool) -> dict[str, Any]:
+    answer = _streamed if streams else (lambda response: response)
     return {
-        "200": _ok(
-            "ImagesResponse",
-            f"The images (synchronous {operation}).",
-            "JobId",
-            "MappedParams",
-            "IgnoredParams",
-            required=("JobId",),
-            links={
-                "GetJob": {
-                    "operationId": "getGenerationJob",
-                    "parameters": {"job_id": "$response.header.x-job-id"},
-                }
-            },
+        "200": answer(
+            _ok(
+                "ImagesResponse",
+                f"The images (synchronous {operation}).",
+                "JobId",
+                "MappedParams",
+                "IgnoredParams",
+                required=("JobId",),
+                links={
+                    "GetJob": {
+                        "operationId": "getGenerationJob",
+                        "parameters": {"job_id": "$response.header.x-job-id"},
+                    }
+                },
+            )
         ),
         "202": _ok(
             "Job",
@@ -709,7 +729,7 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
                 "be real, with `max_reference_images` (and `mask`) in `GET /v1/models`. "
                 "Uploads are checked before anything is charged and kept only for the job. "
                 "Answers, jobs, billing and `Idempotency-Key` as for generations; "
-                "`stream=true` is a 400.",
+                "`stream: true` answers Server-Sent Events (`image_edit.*`).",
                 "tags": ["images"],
                 "parameters": parameters,
                 "requestBody": {
@@ -728,7 +748,7 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
                         },
                     },
                 },
-                "responses": _image_answers("edit"),
+                "responses": _image_answers("edit", streams=True),
             }
         },
         "/v1/images/variations": {
@@ -748,7 +768,7 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
                         }
                     },
                 },
-                "responses": _image_answers("variation"),
+                "responses": _image_answers("variation", streams=False),
             }
         },
     }

@@ -150,8 +150,15 @@ class EditRequest(GenerationRequest):
     input_fidelity: Literal["high", "low"] | None = Field(
         None, description="How closely to keep the input images' features (GPT image models)."
     )
+    stream: bool | None = Field(
+        None,
+        description="`true`: answer Server-Sent Events (`image_edit.partial_image`, "
+        "`image_edit.completed`, `error`) instead of JSON, as OpenAI does.",
+    )
     partial_images: Annotated[int, Field(ge=0, le=3)] | None = Field(
-        None, description="Partial images while streaming; streaming is not supported yet."
+        None,
+        description="With `stream`: partial images to relay, where the upstream streams "
+        "them (GPT image models).",
     )
     # Generation-only fields an edit does not take.
     image: SkipJsonSchema[None] = None

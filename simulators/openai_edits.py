@@ -80,6 +80,8 @@ def _fields() -> dict[str, Any]:
                     param=name,
                     code="invalid_type",
                 ) from None
+        if name == "stream" and value in ("true", "false"):
+            value = value == "true"
         fields[name] = value
     return fields
 

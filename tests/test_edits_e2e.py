@@ -33,6 +33,7 @@ from werkzeug.serving import make_server
 from shared.catalog import load_catalog
 from shared.errors import InvalidRequest
 from shared.jobs import Job
+from shared.progress import PartialImage, PartialSink
 from shared.uploads import data_url
 from simulators.openai_edits import create_app as edits_simulator
 from simulators.state import SimConfig
@@ -182,6 +183,28 @@ def test_sdk_json_edit_with_a_data_url(client: OpenAI) -> None:
     assert _decoded(raw.data[0]).size == (64, 64)
 
 
+def test_sdk_streamed_edit_sends_image_edit_events(client: OpenAI) -> None:
+    if not OPENAI_SCHEMA.exists():
+        pytest.skip("OpenAI's published schema is not next to this checkout")
+    document = json.loads(OPENAI_SCHEMA.read_text())
+    schema = {"$ref": "#/components/schemas/ImageEditStreamEvent", **document}
+    events = list(
+        client.images.edit(
+            model=TESTCARD,
+            image=[("a.png", png(30, 30), "image/png"), ("b.png", png(20, 20, BLUE), "image/png")],
+            prompt="streamed",
+            size="1024x1024",
+            n=2,
+            stream=True,
+        )
+    )
+    assert [event.type for event in events] == ["image_edit.completed"] * 2
+    for event in events:
+        jsonschema.validate(event.model_dump(exclude_none=True), schema)
+        image = Image.open(io.BytesIO(base64.b64decode(event.b64_json)))
+        assert image.size == (1024, 1024)
+
+
 def test_sdk_errors_name_the_part(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(
@@ -219,7 +242,7 @@ def _sim_log(sim: str) -> list[dict[str, Any]]:
     return requests.get(f"{sim}/_sim/requests", timeout=5).json()
 
 
-def _call(sim: str, model_id: str, request: dict[str, Any]):
+def _call(sim: str, model_id: str, request: dict[str, Any], progress: PartialSink | None = None):
     model = CATALOG.model(model_id)
     job = Job(
         id="imgjob_test", key_id="k", model=model_id, family="openai", queue="openai",
@@ -233,7 +256,9 @@ def _call(sim: str, model_id: str, request: dict[str, Any]):
     http = UpstreamHTTP(
         session=requests.Session(), deadline=deadline, provider="openai", max_retries=0
     )
-    ctx = CallContext(CATALOG.families["openai"], f"{sim}/v1", SIM_KEY, http, deadline)
+    ctx = CallContext(
+        CATALOG.families["openai"], f"{sim}/v1", SIM_KEY, http, deadline, progress=progress
+    )
     adapter = adapter_for("openai", built.operation)
     assert isinstance(adapter, OpenAIEditsAdapter)
     return adapter.generate(built, ctx)
@@ -257,6 +282,31 @@ def test_adapter_sends_gpt_image_edits_as_openai_multipart(edits_sim: str) -> No
     assert [f["part"] for f in body["files"]] == ["image[]", "image[]", "mask"]
     assert (body["model"], body["n"], body["input_fidelity"]) == ("gpt-image-1", 2, "high")
     assert "response_format" not in body  # GPT image models always answer base64
+
+
+class _Partials(PartialSink):
+    """Records what the adapter publishes instead of sending it to Redis."""
+
+    def __init__(self, partial_images: int) -> None:
+        super().__init__(None, "imgjob_test", partial_images=partial_images, max_bytes=1 << 20)  # type: ignore[arg-type]
+        self.seen: list[PartialImage] = []
+
+    def publish(self, partial: PartialImage) -> bool:
+        self.seen.append(partial)
+        return True
+
+
+def test_adapter_streams_a_gpt_image_edit_when_the_client_streams(edits_sim: str) -> None:
+    sink = _Partials(partial_images=2)
+    result = _call(
+        edits_sim, "gpt-image-1",
+        {"operation": "edit", "prompt": "merge", "_images": [png(64, 64)]},
+        progress=sink,
+    )  # fmt: skip
+    assert len(result.images) == 1 and result.images[0].data
+    assert len(sink.seen) == 2
+    sent = _sim_log(edits_sim)[-1]["json"]
+    assert (sent["stream"], sent["partial_images"]) == (True, 2)
 
 
 def test_adapter_sends_a_dall_e_2_edit_and_variation(edits_sim: str) -> None:

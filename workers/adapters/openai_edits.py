@@ -14,7 +14,11 @@ synchronous, answering the same JSON as a generation (read as in
 * variation (``POST {base_url}/images/variations``): the image as ``image``;
   ``model``, ``n``, ``size``, ``user``;
 * ``response_format``: sent only when the catalog entry sets
-  ``options.response_format`` (dall-e-2: ``b64_json``, no second download).
+  ``options.response_format`` (dall-e-2: ``b64_json``, no second download);
+* a streaming client's edit (``CallContext.progress``) on a model that streams
+  partial images adds ``stream`` and ``partial_images``, and the upstream's
+  ``image_edit.*`` events are read as they come
+  (:func:`workers.adapters.openai.post`).
 
 Input images reach the adapter as ``data:`` URLs of the client's uploads (read
 back from storage by the task) or as the client's https URLs, which are
@@ -35,8 +39,7 @@ import pybase64 as base64
 from shared.errors import InvalidRequest, UpstreamError
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.adapters.common import image_of, malformed
-from workers.adapters.openai import OpenAIOptions, _reported
-from workers.http import request_id_of
+from workers.adapters.openai import OpenAIOptions, _reported, post, streams
 
 # Largest input image fetched from a client's URL (OpenAI's own limit for GPT image models).
 MAX_INPUT_BYTES = 50 * 1024 * 1024
@@ -71,15 +74,13 @@ class OpenAIEditsAdapter:
             raise ValueError(f"not an edit nor a variation: {request.operation!r}")
         if fmt := OpenAIOptions.of(request.model).response_format:
             data["response_format"] = fmt
-        response = ctx.http.request(
-            "POST",
+        payload, rid = post(
+            ctx,
             f"{ctx.base_url}/images/{path}",
+            stream=request.operation == "edit" and streams(request.model, ctx),
             data=data,
             files=files,
-            headers={"Authorization": f"Bearer {ctx.api_key}"},
         )
-        payload = ctx.http.json(response)
-        rid = request_id_of(response)
         items = payload.get("data") if isinstance(payload, dict) else None
         if not isinstance(items, list) or not items:
             raise malformed("The upstream answered without images.", rid)
