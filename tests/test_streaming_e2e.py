@@ -257,6 +257,24 @@ def test_a_client_that_hangs_up_mid_stream_breaks_neither_job_nor_billing(
     assert [n for n, _ in _raw_events(again) if n != "comment"] == ["image_generation.completed"]
 
 
+def test_an_idempotent_retry_streams_the_same_job(gateway: str, api_key: str) -> None:
+    key = tagged("idem")
+    first, second = (
+        requests.post(
+            f"{gateway}/v1/images/generations",
+            json={"model": "local/testcard", "prompt": "again", "stream": True},
+            headers={"Authorization": f"Bearer {api_key}", "Idempotency-Key": key},
+            stream=True,
+            timeout=60,
+        )
+        for _ in range(2)
+    )
+    events = [[d for n, d in _raw_events(r) if n != "comment"] for r in (first, second)]
+    assert first.headers["x-job-id"] == second.headers["x-job-id"]
+    assert len(events[0]) == len(events[1]) == 1
+    assert json.loads(events[0][0])["b64_json"] == json.loads(events[1][0])["b64_json"]
+
+
 # -- keep-alive and the budget -----------------------------------------------------------
 
 
