@@ -170,7 +170,7 @@ def _error(response, status: int, code: str | None, path: str = GENERATIONS, met
         (b'{"size": "64x64"}', "missing_required_parameter", "prompt"),
         (b'{"prompt": "x", "n": 0}', "invalid_value", "n"),
         (b'{"prompt": "a\\u0000b"}', "invalid_value", "prompt"),
-        (b'{"prompt": "x", "stream": true}', "unsupported_parameter", "stream"),
+        (b'{"prompt": "x", "stream": "yes"}', "invalid_value", "stream"),
         (b'{"prompt": "x", "prompt": "y"}', "duplicate_parameter", "prompt"),
         (b'{"prompt": "\\u200b\\u200d"}', "invalid_value", "prompt"),
         (b'{"prompt": "x", "model": "test/area-band", "seed": 1}', "unsupported_parameter", "seed"),
