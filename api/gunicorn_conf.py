@@ -13,6 +13,7 @@ before it forks a worker.
 """
 
 import json
+import math
 import multiprocessing
 import secrets
 import sys
@@ -88,7 +89,23 @@ util.write_error = _write_error
 
 
 def post_worker_init(worker) -> None:
-    """A web process has loaded the app: keep its import-time objects out of full GCs."""
-    from shared.memory_tuning import freeze_startup_objects
+    """A web process has loaded the app: check that local storage is the directory the
+    workers write to (:mod:`shared.storage_marker`; a failed boot stops the server), then
+    keep its import-time objects out of full GCs."""
+    from gunicorn.arbiter import Arbiter
 
+    from shared.memory_tuning import freeze_startup_objects
+    from shared.redis_client import connect
+    from shared.storage_marker import StorageNotShared, check_local_storage
+
+    client = connect(_settings.redis_url)
+    try:
+        # Redis away: wait (a failed boot would stop the server; a waiting worker is
+        # restarted by the master's timeout until Redis is back).
+        check_local_storage(_settings, client, role="web", wait_seconds=math.inf)
+    except StorageNotShared as exc:
+        worker.log.critical("imagegate: %s", exc)
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)  # the master stops: "Worker failed to boot"
+    finally:
+        client.close()
     freeze_startup_objects()

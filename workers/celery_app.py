@@ -11,6 +11,8 @@ Delivery settings, and why:
 * the catalog is checked against the adapters when the worker starts
   (:func:`workers.adapters.validate_catalog`): a model whose ``options`` its
   adapter cannot take stops the worker instead of failing requests later.
+* so is local storage (:mod:`shared.storage_marker`): a worker whose
+  ``IMAGEGATE_STORAGE_DIR`` is not the directory the web serves from stops.
 * pool size planned from the catalog when the worker starts (``workers/pool.py``):
   jobs wait on upstreams for seconds to minutes, so a family's pool holds as
   many as its upstream allows, not a few per core.
@@ -25,6 +27,7 @@ Delivery settings, and why:
 from __future__ import annotations
 
 import logging
+import math
 
 from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready
@@ -32,7 +35,9 @@ from celery.signals import after_setup_logger, celeryd_init, worker_ready
 from shared.broker import transport_for
 from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
+from shared.redis_client import connect
 from shared.settings import Settings
+from shared.storage_marker import StorageNotShared, check_local_storage
 from workers.adapters import validate_catalog
 from workers.pool import apply_plan, log_plan
 
@@ -86,6 +91,21 @@ def _check_catalog(**_: object) -> None:
     except CatalogError as exc:
         logging.getLogger(__name__).critical("%s", exc)
         raise SystemExit(f"imagegate worker: the catalog is invalid: {exc}") from exc
+
+
+@celeryd_init.connect
+def _check_storage(**_: object) -> None:
+    """Local storage must be the directory the web (and every other worker) uses: a worker
+    writing images where the web cannot read them would charge for URLs that 404."""
+    client = connect(settings.redis_url)
+    try:
+        # Redis away: wait for it, as the broker connection does (no limit).
+        check_local_storage(settings, client, role="worker", wait_seconds=math.inf)
+    except StorageNotShared as exc:
+        logging.getLogger(__name__).critical("%s", exc)
+        raise SystemExit(f"imagegate worker: {exc}") from exc
+    finally:
+        client.close()
 
 
 @celeryd_init.connect
