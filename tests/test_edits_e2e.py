@@ -36,6 +36,8 @@ from shared.jobs import Job
 from shared.progress import PartialImage, PartialSink
 from shared.uploads import data_url
 from simulators.openai_edits import create_app as edits_simulator
+from simulators.openai_edits import register
+from simulators.openai_images import OpenAISimulator
 from simulators.state import SimConfig
 from tests.conftest import SIM_KEY
 from workers.adapters import adapter_for
@@ -205,6 +207,29 @@ def test_sdk_streamed_edit_sends_image_edit_events(client: OpenAI) -> None:
         assert image.size == (1024, 1024)
 
 
+def test_json_edit_with_an_https_url_is_fetched_by_the_worker(client: OpenAI) -> None:
+    # The gateway's own image URL (loopback, allowed in the test stack) as the input.
+    made = client.images.generate(model=TESTCARD, prompt="source", size="64x64")
+    source = Image.open(io.BytesIO(requests.get(made.data[0].url, timeout=10).content))
+    edited = client.post(
+        "/images/edits",
+        body={"model": TESTCARD, "prompt": "p", "size": "1024x1024", "response_format":
+              "b64_json", "images": [{"image_url": made.data[0].url}]},
+        cast_to=openai.types.ImagesResponse,
+    )  # fmt: skip
+    card = _decoded(edited.data[0]).convert("RGB")
+    # The 64x64 source sits in the first thumbnail box, at its corner.
+    top = 1024 - 12 - 204
+    assert card.getpixel((12 + 30, top + 30)) == source.convert("RGB").getpixel((30, 30))
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post(
+            "/images/edits",
+            body={"model": TESTCARD, "prompt": "p", "images": [{"image_url": "ftp://x/a.png"}]},
+            cast_to=openai.types.ImagesResponse,
+        )
+    assert caught.value.body["param"] == "images[0]"
+
+
 def test_sdk_errors_name_the_part(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(
@@ -334,3 +359,17 @@ def test_upstream_refusals_reach_the_client_as_400(edits_sim: str) -> None:
         _call(edits_sim, "dall-e-2",
               {"operation": "edit", "prompt": "p", "_images": [png(64, 32)]})  # fmt: skip
     assert caught.value.param == "image"
+
+
+def test_register_adds_the_routes_to_a_plain_openai_simulator() -> None:
+    # What simulators/openai_images.py can call to serve edits and variations itself.
+    sim = OpenAISimulator(SimConfig(api_key=SIM_KEY))
+    register(sim)
+    client = sim.app.test_client()
+    headers = {"Authorization": f"Bearer {SIM_KEY}"}
+    data = {"model": "dall-e-2", "prompt": "p", "size": "256x256",
+            "image": (io.BytesIO(png(32, 32)), "a.png")}  # fmt: skip
+    assert client.post("/v1/images/edits", data=data, headers=headers).status_code == 200
+    data = {"image": (io.BytesIO(png(32, 32)), "a.png"), "n": "2"}
+    answer = client.post("/v1/images/variations", data=data, headers=headers)
+    assert answer.status_code == 200 and len(answer.get_json()["data"]) == 2
