@@ -40,6 +40,7 @@ from simulators.openai_edits import register
 from simulators.openai_images import OpenAISimulator
 from simulators.state import SimConfig
 from tests.conftest import SIM_KEY
+from tests.support.sim import sent_with, tagged
 from workers.adapters import adapter_for
 from workers.adapters.base import CallContext
 from workers.adapters.openai_edits import OpenAIEditsAdapter
@@ -228,6 +229,50 @@ def test_json_edit_with_an_https_url_is_fetched_by_the_worker(client: OpenAI) ->
             cast_to=openai.types.ImagesResponse,
         )
     assert caught.value.body["param"] == "images[0]"
+
+
+def test_sdk_edit_on_bfl_sends_input_image_and_input_image_2(
+    client: OpenAI, simulators: dict[str, str]
+) -> None:
+    prompt = tagged("kontext edit")
+    result = client.images.edit(
+        model="black-forest-labs/flux.1-kontext-max",
+        image=[("a.png", png(64, 64), "image/png"), ("b.png", png(48, 48, BLUE), "image/png")],
+        prompt=prompt,
+        size="1024x1024",
+    )
+    assert result.data[0].url
+    sent = sent_with(simulators["bfl"], prompt)[0]["json"]
+    assert sent["aspect_ratio"] == "1:1"
+    decoded = [
+        Image.open(io.BytesIO(base64.b64decode(sent[n]))) for n in ("input_image", "input_image_2")
+    ]
+    assert [image.size for image in decoded] == [(64, 64), (48, 48)]
+    with pytest.raises(openai.BadRequestError) as caught:  # no mask on BFL
+        client.images.edit(
+            model="black-forest-labs/flux.1-kontext-max",
+            image=("a.png", png(64, 64), "image/png"),
+            mask=("m.png", mask_png(64, 64), "image/png"),
+            prompt=prompt,
+        )
+    assert caught.value.body["param"] == "mask"
+
+
+def test_sdk_edit_on_seedream_sends_an_image_list(
+    client: OpenAI, simulators: dict[str, str]
+) -> None:
+    prompt = tagged("seedream edit")
+    result = client.images.edit(
+        model="bytedance/seedream-4.5",
+        image=[("a.png", png(64, 48), "image/png"), ("b.png", png(48, 48, BLUE), "image/png")],
+        prompt=prompt,
+        size="2048x2048",
+    )
+    assert len(result.data) == 1
+    sent = sent_with(simulators["ark"], prompt)[0]["json"]
+    assert len(sent["image"]) == 2 and all(
+        i.startswith("data:image/png;base64,") for i in sent["image"]
+    )
 
 
 def test_sdk_errors_name_the_part(client: OpenAI) -> None:
