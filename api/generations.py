@@ -72,6 +72,7 @@ from shared.errors import (
 from shared.jobs import Job, JobStatus, new_job_id, timeout_error
 from shared.keys import ApiKey
 from shared.netguard import check_url, policy_for
+from shared.presence import why_unusable
 from shared.uploads import (
     ReferenceImage,
     decode_data_url,
@@ -206,6 +207,7 @@ def create_generation():
             settings=svc.settings,
             breakers=svc.breakers,
             strict=strict,
+            client=svc.redis,
         )
         model, family, job_request = routes[0].model, routes[0].family, routes[0].request
     else:
@@ -390,7 +392,7 @@ def _bounded_spec(job: Job, svc: Services) -> str:
 
 
 def _check_family(model, family, svc: Services) -> None:
-    reason = svc.settings.why_unusable(family)
+    reason = why_unusable(svc.settings, family, svc.redis)  # the web's key, or a live worker
     if reason:
         raise ServiceUnavailable(
             f"The model '{model.id}' is not available: {reason}.",

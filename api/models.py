@@ -15,6 +15,7 @@ from api.auth import current_key
 from api.schemas import Candidate, ModelList, RealModel, VirtualModel
 from api.services import Services, services
 from shared import catalog
+from shared.presence import why_unusable
 from shared.route import model_breaker
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -50,7 +51,7 @@ def describe_virtual(vm: catalog.VirtualModel, svc: Services) -> VirtualModel:
 
 def describe(model: catalog.Model, svc: Services) -> RealModel:
     family = svc.catalog.family_of(model)
-    reason = svc.settings.why_unusable(family)
+    reason = why_unusable(svc.settings, family, svc.redis)
     return RealModel(
         id=model.id,
         object="model",

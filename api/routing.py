@@ -24,11 +24,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from api.schemas import GenerationRequest
 from api.validation import ParamNotes, check_against_model, fit_tuning
 from shared.catalog import Catalog, Family, Model, VirtualModel
 from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
+from shared.presence import why_unusable
 from shared.route import model_breaker, route_meta
 from shared.settings import Settings
 from shared.sizing import parse_size
@@ -55,13 +58,17 @@ def plan(
     breakers: Breakers,
     rng: random.Random | None = None,
     strict: bool = False,
+    client: redis.Redis | None = None,
 ) -> list[Route]:
     eligible: list[tuple[Route, float]] = []
     first_error: GatewayError | None = None
     for candidate in virtual.candidates:
         model = catalog.models[candidate.model]
         family = catalog.family_of(model)
-        if settings.why_unusable(family):
+        # With the web's Redis (``client``), a family counts as served by a live worker
+        # that has its key even when these settings lack it (shared.presence).
+        reason = why_unusable(settings, family, client) if client else settings.why_unusable(family)
+        if reason:
             continue
         try:
             merged = req.model_copy(

@@ -325,6 +325,8 @@ class Job(_Body):
     model: str
     expires_at: Annotated[Unix, Field(description="The job's deadline.")]
     finished: Unix | Absent = None
+    attempt: Annotated[int, Field(ge=0, description="One more per claim and takeover.")]
+    takeovers: Annotated[int, Field(ge=0, description="Runs taken over from a dead worker.")]
     served_by: str | None = None
     fallbacks: (
         Annotated[

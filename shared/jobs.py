@@ -144,6 +144,7 @@ class Job:
     candidate: int = 0  # virtual models: index of the route being tried (meta["routes"])
     serving: str | None = None  # the real model running (or that ran) the job
     fallbacks: tuple[dict[str, Any], ...] = ()  # routes given up, with why
+    takeovers: int = 0  # times a reaper took the job from a worker that stopped beating
 
     @property
     def terminal(self) -> bool:
@@ -198,6 +199,7 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
         candidate=int(fields.get(rec.CANDIDATE, 0)),
         serving=fields.get(rec.SERVING) or None,
         fallbacks=tuple(json.loads(fields[rec.FALLBACKS])) if fields.get(rec.FALLBACKS) else (),
+        takeovers=int(fields.get(rec.TAKEOVERS, 0)),
     )
 
 

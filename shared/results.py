@@ -92,6 +92,10 @@ def job_object(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> d
         "created": int(job.created),
         "model": job.model,
         "expires_at": int(job.deadline),
+        # Ours (OpenAI has no job object): runs started, and how many of them were taken
+        # over from a worker that stopped beating (each may have been paid to the upstream).
+        "attempt": job.attempt,
+        "takeovers": job.takeovers,
     }
     if job.finished:
         body["finished"] = int(job.finished)

@@ -27,7 +27,9 @@ from shared import jobrecord
 from shared.broker import push_front, task_message
 from shared.jobs import GENERATE_TASK, Job, JobStatus, JobStore, liveness_from, new_job_id
 from shared.redis_client import connect
+from shared.results import job_object
 from shared.settings import Settings
+from shared.storage import storage_for
 from tests.conftest import SIM_KEY, procfile_pool, start_simulator
 from tests.support.processes import BIN, Process, RedisServer
 
@@ -148,3 +150,9 @@ def test_a_taken_over_job_is_claimed_before_new_work(stack: dict[str, str]) -> N
     assert record[jobrecord.TAKEOVERS] == "1"
     assert int(record[jobrecord.ATTEMPT]) == 3  # the dead run's claim, the takeover, the rerun
     assert "takeover -> queue openai" in Path(stack["worker_log"]).read_text()
+    # ... and it shows on the job object clients read (GET and webhook payloads).
+    storage = storage_for(settings, client)
+    shown = job_object(by_id[orphan.id], storage, base_url="http://127.0.0.1", ttl=60)
+    assert (shown["attempt"], shown["takeovers"]) == (3, 1)
+    fresh = job_object(by_id[new[0].id], storage, base_url="http://127.0.0.1", ttl=60)
+    assert (fresh["attempt"], fresh["takeovers"]) == (1, 0)
