@@ -397,7 +397,9 @@ def _paths(default_model: str) -> dict[str, Any]:
                 "description": "Synchronous by default: answers the images (200) once they "
                 "are ready, or 504 with the job id when the time budget runs out. "
                 "Asynchronous when the body has `webhook_url` or the request says "
-                "`Prefer: respond-async`: answers 202 with the job object at once.",
+                "`Prefer: respond-async`: answers 202 with the job object at once. "
+                "With `stream: true`: Server-Sent Events; a timeout is an `error` event with "
+                "`status_code: 504`.",
                 "tags": ["images"],
                 "parameters": [
                     request_id,
@@ -438,33 +440,7 @@ def _paths(default_model: str) -> dict[str, Any]:
                         }
                     },
                 },
-                "responses": {
-                    "200": _ok(
-                        "ImagesResponse",
-                        "The images (synchronous request).",
-                        "JobId",
-                        "MappedParams",
-                        "IgnoredParams",
-                        required=("JobId",),
-                        links={
-                            "GetJob": {
-                                "operationId": "getGenerationJob",
-                                "parameters": {"job_id": "$response.header.x-job-id"},
-                            }
-                        },
-                    ),
-                    "202": _ok(
-                        "Job",
-                        "Accepted (asynchronous request): the job object; poll `Location`.",
-                        "Location",
-                        "JobId",
-                        "MappedParams",
-                        "IgnoredParams",
-                        required=("Location", "JobId"),
-                        links=_JOB_LINKS,
-                    ),
-                    **_errors(400, 401, 402, 403, 404, 409, 413, 429, 500, 502, 503, 504),
-                },
+                "responses": _image_answers("generation", streams=True),
             }
         },
         **_edit_paths(default_model, request_id),
@@ -648,8 +624,9 @@ _EVENT_STREAM = {
         "schema": {
             "type": "string",
             "description": "With `stream: true`: Server-Sent Events in OpenAI's shapes "
-            "(`image_edit.*` partial and completed images, `error`), with `: keep-alive` "
-            "comments.",
+            "(`image_generation.*` for generations, `image_edit.*` for edits: partial and "
+            "completed images; `error`, where a timeout has `status_code: 504`), with "
+            "`: keep-alive` comments.",
         },
     }
 }

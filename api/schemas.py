@@ -91,8 +91,16 @@ class GenerationRequest(BaseModel):
         "the upstream takes it, else listed in `x-imagegate-ignored-params`, unless strict "
         "mode is on.",
     )
-    stream: Literal[False] | None = Field(
-        None, description="Streaming is not supported; only `false` is accepted."
+    stream: bool | None = Field(
+        None,
+        description="`true`: Server-Sent Events in OpenAI's shapes (partial images for GPT "
+        "image models, one `image_generation.completed` per image, or one `error` event), "
+        "with `: keep-alive` comments; not with `webhook_url`.",
+    )
+    partial_images: Annotated[int, Field(ge=0, le=3)] | None = Field(
+        None,
+        description="With `stream`: partial images per image, for models whose upstream "
+        "streams them (GPT image models).",
     )
     # extensions
     aspect_ratio: Annotated[str, StringConstraints(max_length=16)] | None = Field(

@@ -246,12 +246,6 @@ def _translate(exc: ValidationError) -> InvalidRequest:
             param=param,
             code=INVALID_VALUE,
         )
-    if param == "stream":
-        return InvalidRequest(
-            "Streaming image generation is not supported by this gateway.",
-            param="stream",
-            code=UNSUPPORTED_PARAMETER,
-        )
     return InvalidRequest(
         f"Invalid value for '{param}': {first.get('msg', 'invalid value')}.",
         param=param,

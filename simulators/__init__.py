@@ -11,7 +11,7 @@ gateway code: they play the outside world.
 # provider name (the CLI sub-command of ``python -m simulators``) -> module whose
 # ``create_app(SimConfig)`` makes the WSGI app; one module per upstream protocol.
 PROVIDERS: dict[str, str] = {
-    "openai": "simulators.openai_images",
+    "openai": "simulators.openai_edits",  # generations (openai_images) plus edits, variations
     "bfl": "simulators.bfl",
     "replicate": "simulators.replicate",
     "fal": "simulators.fal",

@@ -60,7 +60,7 @@ def test_a_valid_body_parses() -> None:
         (body(prompt="x", quality="ultra"), "quality", errors.INVALID_VALUE),
         (body(prompt="x", user="a\nb"), "user", errors.INVALID_VALUE),
         (body(prompt="x\x00"), "prompt", errors.INVALID_VALUE),
-        (body(prompt="x", stream=True), "stream", errors.UNSUPPORTED_PARAMETER),
+        (body(prompt="x", stream="yes"), "stream", errors.INVALID_VALUE),
         (b'{"prompt": "x", "n": 1, "n": 2}', "n", "duplicate_parameter"),
         (b'{"prompt": "x"', None, "invalid_json"),
         (b'"x"', None, "invalid_json"),
