@@ -78,6 +78,7 @@ from shared.uploads import (
     decode_data_url,
     inspect_image,
     is_data_url,
+    job_uploads,
     upload_key,
 )
 
@@ -363,15 +364,14 @@ def _inline_reference(
 
 
 def _drop_upload(job: Job, svc: Services) -> None:
-    """Delete the job's stored reference image, if any (best effort: a leftover only
-    costs storage until the ``uploads/`` prefix expires)."""
-    reference = ReferenceImage.from_meta(job.meta.get("reference_image"))
-    if reference is None:
-        return
-    try:
-        svc.storage.delete(reference.key)
-    except Exception as exc:  # noqa: BLE001 - never hide the error being answered
-        log.warning("job %s: could not delete its upload %s: %s", job.id, reference.key, exc)
+    """Delete every upload the job stored (a generation's inline reference image, an
+    edit's or variation's files): best effort, a leftover only costs storage until the
+    ``uploads/`` prefix expires."""
+    for upload in job_uploads(job.meta):
+        try:
+            svc.storage.delete(upload.key)
+        except Exception as exc:  # noqa: BLE001 - never hide the error being answered
+            log.warning("job %s: could not delete its upload %s: %s", job.id, upload.key, exc)
 
 
 def _bounded_spec(job: Job, svc: Services) -> str:

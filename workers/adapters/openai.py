@@ -114,7 +114,7 @@ class OpenAIImagesAdapter:
         return ImageResult(
             images=[image_of(item, rid, "The upstream") for item in items],
             upstream_request_id=rid,
-            reported=_reported(payload),
+            reported=reported(payload),
         )
 
 
@@ -324,7 +324,7 @@ _REPORTED: dict[str, frozenset[str] | None] = {
 }
 
 
-def _reported(payload: dict[str, Any]) -> dict[str, Any]:
+def reported(payload: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, allowed in _REPORTED.items():
         value = payload.get(name)

@@ -39,7 +39,7 @@ import pybase64 as base64
 from shared.errors import InvalidRequest, UpstreamError
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
 from workers.adapters.common import image_of, malformed
-from workers.adapters.openai import OpenAIOptions, _reported, post, streams
+from workers.adapters.openai import OpenAIOptions, post, reported, streams
 
 # Largest input image fetched from a client's URL (OpenAI's own limit for GPT image models).
 MAX_INPUT_BYTES = 50 * 1024 * 1024
@@ -87,7 +87,7 @@ class OpenAIEditsAdapter:
         return ImageResult(
             images=[image_of(item, rid, "The upstream") for item in items],
             upstream_request_id=rid,
-            reported=_reported(payload),
+            reported=reported(payload),
         )
 
     @staticmethod
