@@ -66,15 +66,18 @@ import redis
 from shared import lua
 from shared.settings import Settings
 
+_DEFAULTS = Settings()  # the documented defaults only: reads no environment
+
 _STATE = "ig:cb:{}"
 _FAILURES = "ig:cb:{}:failures"
 
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    failure_threshold: int = 5  # failures within `window` that open the breaker
-    window: float = 60.0  # seconds
-    cooldown: float = 30.0  # seconds open before half-open
+    # Defaults are the settings' (IMAGEGATE_BREAKER_*), written once there.
+    failure_threshold: int = _DEFAULTS.breaker_failures  # failures in `window` that open it
+    window: float = _DEFAULTS.breaker_window_seconds  # seconds
+    cooldown: float = _DEFAULTS.breaker_cooldown_seconds  # seconds open before half-open
     trial_ttl: float | None = None  # how long a half-open trial holds its token; None = cooldown
 
     def __post_init__(self) -> None:

@@ -65,6 +65,9 @@ from shared import lua
 from shared.billing import LEDGER_MAXLEN, settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
+from shared.settings import Settings
+
+_DEFAULTS = Settings()  # the documented defaults only: reads no environment
 
 GENERATE_TASK = "imagegate.generate"  # the Celery task name both sides agree on
 DELIVER_WEBHOOK_TASK = "imagegate.deliver_webhook"
@@ -89,9 +92,10 @@ TERMINAL = frozenset(
 class Liveness:
     """How the job records notice work that nobody is doing any more."""
 
-    stale_after: float = 15.0  # a running job without a heartbeat this long is taken over
-    enqueue_grace: float = 10.0  # a queued job not sent to a queue by then is sent again
-    resend_after: float = 60.0  # a sent job still queued this long is sent once more
+    # Defaults are the settings' (IMAGEGATE_JOB_STALE_SECONDS, …), written once there.
+    stale_after: float = _DEFAULTS.job_stale_seconds  # no heartbeat this long: taken over
+    enqueue_grace: float = _DEFAULTS.enqueue_grace_seconds  # not sent by then: sent again
+    resend_after: float = _DEFAULTS.resend_after_seconds  # still queued this long: resent
     late: float = 2.0  # past its deadline a running job's worker has this long to end it
     max_sends: int = 2  # sends per queued spell (first send + one resend), then wait
 
