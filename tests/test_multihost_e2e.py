@@ -326,15 +326,18 @@ def test_a_worker_host_lost_mid_load_costs_no_job_and_no_double_charge(cluster: 
 def test_a_worker_host_cut_off_and_back_changes_no_delivered_image(cluster: Cluster) -> None:
     key = cluster.create_key()
     w1 = cluster.hosts["w1"]
+    cut_at: list[float] = []
 
     def unplug() -> None:
         time.sleep(LATENCY / 2)
         w1.cut()
+        cut_at.append(time.monotonic())
 
     try:
         deliveries = cluster.load(key, count=30, concurrency=30, during=unplug)
     finally:
-        time.sleep(1)
+        if cut_at:  # the link stays down 30 s, long after its jobs were taken over
+            time.sleep(max(0.0, cut_at[0] + 30 - time.monotonic()))
         w1.restore()
     assert {d.status for d in deliveries} == {200}
     # The cut-off runs come back and finish late; they must not touch what was delivered.
