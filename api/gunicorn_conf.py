@@ -12,18 +12,32 @@ catalog that cannot be used (including a model's adapter ``options``, checked by
 before it forks a worker.
 """
 
-import json
-import math
-import multiprocessing
-import secrets
-import sys
+# gevent's patches first, in the master too: the catalog check below imports the adapters
+# (requests, hence ssl), and ssl imported before the gevent worker patches it makes every
+# TLS context a RecursionError (boto3's S3 client failed to build in the web). gunicorn's
+# gevent worker patches again after the fork; patching twice is a no-op.
+import sys  # noqa: I001
+from pathlib import Path
 
-from gunicorn import util
+from gevent import monkey
 
-from shared.catalog import CatalogError
-from shared.memory_tuning import keep_large_buffers
-from shared.settings import Settings, SettingsError
-from workers.adapters import validate_catalog
+# In gunicorn's master (`gunicorn …` or `python -m gunicorn …`), not in a test that
+# reads this file: patching a test runner's threads midway would break it.
+_program = Path(sys.argv[0])
+if "gunicorn" in (_program.name, _program.parent.name):
+    monkey.patch_all()
+
+import json  # noqa: E402
+import math  # noqa: E402
+import multiprocessing  # noqa: E402
+import secrets  # noqa: E402
+
+from gunicorn import util  # noqa: E402
+
+from shared.catalog import CatalogError  # noqa: E402
+from shared.memory_tuning import keep_large_buffers  # noqa: E402
+from shared.settings import Settings, SettingsError  # noqa: E402
+from workers.adapters import validate_catalog  # noqa: E402
 
 keep_large_buffers()  # in the master: the web processes it forks inherit it
 
