@@ -170,6 +170,9 @@ def test_seed_advertised_sizes_are_served(catalog: Catalog, model_id: str, size:
     model = catalog.models[model_id]
     decision = model.size_rule.clamp(parse_size(size), None, model.default_size)
     assert decision.size is not None or decision.aspect_ratio is not None
+    if decision.size is not None:  # what the rule decided is a size it serves as it is
+        again = model.size_rule.clamp(decision.size, None, model.default_size)
+        assert again.size == decision.size
 
 
 @pytest.mark.parametrize("model_id", SHIPPED_IDS)

@@ -72,7 +72,9 @@ def mask_png(width: int, height: int) -> bytes:
 def images_response_schema() -> dict[str, Any]:
     """OpenAI's ImagesResponse, with its $refs resolvable (extra fields allowed, as there)."""
     if not OPENAI_SCHEMA.exists():
-        pytest.skip("OpenAI's published schema is not next to this checkout")
+        pytest.fail(
+            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
+        )
     document = json.loads(OPENAI_SCHEMA.read_text())
     schema = document["components"]["schemas"]["ImagesResponse"]
     return {**schema, "components": document["components"]}
@@ -188,7 +190,9 @@ def test_sdk_json_edit_with_a_data_url(client: OpenAI) -> None:
 
 def test_sdk_streamed_edit_sends_image_edit_events(client: OpenAI) -> None:
     if not OPENAI_SCHEMA.exists():
-        pytest.skip("OpenAI's published schema is not next to this checkout")
+        pytest.fail(
+            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
+        )
     document = json.loads(OPENAI_SCHEMA.read_text())
     schema = {"$ref": "#/components/schemas/ImageEditStreamEvent", **document}
     events = list(

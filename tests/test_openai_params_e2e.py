@@ -39,7 +39,9 @@ OPENAI_SCHEMA = Path(__file__).resolve().parents[2] / "shared/reference/openai-i
 def images_response_schema() -> dict[str, Any]:
     """OpenAI's ImagesResponse, with its $refs resolvable (extra fields allowed, as there)."""
     if not OPENAI_SCHEMA.exists():
-        pytest.skip("OpenAI's published schema is not next to this checkout")
+        pytest.fail(
+            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
+        )
     document = json.loads(OPENAI_SCHEMA.read_text())
     return {**document["components"]["schemas"]["ImagesResponse"], "components": document[
         "components"

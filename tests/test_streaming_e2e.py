@@ -40,7 +40,9 @@ GPT_PRICE = 42_000  # gpt-image-1's price (0.042) in micro-units
 def schemas() -> dict[str, dict[str, Any]]:
     """OpenAI's stream-event and error schemas, with their $refs resolvable."""
     if not OPENAI_SCHEMA.exists():
-        pytest.skip("OpenAI's published schema is not next to this checkout")
+        pytest.fail(
+            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
+        )
     document = json.loads(OPENAI_SCHEMA.read_text())
     components = document["components"]
     return {
