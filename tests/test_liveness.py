@@ -269,7 +269,7 @@ def test_after_a_redis_outage_the_reaper_leaves_a_live_workers_job_alone(
     try:
         store = JobStore(connect(server.url), retention_seconds=600, liveness=live)
         sent: list[str] = []
-        reaper = threads.Liveness(
+        reaper = threads.HeartbeatAndReaper(
             store,
             load_catalog(),
             lambda job_id, queue: sent.append(job_id),
@@ -295,7 +295,7 @@ def test_after_a_redis_outage_the_reaper_leaves_a_live_workers_job_alone(
         # The worker running it (another process) finds Redis again a little later.
         time.sleep(0.5)
         other = Running()
-        worker = threads.Liveness(
+        worker = threads.HeartbeatAndReaper(
             store,
             load_catalog(),
             lambda *a: None,
@@ -472,7 +472,7 @@ def test_clock_skew_neither_takes_over_a_live_job_nor_spares_a_dead_one(
     clocks.skew["job-reaper"] = reaper_skew  # the other host reaps
     sent: list[str] = []
     running = Running()
-    reaper = threads.Liveness(
+    reaper = threads.HeartbeatAndReaper(
         store,
         load_catalog(),
         lambda job_id, queue: sent.append(job_id),
@@ -480,7 +480,7 @@ def test_clock_skew_neither_takes_over_a_live_job_nor_spares_a_dead_one(
         reaper_interval_seconds=0.1,
         running=Running(),
     ).start()
-    worker = threads.Liveness(
+    worker = threads.HeartbeatAndReaper(
         store,
         load_catalog(),
         lambda *a: None,

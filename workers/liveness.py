@@ -202,7 +202,3 @@ class HeartbeatAndReaper:
                 continue
             if counts:
                 log.info("reaper pass: %s", counts)
-
-
-# The old name, kept while tests/test_liveness.py still uses it.
-Liveness = HeartbeatAndReaper
