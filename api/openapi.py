@@ -621,8 +621,14 @@ def _paths(default_model: str) -> dict[str, Any]:
 
 _EVENT_STREAM = {
     "text/event-stream": {
+        # One Server-Sent Event: its `event` name and its `data`, a JSON text.
         "schema": {
-            "type": "string",
+            "type": "object",
+            "properties": {
+                "event": {"type": "string"},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+            },
+            "required": ["data"],
             "description": "With `stream: true`: Server-Sent Events in OpenAI's shapes "
             "(`image_generation.*` for generations, `image_edit.*` for edits: partial and "
             "completed images; `error`, where a timeout has `status_code: 504`), with "
