@@ -77,7 +77,6 @@ from shared.uploads import (
     decode_data_url,
     inspect_image,
     is_data_url,
-    job_uploads,
     upload_key,
 )
 
@@ -373,10 +372,10 @@ def _submit(
             watch=svc.jobs.watch_entry(job),
         )
     except (GatewayError, OSError):
-        drop_uploads(job, svc)  # refused (429, 402, 403) or not stored: nothing refers to them
+        generations.drop_uploads(job, svc)  # refused, or not stored: unreferenced
         raise
     if admission.duplicate_of is not None:
-        drop_uploads(job, svc)  # the first job of this key has its own
+        generations.drop_uploads(job, svc)  # the first job of this key has its own
         return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
     waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
@@ -405,13 +404,3 @@ def _submit(
     finally:
         if waiter is not None:
             waiter.close()
-
-
-def drop_uploads(job: Job, svc: Services) -> None:
-    """Delete every upload of the job (best effort: a leftover only costs storage until
-    the ``uploads/`` prefix expires)."""
-    for ref in job_uploads(job.meta):
-        try:
-            svc.storage.delete(ref.key)
-        except Exception as exc:  # noqa: BLE001 - never hide the error being answered
-            log.warning("job %s: could not delete its upload %s: %s", job.id, ref.key, exc)

@@ -286,10 +286,10 @@ def create_generation():
             watch=svc.jobs.watch_entry(job),
         )
     except GatewayError:
-        _drop_upload(job, svc)  # refused (429, 402, 403): nothing refers to it
+        drop_uploads(job, svc)  # refused (429, 402, 403): nothing refers to it
         raise
     if admission.duplicate_of is not None:
-        _drop_upload(job, svc)  # the first job of this key has its own
+        drop_uploads(job, svc)  # the first job of this key has its own
         return _replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
     # A synchronous request listens for its job before sending it, so the worker's
@@ -337,7 +337,7 @@ def _send(job: Job, svc: Services, idempotency: Idempotency | None) -> None:
             if refunded and idempotency is not None:
                 svc.accounts.release_idempotency(idempotency)
             if refunded:
-                _drop_upload(job, svc)  # the job never ran and never will
+                drop_uploads(job, svc)  # the job never ran and never will
         except redis.RedisError:
             # Redis went away between admission and enqueueing: the job is stored and
             # charged, and a worker's reaper will send it. Go on as if it was sent.
@@ -363,7 +363,7 @@ def _inline_reference(
     return ReferenceImage(key=key, content_type=inspected.content_type), data
 
 
-def _drop_upload(job: Job, svc: Services) -> None:
+def drop_uploads(job: Job, svc: Services) -> None:
     """Delete every upload the job stored (a generation's inline reference image, an
     edit's or variation's files): best effort, a leftover only costs storage until the
     ``uploads/`` prefix expires."""
@@ -505,7 +505,7 @@ def _settle(done: Job | None, job_id: str, svc: Services) -> Job:
             expired = svc.jobs.expire_if_overdue(job_id)
             done = svc.jobs.get(job_id)
             if expired and done is not None:
-                _drop_upload(done, svc)  # a queued job may never reach a worker now
+                drop_uploads(done, svc)  # a queued job may never reach a worker now
         except redis.RedisError as exc:
             # Redis is down at the end of the budget: the job lives on (it is in Redis,
             # which keeps it through a restart); say so, with its id to fetch it later.
@@ -541,7 +541,7 @@ def get_job(job_id: str):
     job = _own_job(job_id)
     if not job.terminal and svc.jobs.clock() >= job.deadline + _GRACE_SECONDS:  # Redis' clock
         if svc.jobs.expire_if_overdue(job.id):
-            _drop_upload(job, svc)
+            drop_uploads(job, svc)
         job = svc.jobs.get(job.id) or job
     return json_response(job_object(job, svc))
 
@@ -556,5 +556,5 @@ def cancel_job(job_id: str):
         )
     # Refunds; a worker still running it can no longer write, nor needs its upload.
     if svc.jobs.cancel(job.id):
-        _drop_upload(job, svc)
+        drop_uploads(job, svc)
     return json_response(job_object(svc.jobs.get(job.id) or job, svc))
