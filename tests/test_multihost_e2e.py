@@ -230,7 +230,24 @@ class Cluster:
         env = {**os.environ, **self.env}
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
+        # Replication is asynchronous: a failover right after this would lose a key the
+        # replica has not seen yet. Wait for a replica to have it (none: go on at once).
+        self.primary().execute_command("WAIT", 1, 5000)
         return json.loads(result.stdout)["key"]
+
+    def settle(self) -> None:
+        """Each scenario starts from a whole cluster, whatever ran before it: a replica in
+        step with the primary and both worker hosts taking jobs again."""
+        self.wait(lambda: self.primary().execute_command("WAIT", 1, 1000) >= 1, "a replica")
+        key, seen = self.create_key(), set()
+
+        def both_hosts_take_jobs() -> bool:
+            for d in self.load(key, count=8, concurrency=8):
+                if d.status == 200:
+                    seen.add(self.primary().hget(f"ig:job:{d.job_id}", "worker"))
+            return {name.rpartition("@")[2] for name in seen} >= {"w1", "w2"}
+
+        self.wait(both_hosts_take_jobs, "both worker hosts taking jobs", timeout=120)
 
     def generate(self, key: str) -> Delivered:
         try:
@@ -301,6 +318,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def test_jobs_spread_over_both_worker_hosts(cluster: Cluster) -> None:
+    cluster.settle()
     key = cluster.create_key()
     deliveries = cluster.load(key, count=40, concurrency=20)
     assert {d.status for d in deliveries} == {200}
@@ -311,6 +329,7 @@ def test_jobs_spread_over_both_worker_hosts(cluster: Cluster) -> None:
 
 
 def test_a_worker_host_lost_mid_load_costs_no_job_and_no_double_charge(cluster: Cluster) -> None:
+    cluster.settle()
     key = cluster.create_key()
 
     def power_loss() -> None:
@@ -324,6 +343,7 @@ def test_a_worker_host_lost_mid_load_costs_no_job_and_no_double_charge(cluster: 
 
 
 def test_a_worker_host_cut_off_and_back_changes_no_delivered_image(cluster: Cluster) -> None:
+    cluster.settle()
     key = cluster.create_key()
     w1 = cluster.hosts["w1"]
     cut_at: list[float] = []
@@ -346,6 +366,7 @@ def test_a_worker_host_cut_off_and_back_changes_no_delivered_image(cluster: Clus
 
 
 def test_the_redis_primary_killed_under_load_fails_over_to_the_replica(cluster: Cluster) -> None:
+    cluster.settle()
     key = cluster.create_key()
     old = cluster.primary_host()
 
@@ -366,6 +387,7 @@ def test_the_redis_primary_killed_under_load_fails_over_to_the_replica(cluster: 
 
 
 def test_a_silent_redis_host_costs_a_quick_503_then_fails_over(cluster: Cluster) -> None:
+    cluster.settle()
     key = cluster.create_key()
     # Replication is asynchronous: cut only once a replica has everything so far (the key
     # included), or the new primary would rightly not know it.
@@ -390,6 +412,7 @@ FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
 def test_a_worker_host_with_its_clock_30_s_behind_takes_over_nothing(cluster: Cluster) -> None:
     """Liveness, deadlines and admission read Redis' clock: a host's clock cannot make a
     live job look stale (an earlier version took over 17 live jobs of a host 20 s behind)."""
+    cluster.settle()
     assert FAKETIME_LIB.exists(), "libfaketime is missing: scripts/test.sh installs `faketime`"
     for proc in cluster.workers.pop("w2", []):
         proc.stop()
