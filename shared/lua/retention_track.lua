@@ -10,6 +10,6 @@
 -- #include _clock.lua
 
 local a = cjson.decode(ARGV[1])
-local due = string.format('%.6f', tonumber(clock(a.now)) + tonumber(a.retention))
+local due = string.format('%.17g', tonumber(clock(a.now)) + tonumber(a.retention))
 redis.call('ZADD', KEYS[1], 'GT', due, a.prefix)
 return due
