@@ -368,7 +368,7 @@ def _inline_reference(
 def drop_uploads(job: Job, svc: Services) -> None:
     """Delete every upload the job stored (a generation's inline reference image, an
     edit's or variation's files): best effort, a leftover only costs storage until the
-    ``uploads/`` prefix expires."""
+    janitor deletes its folder after the image retention (:mod:`shared.retention`)."""
     for upload in job_uploads(job.meta):
         try:
             svc.storage.delete(upload.key)

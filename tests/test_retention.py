@@ -173,9 +173,13 @@ def test_s3_deletes_a_folder_reports_health_and_keeps_its_lifecycle_rule(
     for key in ("2026/12/05/imgjob_a/1/0.png", "2026/12/05/imgjob_a/1/1.png",
                 "2026/12/05/imgjob_ab/1/0.png"):  # fmt: skip
         storage.put(key, PNG, "image/png")
+    url = storage.url("2026/12/05/imgjob_a/1/0.png", 600)
+    assert requests.get(url, timeout=10).content == PNG
     assert storage.delete_prefix("2026/12/05/imgjob_a") == 2
     with pytest.raises(NotFound):
         storage.get("2026/12/05/imgjob_a/1/0.png")
+    gone = requests.get(url, timeout=10)  # S3's own answer to a deleted object
+    assert gone.status_code == 404 and b"NoSuchKey" in gone.content
     assert storage.get("2026/12/05/imgjob_ab/1/0.png") == PNG
     assert storage_health(storage).ok
     missing = storage_health(S3Storage(dataclasses.replace(config, s3_bucket="nope")))

@@ -100,8 +100,8 @@ def _release_upload(
     the caller knows it has).
 
     Never before: a job taken over, or handed to its next route, still needs it. The
-    upload of a job whose task never runs again stays until the ``uploads/`` prefix
-    expires.
+    upload of a job whose task never runs again stays until the janitor deletes its
+    folder after the image retention (:mod:`shared.retention`).
     """
     try:
         job = job or ctx.jobs.get(job_id)
