@@ -30,10 +30,12 @@ import boto3
 import pytest
 import redis
 import requests
+from click.testing import CliRunner
 from openai import InternalServerError, OpenAI
 from PIL import Image
 
 from shared.billing import Accounts
+from shared.cli import main as imagegate
 from shared.errors import STORAGE_FULL, NotFound, ServiceUnavailable
 from shared.keys import KeyStore
 from shared.redis_client import connect
@@ -266,6 +268,22 @@ def test_one_janitor_acts_at_a_time_and_a_pass_is_bounded(
     assert retention.sweep(batch=2, now=t0 + 60) == Sweep(folders=2, objects=2)
     assert retention.pending() == 3 and client.get(LEASE) is None  # released after the pass
     assert janitor.run_once() == Sweep()  # Redis' clock: nothing is due for ten seconds yet
+
+
+def test_the_cli_runs_one_pass_and_says_what_it_did(
+    client: redis.Redis, redis_server, tmp_path: Path
+) -> None:
+    env = {"IMAGEGATE_REDIS_URL": _db_url(redis_server, DB), "IMAGEGATE_STORAGE_DIR": str(tmp_path)}
+    storage = LocalStorage(StorageConfig(local_dir=str(tmp_path)))
+    retention = ImageRetention(client, storage, 10)
+    past = time.time() - 3600  # noted an hour ago, due fifty minutes ago
+    _stored(storage, retention, results_folder("imgjob_cli", past), past)
+    _stored(storage, retention, results_folder("imgjob_kept", time.time()), time.time())
+    result = CliRunner().invoke(imagegate, ["storage", "sweep"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output == "deleted 1 objects in 1 folders (0 failed); 1 folders still kept\n"
+    health = CliRunner().invoke(imagegate, ["storage", "health"], env=env)
+    assert health.exit_code == 0 and health.output.startswith("ok: local storage is writable (")
 
 
 def test_a_folder_that_cannot_be_deleted_is_tried_again_later(
