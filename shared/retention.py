@@ -23,6 +23,12 @@ reference images a client sent (:mod:`shared.uploads`).
   pass deletes it again (deleting what is gone is not an error): restart-safe, and
   nothing is forgotten. A folder whose deletion fails is tried again
   :data:`RETRY_SECONDS` later, so it cannot hold up the folders behind it.
+* **The backstop.** A folder the index lost (Redis lost its last second of writes
+  in a failover, or its data) would stay forever. So a pass with room left also asks
+  storage for job folders of days that ended more than the retention plus
+  :data:`BACKSTOP_MARGIN_SECONDS` ago (:meth:`~shared.storage.base.ImageStorage.expired_folders`:
+  local storage walks its day folders, oldest first; S3 leaves it to its bucket's
+  lifecycle rule) and deletes those too, within the same batch.
 
 Redis cost: one index member per job and kind kept for the retention (about 100 bytes
 each, see the README), plus the lease.
@@ -55,6 +61,9 @@ LEASE_SECONDS = 300
 """How long a lease outlives its last renewal (once per folder deleted)."""
 RETRY_SECONDS = 600
 """A folder whose deletion failed is due again this much later."""
+BACKSTOP_MARGIN_SECONDS = 2 * 86400
+"""The backstop deletes a day's folders once the day ended this long past the retention
+(more than any job's budget, so nothing the index still names as not due)."""
 
 
 def _day(created: float) -> str:
@@ -73,12 +82,14 @@ def uploads_folder(job_id: str, created: float) -> str:
 
 @dataclass(frozen=True)
 class Sweep:
-    """What one janitor pass did: folders removed from the index, objects deleted, and
-    folders whose deletion failed (tried again later)."""
+    """What one janitor pass did: folders deleted (``orphans`` of them found by the
+    backstop, not the index), objects deleted, folders whose deletion failed (tried again
+    later)."""
 
     folders: int = 0
     objects: int = 0
     failed: int = 0
+    orphans: int = 0
 
 
 class ImageRetention:
@@ -122,7 +133,7 @@ class ImageRetention:
         )
         if not lease.acquire():
             return None
-        folders = objects = failed = 0
+        folders = objects = failed = orphans = 0
         try:
             for folder in self.due(limit=batch, now=now):
                 lease.reacquire()  # still ours, for lease_seconds more; LockError if lost
@@ -135,6 +146,18 @@ class ImageRetention:
                     continue
                 self._client.zrem(INDEX, folder)
                 folders += 1
+            room = batch - folders - failed
+            for folder in self._lost(room, now) if room > 0 else []:
+                lease.reacquire()
+                try:
+                    objects += self._storage.delete_prefix(folder)
+                except Exception as exc:  # noqa: BLE001 - tried again next pass
+                    failed += 1
+                    log.warning("janitor: could not delete %s (again later): %s", folder, exc)
+                    continue
+                self._client.zrem(INDEX, folder)
+                folders += 1
+                orphans += 1
         except LockError:
             log.warning("janitor: lost its lease mid-pass; another janitor goes on")
         finally:
@@ -142,7 +165,28 @@ class ImageRetention:
                 lease.release()
             except LockError:
                 pass  # it ran out: another janitor may hold it now
-        return Sweep(folders, objects, failed)
+        if orphans:
+            log.warning("janitor: deleted %d folders the retention index did not name", orphans)
+        return Sweep(folders, objects, failed, orphans)
+
+    def _lost(self, limit: int, now: float | None) -> list[str]:
+        """Job folders of days long past the retention (the backstop), at most ``limit``."""
+        clock = now if now is not None else _redis_time(self._client)
+        cutoff = time.strftime(
+            "%Y/%m/%d",
+            time.gmtime(clock - self.retention_seconds - BACKSTOP_MARGIN_SECONDS),
+        )
+        found: list[str] = []
+        for under in ("", UPLOADS_PREFIX):
+            found += self._storage.expired_folders(under, cutoff, limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
+
+
+def _redis_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return seconds + micros / 1e6
 
 
 def _clock_arg(now: float | None) -> str:

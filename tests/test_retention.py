@@ -40,6 +40,7 @@ from shared.errors import STORAGE_FULL, NotFound, ServiceUnavailable
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.retention import (
+    BACKSTOP_MARGIN_SECONDS,
     INDEX,
     LEASE,
     RETRY_SECONDS,
@@ -268,6 +269,48 @@ def test_one_janitor_acts_at_a_time_and_a_pass_is_bounded(
     assert retention.sweep(batch=2, now=t0 + 60) == Sweep(folders=2, objects=2)
     assert retention.pending() == 3 and client.get(LEASE) is None  # released after the pass
     assert janitor.run_once() == Sweep()  # Redis' clock: nothing is due for ten seconds yet
+
+
+@pytest.mark.fast
+def test_local_storage_lists_the_job_folders_of_days_before_a_day_oldest_first(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(StorageConfig(local_dir=str(tmp_path)))
+    for key in ("2025/12/31/imgjob_b/1/0.png", "2026/01/02/imgjob_c/1/0.png",
+                "2025/12/31/imgjob_a/1/0.png", "2026/01/03/imgjob_d/1/0.png",
+                "2026/10/01/imgjob_e/1/0.png", "uploads/2026/01/01/imgjob_u/0.png"):  # fmt: skip
+        storage.put(key, PNG, "image/png")
+    (tmp_path / ".imagegate-storage-marker").write_text("token\n")
+    (tmp_path / "2026" / "notes").mkdir()  # not a day: never listed
+    assert storage.expired_folders("", "2026/01/03", 10) == [
+        "2025/12/31/imgjob_a", "2025/12/31/imgjob_b", "2026/01/02/imgjob_c",
+    ]  # fmt: skip
+    assert storage.expired_folders("", "2026/01/03", 2) == [
+        "2025/12/31/imgjob_a", "2025/12/31/imgjob_b",
+    ]  # fmt: skip
+    assert storage.expired_folders("uploads", "2026/01/02", 10) == ["uploads/2026/01/01/imgjob_u"]
+    assert storage.expired_folders("", "2025/01/01", 10) == []
+    assert storage.expired_folders("uploads", "2027/01/01", 10) == ["uploads/2026/01/01/imgjob_u"]
+
+
+def test_the_backstop_deletes_folders_the_index_lost(client: redis.Redis, tmp_path: Path) -> None:
+    storage = LocalStorage(StorageConfig(local_dir=str(tmp_path)))
+    retention = ImageRetention(client, storage, 86400)
+    now = time.time()
+    long_ago = now - 86400 - BACKSTOP_MARGIN_SECONDS - 86400  # a whole day before the cutoff
+    lost = [f"{results_folder('imgjob_lost', long_ago)}/1/0.png",
+            f"{uploads_folder('imgjob_lost', long_ago)}/0.png"]  # fmt: skip
+    for key in lost:
+        storage.put(key, PNG, "image/png")  # never noted: Redis lost the index entry
+    recent = _stored(storage, retention, results_folder("imgjob_recent", now - 3 * 86400), now)
+    unnoted = f"{results_folder('imgjob_today', now)}/1/0.png"
+    storage.put(unnoted, PNG, "image/png")
+    assert retention.sweep(batch=10) == Sweep(folders=2, objects=2, orphans=2)
+    for key in lost:
+        with pytest.raises(NotFound):
+            storage.get(key)
+    assert storage.get(recent) == PNG and storage.get(unnoted) == PNG
+    assert retention.sweep(batch=10) == Sweep()
 
 
 def test_the_cli_runs_one_pass_and_says_what_it_did(

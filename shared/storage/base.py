@@ -91,6 +91,12 @@ class ImageStorage(Protocol):
         ``prefix`` follows the key rules; an empty or missing folder is not an error."""
         ...
 
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        """At most ``limit`` job folders ``{under/}YYYY/MM/DD/{job}`` of days before
+        ``before_day`` (``YYYY/MM/DD``), oldest first: the retention's backstop for folders
+        its index lost. [] where the backend expires them by itself (S3's lifecycle rule)."""
+        ...
+
     def health(self) -> StorageHealth:
         """Whether new images can be stored now (see :class:`StorageHealth`); never raises."""
         ...

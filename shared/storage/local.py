@@ -56,6 +56,20 @@ _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _EXPIRES_RE = re.compile(r"[1-9][0-9]{0,11}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _TEMP_PREFIX = ".tmp-"
+# Day folders (YYYY, MM, DD) and job folders, as expired_folders() walks them.
+_DAY_PARTS = (re.compile(r"[0-9]{4}"), re.compile(r"[0-9]{2}"), re.compile(r"[0-9]{2}"))
+_JOB_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _sorted_names(folder: Path, pattern: re.Pattern[str]) -> list[str]:
+    """The sub-folders of ``folder`` whose names match ``pattern``, sorted; [] if none."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name for e in entries if pattern.fullmatch(e.name) and e.is_dir())
+
+
 # A write failing with one of these means "no room", not "broken": 503 storage_full.
 _NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -204,6 +218,31 @@ class LocalStorage:
             raise ServerError(f"could not delete {prefix!r} from local disk") from exc
         self._prune(folder.parent)
         return count
+
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        base = self.path_for(under) if under else self.root
+        found: list[str] = []
+
+        def walk(folder: Path, parts: tuple[str, ...]) -> None:
+            for name in _sorted_names(folder, _DAY_PARTS[len(parts)]):
+                day = (*parts, name)
+                partial = "/".join(day)
+                if len(day) < 3:  # a year or a month: go in unless it is after the day's
+                    if partial > before_day[: len(partial)]:
+                        return
+                    walk(folder / name, day)
+                else:
+                    if partial >= before_day:
+                        return
+                    for job in _sorted_names(folder / name, _JOB_NAME):
+                        found.append("/".join(p for p in (under, partial, job) if p))
+                        if len(found) >= limit:
+                            return
+                if len(found) >= limit:
+                    return
+
+        walk(base, ())
+        return found[:limit]
 
     def _prune(self, folder: Path) -> None:
         """Remove ``folder`` and its parents while they are empty, never :attr:`root`."""

@@ -149,6 +149,12 @@ class S3Storage:
             raise _translate(exc, "DeleteObjects", prefix) from exc
         return count
 
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        """[]: the bucket's lifecycle rule (:meth:`install_lifecycle`) is the backstop for
+        objects the retention index lost; listing a bucket by day would cost requests
+        for what S3 does by itself."""
+        return []
+
     def health(self) -> StorageHealth:
         """Ok when the bucket answers HeadBucket with these credentials (S3 has no "full")."""
         try:
