@@ -30,7 +30,7 @@ import boto3
 import pytest
 import redis
 import requests
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from openai import InternalServerError, OpenAI
 from PIL import Image
 
@@ -205,20 +205,19 @@ def test_s3_deletes_a_folder_reports_health_and_keeps_its_lifecycle_rule(
 
     # The CLI: check fails (exit 1), --install puts it, then the check passes.
     env = {
-        **os.environ, "IMAGEGATE_STORAGE": "s3", "IMAGEGATE_S3_BUCKET": bucket,
+        "IMAGEGATE_STORAGE": "s3", "IMAGEGATE_S3_BUCKET": bucket,
         "IMAGEGATE_S3_ENDPOINT_URL": moto_endpoint, "IMAGEGATE_S3_REGION": "us-east-1",
         "IMAGEGATE_S3_ACCESS_KEY_ID": "test", "IMAGEGATE_S3_SECRET_ACCESS_KEY": "test",
         "IMAGEGATE_IMAGE_RETENTION_SECONDS": str(7 * day),
     }  # fmt: skip
 
-    def lifecycle(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(BIN / "imagegate"), "storage", "lifecycle", *args]
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    def lifecycle(*args: str) -> Result:
+        return CliRunner().invoke(imagegate, ["storage", "lifecycle", *args], env=env)
 
     checked = lifecycle()
-    assert checked.returncode == 1 and "not 7 (IMAGEGATE_IMAGE_RETENTION_SECONDS)" in checked.stderr
+    assert checked.exit_code == 1 and "not 7 (IMAGEGATE_IMAGE_RETENTION_SECONDS)" in checked.output
     installed = lifecycle("--install")  # installs, then checks what the bucket now has
-    assert installed.returncode == 0 and "expires 'images/' after 7 days" in installed.stdout
+    assert installed.exit_code == 0 and "expires 'images/' after 7 days" in installed.output
     assert storage.lifecycle_problems(7 * day) == []
 
 
