@@ -71,6 +71,7 @@ from shared.errors import (
 from shared.jobs import Job, new_job_id
 from shared.keys import ApiKey
 from shared.netguard import check_url, policy_for
+from shared.retention import uploads_folder
 from shared.uploads import (
     Reference,
     ReferenceImage,
@@ -354,6 +355,8 @@ def _submit(
     idempotency = generations._idempotency(key, svc, digest_of, job.id)
     spec_json = generations._bounded_spec(job, svc)
     try:
+        if stored:
+            svc.retention.track(uploads_folder(job.id, job.created))  # deleted in time
         for ref, data in stored:
             svc.storage.put(ref.key, data, ref.content_type)
         admission = svc.accounts.admit(

@@ -73,6 +73,7 @@ from shared.jobs import Job, JobStatus, new_job_id, timeout_error
 from shared.keys import ApiKey
 from shared.netguard import check_url, policy_for
 from shared.presence import why_unusable
+from shared.retention import uploads_folder
 from shared.uploads import (
     ReferenceImage,
     decode_data_url,
@@ -266,6 +267,7 @@ def create_generation():
     idempotency = _idempotency(key, svc, body, job.id)
     spec_json = _bounded_spec(job, svc)
     if upload is not None:
+        svc.retention.track(uploads_folder(job.id, job.created))  # deleted in time
         svc.storage.put(upload[0].key, upload[1], upload[0].content_type)
     try:
         # Limits, balance, idempotency and the job record in one atomic step:
@@ -366,7 +368,7 @@ def _inline_reference(
 def drop_uploads(job: Job, svc: Services) -> None:
     """Delete every upload the job stored (a generation's inline reference image, an
     edit's or variation's files): best effort, a leftover only costs storage until the
-    ``uploads/`` prefix expires."""
+    janitor deletes its folder after the image retention (:mod:`shared.retention`)."""
     for upload in job_uploads(job.meta):
         try:
             svc.storage.delete(upload.key)

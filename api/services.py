@@ -16,6 +16,7 @@ from shared.health import Breakers, policy_from
 from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
+from shared.retention import ImageRetention
 from shared.settings import Settings
 from shared.storage import ImageStorage, storage_for
 
@@ -35,6 +36,7 @@ class Services:
     hub: CompletionHub
     queue: TaskQueue
     parse_limit: ParseLimit
+    retention: ImageRetention
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis | None = None) -> Services:
@@ -47,6 +49,7 @@ class Services:
             liveness=liveness_from(settings),
         )
         catalog = settings.load_catalog()
+        storage = storage_for(settings, client)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -55,10 +58,11 @@ class Services:
             jobs=jobs,
             accounts=Accounts(client, catalog),
             breakers=Breakers(client, policy_from(settings)),
-            storage=storage_for(settings, client),
+            storage=storage,
             hub=CompletionHub(client, jobs),
             queue=TaskQueue(settings, client),
             parse_limit=ParseLimit.for_settings(client, settings),
+            retention=ImageRetention(client, storage, settings.image_retention),
         )
 
 

@@ -10,6 +10,9 @@
     imagegate keys revoke KEY_ID
     imagegate models                      # the catalog, with what is usable right now
     imagegate check                       # settings, catalog and Redis reachable
+    imagegate storage health              # can images be stored now (disk full? bucket?)
+    imagegate storage lifecycle [--install]   # S3: check (or install) the expiry rule
+    imagegate storage sweep               # one image-janitor pass now
 
 Settings come from the same ``IMAGEGATE_*`` environment as the services.
 """
@@ -25,12 +28,14 @@ import redis
 
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
-from shared.errors import NotFound
+from shared.errors import GatewayError, NotFound
 from shared.health import Breakers, policy_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
+from shared.retention import ImageRetention
 from shared.route import model_breaker
 from shared.settings import Settings, SettingsError
+from shared.storage import build_storage, storage_for, storage_health
 
 
 def _settings() -> Settings:
@@ -248,6 +253,74 @@ def check() -> None:
         sys.exit(1)
     click.echo(
         f"ok: {len(catalog.models)} models in {len(catalog.families)} families; Redis reachable"
+    )
+
+
+@main.group()
+def storage() -> None:
+    """Image storage: health, retention, the S3 lifecycle rule."""
+
+
+@storage.command("health")
+def storage_health_command() -> None:
+    """Whether new images can be stored now; exit status 1 when not (disk full...)."""
+    settings = _settings()
+    health = storage_health(build_storage(settings.storage))
+    free = "" if health.free_bytes is None else f" ({health.free_bytes} bytes free)"
+    if not health.ok:
+        click.echo(f"not writable: {health.reason}{free}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {settings.storage.backend} storage is writable{free}")
+
+
+@storage.command("lifecycle")
+@click.option("--install", is_flag=True, help="Put the rule into the bucket, then check it.")
+def storage_lifecycle(install: bool) -> None:
+    """S3: check that the bucket expires the gateway's objects after the image retention
+    (IMAGEGATE_IMAGE_RETENTION_SECONDS, in whole days); exit status 1 when it does not.
+    The bucket's other lifecycle rules are kept."""
+    from shared.storage.s3 import S3Storage
+
+    settings = _settings()
+    bucket = build_storage(settings.storage)
+    if not isinstance(bucket, S3Storage):
+        raise click.ClickException(
+            "the lifecycle rule is for S3 storage (IMAGEGATE_STORAGE=s3); local storage is "
+            "cleaned by the workers' janitor alone"
+        )
+    retention = settings.image_retention
+    try:
+        if install:
+            rule = bucket.install_lifecycle(retention)
+            click.echo(f"installed: {json.dumps(rule, sort_keys=True)}")
+        problems = bucket.lifecycle_problems(retention)
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from exc
+    if problems:
+        for problem in problems:
+            click.echo(problem, err=True)
+        click.echo("install it with: imagegate storage lifecycle --install", err=True)
+        sys.exit(1)
+    days = bucket.lifecycle_rule(retention)["Expiration"]["Days"]
+    click.echo(
+        f"ok: bucket {bucket.bucket} expires {settings.storage.s3_prefix!r} after {days} days"
+    )
+
+
+@storage.command("sweep")
+@click.option("--batch", default=None, type=click.IntRange(min=1), help="Folders at most.")
+def storage_sweep(batch: int | None) -> None:
+    """One image-janitor pass now (as the workers run every IMAGEGATE_JANITOR_INTERVAL_SECONDS)."""
+    settings = _settings()
+    client = connect(settings.redis_url)
+    retention = ImageRetention(client, storage_for(settings, client), settings.image_retention)
+    sweep = retention.sweep(batch=batch or settings.janitor_batch)
+    if sweep is None:
+        click.echo("another janitor is acting now; nothing done")
+        return
+    click.echo(
+        f"deleted {sweep.objects} objects in {sweep.folders} folders ({sweep.failed} failed); "
+        f"{retention.pending()} folders still kept"
     )
 
 

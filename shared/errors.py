@@ -40,6 +40,9 @@ CATALOG_MISCONFIGURED = "catalog_misconfigured"
 :func:`workers.adapters.validate_catalog` stops a deployment before one is served."""
 UPSTREAM_MALFORMED_RESPONSE = "upstream_malformed_response"
 """502: the upstream answered something that is not what its protocol promises."""
+STORAGE_FULL = "storage_full"
+"""503: the gateway's local image storage has no room left (disk full, quota, file-size
+limit); the job fails and is refunded in full (:mod:`shared.storage.local`)."""
 
 
 class GatewayError(Exception):

@@ -36,6 +36,7 @@ from shared.catalog import Catalog, Family, load_catalog
 from shared.storage.base import StorageConfig
 
 PREFIX = "IMAGEGATE_"
+DAY_SECONDS = 86400
 BASE_URL_PREFIX = PREFIX + "BASE_URL_"
 
 
@@ -176,6 +177,9 @@ class _StorageVariables(_Variables):
     s3_prefix: str = StorageConfig.s3_prefix
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = Field(None, repr=False)
+    local_min_free_bytes: Annotated[int, Field(ge=0)] = Field(
+        StorageConfig.local_min_free_bytes, validation_alias="IMAGEGATE_STORAGE_MIN_FREE_BYTES"
+    )
 
     @model_validator(mode="after")
     def _bucket_for_s3(self) -> _StorageVariables:
@@ -214,6 +218,13 @@ class Settings(_Variables):
     # Hand a job to the next candidate only with this much left.
     fallback_min_seconds: Annotated[float, Field(ge=0)] = 3.0
     job_retention_seconds: Count = 86400
+    # Stored images and uploaded reference images are deleted this long after they were
+    # stored (shared/retention.py); 0: a day past the URL lifetime (url_ttl_seconds).
+    image_retention_seconds: Cap = 0
+    # The janitor that deletes them runs in every worker process; one acts at a time
+    # (a Redis lease), every janitor_interval_seconds, at most janitor_batch jobs a pass.
+    janitor_interval_seconds: Seconds = 60.0
+    janitor_batch: Count = 200
     # Liveness (see shared/jobs.py): a running job whose worker stopped beating for
     # job_stale_seconds is taken over; workers beat every heartbeat_seconds and reap
     # every reaper_interval_seconds; a job not sent to a queue within enqueue_grace_seconds
@@ -268,6 +279,22 @@ class Settings(_Variables):
     web_connections: Count = 2000
     upstream_base_urls: FrozenMap = Field(default_factory=lambda: MappingProxyType({}))
     credentials: FrozenMap = Field(default_factory=lambda: MappingProxyType({}), repr=False)
+
+    @model_validator(mode="after")
+    def _images_outlive_their_urls(self) -> Settings:
+        if self.image_retention_seconds and self.image_retention_seconds < self.url_ttl_seconds:
+            raise ValueError(
+                f"{PREFIX}IMAGE_RETENTION_SECONDS={self.image_retention_seconds} must be at "
+                f"least {PREFIX}URL_TTL_SECONDS={self.url_ttl_seconds}: an image must not be "
+                "deleted while a URL given for it is still valid"
+            )
+        return self
+
+    @property
+    def image_retention(self) -> int:
+        """Seconds a stored image (or upload) is kept: the setting, or a day past the URL
+        lifetime. With the default job retention (a day), a job's record goes first."""
+        return self.image_retention_seconds or self.url_ttl_seconds + DAY_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

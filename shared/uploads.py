@@ -21,9 +21,9 @@ A worker reads the bytes back from storage and hands its adapter a
 ``data:`` URL of them (:func:`data_url`), which every adapter already
 understands (sent as is, as raw base64, or decoded to a file part, as the
 upstream's protocol wants). The upload is deleted once the job is terminal
-(:mod:`workers.pipeline`); one whose task never runs again stays under the
-``uploads/`` prefix, which a bucket lifecycle rule (or a periodic sweep of
-the local directory) expires after the job retention.
+(:mod:`workers.pipeline`); one whose task never runs again is deleted with
+its folder by the workers' janitor after the image retention
+(:mod:`shared.retention`), which the web noted before storing it.
 
 Edits and variations (``POST /v1/images/edits``, ``/variations``) upload
 several images and a mask, as multipart files or JSON ``data:`` URLs; each

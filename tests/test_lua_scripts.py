@@ -47,6 +47,8 @@ from shared.jobs import (
 from shared.keys import ApiKey
 from shared.presence import Presence
 from shared.redis_client import connect
+from shared.retention import INDEX, ImageRetention
+from shared.storage import LocalStorage, StorageConfig
 from workers.webhook_pump import inflight_key, pump_once
 
 SCRIPTS = lua.script_names()
@@ -254,7 +256,8 @@ def recorder(redis_server) -> Iterator[Recorder]:
 def _scenario(client: redis.Redis) -> None:
     """Takes every script through its branches (admission refused and accepted, claims,
     heartbeats, handoff, sends, reaps, ends, webhook state; capacity leases; breakers;
-    webhook takes and claims; the parse budget; presence announcements)."""
+    webhook takes and claims; the parse budget; presence announcements; the image
+    retention index)."""
     live = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0)
     store = JobStore(client, retention_seconds=600, liveness=live)
     accounts = Accounts(client, CATALOG)
@@ -338,6 +341,13 @@ def _scenario(client: redis.Redis) -> None:
     presence.announce("w:1", [one, two], ttl=30)
     assert presence.live([one, two, "lua_nobody"]) == {one: 1, two: 1, "lua_nobody": 0}
     assert presence.live([one], now=time.time() + 60) == {one: 0}
+    # image retention: a folder noted, due only once its retention has passed
+    retention = ImageRetention(client, LocalStorage(StorageConfig(local_dir="unused")), 60)
+    folder = "lua/" + secrets.token_hex(4)
+    due = retention.track(folder)
+    assert folder not in retention.due(limit=1000)
+    assert folder in retention.due(limit=1000, now=due + 1)
+    client.zrem(INDEX, folder)
 
 
 def _webhooks(client: redis.Redis, store: JobStore, job_id: str, key_id: str) -> None:

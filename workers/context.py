@@ -31,6 +31,7 @@ from shared.health import Breakers, policy_from
 from shared.jobs import JobStore, liveness_from
 from shared.netguard import NetPolicy, policy_for, safe_session
 from shared.redis_client import connect
+from shared.retention import ImageRetention
 from shared.settings import Settings
 from shared.storage import ImageStorage, storage_for
 from workers import pool
@@ -45,6 +46,7 @@ class WorkerContext:
     storage: ImageStorage
     breakers: Breakers
     capacity: Capacity
+    retention: ImageRetention
 
     def session(self) -> requests.Session:
         """The upstream session of the current job (requests sessions are not thread-safe)."""
@@ -135,6 +137,7 @@ def build_context(settings: Settings) -> WorkerContext:
     # redis-py caps a pool at 100 connections and raises past it (jobs then
     # failed with 500 under many held requests). Same ceiling as the web side.
     client = connect(settings.redis_url, max_connections=max(2000, pool.planned() + 256))
+    storage = storage_for(settings, client)
     return WorkerContext(
         settings=settings,
         catalog=settings.load_catalog(),
@@ -144,9 +147,10 @@ def build_context(settings: Settings) -> WorkerContext:
             retention_seconds=settings.job_retention_seconds,
             liveness=liveness_from(settings),
         ),
-        storage=storage_for(settings, client),
+        storage=storage,
         breakers=Breakers(client, policy_from(settings)),
         capacity=Capacity(client),
+        retention=ImageRetention(client, storage, settings.image_retention),
     )
 
 

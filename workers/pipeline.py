@@ -43,6 +43,7 @@ from shared.errors import (
 from shared.jobs import TERMINAL, Job, StoredImage, timeout_error
 from shared.netguard import policy_for, policy_with_hosts_of
 from shared.progress import PartialSink
+from shared.retention import results_folder
 from shared.route import key_breaker, model_breaker, route_of
 from shared.sizing import Size, parse_size
 from shared.uploads import Reference, ReferenceImage, data_url, job_uploads
@@ -99,8 +100,8 @@ def _release_upload(
     the caller knows it has).
 
     Never before: a job taken over, or handed to its next route, still needs it. The
-    upload of a job whose task never runs again stays until the ``uploads/`` prefix
-    expires.
+    upload of a job whose task never runs again stays until the janitor deletes its
+    folder after the image retention (:mod:`shared.retention`).
     """
     try:
         job = job or ctx.jobs.get(job_id)
@@ -386,17 +387,19 @@ def _store(
     ``{day}/{job id}/{attempt}/{index}.{ext}``: a run that was taken over and
     finishes late writes next to the winner's objects, never over them, so an
     image a client already has never changes. If one image fails, the ones
-    already stored are deleted.
+    already stored are deleted. The job's folder is noted for deletion after the
+    image retention before anything is written (:mod:`shared.retention`).
     """
     if not result.images:
         raise InvalidRequest(
             "The upstream returned no images (the request may have been filtered).",
             code="no_images",
         )
-    day = time.strftime("%Y/%m/%d", time.gmtime(job.created))
+    folder = results_folder(job.id, job.created)
+    ctx.retention.track(folder)
     stored: list[StoredImage] = []
     try:
-        _store_each(result, http, ctx, request, f"{day}/{job.id}/{attempt}", stored)
+        _store_each(result, http, ctx, request, f"{folder}/{attempt}", stored)
     except BaseException:
         _discard(stored, ctx)
         raise

@@ -18,6 +18,7 @@ from shared.presence import Presence, served_here
 from shared.redis_client import connect
 from workers.celery_app import app
 from workers.context import get_context, job_sessions
+from workers.janitor import Janitor
 from workers.liveness import HeartbeatAndReaper
 from workers.pipeline import run_job
 from workers.webhook_pump import start_pump
@@ -87,8 +88,8 @@ _ANNOUNCED: dict[str, Any] = {}
 
 @worker_ready.connect
 def _start_background_threads(sender: Any = None, **_: Any) -> None:
-    """Every worker beats for its jobs, announces the families it serves and reaps stale
-    jobs; webhooks workers also pump."""
+    """Every worker beats for its jobs, announces the families it serves, reaps stale
+    jobs and runs the image janitor (one acts at a time); webhooks workers also pump."""
     ctx = get_context()
     queues = {q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", [])}
     presence = Presence(ctx.redis)
@@ -103,6 +104,11 @@ def _start_background_threads(sender: Any = None, **_: Any) -> None:
         heartbeat_seconds=ctx.settings.heartbeat_seconds,
         reaper_interval_seconds=ctx.settings.reaper_interval_seconds,
         announce=lambda: presence.announce(worker, families, ttl=ctx.settings.job_stale_seconds),
+    ).start()
+    Janitor(
+        ctx.retention,
+        interval_seconds=ctx.settings.janitor_interval_seconds,
+        batch=ctx.settings.janitor_batch,
     ).start()
     if WEBHOOK_QUEUE in queues:
         # A delivery lease outlasts one attempt (timeout) plus time queued behind others.

@@ -4,11 +4,15 @@
 from :data:`BACKENDS`; ``storage_for(settings, redis)`` is the configured one
 with the deployment's URL-signing secret (:mod:`shared.signing`), as every web
 and worker process builds it.
+
+``storage_health(storage)`` is what a readiness check asks: can new images be
+stored now (local: free space and a probe write; S3: the bucket answers)?
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +22,7 @@ from shared.storage.base import (
     MAX_KEY_LENGTH,
     ImageStorage,
     StorageConfig,
+    StorageHealth,
     validate_key,
 )
 from shared.storage.local import LocalStorage, content_type_for, verify_signature
@@ -63,6 +68,20 @@ def build_storage(config: StorageConfig) -> ImageStorage:
     return factory(config)
 
 
+def storage_health(storage: ImageStorage) -> StorageHealth:
+    """Whether ``storage`` can take new images now, for a readiness check; never raises.
+
+    Not ok when the local disk is full (below ``IMAGEGATE_STORAGE_MIN_FREE_BYTES`` free,
+    or a probe file cannot be written) or the S3 bucket does not answer; ``reason``
+    says which. Jobs that meet a full disk fail with 503 ``storage_full`` and a refund.
+    """
+    try:
+        return storage.health()
+    except Exception as exc:  # noqa: BLE001 - a probe reports, it does not fail
+        logging.getLogger(__name__).warning("storage health check failed: %s", exc)
+        return StorageHealth(False, f"storage health check failed: {type(exc).__name__}")
+
+
 def storage_for(settings: Settings, client: redis.Redis) -> ImageStorage:
     """The configured storage, able to sign URLs (local) or presign them (S3)."""
     secret = signing_secret(settings, client).encode()
@@ -77,7 +96,9 @@ __all__ = [
     "LocalStorage",
     "S3Storage",
     "StorageConfig",
+    "StorageHealth",
     "build_storage",
+    "storage_health",
     "storage_for",
     "content_type_for",
     "validate_key",

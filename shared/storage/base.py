@@ -44,6 +44,21 @@ class StorageConfig:
     s3_connect_timeout: float = 5.0
     s3_read_timeout: float = 30.0
     s3_max_attempts: int = 3
+    # Local storage counts as not writable (StorageHealth.ok false) below this many free bytes.
+    local_min_free_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StorageHealth:
+    """Whether storage can take new images now (:func:`shared.storage.storage_health`).
+
+    ``ok`` false with ``reason`` saying why (disk full, read-only, bucket unreachable);
+    ``free_bytes`` is what the local file system has left (None for S3).
+    """
+
+    ok: bool
+    reason: str = ""
+    free_bytes: int | None = None
 
 
 @runtime_checkable
@@ -68,6 +83,22 @@ class ImageStorage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key``; deleting a missing key is not an error."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix + "/"`` (a job's folder); how many went.
+
+        ``prefix`` follows the key rules; an empty or missing folder is not an error."""
+        ...
+
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        """At most ``limit`` job folders ``{under/}YYYY/MM/DD/{job}`` of days before
+        ``before_day`` (``YYYY/MM/DD``), oldest first: the retention's backstop for folders
+        its index lost. [] where the backend expires them by itself (S3's lifecycle rule)."""
+        ...
+
+    def health(self) -> StorageHealth:
+        """Whether new images can be stored now (see :class:`StorageHealth`); never raises."""
         ...
 
 

@@ -9,6 +9,16 @@ URLs point at the web app's file route::
 
     {base}/v1/files/{key}?expires={unix_ts}&signature={hex}
 
+Disk full: a write that fails with ``ENOSPC`` (no space), ``EDQUOT`` (quota) or
+``EFBIG`` (a file-size limit) raises :class:`shared.errors.ServiceUnavailable`
+with code :data:`shared.errors.STORAGE_FULL`, so the job fails with a clear 503
+and is refunded; :meth:`LocalStorage.health` says whether the directory can take
+images now (free space above ``local_min_free_bytes`` and a probe file written),
+for a readiness check.
+
+Deleting a key or a job's folder also removes the directories it leaves empty
+(up to the root), so retention does not leave a tree of empty day folders.
+
 where ``signature = HMAC-SHA256(signing_secret, f"{key}\\n{expires}")`` in
 lowercase hex and ``expires`` is an absolute unix timestamp. The route calls
 :meth:`LocalStorage.verify` with the query parameters and serves the file
@@ -18,16 +28,18 @@ with :func:`content_type_for`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from shared.errors import NotFound, PermissionDenied, ServerError
-from shared.storage.base import StorageConfig, validate_key, validate_ttl
+from shared.errors import STORAGE_FULL, NotFound, PermissionDenied, ServerError, ServiceUnavailable
+from shared.storage.base import StorageConfig, StorageHealth, validate_key, validate_ttl
 
 FILES_ROUTE = "/v1/files/"
 
@@ -44,6 +56,33 @@ _DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _EXPIRES_RE = re.compile(r"[1-9][0-9]{0,11}")
 _SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
 _TEMP_PREFIX = ".tmp-"
+# Day folders (YYYY, MM, DD) and job folders, as expired_folders() walks them.
+_DAY_PARTS = (re.compile(r"[0-9]{4}"), re.compile(r"[0-9]{2}"), re.compile(r"[0-9]{2}"))
+_JOB_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _sorted_names(folder: Path, pattern: re.Pattern[str]) -> list[str]:
+    """The sub-folders of ``folder`` whose names match ``pattern``, sorted; [] if none."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(e.name for e in entries if pattern.fullmatch(e.name) and e.is_dir())
+
+
+# A write failing with one of these means "no room", not "broken": 503 storage_full.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _write_error(exc: OSError, key: str) -> ServerError | ServiceUnavailable:
+    """The gateway error for a failed write of ``key``."""
+    if exc.errno in _NO_ROOM:
+        return ServiceUnavailable(
+            "The gateway's image storage is full, so the image could not be stored; "
+            "the job was not charged. Try again later.",
+            code=STORAGE_FULL,
+        )
+    return ServerError(f"could not store image {key!r} on local disk")
 
 
 def content_type_for(key: str) -> str:
@@ -101,10 +140,9 @@ class LocalStorage:
         # key's extension with content_type_for().
         path = self.path_for(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=_TEMP_PREFIX, suffix=".part")
+            fd, tmp_name = self._temp_file(path.parent)
         except OSError as exc:
-            raise ServerError(f"could not store image {key!r} on local disk") from exc
+            raise _write_error(exc, key) from exc
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -116,8 +154,21 @@ class LocalStorage:
             with contextlib.suppress(OSError):
                 os.unlink(tmp_name)
             if isinstance(exc, OSError):
-                raise ServerError(f"could not store image {key!r} on local disk") from exc
+                raise _write_error(exc, key) from exc
             raise
+
+    @staticmethod
+    def _temp_file(directory: Path) -> tuple[int, str]:
+        """A new temporary file in ``directory`` (made if missing). Twice: a deletion may
+        remove the folder as empty between the ``mkdir`` and the file's creation."""
+        for last in (False, True):
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                return tempfile.mkstemp(dir=directory, prefix=_TEMP_PREFIX, suffix=".part")
+            except FileNotFoundError:
+                if last:
+                    raise
+        raise AssertionError("unreachable")
 
     def get(self, key: str) -> bytes:
         path = self.path_for(key)
@@ -152,3 +203,83 @@ class LocalStorage:
             return
         except OSError as exc:
             raise ServerError(f"could not delete image {key!r} from local disk") from exc
+        self._prune(path.parent)
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self.path_for(prefix)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if not p.is_dir())
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass  # deleted meanwhile (another janitor whose lease ran out)
+        except OSError as exc:
+            raise ServerError(f"could not delete {prefix!r} from local disk") from exc
+        self._prune(folder.parent)
+        return count
+
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        base = self.path_for(under) if under else self.root
+        found: list[str] = []
+
+        def walk(folder: Path, parts: tuple[str, ...]) -> None:
+            for name in _sorted_names(folder, _DAY_PARTS[len(parts)]):
+                day = (*parts, name)
+                partial = "/".join(day)
+                if len(day) < 3:  # a year or a month: go in unless it is after the day's
+                    if partial > before_day[: len(partial)]:
+                        return
+                    walk(folder / name, day)
+                else:
+                    if partial >= before_day:
+                        return
+                    for job in _sorted_names(folder / name, _JOB_NAME):
+                        found.append("/".join(p for p in (under, partial, job) if p))
+                        if len(found) >= limit:
+                            return
+                if len(found) >= limit:
+                    return
+
+        walk(base, ())
+        return found[:limit]
+
+    def _prune(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents while they are empty, never :attr:`root`."""
+        while folder != self.root and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or gone): the folders above are not empty either
+                return
+            folder = folder.parent
+
+    def health(self) -> StorageHealth:
+        """Writable when the file system has ``local_min_free_bytes`` free and a probe file
+        can be written, synced and removed in :attr:`root`."""
+        minimum = self.config.local_min_free_bytes
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            stat = os.statvfs(self.root)
+        except OSError as exc:
+            return StorageHealth(False, f"image storage {self.root} is unusable: {exc.strerror}")
+        free = stat.f_bavail * stat.f_frsize
+        if free < minimum:
+            return StorageHealth(
+                False,
+                f"image storage {self.root} is full: {free} bytes free, below the "
+                f"{minimum} bytes of IMAGEGATE_STORAGE_MIN_FREE_BYTES",
+                free,
+            )
+        try:
+            fd, name = tempfile.mkstemp(dir=self.root, prefix=_TEMP_PREFIX, suffix=".probe")
+            try:
+                os.write(fd, b"imagegate storage probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            return StorageHealth(
+                False, f"image storage {self.root} is not writable: {exc.strerror}", free
+            )
+        return StorageHealth(True, "", free)

@@ -11,21 +11,41 @@ boto errors are translated here: a missing object becomes
 bucket, bad credentials, throttling) becomes
 :class:`shared.errors.ServiceUnavailable`. Messages name the S3 operation and
 the error code only, never credentials; the original error stays chained.
+
+Retention: :meth:`S3Storage.delete_prefix` deletes a job's folder (listed, then
+deleted 1000 keys per request) for the gateway's janitor (:mod:`shared.retention`);
+a bucket lifecycle rule (:meth:`S3Storage.install_lifecycle`, checked by
+:meth:`S3Storage.lifecycle_problems`; ``imagegate storage lifecycle``) expires
+the same objects on S3's side, a backstop that needs no gateway process.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.errors import GatewayError, NotFound, ServiceUnavailable
-from shared.storage.base import StorageConfig, validate_key, validate_ttl
+from shared.storage.base import StorageConfig, StorageHealth, validate_key, validate_ttl
 
 # SigV4 presigned URLs cannot live longer than seven days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+# DeleteObjects takes at most 1000 keys per request.
+_DELETE_BATCH = 1000
+LIFECYCLE_RULE_ID = "imagegate-image-retention"
+"""The ``ID`` of the gateway's rule among the bucket's lifecycle rules."""
+_DAY = 86400
+
+
+def lifecycle_days(retention_seconds: int) -> int:
+    """S3 expires objects in whole days (at the next midnight UTC after them): the
+    retention rounded up, at least one day."""
+    return max(1, math.ceil(retention_seconds / _DAY))
 
 
 class S3Storage:
@@ -102,6 +122,108 @@ class S3Storage:
             self._client.delete_object(Bucket=self.bucket, Key=object_key)
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, "DeleteObject", key) from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self.object_key(prefix) + "/"
+        count = 0
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder, PaginationConfig={"PageSize": _DELETE_BATCH}
+            )
+            for page in pages:
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                )
+                failed = answer.get("Errors") or []
+                if failed:
+                    code = failed[0].get("Code", "unknown error")
+                    raise ServiceUnavailable(
+                        f"image storage is unavailable: S3 DeleteObjects failed for "
+                        f"{len(failed)} of {len(keys)} objects ({code})"
+                    )
+                count += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, "DeleteObjects", prefix) from exc
+        return count
+
+    def expired_folders(self, under: str, before_day: str, limit: int) -> list[str]:
+        """[]: the bucket's lifecycle rule (:meth:`install_lifecycle`) is the backstop for
+        objects the retention index lost; listing a bucket by day would cost requests
+        for what S3 does by itself."""
+        return []
+
+    def health(self) -> StorageHealth:
+        """Ok when the bucket answers HeadBucket with these credentials (S3 has no "full")."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            error = _translate(exc, "HeadBucket", "")
+            missing = isinstance(error, NotFound)
+            return StorageHealth(
+                False, f"bucket {self.bucket} does not exist" if missing else error.message
+            )
+        return StorageHealth(True)
+
+    # -- the bucket's lifecycle rule ------------------------------------------------------
+
+    def lifecycle_rule(self, retention_seconds: int) -> dict[str, Any]:
+        """The rule that expires this gateway's objects (``s3_prefix``) after the retention."""
+        return {
+            "ID": LIFECYCLE_RULE_ID,
+            "Filter": {"Prefix": self.config.s3_prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": lifecycle_days(retention_seconds)},
+        }
+
+    def _lifecycle_rules(self) -> list[dict[str, Any]]:
+        try:
+            answer = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchLifecycleConfiguration":
+                return []
+            raise _translate(exc, "GetBucketLifecycleConfiguration", "") from exc
+        except BotoCoreError as exc:
+            raise _translate(exc, "GetBucketLifecycleConfiguration", "") from exc
+        return list(answer.get("Rules", []))
+
+    def install_lifecycle(self, retention_seconds: int) -> dict[str, Any]:
+        """Put the gateway's rule into the bucket's lifecycle configuration, keeping the
+        bucket's other rules (PutBucketLifecycleConfiguration replaces them all); the rule."""
+        rule = self.lifecycle_rule(retention_seconds)
+        others = [r for r in self._lifecycle_rules() if r.get("ID") != LIFECYCLE_RULE_ID]
+        try:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*others, rule]}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, "PutBucketLifecycleConfiguration", "") from exc
+        return rule
+
+    def lifecycle_problems(self, retention_seconds: int) -> list[str]:
+        """What is wrong with the bucket's rule for this retention; empty when it is right."""
+        want = self.lifecycle_rule(retention_seconds)
+        rules = [r for r in self._lifecycle_rules() if r.get("ID") == LIFECYCLE_RULE_ID]
+        if not rules:
+            return [f"bucket {self.bucket} has no lifecycle rule {LIFECYCLE_RULE_ID!r}"]
+        rule, problems = rules[0], []
+        if rule.get("Status") != "Enabled":
+            problems.append(f"rule {LIFECYCLE_RULE_ID!r} is {rule.get('Status')}, not Enabled")
+        prefix = (rule.get("Filter") or {}).get("Prefix", rule.get("Prefix"))
+        if prefix != self.config.s3_prefix:
+            problems.append(
+                f"rule {LIFECYCLE_RULE_ID!r} covers prefix {prefix!r}, not "
+                f"{self.config.s3_prefix!r} (IMAGEGATE_S3_PREFIX)"
+            )
+        days = (rule.get("Expiration") or {}).get("Days")
+        if days != want["Expiration"]["Days"]:
+            problems.append(
+                f"rule {LIFECYCLE_RULE_ID!r} expires objects after {days} days, not "
+                f"{want['Expiration']['Days']} (IMAGEGATE_IMAGE_RETENTION_SECONDS)"
+            )
+        return problems
 
 
 def _translate(exc: ClientError | BotoCoreError, operation: str, key: str) -> GatewayError:
