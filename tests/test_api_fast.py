@@ -248,7 +248,14 @@ def test_balance_limits_and_idempotency_answer_as_documented(client: FlaskClient
     body = {"prompt": "x", "model": "test/priced-card", "size": "64x64"}
     _error(client.post(GENERATIONS, json=body, headers=poor), 402, "insufficient_balance")
     limited = {"Authorization": f"Bearer {new_key('limited', tier='test-limited')}"}
-    over = client.post(GENERATIONS, json={**body, "n": 6}, headers=limited)
+    # More images than the window's whole limit: 400 with the largest n, never a 429.
+    too_many = client.post(GENERATIONS, json={**body, "n": 6}, headers=limited)
+    assert _error(too_many, 400, "n_exceeds_images_per_minute")["max_n"] == 5
+    filled = client.post(
+        GENERATIONS, json={**body, "n": 5}, headers={**limited, "Prefer": "respond-async"}
+    )
+    assert filled.status_code == 202
+    over = client.post(GENERATIONS, json=body, headers=limited)
     assert _error(over, 429, "rate_limit_exceeded")["limit"]
     assert int(over.headers["Retry-After"]) >= 1
     assert over.headers["x-ratelimit-limit-requests"] == "5"
