@@ -418,3 +418,23 @@ def test_free_images_of_a_model_outside_the_tier_are_refused() -> None:
                 "tiers": {"t": {"limits": [], "free_images": {"per_day": 1, "models": ["m"]}}},
             }
         )
+
+
+def test_the_cli_sets_and_shows_a_keys_caps(redis_server) -> None:
+    from click.testing import CliRunner
+
+    from shared.cli import main
+
+    env = {"IMAGEGATE_REDIS_URL": redis_server.url}
+    _, created = KeyStore(connect(redis_server.url)).create("cli-budget", tier="free")
+    runner = CliRunner()
+    out = runner.invoke(main, ["keys", "budget", created.id, "--day", "5.00"], env=env)
+    assert out.exit_code == 0, out.output
+    assert f"{created.id} day: cap 5.000000, spent 0.000000" in out.output
+    assert f"{created.id} month: cap none" in out.output
+    out = runner.invoke(main, ["keys", "budget", created.id, "--day", "none"], env=env)
+    assert "day: cap none" in out.output
+    out = runner.invoke(main, ["keys", "budget", created.id, "--month", "-1"], env=env)
+    assert out.exit_code != 0
+    out = runner.invoke(main, ["keys", "usage", created.id], env=env)
+    assert "free images today: 5 of 5 left" in out.output  # the shipped free tier's
