@@ -65,7 +65,11 @@ for i, w in ipairs(windows) do
       local stale = redis.call('ZCARD', key) - cur
       local oldest = redis.call('ZRANGE', key, stale + cur + w.amount - w.limit - 1,
         stale + cur + w.amount - w.limit - 1, 'WITHSCORES')
-      wait = math.ceil((tonumber(oldest[2]) + w.span - tonumber(a.score)) * 1000)
+      if oldest[2] then
+        wait = math.ceil((tonumber(oldest[2]) + w.span - tonumber(a.score)) * 1000)
+      else
+        wait = w.span * 1000  -- more than the whole limit (Accounts.admit refuses it first)
+      end
     else
       wait = redis.call('PTTL', key)
     end
