@@ -47,9 +47,12 @@ period (expiring with it) and refuses with 402 (``daily_budget_exceeded`` /
 ``monthly_budget_exceeded``) a request that would go beyond a cap.
 
 **End users**: OpenAI's ``user`` is kept on the job record, in its ledger
-entries and in the usage hash (``user|<day>|<user>|images``), so usage can be
-grouped by it; a tier's ``per_user`` limits are windows keyed by a hash of it
-(so bounded in length) that expire like the others.
+entries and in a usage hash per key and UTC day (``ig:usage-user:<key id>:<day>``,
+kept :data:`USER_USAGE_DAYS` days, at most :data:`USER_USAGE_MOST` users a day,
+the rest under ``*``), so usage can be grouped by it while a client sending a new
+``user`` with every request cannot grow Redis without bound; a tier's
+``per_user`` limits are windows keyed by a hash of it (so bounded in length) that
+expire like the others.
 
 **What settlement gives back** for images not delivered (the record's ``returns``,
 see ``_settle.lua``): always the free images and the spending counters (as the
@@ -67,8 +70,8 @@ Keys::
     ig:spend:<key id>:<d:YYYYMMDD | m:YYYYMM>  micro-units charged that period
     ig:ledger:<key id>                       stream: kind, job, model, images, amount, free,
                                              user, ts
-    ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total,
-                                             and "user|<day>|<user>|<images|amount>"
+    ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total
+    ig:usage-user:<key id>:<YYYY-MM-DD>      hash "<user>|<images|amount>" -> total
 """
 
 from __future__ import annotations
@@ -133,6 +136,9 @@ def format_duration(seconds: float) -> str:
 
 
 MINUTE = 60  # seconds of a sliding per-minute window
+USER_USAGE = "ig:usage-user:{}:{}"  # key id, YYYY-MM-DD
+USER_USAGE_DAYS = 35  # days a day's usage by end user is kept
+USER_USAGE_MOST = 10_000  # end users a day's usage hash names; the rest count under "*"
 SPEND = "ig:spend:{}:{}"  # key id, "d:YYYYMMDD" | "m:YYYYMM"
 FREE = "ig:free:{}:{}"  # key id, YYYYMMDD
 
@@ -419,11 +425,15 @@ class Accounts:
             SPEND.format(key.id, "m:" + time.strftime("%Y%m", time.gmtime(now))),
         ]
         free_per_day = tier.free_images.per_day if tier.free_images.covers(model.id) else 0
-        returns = [(spend_keys[0], "money"), (spend_keys[1], "money")]
+        returns: list[tuple[str | int, ...]] = [(spend_keys[0], "money"), (spend_keys[1], "money")]
         if free_per_day:
             returns.append((free_key, "free"))
         if self._return_failed:
             returns += [(w.key, "log" if w.span else "count") for w in windows if w.images]
+        usage_day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        if user:
+            keep = _day_end(now) + USER_USAGE_DAYS * 86400 - int(now)
+            returns.append((USER_USAGE.format(key.id, usage_day), "users", keep, USER_USAGE_MOST))
         record = jobrecord.new_record(
             job_id=job_id,
             key_id=key.id,
@@ -436,7 +446,7 @@ class Accounts:
                 n=n,
                 unit_price=model.price_micros,
                 charged=cost,
-                day=time.strftime("%Y-%m-%d", time.gmtime(now)),
+                day=usage_day,
                 unlimited=key.unlimited,
                 user=user,
                 returns=returns,
@@ -588,8 +598,6 @@ class Accounts:
     def usage(self, key_id: str) -> list[UsageRow]:
         totals: dict[tuple[str, str], dict[str, int]] = {}
         for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
-            if field_name.startswith("user|"):
-                continue
             day, rest = field_name.split("|", 1)
             model, what = rest.rsplit("|", 1)
             totals.setdefault((day, model), {"images": 0, "amount": 0})[what] = int(value)
@@ -598,16 +606,26 @@ class Accounts:
             for (day, model), t in sorted(totals.items())
         ]
 
-    def usage_by_user(self, key_id: str) -> list[UserUsageRow]:
-        """Images and spend by day and end user (jobs sent with OpenAI's ``user``)."""
-        totals: dict[tuple[str, str], dict[str, int]] = {}
-        for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
-            if not field_name.startswith("user|"):
-                continue
-            _, day, rest = field_name.split("|", 2)
-            user, what = rest.rsplit("|", 1)
-            totals.setdefault((day, user), {"images": 0, "amount": 0})[what] = int(value)
-        return [
-            UserUsageRow(day, user, t["images"], t["amount"])
-            for (day, user), t in sorted(totals.items())
+    def usage_by_user(self, key_id: str, now: float | None = None) -> list[UserUsageRow]:
+        """Images and spend by UTC day and end user (jobs sent with OpenAI's ``user``), of
+        the last :data:`USER_USAGE_DAYS` days; ``*`` holds the users beyond the day's
+        :data:`USER_USAGE_MOST`."""
+        now = time.time() if now is None else now
+        days = [
+            time.strftime("%Y-%m-%d", time.gmtime(now - back * 86400))
+            for back in range(USER_USAGE_DAYS, -1, -1)
         ]
+        pipe = self._redis.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(USER_USAGE.format(key_id, day))
+        rows = []
+        for day, fields in zip(days, pipe.execute(), strict=True):
+            totals: dict[str, dict[str, int]] = {}
+            for field_name, value in fields.items():
+                user, what = field_name.rsplit("|", 1)
+                totals.setdefault(user, {"images": 0, "amount": 0})[what] = int(value)
+            rows += [
+                UserUsageRow(day, user, t["images"], t["amount"])
+                for user, t in sorted(totals.items())
+            ]
+        return rows

@@ -26,8 +26,9 @@ charged        billed jobs: micro-units deducted at admission (``unit_price`` ti
 free           billed jobs: images of it taken from the tier's free images of the day
                (written by the admission script; delivered first, so never refunded)
 user           the end user the client named (OpenAI's ``user``), absent without one
-returns        billed jobs: JSON list of ``[key, kind]`` admission counted in and
-               settlement gives back for images not delivered (see ``_settle.lua``)
+returns        billed jobs: JSON list of ``[key, kind, ...]`` admission counted in and
+               settlement gives back for images not delivered, or counts the end
+               user's usage in (see ``give_back`` in ``_settle.lua``)
 day            billed jobs: the UTC day (YYYY-MM-DD) its usage is counted on
 unlimited      billed jobs: ``1`` if the key has no balance (nothing deducted or refunded)
 billed         ``1`` for a job admitted with a charge (settled when it ends)
@@ -156,7 +157,7 @@ def bill_fields(
     day: str,
     unlimited: bool,
     user: str | None = None,
-    returns: list[tuple[str, str]] | None = None,
+    returns: list[tuple[str | int, ...]] | None = None,
 ) -> dict[str, str]:
     """The fields of a billed job (settled by ``shared/lua/_settle.lua`` when it ends).
 

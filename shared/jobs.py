@@ -478,7 +478,7 @@ class JobStore:
         name = rec.record_key(job_id)
         stored_key_id, returns = self._redis.hmget(name, [rec.KEY_ID, rec.RETURNS])
         key_id = key_id or stored_key_id or "-"
-        given_back = [key for key, _kind in json.loads(returns)] if returns else []
+        given_back = [entry[0] for entry in json.loads(returns)] if returns else []
         return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE, *given_back]
 
     def _finish_with(

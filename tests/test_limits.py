@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from shared.billing import FREE, LEDGER, SPEND, Accounts, window_used, windows_for
+from shared import billing
+from shared.billing import FREE, LEDGER, SPEND, USER_USAGE, Accounts, window_used, windows_for
 from shared.catalog import Catalog, CatalogError, parse_catalog
 from shared.errors import (
     DAILY_BUDGET_EXCEEDED,
@@ -40,6 +41,7 @@ from shared.keys import ApiKey, KeyStore
 from shared.redis_client import connect
 
 NOON = 4_102_488_000.0  # 2100-01-01T12:00:00Z
+DAY = "2100-01-01"
 PRICE = 10_000  # micro-units per image of the model "m"
 QUOTA = 37  # what each concurrency test's limit admits
 IMG = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
@@ -386,14 +388,31 @@ def test_end_users_are_limited_apart_and_usage_is_grouped_by_them(
     assert client.hget(JobStore.record_key(alice), "user") == "alice"
     for job_id, delivered in ((alice, 2), (bob, 1), (anonymous, 2)):
         _end(store, job_id, delivered)
-    rows = {(r.user, r.images, r.amount_micros) for r in accounts.usage_by_user(key.id)}
+    rows = {(r.user, r.images, r.amount_micros) for r in accounts.usage_by_user(key.id, NOON)}
     assert rows == {("alice", 2, 2 * PRICE), ("bob", 1, PRICE)}
     assert sum(r.images for r in accounts.usage(key.id)) == 5  # the model rows stay whole
     users = {f.get("user") for _, f in client.xrange(LEDGER.format(key.id))}
     assert users == {"alice", "bob", ""}
-    # The per-user windows are keyed by a bounded hash of the user and expire.
-    for name in client.scan_iter(f"ig:rl:{key.id}:u:*"):
+    # The per-user windows are keyed by a bounded hash of the user and expire, and so
+    # does the day's usage by user.
+    for name in [*client.scan_iter(f"ig:rl:{key.id}:u:*"), USER_USAGE.format(key.id, DAY)]:
         assert len(name) < 100 and client.ttl(name) > 0
+
+
+def test_a_days_usage_by_user_names_at_most_so_many_users(
+    client: redis.Redis, key: ApiKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client sending a new ``user`` each time cannot grow Redis: past the day's
+    USER_USAGE_MOST users, the others count under '*'."""
+    monkeypatch.setattr(billing, "USER_USAGE_MOST", 2)
+    accounts = Accounts(client, CATALOG)
+    store = JobStore(client, retention_seconds=600)
+    accounts.set_balance(key.id, 100 * PRICE)
+    for user in ("u1", "u2", "u3", "u4", "u1"):
+        job_id, _ = _admit(accounts, key, "open", 1, user=user)
+        _end(store, job_id, 1)
+    rows = {r.user: r.images for r in accounts.usage_by_user(key.id, NOON)}
+    assert rows == {"u1": 2, "u2": 1, "*": 2}
 
 
 # -- the catalog -------------------------------------------------------------------------------

@@ -292,7 +292,7 @@ def _scenario(client: redis.Redis) -> None:
     with pytest.raises(RateLimited):
         admit(broke, 1, user="u")  # the free image of the day, then a full user window
         admit(broke, 5, user="u")
-    admit(key, 2, user="u")  # a job with an end user (ended below, with the others)
+    assert store.cancel(admit(key, 2, user="u").id)  # the end user's usage is counted
     image = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
 
     # claim, beat, handoff, sent, succeed (settles one of two, webhook due)
