@@ -373,6 +373,7 @@ def _submit(
             idempotency=idempotency,
             webhook_url=checked_webhook,
             watch=svc.jobs.watch_entry(job),
+            user=user,
         )
     except (GatewayError, OSError):
         generations.drop_uploads(job, svc)  # refused, or not stored: unreferenced

@@ -286,6 +286,7 @@ def create_generation():
             idempotency=idempotency,
             webhook_url=webhook_url,
             watch=svc.jobs.watch_entry(job),
+            user=req.user,
         )
     except GatewayError:
         drop_uploads(job, svc)  # refused (429, 402, 403): nothing refers to it

@@ -236,13 +236,17 @@ _ERROR_DOCS: dict[type[GatewayError], tuple[str, tuple[str, ...], tuple[str, ...
     errors.InvalidRequest: (
         "Invalid request: a bad or unknown field (named in `param`), malformed JSON, a body "
         "that is not `application/json`, a field or value the model does not take, an unsafe "
-        f"URL, or the upstream refused the content (`code: {errors.CONTENT_POLICY_VIOLATION}`).",
+        f"URL, the upstream refused the content (`code: {errors.CONTENT_POLICY_VIOLATION}`), "
+        "or `n` is larger than a whole rate-limit window of the tier (`code: "
+        f"{errors.N_EXCEEDS_IMAGES_PER_MINUTE}` and the like, `max_n` the largest n allowed).",
         ("UpstreamRequestId",),
         (),
     ),
     errors.AuthenticationFailed: ("Missing, wrong or revoked API key.", (), ()),
     errors.InsufficientBalance: (
-        "The key's balance does not cover `price x n`; nothing was charged.",
+        "The key's balance does not cover the images beyond the tier's free ones, or the "
+        f"request would pass the key's spending cap (`code: {errors.DAILY_BUDGET_EXCEEDED}` "
+        f"or `{errors.MONTHLY_BUDGET_EXCEEDED}`); nothing was charged.",
         (),
         (),
     ),
@@ -513,10 +517,19 @@ def _paths(default_model: str) -> dict[str, Any]:
                 "operationId": "getUsage",
                 "summary": "Balance and usage of the calling key",
                 "tags": ["account"],
-                "parameters": [request_id],
+                "parameters": [
+                    {
+                        "name": "group_by",
+                        "in": "query",
+                        "required": False,
+                        "description": "`user`: also the usage by day and end user (`users`).",
+                        "schema": {"type": "string", "enum": ["user"]},
+                    },
+                    request_id,
+                ],
                 "responses": {
                     "200": _ok("Usage", "Balance, and usage by day and model."),
-                    **_errors(401, 500, 503),
+                    **_errors(400, 401, 500, 503),
                 },
             }
         },

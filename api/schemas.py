@@ -445,6 +445,27 @@ class UsageDay(_Body):
     amount: Money
 
 
+class UsageUserDay(_Body):
+    day: Annotated[str, Field(json_schema_extra={"format": "date"})]
+    user: Annotated[str, Field(description="The `user` the requests named.")]
+    images: int
+    amount: Money
+
+
+class FreeImages(_Body):
+    per_day: Annotated[int, Field(description="Free images the tier grants a UTC day.")]
+    used: int
+    remaining: int
+    resets_at: Annotated[int, Field(description="Unix time of the next UTC midnight.")]
+
+
+class Budget(_Body):
+    period: Literal["day", "month"]
+    cap: Annotated[Money | None, Field(description="The key's spending cap; null: none.")]
+    spent: Money
+    resets_at: Annotated[int, Field(description="Unix time the UTC period ends.")]
+
+
 class Usage(_Body):
     object: Literal["usage"]
     key_id: str
@@ -455,6 +476,17 @@ class Usage(_Body):
     ]
     data: Annotated[list[UsageDay], Field(description="By UTC day and model.")]
     totals: Annotated[list[UsageTotal], Field(description="By model.")]
+    free_images: Annotated[
+        FreeImages | None,
+        Field(description="Today's free images of the tier, used before the balance."),
+    ] = None
+    budgets: Annotated[
+        list[Budget], Field(description="Spending of this UTC day and month, and the caps.")
+    ] = []
+    users: Annotated[
+        list[UsageUserDay],
+        Field(description="By UTC day and end user (`user`); only with `group_by=user`."),
+    ] = []
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (ImagesResponse, Job, Model, ModelList, Usage)

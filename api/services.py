@@ -56,7 +56,9 @@ class Services:
             redis=client,
             keys=KeyStore(client),
             jobs=jobs,
-            accounts=Accounts(client, catalog),
+            accounts=Accounts(
+                client, catalog, return_failed_images=settings.limits_return_failed_images
+            ),
             breakers=Breakers(client, policy_from(settings)),
             storage=storage,
             hub=CompletionHub(client, jobs),

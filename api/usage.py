@@ -1,13 +1,17 @@
-"""GET /v1/usage: the caller's balance and usage, by day and model."""
+"""GET /v1/usage: the caller's balance and usage, by day and model; today's free images
+and spending against the key's caps; with ``?group_by=user``, usage by day and end user."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from api.auth import current_key
-from api.schemas import Usage, UsageDay, UsageTotal
+from api.schemas import Budget, FreeImages, Usage, UsageDay, UsageTotal, UsageUserDay
 from api.services import services
 from shared.billing import format_money
+from shared.errors import INVALID_VALUE, InvalidRequest
+
+GROUPS = ("user",)
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
 
@@ -16,6 +20,12 @@ bp = Blueprint("usage", __name__, url_prefix="/v1")
 def get_usage():
     key = current_key()
     svc = services()
+    group_by = request.args.get("group_by")
+    if group_by is not None and group_by not in GROUPS:
+        raise InvalidRequest(
+            f"group_by must be one of: {', '.join(GROUPS)}.", param="group_by", code=INVALID_VALUE
+        )
+    free = svc.accounts.free_status(key)
     rows = svc.accounts.usage(key.id)
     by_model: dict[str, dict[str, int]] = {}
     for row in rows:
@@ -40,5 +50,33 @@ def get_usage():
             UsageTotal(model=model, images=t["images"], amount=format_money(t["amount"]))
             for model, t in sorted(by_model.items())
         ],
+        free_images=None
+        if free is None
+        else FreeImages(
+            per_day=free.per_day,
+            used=free.used,
+            remaining=free.remaining,
+            resets_at=free.resets_at,
+        ),
+        budgets=[
+            Budget(
+                period=b.period,
+                cap=format_money(b.cap_micros) if b.cap_micros else None,
+                spent=format_money(b.spent_micros),
+                resets_at=b.resets_at,
+            )
+            for b in svc.accounts.budget_status(key)
+        ],
+        users=[
+            UsageUserDay(
+                day=row.day,
+                user=row.user,
+                images=row.images,
+                amount=format_money(row.amount_micros),
+            )
+            for row in svc.accounts.usage_by_user(key.id)
+        ]
+        if group_by == "user"
+        else [],
     )
     return jsonify(usage.answer())

@@ -76,28 +76,31 @@ class Fault:
 FAULTS: list[Fault] = [
     # -- shared/billing.py and its scripts (admit.lua, _settle.lua, release_idempotency.lua)
     Fault("admit-no-balance-check", "shared/lua/admit.lua",
-          "if not a.unlimited and balance < cost then", "if false then", BILLING),
+          "if not a.unlimited and balance < charge then", "if false then", BILLING),
     Fault("admit-balance-checked-after-counting", "shared/lua/admit.lua",
-          "local cost = tonumber(a.cost)\nlocal balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
-          "if not a.unlimited and balance < cost then\n  return {'balance', tostring(balance)}\nend\n"
-          "local used = {}\nfor i, w in ipairs(windows) do\n"
-          "  local count = redis.call('INCRBY', KEYS[5 + i], w.amount)\n"
-          "  if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end\n"
-          "  used[i] = tostring(count)\nend\n",
-          "local used = {}\nfor i, w in ipairs(windows) do\n"
-          "  local count = redis.call('INCRBY', KEYS[5 + i], w.amount)\n"
-          "  if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end\n"
-          "  used[i] = tostring(count)\nend\n"
-          "local cost = tonumber(a.cost)\nlocal balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
-          "if not a.unlimited and balance < cost then\n  return {'balance', tostring(balance)}\nend\n",
+          "local balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
+          "if not a.unlimited and balance < charge then\n"
+          "  return {'balance', tostring(balance), tostring(charge)}\nend\n",
+          "local balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n",
           BILLING),
     Fault("admit-window-admits-one-too-many", "shared/lua/admit.lua",
           "if cur + w.amount > w.limit then", "if cur + w.amount > w.limit + 1 then", BILLING),
     Fault("admit-window-never-expires", "shared/lua/admit.lua",
-          "if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end", "", BILLING),
+          "if count == w.amount then redis.call('EXPIRE', key, w.ttl) end", "", BILLING),
+    Fault("admit-sliding-window-counts-old-images", "shared/lua/admit.lua",
+          "cur = redis.call('ZCOUNT', key, '(' .. w.since, '+inf')",
+          "cur = redis.call('ZCARD', key)", BILLING),
+    Fault("admit-free-images-not-counted", "shared/lua/admit.lua",
+          "  redis.call('INCRBY', KEYS[6], free)\n", "", ("tests/test_limits.py",)),
+    Fault("admit-budget-not-checked", "shared/lua/admit.lua",
+          "if b.cap > 0 and charge > 0 and spent + charge > b.cap then", "if false then",
+          ("tests/test_limits.py",)),
+    Fault("admit-n-above-a-whole-window-is-a-429", "shared/billing.py",
+          "            if window.amount > window.limit:", "            if False:",
+          ("tests/test_limits.py",)),
     Fault("admit-unlimited-key-charged", "shared/lua/admit.lua",
-          "if not a.unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end",
-          "balance = redis.call('DECRBY', KEYS[2], cost)", BILLING),
+          "if not a.unlimited then balance = redis.call('DECRBY', KEYS[2], charge) end",
+          "balance = redis.call('DECRBY', KEYS[2], charge)", BILLING),
     Fault("admit-idempotency-key-not-stored", "shared/lua/admit.lua",
           "  redis.call('SET', KEYS[4], a.idempotency, 'EX', tonumber(a.idempotency_ttl))\n", "",
           BILLING),
@@ -127,6 +130,11 @@ FAULTS: list[Fault] = [
     Fault("settle-refunds-an-unlimited-key", "shared/lua/_settle.lua",
           "if refund > 0 and redis.call('HGET', k.job, 'unlimited') ~= '1' then",
           "if refund > 0 then", BILLING),
+    Fault("settle-free-images-charged", "shared/lua/_settle.lua",
+          "local spent = math.max(0, delivered - free) * unit", "local spent = delivered * unit",
+          ("tests/test_limits.py",)),
+    Fault("settle-nothing-given-back", "shared/lua/_settle.lua",
+          "    if keys[i] == key then", "    if false then", ("tests/test_limits.py",)),
     Fault("settle-usage-not-counted", "shared/lua/_settle.lua",
           "redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|images', delivered)", "",
           BILLING),

@@ -22,23 +22,61 @@ delivered is refunded, a failed or timed-out job is refunded in full, and the
 ledger gets ``settle``/``refund`` entries. A job becomes terminal exactly
 once, so a redelivered task can neither charge nor refund twice.
 
-Windows are fixed (the current UTC minute and UTC day), counted in Redis
-strings that expire with their window. The ``limits`` library was considered:
-its Redis storage takes a ``cost`` but checks and consumes one window at a
-time, so a request that passes the minute window and fails the day window
-would still have consumed the minute; nor can it deduct a balance in the same
-atomic step. One script does all of it.
+**Windows**: a per-minute limit is a *sliding* window: a sorted set with one
+member per image (``<job id>:<i>``) scored with when it was admitted; a request
+fits if the images of the last 60 seconds plus its own are at most the limit, so
+no two bursts meet at a minute boundary (a fixed window let a client send twice
+the limit across one). It holds at most ``limit`` members and expires 61 s after
+the last one, and is exact as only the script changes it. Per-day limits count
+the UTC day in a counter that expires with it. A request that asks for more
+images than a window's whole limit could never be admitted: it gets 400 (code
+:data:`shared.errors.N_EXCEEDS_IMAGES_PER_MINUTE` and the like, ``max_n`` the
+largest n allowed), never a 429. The ``limits`` library was considered: its
+Redis storage takes a ``cost`` but checks and consumes one window at a time, so
+a request that passes the minute window and fails the day window would still
+have consumed the minute; nor can it deduct a balance in the same atomic step.
+One script does all of it.
+
+**Free images**: a tier's ``free_images`` (images per UTC day, for some or all
+of its models) are used before the balance in the same script: the job is
+charged ``unit_price`` only for its images beyond the free ones left today.
+
+**Budgets**: a key may carry a spending cap per UTC day and per UTC month
+(``imagegate keys budget``); the script counts every charge in a counter per
+period (expiring with it) and refuses with 402 (``daily_budget_exceeded`` /
+``monthly_budget_exceeded``) a request that would go beyond a cap.
+
+**End users**: OpenAI's ``user`` is kept on the job record, in its ledger
+entries and in a usage hash per key and UTC day (``ig:usage-user:<key id>:<day>``,
+kept :data:`USER_USAGE_DAYS` days, at most :data:`USER_USAGE_MOST` users a day,
+the rest under ``*``), so usage can be grouped by it while a client sending a new
+``user`` with every request cannot grow Redis without bound; a tier's
+``per_user`` limits are windows keyed by a hash of it (so bounded in length) that
+expire like the others.
+
+**What settlement gives back** for images not delivered (the record's ``returns``,
+see ``_settle.lua``): always the free images and the spending counters (as the
+money is refunded); the rate-limit windows only if
+``IMAGEGATE_LIMITS_RETURN_FAILED_IMAGES`` is on — by default an image that
+failed still counts in the windows, as the upstream's capacity was used.
 
 Keys::
 
     ig:balance:<key id>                      integer micro-units
-    ig:rl:<key id>:<model | *>:<m|d>:<bucket>  window counters
-    ig:ledger:<key id>                       stream: kind, job, model, images, amount, ts
+    ig:rl:<key id>:<model | *>:m             sliding window (zset of admitted images)
+    ig:rl:<key id>:<model>:d:<YYYYMMDD>       day window counters
+    ig:rl:<key id>:u:<user hash>:<m | d:..>  per-end-user windows
+    ig:free:<key id>:<YYYYMMDD>              free images used that UTC day
+    ig:spend:<key id>:<d:YYYYMMDD | m:YYYYMM>  micro-units charged that period
+    ig:ledger:<key id>                       stream: kind, job, model, images, amount, free,
+                                             user, ts
     ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total
+    ig:usage-user:<key id>:<YYYY-MM-DD>      hash "<user>|<images|amount>" -> total
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import time
 from dataclasses import dataclass
@@ -46,9 +84,9 @@ from decimal import Decimal, InvalidOperation
 
 import redis
 
-from shared import jobrecord, lua
+from shared import errors, jobrecord, lua
 from shared.catalog import MICROS_PER_UNIT, Catalog, Model, Tier
-from shared.errors import InsufficientBalance, PermissionDenied, RateLimited
+from shared.errors import InsufficientBalance, InvalidRequest, PermissionDenied, RateLimited
 from shared.keys import ApiKey
 
 BALANCE = "ig:balance:{}"
@@ -97,6 +135,14 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+MINUTE = 60  # seconds of a sliding per-minute window
+USER_USAGE = "ig:usage-user:{}:{}"  # key id, YYYY-MM-DD
+USER_USAGE_DAYS = 35  # days a day's usage by end user is kept
+USER_USAGE_MOST = 10_000  # end users a day's usage hash names; the rest count under "*"
+SPEND = "ig:spend:{}:{}"  # key id, "d:YYYYMMDD" | "m:YYYYMM"
+FREE = "ig:free:{}:{}"  # key id, YYYYMMDD
+
+
 @dataclass(frozen=True)
 class Window:
     """One rate-limit window a request must fit in."""
@@ -105,11 +151,26 @@ class Window:
     key: str
     limit: int
     amount: int
-    reset_at: float  # unix time the window ends
+    reset_at: float  # unix time the window ends (a sliding one: when it is empty again)
+    span: int = 0  # > 0: a sliding window of this many seconds; 0: a counter
+    code: str = ""  # the 400's code for a request larger than the whole limit
+    images: bool = True  # counts images (given back on failure if so set), not calls
 
     @property
     def ttl(self) -> int:
+        if self.span:
+            return self.span + 1
         return max(1, int(self.reset_at - time.time()) + 1)
+
+    def argument(self, now: float) -> dict[str, int | str]:
+        """Its entry of the admission script's ``windows``."""
+        return {
+            "limit": self.limit,
+            "amount": self.amount,
+            "ttl": self.ttl,
+            "span": self.span,
+            "since": repr(now - self.span),
+        }
 
 
 @dataclass(frozen=True)
@@ -128,20 +189,41 @@ class LimitStatus:
         }
 
 
-def windows_for(key: ApiKey, tier: Tier, model: Model, n: int, now: float) -> list[Window]:
-    minute = int(now // 60)
-    day = time.strftime("%Y%m%d", time.gmtime(now))
-    day_end = (int(now // 86400) + 1) * 86400
+def _day(now: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(now))
+
+
+def _day_end(now: float) -> int:
+    return (int(now // 86400) + 1) * 86400
+
+
+def _month_end(now: float) -> int:
+    t = time.gmtime(now)
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+
+
+def user_tag(user: str) -> str:
+    """The part of a per-end-user window's key that names the user: bounded in length."""
+    return hashlib.sha256(user.encode("utf-8")).hexdigest()[:32]
+
+
+def windows_for(
+    key: ApiKey, tier: Tier, model: Model, n: int, now: float, user: str | None = None
+) -> list[Window]:
+    day = _day(now)
     limit = tier.limit_for(model.id)
     windows = []
     if limit.per_minute:
         windows.append(
             Window(
                 f"images per minute for {model.id}",
-                f"ig:rl:{key.id}:{model.id}:m:{minute}",
+                f"ig:rl:{key.id}:{model.id}:m",
                 limit.per_minute,
                 n,
-                (minute + 1) * 60,
+                now + MINUTE,
+                span=MINUTE,
+                code=errors.N_EXCEEDS_IMAGES_PER_MINUTE,
             )
         )
     if limit.per_day:
@@ -151,7 +233,31 @@ def windows_for(key: ApiKey, tier: Tier, model: Model, n: int, now: float) -> li
                 f"ig:rl:{key.id}:{model.id}:d:{day}",
                 limit.per_day,
                 n,
-                day_end,
+                _day_end(now),
+                code=errors.N_EXCEEDS_IMAGES_PER_DAY,
+            )
+        )
+    if user and tier.per_user.per_minute:
+        windows.append(
+            Window(
+                "images per minute for this end user",
+                f"ig:rl:{key.id}:u:{user_tag(user)}:m",
+                tier.per_user.per_minute,
+                n,
+                now + MINUTE,
+                span=MINUTE,
+                code=errors.N_EXCEEDS_USER_IMAGES_PER_MINUTE,
+            )
+        )
+    if user and tier.per_user.per_day:
+        windows.append(
+            Window(
+                "images per day for this end user",
+                f"ig:rl:{key.id}:u:{user_tag(user)}:d:{day}",
+                tier.per_user.per_day,
+                n,
+                _day_end(now),
+                code=errors.N_EXCEEDS_USER_IMAGES_PER_DAY,
             )
         )
     if tier.requests_per_minute:
@@ -160,14 +266,22 @@ def windows_for(key: ApiKey, tier: Tier, model: Model, n: int, now: float) -> li
 
 
 def account_window(key: ApiKey, tier: Tier, now: float) -> Window:
-    minute = int(now // 60)
     return Window(
         "requests per minute for this account",
-        f"ig:rl:{key.id}:*:m:{minute}",
+        f"ig:rl:{key.id}:*:m",
         tier.requests_per_minute,
         1,
-        (minute + 1) * 60,
+        now + MINUTE,
+        span=MINUTE,
+        images=False,
     )
+
+
+def window_used(client: redis.Redis, window: Window, now: float) -> int:
+    """What a window holds at ``now``: images (or calls) counted in it."""
+    if window.span:
+        return int(client.zcount(window.key, f"({now - window.span!r}", "+inf"))
+    return int(client.get(window.key) or 0)
 
 
 def settle_keys(key_id: str) -> list[str]:
@@ -181,6 +295,8 @@ class Admission:
     balance_micros: int | None  # None for unlimited keys
     status: LimitStatus | None  # the tightest window after this request
     duplicate_of: str | None = None  # the idempotency key's stored value; nothing was admitted
+    free_images: int = 0  # images of it taken from the tier's free images of the day
+    charged_micros: int = 0  # what was deducted (the images beyond the free ones)
 
 
 @dataclass(frozen=True)
@@ -204,10 +320,49 @@ class UsageRow:
     amount_micros: int
 
 
+@dataclass(frozen=True)
+class UserUsageRow:
+    day: str
+    user: str
+    images: int
+    amount_micros: int
+
+
+@dataclass(frozen=True)
+class FreeStatus:
+    """A tier's free images of today: what is left of them and when they renew."""
+
+    per_day: int
+    used: int
+    resets_at: int  # unix time of the next UTC midnight
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.per_day - self.used)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """A key's spending cap of one UTC period and what it has spent in it."""
+
+    period: str  # "day" | "month"
+    cap_micros: int  # 0 = no cap
+    spent_micros: int
+    resets_at: int
+
+
+_BUDGET_CODES = {"day": errors.DAILY_BUDGET_EXCEEDED, "month": errors.MONTHLY_BUDGET_EXCEEDED}
+
+
 class Accounts:
-    def __init__(self, client: redis.Redis, catalog: Catalog) -> None:
+    def __init__(
+        self, client: redis.Redis, catalog: Catalog, *, return_failed_images: bool = False
+    ) -> None:
+        """``return_failed_images``: images not delivered go back to the rate-limit windows
+        (``IMAGEGATE_LIMITS_RETURN_FAILED_IMAGES``); free images and spending always do."""
         self._redis = client
         self._catalog = catalog
+        self._return_failed = return_failed_images
         self._admit = lua.register(client, "admit")
         self._release = lua.register(client, "release_idempotency")
 
@@ -241,15 +396,44 @@ class Accounts:
         idempotency: Idempotency | None = None,
         webhook_url: str | None = None,
         watch: tuple[str, float] | None = None,
+        user: str | None = None,
     ) -> Admission:
         """Admit the request or raise (see the module docstring).
 
         ``now`` is the web host's clock: it picks the rate-limit windows, and
         ``deadline`` and ``watch`` are taken as distances from it, re-based on
-        Redis' clock in the record (``created`` there is Redis' ``TIME``).
+        Redis' clock in the record (``created`` there is Redis' ``TIME``). ``user`` is
+        the end user the client named (OpenAI's ``user``): recorded, and counted in the
+        tier's ``per_user`` windows.
         """
-        windows = windows_for(key, tier, model, n, now)
+        windows = windows_for(key, tier, model, n, now, user)
+        for window in windows:
+            if window.amount > window.limit:
+                raise InvalidRequest(
+                    f"This request asks for {n} images; {window.name} is {window.limit} on "
+                    f"tier '{tier.name}', so no request of more than {window.limit} can be "
+                    f"admitted. Ask for n <= {window.limit}.",
+                    param="n",
+                    code=window.code,
+                    extra={"limit": window.name, "max_n": window.limit},
+                )
         cost = model.price_micros * n
+        day = _day(now)
+        free_key = FREE.format(key.id, day)
+        spend_keys = [
+            SPEND.format(key.id, f"d:{day}"),
+            SPEND.format(key.id, "m:" + time.strftime("%Y%m", time.gmtime(now))),
+        ]
+        free_per_day = tier.free_images.per_day if tier.free_images.covers(model.id) else 0
+        returns: list[tuple[str | int, ...]] = [(spend_keys[0], "money"), (spend_keys[1], "money")]
+        if free_per_day:
+            returns.append((free_key, "free"))
+        if self._return_failed:
+            returns += [(w.key, "log" if w.span else "count") for w in windows if w.images]
+        usage_day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        if user:
+            keep = _day_end(now) + USER_USAGE_DAYS * 86400 - int(now)
+            returns.append((USER_USAGE.format(key.id, usage_day), "users", keep, USER_USAGE_MOST))
         record = jobrecord.new_record(
             job_id=job_id,
             key_id=key.id,
@@ -262,18 +446,29 @@ class Accounts:
                 n=n,
                 unit_price=model.price_micros,
                 charged=cost,
-                day=time.strftime("%Y-%m-%d", time.gmtime(now)),
+                day=usage_day,
                 unlimited=key.unlimited,
+                user=user,
+                returns=returns,
             ),
         )
         idem_key = idempotency.redis_key if idempotency else f"ig:idem:{key.id}:-"
         watch_key, watch_at = (watch[0], repr(watch[1])) if watch else (jobrecord.WATCH, "")
         keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key, watch_key]
+        keys += [free_key, *spend_keys]
         reply = self._admit(
             keys + [w.key for w in windows],
-            cost=cost,
+            n=n,
+            unit_price=model.price_micros,
             unlimited=key.unlimited,
-            windows=[{"limit": w.limit, "amount": w.amount, "ttl": w.ttl} for w in windows],
+            free_per_day=free_per_day,
+            free_ttl=max(1, int(_day_end(now) - now) + 1),
+            budgets=[
+                {"cap": key.budget_day_micros, "ttl": max(1, int(_day_end(now) - now) + 1)},
+                {"cap": key.budget_month_micros, "ttl": max(1, int(_month_end(now) - now) + 1)},
+            ],
+            windows=[w.argument(now) for w in windows],
+            score=repr(now),
             idempotency=idempotency.value if idempotency else "",
             idempotency_ttl=idempotency.ttl if idempotency else 0,
             record=record,
@@ -287,8 +482,8 @@ class Accounts:
             return Admission(None, None, duplicate_of=str(reply[1]))
         if reply[0] == "limited":
             window = windows[int(reply[1]) - 1]
-            used, pttl = int(reply[2]), int(reply[3])
-            reset = pttl / 1000 if pttl > 0 else window.reset_at - now
+            used, wait_ms = int(reply[2]), int(reply[3])
+            reset = wait_ms / 1000 if wait_ms > 0 else window.reset_at - now
             status = LimitStatus(window.limit, window.limit - used, reset)
             raise RateLimited(
                 f"Rate limit reached: {window.name} is {window.limit} on tier '{tier.name}'; "
@@ -298,15 +493,28 @@ class Accounts:
                 headers={"Retry-After": str(max(1, int(reset + 0.999))), **status.headers()},
                 extra={"limit": window.name},
             )
-        if reply[0] == "balance":
-            balance = int(reply[1])
+        if reply[0] == "budget":
+            period, spent, charge = str(reply[1]), int(reply[2]), int(reply[3])
+            cap = key.budget_day_micros if period == "day" else key.budget_month_micros
             raise InsufficientBalance(
-                f"Insufficient balance: this request costs {format_money(cost)} "
-                f"({n} x {format_money(model.price_micros)}), the balance is "
+                f"Spending cap reached: this key may spend {format_money(cap)} per UTC "
+                f"{period}; {format_money(spent)} is spent and this request costs "
+                f"{format_money(charge)}. It renews at the start of the next UTC {period}.",
+                code=_BUDGET_CODES[period],
+                extra={"budget": format_money(cap), "spent": format_money(spent)},
+            )
+        if reply[0] == "balance":
+            balance, charge = int(reply[1]), int(reply[2])
+            free = n - charge // model.price_micros if model.price_micros else n
+            free_note = f", {free} of them free" if free else ""
+            raise InsufficientBalance(
+                f"Insufficient balance: this request costs {format_money(charge)} "
+                f"({n} x {format_money(model.price_micros)}{free_note}), the balance is "
                 f"{format_money(balance)}.",
             )
         balance = None if key.unlimited else int(reply[1])
-        used = [int(v) for v in reply[2:]]
+        free_images, charged = int(reply[2]), int(reply[3])
+        used = [int(v) for v in reply[4:]]
         status = None
         if windows:
             tightest = min(
@@ -315,7 +523,7 @@ class Accounts:
             )
             w, u = tightest
             status = LimitStatus(w.limit, w.limit - u, w.reset_at - now)
-        return Admission(balance, status)
+        return Admission(balance, status, free_images=free_images, charged_micros=charged)
 
     def release_idempotency(self, idempotency: Idempotency) -> bool:
         """Forget an ``Idempotency-Key`` if it still names this request's job.
@@ -332,8 +540,28 @@ class Accounts:
         if tier is None or not tier.requests_per_minute:
             return None
         window = account_window(key, tier, now)
-        used = int(self._redis.get(window.key) or 0)
+        used = window_used(self._redis, window, now)
         return LimitStatus(window.limit, window.limit - used, window.reset_at - now)
+
+    def free_status(self, key: ApiKey, now: float | None = None) -> FreeStatus | None:
+        """What is left today of the key's tier's free images (None: the tier has none)."""
+        now = time.time() if now is None else now
+        tier = self._catalog.tiers.get(key.tier)
+        if tier is None or not tier.free_images.per_day:
+            return None
+        used = int(self._redis.get(FREE.format(key.id, _day(now))) or 0)
+        return FreeStatus(tier.free_images.per_day, used, _day_end(now))
+
+    def budget_status(self, key: ApiKey, now: float | None = None) -> list[BudgetStatus]:
+        """The key's spending of this UTC day and month, next to its caps."""
+        now = time.time() if now is None else now
+        day_key = SPEND.format(key.id, f"d:{_day(now)}")
+        month_key = SPEND.format(key.id, "m:" + time.strftime("%Y%m", time.gmtime(now)))
+        day, month = self._redis.mget([day_key, month_key])
+        return [
+            BudgetStatus("day", key.budget_day_micros, int(day or 0), _day_end(now)),
+            BudgetStatus("month", key.budget_month_micros, int(month or 0), _month_end(now)),
+        ]
 
     # -- balances, ledger and usage ----------------------------------------------------
 
@@ -377,3 +605,27 @@ class Accounts:
             UsageRow(day, model, t["images"], t["amount"])
             for (day, model), t in sorted(totals.items())
         ]
+
+    def usage_by_user(self, key_id: str, now: float | None = None) -> list[UserUsageRow]:
+        """Images and spend by UTC day and end user (jobs sent with OpenAI's ``user``), of
+        the last :data:`USER_USAGE_DAYS` days; ``*`` holds the users beyond the day's
+        :data:`USER_USAGE_MOST`."""
+        now = time.time() if now is None else now
+        days = [
+            time.strftime("%Y-%m-%d", time.gmtime(now - back * 86400))
+            for back in range(USER_USAGE_DAYS, -1, -1)
+        ]
+        pipe = self._redis.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(USER_USAGE.format(key_id, day))
+        rows = []
+        for day, fields in zip(days, pipe.execute(), strict=True):
+            totals: dict[str, dict[str, int]] = {}
+            for field_name, value in fields.items():
+                user, what = field_name.rsplit("|", 1)
+                totals.setdefault(user, {"images": 0, "amount": 0})[what] = int(value)
+            rows += [
+                UserUsageRow(day, user, t["images"], t["amount"])
+                for user, t in sorted(totals.items())
+            ]
+        return rows

@@ -44,6 +44,12 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     requests_per_minute = 60         # optional override; 0 = no limit
     limits = [{ models = ["flux-schnell"], per_minute = 1, per_day = 5 }]   # in images
     # all_models = true              # every model, no per-model limits
+    free_images = { per_day = 5, models = ["flux-schnell"] }  # free before the balance
+                                     # (models = [] or absent: every model of the tier)
+    per_user = { per_minute = 2, per_day = 20 }  # images per end user (OpenAI's `user`)
+
+Per-minute limits are sliding (any 60 seconds), per-day limits and free images
+count per UTC day (see shared/billing.py).
 
 Loading validates everything (an unknown key such as ``max_concurent``, an
 unknown family, a bad size rule or price) and fails loudly, naming the file,
@@ -199,12 +205,25 @@ class ModelLimit:
 
 
 @dataclass(frozen=True)
+class FreeImages:
+    """Images a tier grants free per UTC day, used before the balance (seed 000: Free)."""
+
+    per_day: int = 0  # 0 = none
+    models: frozenset[str] = frozenset()  # empty: every model of the tier
+
+    def covers(self, model_id: str) -> bool:
+        return self.per_day > 0 and (not self.models or model_id in self.models)
+
+
+@dataclass(frozen=True)
 class Tier:
     name: str
     description: str
     requests_per_minute: int  # account-level generation calls per minute; 0 = no limit
     limits: Mapping[str, ModelLimit]  # model id -> limit
     all_models: bool = False  # every model, without per-model limits
+    free_images: FreeImages = FreeImages()
+    per_user: ModelLimit = ModelLimit()  # images per end user (`user`), all models together
 
     def allows(self, model_id: str) -> bool:
         return self.all_models or model_id in self.limits
@@ -465,6 +484,20 @@ class LimitEntry(_Entry):
     per_day: int = Field(0, ge=0)
 
 
+class FreeImagesEntry(_Entry):
+    """A tier's ``free_images``: images per UTC day used before the balance."""
+
+    per_day: int = Field(ge=0)
+    models: list[str] = []  # empty: every model the tier allows
+
+
+class PerUserEntry(_Entry):
+    """A tier's ``per_user``: images one end user (``user``) may get, all models together."""
+
+    per_minute: int = Field(0, ge=0)
+    per_day: int = Field(0, ge=0)
+
+
 class TierEntry(_Entry):
     """A ``[tiers.<name>]`` table."""
 
@@ -472,6 +505,8 @@ class TierEntry(_Entry):
     requests_per_minute: int | None = Field(None, ge=0)  # None: the [accounts] value
     limits: list[LimitEntry] = []
     all_models: bool = False
+    free_images: FreeImagesEntry | None = None
+    per_user: PerUserEntry | None = None
 
     def build(self, name: str, routable: Set[str], default_rpm: int, where: str) -> Tier:
         limits: dict[str, ModelLimit] = {}
@@ -483,12 +518,25 @@ class TierEntry(_Entry):
                     raise CatalogError(f"{where}: model '{model_id}' is limited twice")
                 limits[model_id] = ModelLimit(entry.per_minute, entry.per_day)
         rpm = self.requests_per_minute
+        free = FreeImages()
+        if self.free_images is not None:
+            for model_id in self.free_images.models:
+                if model_id not in limits and not (self.all_models and model_id in routable):
+                    raise CatalogError(
+                        f"{where}: free_images: model '{model_id}' is not one of the tier's"
+                    )
+            free = FreeImages(self.free_images.per_day, frozenset(self.free_images.models))
+        per_user = ModelLimit()
+        if self.per_user is not None:
+            per_user = ModelLimit(self.per_user.per_minute, self.per_user.per_day)
         return Tier(
             name=name,
             description=self.description,
             requests_per_minute=default_rpm if rpm is None else rpm,
             limits=MappingProxyType(limits),
             all_models=self.all_models,
+            free_images=free,
+            per_user=per_user,
         )
 
 

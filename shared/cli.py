@@ -5,6 +5,7 @@
     imagegate keys topup KEY_ID 10.00
     imagegate keys set-tier KEY_ID premium
     imagegate keys strict-params KEY_ID on|off
+    imagegate keys budget KEY_ID [--day 5.00|none] [--month 50.00|none]
     imagegate keys usage KEY_ID [--ledger]
     imagegate keys webhook-secret KEY_ID [--rotate]
     imagegate keys revoke KEY_ID
@@ -169,6 +170,42 @@ def keys_strict_params(key_id: str, state: str) -> None:
     click.echo(f"{key.id} strict-params: {'on' if key.strict_params else 'off'}")
 
 
+def _cap(text: str | None, hint: str) -> int | None:
+    """A spending cap option: None (not given), 0 for ``none``/``0``, else micro-units."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "off"):
+        return 0
+    micros = _money(text, hint)
+    if micros < 0:
+        raise click.BadParameter("must be >= 0 (or 'none')", param_hint=hint)
+    return micros
+
+
+def _cap_text(micros: int) -> str:
+    return format_money(micros) if micros else "none"
+
+
+@keys.command("budget")
+@click.argument("key_id")
+@click.option("--day", default=None, help="Spending cap per UTC day, e.g. 5.00, or 'none'.")
+@click.option("--month", default=None, help="Spending cap per UTC month, or 'none'.")
+def keys_budget(key_id: str, day: str | None, month: str | None) -> None:
+    """Show or set a key's spending caps: once a UTC day's (month's) charges reach the
+    cap, its requests get 402 daily_budget_exceeded (monthly_budget_exceeded) until the
+    period ends. Without options, print the caps and what was spent."""
+    day_micros, month_micros = _cap(day, "--day"), _cap(month, "--month")
+    try:
+        key = _keys().set_budget(key_id, day_micros=day_micros, month_micros=month_micros)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    for status in _accounts().budget_status(key):
+        click.echo(
+            f"{key.id} {status.period}: cap {_cap_text(status.cap_micros)}, "
+            f"spent {format_money(status.spent_micros)}"
+        )
+
+
 @keys.command("usage")
 @click.argument("key_id")
 @click.option("--ledger", is_flag=True, help="Also print the latest ledger entries.")
@@ -181,6 +218,15 @@ def keys_usage(key_id: str, ledger: bool) -> None:
     accounts = _accounts()
     balance = "unlimited" if key.unlimited else format_money(accounts.balance(key.id))
     click.echo(f"{key.id} ({key.name}) tier {key.tier}, balance {balance}")
+    free = accounts.free_status(key)
+    if free is not None:
+        click.echo(f"free images today: {free.remaining} of {free.per_day} left")
+    for status in accounts.budget_status(key):
+        if status.cap_micros:
+            click.echo(
+                f"budget per {status.period}: {format_money(status.spent_micros)} of "
+                f"{format_money(status.cap_micros)} spent"
+            )
     for row in accounts.usage(key.id):
         click.echo(
             f"{row.day}\t{row.model}\t{row.images} images\t{format_money(row.amount_micros)}"

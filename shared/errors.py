@@ -43,6 +43,19 @@ UPSTREAM_MALFORMED_RESPONSE = "upstream_malformed_response"
 STORAGE_FULL = "storage_full"
 """503: the gateway's local image storage has no room left (disk full, quota, file-size
 limit); the job fails and is refunded in full (:mod:`shared.storage.local`)."""
+N_EXCEEDS_IMAGES_PER_MINUTE = "n_exceeds_images_per_minute"
+"""400: ``n`` is larger than the tier's whole per-minute limit of the model (``max_n`` in
+the error says the largest n allowed); a 429 could never help."""
+N_EXCEEDS_IMAGES_PER_DAY = "n_exceeds_images_per_day"
+"""400: ``n`` is larger than the tier's whole per-day limit of the model (``max_n``)."""
+N_EXCEEDS_USER_IMAGES_PER_MINUTE = "n_exceeds_user_images_per_minute"
+"""400: ``n`` is larger than the tier's per-end-user (``user``) limit a minute (``max_n``)."""
+N_EXCEEDS_USER_IMAGES_PER_DAY = "n_exceeds_user_images_per_day"
+"""400: ``n`` is larger than the tier's per-end-user (``user``) limit a day (``max_n``)."""
+DAILY_BUDGET_EXCEEDED = "daily_budget_exceeded"
+"""402: the request would take the key beyond its spending cap of the UTC day."""
+MONTHLY_BUDGET_EXCEEDED = "monthly_budget_exceeded"
+"""402: the request would take the key beyond its spending cap of the UTC month."""
 
 
 class GatewayError(Exception):

@@ -21,7 +21,14 @@ webhook_url    where its outcome is delivered; absent for jobs without a webhook
 model          billed jobs: the model charged for (ledger and usage rows)
 n              billed jobs: images charged for
 unit_price     billed jobs: micro-units per image
-charged        billed jobs: micro-units deducted at admission (``n x unit_price``)
+charged        billed jobs: micro-units deducted at admission (``unit_price`` times the
+               images beyond the free ones; written by the admission script)
+free           billed jobs: images of it taken from the tier's free images of the day
+               (written by the admission script; delivered first, so never refunded)
+user           the end user the client named (OpenAI's ``user``), absent without one
+returns        billed jobs: JSON list of ``[key, kind, ...]`` admission counted in and
+               settlement gives back for images not delivered, or counts the end
+               user's usage in (see ``give_back`` in ``_settle.lua``)
 day            billed jobs: the UTC day (YYYY-MM-DD) its usage is counted on
 unlimited      billed jobs: ``1`` if the key has no balance (nothing deducted or refunded)
 billed         ``1`` for a job admitted with a charge (settled when it ends)
@@ -52,6 +59,8 @@ is due) and the pub/sub channel :data:`DONE_CHANNEL` (ids of jobs that ended).
 
 from __future__ import annotations
 
+import json
+
 RECORD = "ig:job:{}"  # the hash of one job, by id
 WATCH = "ig:jobs:watch"  # zset: non-terminal job id -> unix time it must be looked at
 WEBHOOKS_DUE = "ig:webhooks:due"  # zset: job id -> unix time its next delivery is due
@@ -73,6 +82,9 @@ CHARGED = "charged"
 DAY = "day"
 UNLIMITED = "unlimited"
 BILLED = "billed"
+FREE = "free"
+USER = "user"
+RETURNS = "returns"
 # Written by the transitions
 STARTED = "started"
 WORKER = "worker"
@@ -91,8 +103,9 @@ WEBHOOK = "webhook"
 FIELDS = frozenset(
     {
         SPEC, STATUS, ATTEMPT, CREATED, DEADLINE, KEY_ID, JOB_ID, WEBHOOK_URL, MODEL, N,
-        UNIT_PRICE, CHARGED, DAY, UNLIMITED, BILLED, STARTED, WORKER, SENDS, TAKEOVERS,
-        CANDIDATE, FALLBACKS, SERVING, FINISHED, RESULT, ERROR, SETTLED, REFUNDED, WEBHOOK,
+        UNIT_PRICE, CHARGED, DAY, UNLIMITED, BILLED, FREE, USER, RETURNS, STARTED, WORKER,
+        SENDS, TAKEOVERS, CANDIDATE, FALLBACKS, SERVING, FINISHED, RESULT, ERROR, SETTLED,
+        REFUNDED, WEBHOOK,
     }
 )  # fmt: skip
 
@@ -136,15 +149,32 @@ def new_record(
 
 
 def bill_fields(
-    *, model: str, n: int, unit_price: int, charged: int, day: str, unlimited: bool
+    *,
+    model: str,
+    n: int,
+    unit_price: int,
+    charged: int,
+    day: str,
+    unlimited: bool,
+    user: str | None = None,
+    returns: list[tuple[str | int, ...]] | None = None,
 ) -> dict[str, str]:
-    """The fields of a billed job (settled by ``shared/lua/_settle.lua`` when it ends)."""
-    return {
+    """The fields of a billed job (settled by ``shared/lua/_settle.lua`` when it ends).
+
+    ``charged`` and ``free`` are the whole price and no free image; the admission script
+    writes what it really charged and how many images were free."""
+    fields = {
         MODEL: model,
         N: str(n),
         UNIT_PRICE: str(unit_price),
         CHARGED: str(charged),
+        FREE: "0",
         DAY: day,
         UNLIMITED: "1" if unlimited else "0",
         BILLED: "1",
     }
+    if user:
+        fields[USER] = user
+    if returns:
+        fields[RETURNS] = json.dumps([list(r) for r in returns], separators=(",", ":"))
+    return fields

@@ -306,7 +306,7 @@ class JobStore:
         self, job_id: str, *, worker: str = "", now: float | None = None, key_id: str = ""
     ) -> Claim:
         """Take a new attempt at the job (see the module docstring); ``key_id``, when the
-        caller knows the job's API key id (the task message carries it), saves a read.
+        caller knows the job's API key id (the task message carries it), is used as given.
 
         Decided on Redis' clock (or ``now``, when a test gives one); the claimed job's
         deadline comes back in this host's clock (see :class:`Claim`)."""
@@ -473,10 +473,13 @@ class JobStore:
 
     def _keys(self, job_id: str, key_id: str = "") -> list[str]:
         """KEYS of the scripts that may end a job: its record, its key's settlement keys (the
-        key id read from the record if not given), the watch and the webhooks due sets."""
+        key id read from the record if not given), the watch and the webhooks due sets, and
+        the keys its record's ``returns`` lists (given back for images not delivered)."""
         name = rec.record_key(job_id)
-        key_id = key_id or self._redis.hget(name, rec.KEY_ID) or "-"
-        return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE]
+        stored_key_id, returns = self._redis.hmget(name, [rec.KEY_ID, rec.RETURNS])
+        key_id = key_id or stored_key_id or "-"
+        given_back = [entry[0] for entry in json.loads(returns)] if returns else []
+        return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE, *given_back]
 
     def _finish_with(
         self,

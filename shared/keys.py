@@ -3,7 +3,7 @@
 Layout::
 
     ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited, webhook_secret,
-                                   strict_params}
+                                   strict_params, budget_day, budget_month}
     ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
     ig:apikeys               set of ids
 
@@ -50,6 +50,9 @@ class ApiKey:
     # Refuse tuning fields (user, quality, style) a model does not take instead of
     # mapping or ignoring them, as IMAGEGATE_STRICT_PARAMS does for every key.
     strict_params: bool = False
+    # Spending caps in micro-units per UTC day and month (0 = none; shared.billing).
+    budget_day_micros: int = 0
+    budget_month_micros: int = 0
 
 
 class KeyStore:
@@ -129,6 +132,19 @@ class KeyStore:
     def set_strict_params(self, key_id: str, strict: bool) -> ApiKey:
         return self._update(key_id, strict_params=int(strict))
 
+    def set_budget(
+        self, key_id: str, *, day_micros: int | None = None, month_micros: int | None = None
+    ) -> ApiKey:
+        """Set the key's spending caps (micro-units; 0 = none; None = unchanged)."""
+        fields = {
+            name: value
+            for name, value in (("budget_day", day_micros), ("budget_month", month_micros))
+            if value is not None
+        }
+        if any(value < 0 for value in fields.values()):
+            raise ValueError("a spending cap must be >= 0")
+        return self._update(key_id, **fields) if fields else self.get(key_id)
+
     def webhook_secret(self, key_id: str) -> str:
         digest = self._digest(key_id)
         self._redis.hsetnx(_RECORD.format(digest), "webhook_secret", new_webhook_secret())
@@ -163,4 +179,6 @@ def _from_fields(fields: dict[str, str]) -> ApiKey:
         tier=fields.get("tier", ""),
         unlimited=fields.get("unlimited", "0") == "1",
         strict_params=fields.get("strict_params", "0") == "1",
+        budget_day_micros=int(fields.get("budget_day", 0)),
+        budget_month_micros=int(fields.get("budget_month", 0)),
     )

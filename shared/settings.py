@@ -242,6 +242,9 @@ class Settings(_Variables):
     # Refuse OpenAI clients' tuning fields (user, quality, style) a model does not take,
     # instead of mapping or ignoring them (also per key: `imagegate keys strict-params`).
     strict_params: Flag = False
+    # Images a job did not deliver go back to the rate-limit windows they were counted in
+    # (off: they stay counted, the upstream's capacity was used); see shared/billing.py.
+    limits_return_failed_images: Flag = False
     max_body_bytes: Count = 16 * 1024 * 1024
     # Request-body bytes parsed per second per key (a token bucket; see api.parse_limit).
     parse_bytes_per_second: Count = 64 * 1024 * 1024

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared.billing import BALANCE, LEDGER, Accounts, Idempotency, windows_for
+from shared.billing import BALANCE, LEDGER, Accounts, Idempotency, window_used, windows_for
 from shared.catalog import Catalog, Tier, parse_catalog
 from shared.errors import InsufficientBalance, RateLimited
 from shared.jobs import JobStore
@@ -111,7 +111,7 @@ def admit(
 
 def window_counts(client: redis.Redis, key: ApiKey, tier: Tier, now: float) -> dict[str, int]:
     """Window name -> what its counter holds at ``now`` (0 when the key does not exist)."""
-    return {w.name: int(client.get(w.key) or 0) for w in windows_for(key, tier, MODEL, 1, now)}
+    return {w.name: window_used(client, w, now) for w in windows_for(key, tier, MODEL, 1, now)}
 
 
 def test_a_request_refused_for_its_balance_uses_up_no_rate_limit_quota(

@@ -248,7 +248,14 @@ def test_balance_limits_and_idempotency_answer_as_documented(client: FlaskClient
     body = {"prompt": "x", "model": "test/priced-card", "size": "64x64"}
     _error(client.post(GENERATIONS, json=body, headers=poor), 402, "insufficient_balance")
     limited = {"Authorization": f"Bearer {new_key('limited', tier='test-limited')}"}
-    over = client.post(GENERATIONS, json={**body, "n": 6}, headers=limited)
+    # More images than the window's whole limit: 400 with the largest n, never a 429.
+    too_many = client.post(GENERATIONS, json={**body, "n": 6}, headers=limited)
+    assert _error(too_many, 400, "n_exceeds_images_per_minute")["max_n"] == 5
+    filled = client.post(
+        GENERATIONS, json={**body, "n": 5}, headers={**limited, "Prefer": "respond-async"}
+    )
+    assert filled.status_code == 202
+    over = client.post(GENERATIONS, json=body, headers=limited)
     assert _error(over, 429, "rate_limit_exceeded")["limit"]
     assert int(over.headers["Retry-After"]) >= 1
     assert over.headers["x-ratelimit-limit-requests"] == "5"
@@ -261,6 +268,28 @@ def test_balance_limits_and_idempotency_answer_as_documented(client: FlaskClient
     assert first.get_json()["id"] == again.get_json()["id"]
     other = client.post(GENERATIONS, json={**body, "prompt": "y"}, headers=once)
     _error(other, 409, "idempotency_key_reused")
+
+
+def test_a_spending_cap_is_a_402_and_usage_shows_caps_and_end_users(
+    client: FlaskClient, app: Flask, new_key
+) -> None:
+    plaintext = new_key("capped", tier="test-billing", balance=10**9)
+    svc = services_of(app)
+    key = svc.keys.authenticate(plaintext)
+    svc.keys.set_budget(key.id, day_micros=1)
+    headers = {"Authorization": f"Bearer {plaintext}"}
+    body = {"prompt": "x", "model": "test/priced-card", "size": "64x64"}
+    capped = client.post(GENERATIONS, json=body, headers=headers)
+    assert _error(capped, 402, "daily_budget_exceeded")["budget"] == "0.000001"
+    usage = client.get("/v1/usage?group_by=user", headers=headers)
+    assert usage.status_code == 200, usage.get_data(as_text=True)
+    conforms(usage, "/v1/usage", "get")
+    budgets = {b["period"]: b for b in usage.get_json()["budgets"]}
+    assert budgets["day"]["cap"] == "0.000001" and budgets["month"]["cap"] is None
+    assert budgets["day"]["spent"] == "0.000000"  # the refused request spent nothing
+    assert usage.get_json()["users"] == []
+    _error(client.get("/v1/usage?group_by=model", headers=headers), 400, "invalid_value",
+           "/v1/usage", "get")  # fmt: skip
 
 
 def test_redis_down_is_503_with_retry_after(client: FlaskClient, auth, server) -> None:

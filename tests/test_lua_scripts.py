@@ -72,6 +72,8 @@ CATALOG: Catalog = parse_catalog(
             "t": {
                 "requests_per_minute": 50,
                 "limits": [{"models": ["m"], "per_minute": 20, "per_day": 100}],
+                "free_images": {"per_day": 1},
+                "per_user": {"per_minute": 5, "per_day": 10},
             }
         },
     }
@@ -260,9 +262,13 @@ def _scenario(client: redis.Redis) -> None:
     retention index)."""
     live = Liveness(stale_after=10.0, enqueue_grace=5.0, resend_after=30.0, late=2.0)
     store = JobStore(client, retention_seconds=600, liveness=live)
-    accounts = Accounts(client, CATALOG)
+    # every window, free image and spending counter goes back for images not delivered
+    accounts = Accounts(client, CATALOG, return_failed_images=True)
     key = ApiKey(id="key_lua_" + secrets.token_hex(6), name="lua", created=0, tier="t")
     broke = ApiKey(id="key_lua_" + secrets.token_hex(6), name="broke", created=0, tier="t")
+    capped = ApiKey(
+        id="key_lua_" + secrets.token_hex(6), name="capped", created=0, budget_day_micros=1
+    )
     tier, model = CATALOG.tier("t"), CATALOG.models["m"]
     accounts.set_balance(key.id, 10**9)
 
@@ -281,9 +287,15 @@ def _scenario(client: redis.Redis) -> None:
     admit(key, 1, idem)  # a duplicate
     assert accounts.release_idempotency(idem)
     with pytest.raises(InsufficientBalance):
-        admit(broke)
+        admit(broke, 2)  # one free image, one that the balance does not cover
+    accounts.set_balance(capped.id, 10**9)
+    admit(capped, 1)  # its free image of the day
+    with pytest.raises(InsufficientBalance):
+        admit(capped, 1)  # beyond its spending cap of the day
     with pytest.raises(RateLimited):
-        admit(key, 30)
+        admit(broke, 1, user="u")  # the free image of the day, then a full user window
+        admit(broke, 5, user="u")
+    assert store.cancel(admit(key, 2, user="u").id)  # the end user's usage is counted
     image = StoredImage(key="k/0.png", width=8, height=8, content_type="image/png")
 
     # claim, beat, handoff, sent, succeed (settles one of two, webhook due)

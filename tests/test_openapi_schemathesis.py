@@ -230,7 +230,7 @@ def test_edits_and_variations_answer_as_documented(call: Call) -> None:
         ("free", "1.00", {"model": "dall-e-3"}, 403),
         ("free", "1.00", {"model": "local/testcard", "size": "64x64"}, 200),
         ("test-billing", "0.005", {"model": "test/priced-card"}, 402),
-        ("test-limited", "1.00", {"model": "test/priced-card", "n": 6}, 429),
+        ("test-limited", "1.00", {"model": "test/priced-card", "n": 6}, 400),
         ("internal", "unlimited", {"model": "test/retired"}, 503),
         ("internal", "unlimited", {"model": "no/such-model"}, 404),
     ],
@@ -241,9 +241,19 @@ def test_accounts_and_models_answer_as_documented(
     key = create_key(stack_env, f"openapi-{tier}", tier=tier, balance=balance)["key"]
     response = call("POST", "/v1/images/generations", key=key, body={"prompt": "x", **body})
     assert response.status_code == status
-    if status == 429:
-        assert int(_header(response, "retry-after")) >= 1
-        assert _header(response, "x-ratelimit-limit-requests") == "5"
+    if tier == "test-limited":  # more than the window's whole limit: never a 429
+        assert response.json()["error"]["code"] == "n_exceeds_images_per_minute"
+        assert response.json()["error"]["max_n"] == 5
+        filled = call(
+            "POST", "/v1/images/generations", key=key, body={"prompt": "x", **body, "n": 5}
+        )
+        assert filled.status_code == 200
+        refused = call(
+            "POST", "/v1/images/generations", key=key, body={"prompt": "x", **body, "n": 1}
+        )
+        assert refused.status_code == 429
+        assert int(_header(refused, "retry-after")) >= 1
+        assert _header(refused, "x-ratelimit-limit-requests") == "5"
     if tier == "free":  # the tier has an account-level limit: every answer says where it is
         assert "x-ratelimit-remaining-requests" in response.headers
         usage = call("GET", "/v1/usage", key=key)

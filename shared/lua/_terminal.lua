@@ -8,7 +8,7 @@
 -- watch set; a job with a webhook is due for delivery now; its id is published on
 -- `channel` for the web processes' waiters. A job becomes terminal once (callers
 -- check is_terminal first), so all of this happens once.
---   k  {job, balance, ledger, usage, watch, webhooks_due} key names
+--   k  {job, balance, ledger, usage, watch, webhooks_due, returns} key names
 -- #include _settle.lua
 local TERMINAL = {succeeded = true, failed = true, timed_out = true, canceled = true}
 

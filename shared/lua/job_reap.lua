@@ -8,6 +8,8 @@
 -- KEYS[4] the key's usage hash
 -- KEYS[5] the watch set
 -- KEYS[6] the webhooks due set
+-- KEYS[7..] the keys of the record's `returns`, in order (what admission counted, given
+--           back for images not delivered; see _settle.lua)
 -- ARGV[1] JSON:
 --   now            '' = Redis' clock, else a test's unix time (a string)
 --   job_id         the job's id (its member in the watch set)
@@ -24,7 +26,7 @@
 
 local a = cjson.decode(ARGV[1])
 local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
-  watch = KEYS[5], webhooks_due = KEYS[6]}
+  watch = KEYS[5], webhooks_due = KEYS[6], returns = {unpack(KEYS, 7)}}
 local now = clock(a.now)
 local at = redis.call('ZSCORE', k.watch, a.job_id)
 if not at or tonumber(at) > tonumber(now) then return {'fresh'} end
