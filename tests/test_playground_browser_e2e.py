@@ -27,6 +27,7 @@ from playwright.sync_api import Page, expect
 
 from tests.conftest import create_key
 from tests.support.browser import Tab
+from tests.support.sim import fault, tagged
 
 # Quotes, shell expansion and markup: each must stay text in the page and in the code.
 HOSTILE = (
@@ -238,10 +239,34 @@ def test_price_balance_and_the_code_runs_as_shown(
     assert tab.errors == []
 
 
-def test_b64_answers_render_too(tab: Tab, gateway: str, api_key: str) -> None:
-    """A base64 answer (no stream) shows as a data: image, allowed by the page's policy."""
+def test_partial_images_then_the_image_and_a_failed_stream(
+    tab: Tab, gateway: str, api_key: str
+) -> None:
+    """A GPT image model streams partial images first (the simulator paces them), then
+    the image; an upstream failure mid-stream is an error shown, with no image left."""
     page = tab.page
     _sign_in(page, gateway, api_key)
+    page.select_option("#model", "gpt-image-1")
+    page.select_option("#quality", "low")
+    page.select_option("#partial-images", "2")
+    page.fill("#prompt", tagged("otter sim-pace=0.4"))
+    page.click("#generate")
+    expect(page.locator('figure.result[data-state="partial"]')).to_have_count(1)
+    tab.screenshot("partial")
+    [image] = _rendered(page, 1)
+    assert (image["width"], image["height"]) == (1024, 1024)
+    expect(page.locator("figure.result")).to_have_attribute("data-partials", "2")
+    expect(page.locator('dd[data-field="served_by"]')).to_have_text("gpt-image-1")
+    assert _details(page, "size") == ["1024x1024"]
+
+    page.fill("#prompt", fault(500, 3))
+    page.click("#generate")
+    expect(page.locator("#error")).to_contain_text("502 upstream_error")
+    expect(page.locator("figure.result")).to_have_count(0)
+    expect(page.locator("#generate")).to_be_enabled()
+
+    # A base64 answer without streaming shows as a data: image too.
+    page.select_option("#model", "local/testcard")
     page.select_option("#size", "256x256")
     page.select_option("#response-format", "b64_json")
     page.uncheck("#stream")

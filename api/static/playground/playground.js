@@ -416,6 +416,7 @@ async function readStream(response, figures, started) {
       const figure = figures[completed];
       if (figure) {
         showImage(figure, dataUrl(event.data.b64_json, event.data.output_format), "partial");
+        figure.dataset.partials = String(Number(figure.dataset.partials || 0) + 1);
         setText("status", `Partial image ${event.data.partial_image_index + 1} of image ${completed + 1}…`);
       }
     } else if (event.name.endsWith(".completed")) {
