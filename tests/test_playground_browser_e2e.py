@@ -109,6 +109,7 @@ def test_sign_in_stream_the_test_card_and_edit_with_a_reference(
     expect(virtual).to_contain_text("0.02 per image")
     expect(virtual).to_contain_text("(virtual)")
     expect(page.locator("#model")).to_have_value("local/testcard")
+    expect(page.locator("#model-info")).to_contain_text("Your tier: no per-model limit.")
     tab.screenshot("signed-in")
 
     # Streamed: the answer is Server-Sent Events and the completed image shows.
@@ -149,14 +150,21 @@ def test_sign_in_stream_the_test_card_and_edit_with_a_reference(
     assert tab.errors == []
 
 
-def test_keyboard_only(tab: Tab, gateway: str, api_key: str) -> None:
+def test_keyboard_only_with_the_tiers_limits_shown(
+    tab: Tab, gateway: str, stack_env: dict[str, str]
+) -> None:
     page = tab.page
+    key = create_key(stack_env, "playground-keys", tier="test-account", balance="1.00")["key"]
     page.goto(f"{gateway}/playground")
     tab.tab_to("#api-key")
-    page.keyboard.type(api_key)
+    page.keyboard.type(key)
     page.keyboard.press("Enter")
     expect(page.locator("#app")).to_be_visible()
     assert page.evaluate("document.activeElement.id") == "model"  # focus moves on
+    # The key's limits: its tier's calls per minute, and each model's images.
+    expect(page.locator("#account-limit")).to_contain_text("of 3 left")
+    expect(page.locator("#model-info")).to_contain_text("Your tier: 1000 per minute, 1000 per day.")
+    expect(page.locator("#account-all-models")).to_contain_text("2 models")
 
     page.keyboard.press("Home")  # a closed <select> changes with the keys alone
     assert page.locator("#model").input_value() != "local/testcard"
@@ -175,6 +183,7 @@ def test_keyboard_only(tab: Tab, gateway: str, api_key: str) -> None:
     [image] = _rendered(page, 1)
     assert (image["width"], image["height"]) == (256, 256)
     expect(page.locator('dd[data-field="served_by"]')).to_have_text("local/testcard")
+    expect(page.locator("#account-window")).to_contain_text("left, resets in")
 
     tab.tab_to('#code-langs button[data-lang="python"]')
     page.keyboard.press("Space")

@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from api.playground import ASSETS
+from shared.keys import KeyStore
 from shared.settings import Settings
 from shared.storage import StorageConfig
 
@@ -151,3 +152,20 @@ def test_images_may_come_from_the_public_base_url(tmp_path: Path) -> None:
     app = _app(tmp_path, public_base_url="https://images.example.com/gw")
     policy = _policy(app.test_client().get("/playground").headers["Content-Security-Policy"])
     assert policy["img-src"] == ["'self'", "data:", "blob:", "https://images.example.com"]
+
+
+def test_usage_says_the_tiers_limits(tmp_path: Path) -> None:
+    """The playground shows a key's limits from GET /v1/usage: its tier's, from the catalog."""
+    redis_client = fakeredis.FakeRedis(decode_responses=True)
+    app = create_app(
+        Settings(storage=StorageConfig(local_dir=str(tmp_path / "images"))),
+        redis_client=redis_client,
+    )
+    plaintext, _ = KeyStore(redis_client).create("limits", tier="free")
+    usage = app.test_client().get("/v1/usage", headers={"Authorization": f"Bearer {plaintext}"})
+    limits = usage.get_json()["limits"]
+    assert limits["requests_per_minute"] == 60 and limits["all_models"] is False
+    by_model = {entry["model"]: entry for entry in limits["models"]}
+    assert by_model["image-turbo"] == {"model": "image-turbo", "per_minute": 1, "per_day": 5}
+    assert by_model["local/testcard"]["per_day"] == 200
+    assert "image-pro" not in by_model  # the free tier does not have it

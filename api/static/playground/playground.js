@@ -14,6 +14,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   key: null,
   models: new Map(), // id -> the GET /v1/models entry
+  limits: null, // GET /v1/usage's `limits`: the key's tier
   lang: "curl",
   busy: false,
 };
@@ -159,6 +160,35 @@ function showAccount(usage, headers) {
   );
   table.tBodies[0].replaceChildren(...rows);
   table.hidden = rows.length === 0;
+  showLimits(usage.limits || null);
+}
+
+const perWindow = (count) => (count ? String(count) : "no limit");
+
+function showLimits(limits) {
+  state.limits = limits;
+  $("account-limits").hidden = !limits;
+  if (!limits) return;
+  setText(
+    "account-all-models",
+    limits.all_models
+      ? "Every model of the catalog; no per-model limit unless listed."
+      : `${limits.models.length} models; others are not in this tier.`,
+  );
+  const rows = limits.models.map((limit) =>
+    el("tr", {}, el("td", {}, limit.model), el("td", {}, perWindow(limit.per_minute)), el("td", {}, perWindow(limit.per_day))),
+  );
+  $("account-limits").querySelector("tbody").replaceChildren(...rows);
+  if (state.models.size) onModelChange();
+}
+
+// What the key's tier allows of a model: text for the model's description.
+function tierText(modelId) {
+  const limits = state.limits;
+  if (!limits) return "";
+  const limit = limits.models.find((entry) => entry.model === modelId);
+  if (limit) return `Your tier: ${perWindow(limit.per_minute)} per minute, ${perWindow(limit.per_day)} per day.`;
+  return limits.all_models ? "Your tier: no per-model limit." : "Not in your tier.";
 }
 
 async function refreshAccount() {
@@ -211,6 +241,8 @@ function onModelChange() {
     parts.push(`Default size ${model.default_size}; at most ${model.max_n} images.`);
   }
   if (!model.available && model.unavailable_reason) parts.push(`Unavailable: ${model.unavailable_reason}.`);
+  const tier = tierText(model.id);
+  if (tier) parts.push(tier);
   setText("model-info", parts.join(" "));
   $("n").max = String(model.virtual ? 10 : model.max_n);
   const references = $("references");
