@@ -130,12 +130,30 @@ def test_the_script_never_parses_text_as_markup() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/playground/index.html", "/playground/nope.js", "/playground/%2e%2e/app.py", "/playground/"],
+    [
+        "/playground/index.html",
+        "/playground/nope.js",
+        "/playground/",
+        "/playground/%2e%2e/app.py",
+        "/playground/..%2fapp.py",
+        "/playground/playground.js%00",
+        "/playground/playground.js/",
+        "/playground/PLAYGROUND.JS",
+        "/playground/" + "a" * 5000,
+        "/playground/%3Cscript%3E.js",
+    ],
 )
 def test_nothing_else_is_served(client: FlaskClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 404
     assert response.get_json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "delete"])
+def test_the_page_only_answers_get(client: FlaskClient, method: str) -> None:
+    response = getattr(client, method)("/playground", data=b"x")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
 
 
 def test_a_file_is_revalidated_by_its_etag(client: FlaskClient) -> None:
