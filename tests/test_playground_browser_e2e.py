@@ -142,6 +142,11 @@ def test_sign_in_stream_the_test_card_and_edit_with_a_reference(
     assert "-F 'image[]=@reference.png'" in curl
     streamed = _run(["bash", "-c", curl], key, tmp_path)  # as shown, from the file's folder
     assert "event: image_edit.completed" in streamed
+    python = _code(page, "python")
+    assert 'image=[open("reference.png", "rb")]' in python and "stream=True" in python
+    (tmp_path / "edit.py").write_text(python)
+    assert _run([sys.executable, "edit.py"], key, tmp_path).split()[0] == "image-0.png"
+    assert Image.open(tmp_path / "image-0.png").size == (256, 256)
 
     # The key went only in headers: in no URL the page loaded, nor in the gateway's log.
     assert tab.requests and not [url for url in tab.requests if key in url]
@@ -227,6 +232,10 @@ def test_price_balance_and_the_code_runs_as_shown(
 
     # The same request as code, run as shown: each one is charged like the page's.
     curl = _code(page, "curl")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=gateway)
+    page.click("#copy-code")
+    expect(page.locator("#copy-status")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == curl
     assert key not in curl and "$IMAGEGATE_API_KEY" in curl
     answer = json.loads(_run(["bash", "-c", curl], key, tmp_path))
     assert answer["model"] == "test/priced-card" and answer["size"] == "256x256"
