@@ -2,10 +2,13 @@
 
 A pytest plugin (``pytest_plugins`` in ``tests/conftest.py``) with two fixtures:
 
-* ``browser`` (session): one headless Chromium, started from ``/usr/bin/chromium``
+* ``browser`` (module): one headless Chromium, started from ``/usr/bin/chromium``
   (``IMAGEGATE_CHROMIUM`` overrides it). Playwright's own browser downloads are
   never used: only the package registries are reachable, so CI installs Debian's
-  ``chromium`` (scripts/lib.sh) and Playwright drives it over CDP.
+  ``chromium`` (scripts/lib.sh) and Playwright drives it over CDP. Module scope,
+  not session: Playwright's sync API keeps its asyncio loop running on the main
+  thread while it is open, and a later test calling ``asyncio.run()`` would fail;
+  closing it after each module gives the loop back (a launch costs about a second).
 * ``tab`` (function): a :class:`Tab` -- a fresh browser context (its own cookies and
   session storage) and page. It records what the page reports as broken (script
   errors, console errors, which include Content-Security-Policy violations, and
@@ -40,9 +43,9 @@ def artifacts_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
-    """One headless Chromium for the whole session (Debian's, not a download)."""
+    """One headless Chromium per test module (Debian's, not a download)."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(
             f"No Chromium at {CHROMIUM}: the browser tests need Debian's `chromium` package "
