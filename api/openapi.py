@@ -629,6 +629,62 @@ def _paths(default_model: str) -> dict[str, Any]:
                 },
             }
         },
+        **_playground_paths(request_id),
+    }
+
+
+def _playground_paths(request_id: dict[str, Any]) -> dict[str, Any]:
+    """``/playground``: a web page for customers, and the files it is made of."""
+    return {
+        "/playground": {
+            "get": {
+                "operationId": "playground",
+                "summary": "The playground: try the API in a browser with your own key",
+                "description": "A page served by the gateway (no CDN). It keeps the key in "
+                "the tab's session storage and calls this API with it; its "
+                "Content-Security-Policy allows scripts, styles and requests from this "
+                "origin only.",
+                "tags": ["pages"],
+                "security": [],
+                "parameters": [request_id],
+                "responses": {
+                    "200": {
+                        "description": "The page.",
+                        "headers": _headers(),
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(500),
+                },
+            }
+        },
+        "/playground/{name}": {
+            "get": {
+                "operationId": "playgroundAsset",
+                "summary": "A script or style sheet of the playground",
+                "tags": ["pages"],
+                "security": [],
+                "parameters": [
+                    request_id,
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "examples": ["playground.js"]},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "headers": _headers(),
+                        "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors(404, 500),
+                },
+            }
+        },
     }
 
 
@@ -787,6 +843,7 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
             {"name": "models"},
             {"name": "account"},
             {"name": "operations"},
+            {"name": "pages"},
         ],
         "security": [{"bearerAuth": []}],
         "paths": _paths(default_model),

@@ -466,6 +466,26 @@ class Budget(_Body):
     resets_at: Annotated[int, Field(description="Unix time the UTC period ends.")]
 
 
+class TierModelLimit(_Body):
+    model: Annotated[str, Field(description="A model id, real or virtual.")]
+    per_minute: Annotated[int, Field(ge=0, description="Images per minute; 0: no limit.")]
+    per_day: Annotated[int, Field(ge=0, description="Images per UTC day; 0: no limit.")]
+
+
+class TierLimits(_Body):
+    """What the key's tier allows (the catalog's `[tiers]`)."""
+
+    requests_per_minute: Annotated[
+        int, Field(ge=0, description="Generation calls per minute, any model; 0: no limit.")
+    ]
+    all_models: Annotated[
+        bool, Field(description="Every model, without per-model limits beyond `models`.")
+    ]
+    models: Annotated[
+        list[TierModelLimit], Field(description="The models the tier allows, with their limits.")
+    ]
+
+
 class Usage(_Body):
     object: Literal["usage"]
     key_id: str
@@ -474,6 +494,7 @@ class Usage(_Body):
         Money | Literal["unlimited"],
         Field(description="Currency units with 6 decimals, or `unlimited`."),
     ]
+    limits: TierLimits | Absent = None
     data: Annotated[list[UsageDay], Field(description="By UTC day and model.")]
     totals: Annotated[list[UsageTotal], Field(description="By model.")]
     free_images: Annotated[

@@ -1,15 +1,26 @@
-"""GET /v1/usage: the caller's balance and usage, by day and model; today's free images
-and spending against the key's caps; with ``?group_by=user``, usage by day and end user."""
+"""GET /v1/usage: the caller's balance, its tier's limits, and usage by day and model; today's
+free images and spending against the key's caps; with ``?group_by=user``, usage by day and end
+user."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
 from api.auth import current_key
-from api.schemas import Budget, FreeImages, Usage, UsageDay, UsageTotal, UsageUserDay
-from api.services import services
+from api.schemas import (
+    Budget,
+    FreeImages,
+    TierLimits,
+    TierModelLimit,
+    Usage,
+    UsageDay,
+    UsageTotal,
+    UsageUserDay,
+)
+from api.services import Services, services
 from shared.billing import format_money
 from shared.errors import INVALID_VALUE, InvalidRequest
+from shared.keys import ApiKey
 
 GROUPS = ("user",)
 
@@ -37,6 +48,7 @@ def get_usage():
         key_id=key.id,
         tier=key.tier,
         balance="unlimited" if key.unlimited else format_money(svc.accounts.balance(key.id)),
+        **({"limits": limits} if (limits := _limits(key, svc)) else {}),
         data=[
             UsageDay(
                 day=row.day,
@@ -80,3 +92,18 @@ def get_usage():
         else [],
     )
     return jsonify(usage.answer())
+
+
+def _limits(key: ApiKey, svc: Services) -> TierLimits | None:
+    """The limits of the key's tier; none for a tier the catalog no longer has."""
+    tier = svc.catalog.tiers.get(key.tier)
+    if tier is None:
+        return None
+    return TierLimits(
+        requests_per_minute=tier.requests_per_minute,
+        all_models=tier.all_models,
+        models=[
+            TierModelLimit(model=model, per_minute=limit.per_minute, per_day=limit.per_day)
+            for model, limit in tier.limits.items()
+        ],
+    )

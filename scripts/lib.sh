@@ -19,6 +19,8 @@ ensure_system_packages() {
   # the multi-host tests: hosts in network namespaces, one with its clock off
   [ "${1:-}" = test ] && ! command -v ip >/dev/null && missing+=(iproute2)
   [ "${1:-}" = test ] && ! command -v faketime >/dev/null && missing+=(faketime)
+  # the browser tests: Playwright drives Debian's Chromium (no browser download)
+  [ "${1:-}" = test ] && [ ! -x /usr/bin/chromium ] && missing+=(chromium)
   "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -51,6 +51,8 @@ cat <<MSG
 
   Demo API key (kept in .run/demo-key): $KEY
 
+  Playground: http://127.0.0.1:$PORT/playground   (sign in with the key)
+
   python3 - <<'PY'
   from openai import OpenAI
   client = OpenAI(api_key="$KEY", base_url="http://127.0.0.1:$PORT/v1")

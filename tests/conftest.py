@@ -25,6 +25,9 @@ from tests.support.processes import BIN, Process, RedisServer, free_port, http_o
 
 SIM_KEY = "sim-upstream-key"
 
+# The real-browser fixtures (`browser`, `tab`): Debian's Chromium driven by Playwright.
+pytest_plugins = ["tests.support.browser"]
+
 
 @pytest.fixture(scope="session")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
