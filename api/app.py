@@ -9,7 +9,7 @@ import secrets
 import redis
 from flask import Flask, Response, g, jsonify, request
 
-from api import edits, files, generations, models, usage
+from api import admin, edits, files, generations, models, usage
 from api.errors import register_error_handlers
 from api.openapi import build_openapi
 from api.services import EXTENSION, Services
@@ -72,4 +72,5 @@ def create_app(
     app.register_blueprint(models.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(usage.bp)
+    admin.install(app)
     return app
