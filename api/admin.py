@@ -743,7 +743,8 @@ def workers():
 
 
 class _AuditQuery(_Query):
-    cursor: Annotated[str, Field(max_length=40, pattern=r"^[0-9]+-[0-9]+$")] | None = None
+    # 19 digits: within Redis' 64-bit stream ids whatever they are.
+    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,19}-[0-9]{1,19}$")] | None = None
     limit: Limit = 50
 
 

@@ -56,14 +56,30 @@ def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
     return params
 
 
-def _ok(schema: str, description: str, status: str = "200") -> dict[str, Any]:
-    return {
-        status: {
-            "description": description,
-            "headers": _headers(),
-            "content": {JSON: {"schema": _schema(schema)}},
-        }
+def _ok(
+    schema: str, description: str, status: str = "200", links: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    answer = {
+        "description": description,
+        "headers": _headers(),
+        "content": {JSON: {"schema": _schema(schema)}},
     }
+    if links:
+        answer["links"] = links
+    return {status: answer}
+
+
+# A created key's id into the operations on it (followed by schemathesis' state machine).
+_KEY_LINKS = {
+    name: {"operationId": op, "parameters": {"key_id": "$response.body#/id"}}
+    for name, op in [
+        ("ShowKey", "adminShowKey"),
+        ("UpdateKey", "adminUpdateKey"),
+        ("TopUp", "adminTopUp"),
+        ("Adjust", "adminAdjustBalance"),
+        ("RevokeKey", "adminRevokeKey"),
+    ]
+}
 
 
 _KEY_ID = {
@@ -130,7 +146,12 @@ def admin_paths() -> dict[str, Any]:
             "post": _op(
                 "adminCreateKey",
                 "Create an API key",
-                _ok("ApiKeyCreated", "The key, with its secret shown this once.", "201"),
+                _ok(
+                    "ApiKeyCreated",
+                    "The key, with its secret shown this once.",
+                    "201",
+                    links=_KEY_LINKS,
+                ),
                 body="KeyCreate",
                 write=True,
                 description=change,

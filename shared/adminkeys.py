@@ -218,8 +218,10 @@ class AuditLog:
         )
 
     def page(self, *, before: str = "+", limit: int = 100) -> list[dict[str, Any]]:
-        """Newest first, entries older than ``before`` (an entry id, exclusive)."""
-        end = "+" if before == "+" else "(" + before
+        """Newest first, entries older than ``before`` (an entry id ``ms-seq``, exclusive)."""
+        end = "+" if before == "+" else _previous_id(before)
+        if end is None:
+            return []
         entries = self._redis.xrevrange(AUDIT, max=end, min="-", count=limit)
         return [
             {
@@ -233,3 +235,14 @@ class AuditLog:
             }
             for entry_id, fields in entries
         ]
+
+
+def _previous_id(entry_id: str) -> str | None:
+    """The stream id just before ``entry_id`` (None before ``0-0``): Redis refuses an
+    exclusive bound at ``0-0``, so the bound is made inclusive here."""
+    ms, _, seq = entry_id.partition("-")
+    if int(seq) > 0:
+        return f"{int(ms)}-{int(seq) - 1}"
+    if int(ms) > 0:
+        return f"{int(ms) - 1}-{2**64 - 1}"
+    return None
