@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api import admin_schemas as s
 from api.services import Services, services
 from api.validation import parse_body
-from shared import jobindex
+from shared import jobevents, jobindex
 from shared import jobrecord as rec
 from shared.adminkeys import AdminKey, AdminKeyStore, AuditLog, AuthFailures, Scope
 from shared.balance_changes import BalanceChanges
@@ -584,8 +584,9 @@ def search_jobs():
     )
 
 
-def timeline(fields: dict[str, str]) -> list[dict[str, Any]]:
-    """What happened to a job, in order, from its record (see :mod:`shared.jobrecord`)."""
+def timeline(fields: dict[str, str], calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What happened to a job, in order: its record (see :mod:`shared.jobrecord`) and
+    its upstream calls (:mod:`shared.jobevents`)."""
     job = job_from_fields(fields)
     assert job is not None
     events: list[dict[str, Any]] = [
@@ -609,8 +610,8 @@ def timeline(fields: dict[str, str]) -> list[dict[str, Any]]:
         )
     for note in job.fallbacks:
         events.append({"at": note.get("at"), "event": "fallback", "detail": dict(note)})
-    for attempt in jobevents_of(fields):
-        events.append(attempt)
+    for call in calls:
+        events.append({"at": call.get("at"), "event": "upstream_attempt", "detail": call})
     if job.images:
         events.append(
             {
@@ -643,11 +644,6 @@ def timeline(fields: dict[str, str]) -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: (e["at"] is None, e["at"] or 0))
 
 
-def jobevents_of(fields: dict[str, str]) -> list[dict[str, Any]]:
-    """Upstream attempts: not in the record yet (see the report of this change)."""
-    return []
-
-
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str):
     svc = services()
@@ -669,7 +665,9 @@ def show_job(job_id: str):
             deadline=job.deadline,
             request=request_fields,
             error=job.error,
-            timeline=[s.TimelineEvent(**e) for e in timeline(fields)],
+            timeline=[
+                s.TimelineEvent(**e) for e in timeline(fields, jobevents.read(svc.redis, job_id))
+            ],
         )
     )
 

@@ -17,7 +17,8 @@ from shared.jobs import JobStatus
 # Text an operator types that the console shows back: printable, no control characters.
 _NO_CONTROL = r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]"
 _PRINTABLE = f"^{_NO_CONTROL}*$"
-_SOME_TEXT = rf"^{_NO_CONTROL}*\S{_NO_CONTROL}*$"  # and not blank
+# ... and not blank: one character that is neither a control character nor a space.
+_SOME_TEXT = rf"^{_NO_CONTROL}*[^\s\x00-\x1f\x7f-\x9f\u2028\u2029]{_NO_CONTROL}*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_SOME_TEXT)]
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_SOME_TEXT)]
 MetaKey = Annotated[

@@ -188,10 +188,13 @@ def test_create_search_update_and_revoke_keys(app: Flask, http: FlaskClient, wri
     assert other["name"] == "<script>alert(1)</script>"  # JSON, never HTML
     found = http.get("/admin/v1/keys?q=c-17", headers=bearer(writer))
     assert [k["id"] for k in documented(found, "/admin/v1/keys")["data"]] == [created["id"]]
+    everything = http.get("/admin/v1/keys", headers=bearer(writer)).get_json()["data"]
+    assert {k["id"] for k in everything} == {created["id"], other["id"]}
     page = documented(http.get("/admin/v1/keys?limit=1", headers=bearer(writer)), "/admin/v1/keys")
-    assert [k["id"] for k in page["data"]] == [created["id"]]
     rest = http.get(f"/admin/v1/keys?limit=1&cursor={page['next_cursor']}", headers=bearer(writer))
-    assert [k["id"] for k in rest.get_json()["data"]] == [other["id"]]
+    assert [k["id"] for k in page["data"] + rest.get_json()["data"]] == [
+        k["id"] for k in everything
+    ]  # oldest first, then by id: a stable order
     assert rest.get_json()["next_cursor"] is None
     assert http.get("/admin/v1/keys?cursor=key_nope", headers=bearer(writer)).status_code == 400
 
@@ -205,8 +208,11 @@ def test_create_search_update_and_revoke_keys(app: Flask, http: FlaskClient, wri
         "acme two", "internal", ["test/priced-card"],
     )  # fmt: skip
     assert body["metadata"] == {"crm": "C-17"}  # left out: unchanged
-    for bad in [{"tier": "gold"}, {"allowed_models": ["no/such"]}, {"colour": "red"},
-                {"name": " "}, {"metadata": {"bad key": "x"}}, {"expires": -1}]:  # fmt: skip
+    bad_changes = [
+        {"tier": "gold"}, {"allowed_models": ["no/such"]}, {"colour": "red"}, {"name": " "},
+        {"name": "\x00"}, {"name": "a\x1b[31m"}, {"metadata": {"bad key": "x"}}, {"expires": -1},
+    ]  # fmt: skip
+    for bad in bad_changes:
         answer = http.patch(f"/admin/v1/keys/{created['id']}", json=bad, headers=bearer(writer))
         assert answer.status_code == 400, bad
     assert http.get("/admin/v1/keys/key_0000000000000000", headers=bearer(writer)).status_code == (
@@ -396,3 +402,14 @@ def test_the_cli_makes_and_revokes_admin_keys(app: Flask, monkeypatch) -> None:
     assert f"{record['id']}\tactive\twrite" in listed.output
     assert runner.invoke(cli.main, ["admin-keys", "revoke", record["id"]]).exit_code == 0
     assert store.get(record["id"]).revoked
+
+
+def test_upstream_calls_are_kept_bounded_for_the_timeline(app: Flask) -> None:
+    from shared import jobevents
+
+    redis = svc(app).redis
+    for i in range(jobevents.MAX_EVENTS + 10):
+        jobevents.record(redis, "imgjob_x", {"at": float(i), "status": 200}, ttl=60)
+    kept = jobevents.read(redis, "imgjob_x")
+    assert len(kept) == jobevents.MAX_EVENTS and kept[0]["at"] == 10.0  # the latest
+    assert 0 < redis.ttl(jobevents.EVENTS.format("imgjob_x")) <= 60
