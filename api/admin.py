@@ -38,7 +38,7 @@ from shared import jobevents, jobindex
 from shared import jobrecord as rec
 from shared.adminkeys import AdminKey, AdminKeyStore, AuditLog, AuthFailures, Scope
 from shared.balance_changes import BalanceChanges
-from shared.billing import LEDGER, format_money, parse_money
+from shared.billing import BALANCE, LEDGER, format_money, parse_money
 from shared.capacity import Capacity
 from shared.errors import (
     AuthenticationFailed,
@@ -258,7 +258,7 @@ def list_keys():
         page.append(key)
     pipe = svc.redis.pipeline(transaction=False)
     for key in page:
-        pipe.get(f"ig:balance:{key.id}")
+        pipe.get(BALANCE.format(key.id))
     balances = [int(b or 0) for b in pipe.execute()]
     return _answer(
         s.ApiKeyList(
@@ -651,7 +651,7 @@ def show_job(job_id: str):
     job = job_from_fields(fields)
     if job is None or len(job_id) > 40:
         raise NotFound(f"No job '{job_id[:40]}'.", param="id", code="job_not_found")
-    summary = jobindex._summary([fields.get(f) for f in jobindex._SUMMARY])
+    summary = jobindex.summarize([fields.get(f) for f in jobindex.SUMMARY_FIELDS])
     assert summary is not None
     request_fields = {k: v for k, v in job.request.items() if k != "prompt"}
     request_fields["prompt"] = str(job.request.get("prompt", ""))[:2000]

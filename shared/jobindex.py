@@ -28,7 +28,7 @@ RECENT = "ig:jobs:recent"
 BY_KEY = "ig:jobs:bykey:{}"
 MAX_RECENT = 200_000
 MAX_PER_KEY = 20_000
-_SUMMARY = (
+SUMMARY_FIELDS = (
     rec.JOB_ID, rec.KEY_ID, rec.MODEL, rec.SERVING, rec.STATUS, rec.CREATED, rec.FINISHED,
     rec.N, rec.CHARGED, rec.SETTLED, rec.REFUNDED, rec.SPEC,
 )  # fmt: skip
@@ -66,8 +66,9 @@ class SearchPage:
     next_cursor: str | None
 
 
-def _summary(values: list[str | None]) -> JobSummary | None:
-    f = dict(zip(_SUMMARY, values, strict=True))
+def summarize(values: list[str | None]) -> JobSummary | None:
+    """A job's summary from the values of :data:`SUMMARY_FIELDS` of its record."""
+    f = dict(zip(SUMMARY_FIELDS, values, strict=True))
     if not f[rec.STATUS] or not f[rec.SPEC]:
         return None
     spec: dict[str, Any] = json.loads(f[rec.SPEC] or "{}")
@@ -127,10 +128,10 @@ def search(
             if cursor and score == float(high) and job_id >= after_id:
                 continue  # at or before the cursor, in (created desc, id desc) order
             kept.append((job_id, score))
-            pipe.hmget(rec.record_key(job_id), _SUMMARY)
+            pipe.hmget(rec.record_key(job_id), SUMMARY_FIELDS)
         looked += len(entries)
         for (job_id, score), values in zip(kept, pipe.execute(), strict=True):
-            job = _summary(values)
+            job = summarize(values)
             if job is None:
                 continue
             if (model and model not in (job.model, job.serving)) or (
