@@ -46,7 +46,8 @@ class BalanceChanges:
         idempotency_key: str = "",
     ) -> BalanceChange:
         digest = hashlib.sha256(body).hexdigest()
-        scoped = hashlib.sha256(f"{key_id}|{idempotency_key}".encode()).hexdigest()
+        # Scoped to the key and the kind: a top-up's key never answers an adjustment.
+        scoped = hashlib.sha256(f"{key_id}|{kind}|{idempotency_key}".encode()).hexdigest()
         reply = self._script(
             [BALANCE.format(key_id), LEDGER.format(key_id), _IDEMPOTENCY.format(scoped)],
             amount=str(amount),

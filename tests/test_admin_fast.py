@@ -300,6 +300,21 @@ def test_balance_changes_are_safe_to_retry(http: FlaskClient, writer: str) -> No
     assert [e["id"] for e in page["data"] + after["data"]] == [e["id"] for e in audit["data"][:4]]
 
 
+def test_an_idempotency_key_is_scoped_to_the_key_and_the_kind(
+    http: FlaskClient, writer: str
+) -> None:
+    a, b = new_key(http, writer)["id"], new_key(http, writer, name="b")["id"]
+    retry = bearer(writer, **{"Idempotency-Key": "same"})
+    body = {"amount": "2", "reason": "r"}
+    answers = [
+        http.post(f"/admin/v1/keys/{key}/{kind}", json=body, headers=retry).get_json()
+        for key, kind in [(a, "topup"), (a, "adjust"), (b, "topup")]
+    ]
+    assert [(x["kind"], x["balance"], x["replayed"]) for x in answers] == [
+        ("topup", "2.000000", False), ("adjust", "4.000000", False), ("topup", "2.000000", False),
+    ]  # fmt: skip
+
+
 def test_usage_per_key_model_and_day(app: Flask, http: FlaskClient, writer: str) -> None:
     a, b = new_key(http, writer)["id"], new_key(http, writer, name="b")["id"]
     redis = svc(app).redis
