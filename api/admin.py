@@ -73,7 +73,8 @@ def refuse_cross_site() -> None:
 
     ``Sec-Fetch-Site`` (sent by every current browser) must be ``same-origin`` or
     ``none`` (typed by the user); an ``Origin``, when sent, must be this host
-    (scheme aside: a TLS-terminating proxy may stand in front) or one of
+    (scheme aside: a TLS-terminating proxy may stand in front; and one of
+    ``IMAGEGATE_ALLOWED_HOSTS`` when that is set) or one of
     ``IMAGEGATE_ADMIN_ALLOWED_ORIGINS``. Clients that are not browsers send
     neither and pass.
     """
@@ -85,15 +86,18 @@ def refuse_cross_site() -> None:
     origin = request.headers.get("Origin")
     if origin is None:
         return
-    allowed = services().settings.admin_allowed_origins
+    settings = services().settings
     origin = origin.strip()
-    if origin in allowed:
+    if origin.lower() in settings.admin_allowed_origins:
         return
     try:
         netloc = urlsplit(origin).netloc.lower()
     except ValueError:
         netloc = ""
-    if not netloc or netloc != request.host.lower():
+    # With IMAGEGATE_ALLOWED_HOSTS set, the host must be one of them too: a page whose
+    # name was rebound to the gateway's address sends its own name as Host and Origin.
+    hosts = settings.allowed_hosts
+    if not netloc or netloc != request.host.lower() or (hosts and netloc not in hosts):
         raise PermissionDenied(
             "Requests from another origin are refused here.", code="cross_site_request_refused"
         )

@@ -160,6 +160,19 @@ def test_cross_site_requests_are_refused(
         assert response.get_json()["error"]["code"] == "cross_site_request_refused"
 
 
+def test_with_allowed_hosts_a_rebound_name_is_refused(tmp_path: Path) -> None:
+    settings = Settings(
+        storage=StorageConfig(local_dir=str(tmp_path / "images")),
+        allowed_hosts=("gateway.example.com",),
+    )
+    app = create_app(settings, redis_client=fakeredis.FakeRedis(decode_responses=True))
+    key = AdminKeyStore(svc(app).redis).create("ops", scope=Scope.READ)[0]
+    http = app.test_client()
+    for host, status in [("gateway.example.com", 200), ("rebound.evil.example", 403)]:
+        answer = http.get("/admin/v1/me", headers=bearer(key, Host=host, Origin=f"https://{host}"))
+        assert answer.status_code == status, host
+
+
 def test_failed_authentications_are_limited_per_address(
     app: Flask, http: FlaskClient, writer: str
 ) -> None:
