@@ -133,7 +133,7 @@ def _admin_only() -> None:
 
 
 def _audit(action: str, target: str, detail: dict[str, Any]) -> None:
-    AuditLog(services().redis).record(g.admin, action, target, detail, g.get("request_id", ""))
+    AuditLog(services().redis).record(g.admin.id, action, target, detail, g.get("request_id", ""))
 
 
 def _answer(model: BaseModel, status: int = 200) -> Response:

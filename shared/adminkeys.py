@@ -68,6 +68,10 @@ class AdminKeyStore:
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
 
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
     def create(self, name: str, *, scope: Scope) -> tuple[str, AdminKey]:
         name = name.strip()
         if not name or len(name) > 100:
@@ -196,8 +200,9 @@ class AuditLog:
         self._redis = client
 
     def record(
-        self, admin: AdminKey, action: str, target: str, detail: dict[str, Any], request_id: str
+        self, admin: str, action: str, target: str, detail: dict[str, Any], request_id: str
     ) -> str:
+        """``admin``: the admin key's id, or ``cli`` for the ``imagegate`` command."""
         text = json.dumps(detail, sort_keys=True, default=str)
         if len(text.encode()) > AUDIT_DETAIL_BYTES:
             text = json.dumps({"truncated": text[: AUDIT_DETAIL_BYTES // 2]})
@@ -206,7 +211,7 @@ class AuditLog:
                 AUDIT,
                 {
                     "ts": repr(time.time()),
-                    "admin": admin.id,
+                    "admin": admin,
                     "action": action,
                     "target": target,
                     "detail": text,

@@ -26,7 +26,7 @@ import time
 import click
 import redis
 
-from shared.adminkeys import AdminKeyStore, Scope
+from shared.adminkeys import AdminKeyStore, AuditLog, Scope
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import NotFound
@@ -242,10 +242,12 @@ def _admin_keys() -> AdminKeyStore:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
 def admin_keys_create(name: str, scope: str, as_json: bool) -> None:
     """Create an admin key and print it. It is shown only this once."""
+    store = _admin_keys()
     try:
-        plaintext, record = _admin_keys().create(name, scope=Scope(scope))
+        plaintext, record = store.create(name, scope=Scope(scope))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
+    _audit(store, "admin_key.create", record.id, {"name": record.name, "scope": scope})
     if as_json:
         click.echo(
             json.dumps({"id": record.id, "name": record.name, "scope": scope, "key": plaintext})
@@ -269,11 +271,18 @@ def admin_keys_list() -> None:
 @click.argument("admin_key_id")
 def admin_keys_revoke(admin_key_id: str) -> None:
     """Revoke an admin key: its next request gets 401."""
+    store = _admin_keys()
     try:
-        key = _admin_keys().revoke(admin_key_id)
+        key = store.revoke(admin_key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
+    _audit(store, "admin_key.revoke", key.id, {})
     click.echo(f"revoked {key.id} ({key.name})")
+
+
+def _audit(store: AdminKeyStore, action: str, target: str, detail: dict[str, str]) -> None:
+    """Admin keys are made on the command line: the audit stream says so (admin ``cli``)."""
+    AuditLog(store.client).record("cli", action, target, detail, request_id="")
 
 
 @main.command("models")

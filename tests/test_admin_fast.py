@@ -27,7 +27,7 @@ from api.app import create_app
 from api.openapi import build_openapi
 from api.services import EXTENSION, Services
 from shared import jobindex
-from shared.adminkeys import AdminKeyStore, AuthFailures, Scope
+from shared.adminkeys import AdminKeyStore, AuditLog, AuthFailures, Scope
 from shared.keys import KeyStore
 from shared.settings import Settings
 from shared.storage import StorageConfig
@@ -430,6 +430,10 @@ def test_the_cli_makes_and_revokes_admin_keys(app: Flask, monkeypatch) -> None:
     assert f"{record['id']}\tactive\twrite" in listed.output
     assert runner.invoke(cli.main, ["admin-keys", "revoke", record["id"]]).exit_code == 0
     assert store.get(record["id"]).revoked
+    audit = AuditLog(svc(app).redis).page()
+    assert [(e["admin"], e["action"]) for e in audit] == [
+        ("cli", "admin_key.revoke"), ("cli", "admin_key.create"),
+    ]  # fmt: skip
 
 
 def test_upstream_calls_are_kept_bounded_for_the_timeline(app: Flask) -> None:
