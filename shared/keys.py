@@ -52,7 +52,7 @@ class ApiKey:
     # Refuse tuning fields (user, quality, style) a model does not take instead of
     # mapping or ignoring them, as IMAGEGATE_STRICT_PARAMS does for every key.
     strict_params: bool = False
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict, hash=False)  # ApiKey stays hashable
     allowed_models: tuple[str, ...] = ()  # empty: every model of the tier
     expires: int = 0  # unix seconds; 0: never
 
