@@ -58,6 +58,7 @@ from api.services import Services, services
 from api.streaming import stream_response
 from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
 from api.waiter import Waiter
+from shared import jobindex
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -327,6 +328,10 @@ def _send(job: Job, svc: Services, idempotency: Idempotency | None) -> None:
     ``Idempotency-Key`` is released: the job never ran, so a retry with the same
     key must make a new one rather than replay this refusal.
     """
+    try:  # the admin API's search index; the job goes on without it
+        jobindex.add(svc.redis, job.id, job.key_id, job.created, svc.jobs.ttl_for(job))
+    except redis.RedisError as exc:
+        log.warning("job %s: not indexed for search: %s", job.id, exc)
     try:
         svc.queue.enqueue(job)
     except Exception as exc:

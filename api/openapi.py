@@ -828,6 +828,8 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
 
 def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
     """The OpenAPI 3.1 document of the gateway's public API."""
+    from api import openapi_admin  # it builds on this module's helpers
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -844,16 +846,18 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
             {"name": "account"},
             {"name": "operations"},
             {"name": "pages"},
+            {"name": "admin", "description": "The admin API (admin keys only)."},
         ],
         "security": [{"bearerAuth": []}],
-        "paths": _paths(default_model),
+        "paths": {**_paths(default_model), **openapi_admin.admin_paths()},
         "components": {
             "securitySchemes": {
                 "bearerAuth": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "An API key (`ig-...`) from `imagegate keys create`.",
-                }
+                },
+                openapi_admin.SCHEME: openapi_admin.SECURITY_SCHEME,
             },
             "parameters": {
                 "RequestId": {
@@ -872,6 +876,7 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
                 "CreateImageRequest": generation_request_schema(default_model),
                 **edit_request_schemas(default_model),
                 **response_schemas(),
+                **openapi_admin.admin_schemas(),
             },
         },
     }

@@ -57,3 +57,9 @@ class TaskQueue:
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
         )
+
+    def depth(self, queue: str) -> int | None:
+        """Tasks waiting in ``queue`` (a Redis broker's list); None for another broker."""
+        if self._redis is None:
+            return None
+        return int(self._redis.llen(queue))

@@ -369,6 +369,13 @@ class Accounts:
     # -- admission --------------------------------------------------------------------
 
     def check_model(self, key: ApiKey, model: Model) -> Tier:
+        if not key.allows(model.id):
+            raise PermissionDenied(
+                f"This API key may not use the model '{model.id}'. "
+                f"It may use: {', '.join(key.allowed_models)}.",
+                param="model",
+                code="model_not_allowed_for_key",
+            )
         tier = self._catalog.tier(key.tier)
         if not tier.allows(model.id):
             others = [t for t in self._catalog.tiers_allowing(model.id) if t != tier.name]

@@ -9,6 +9,9 @@
     imagegate keys usage KEY_ID [--ledger]
     imagegate keys webhook-secret KEY_ID [--rotate]
     imagegate keys revoke KEY_ID
+    imagegate admin-keys create --name ops [--scope read|write]
+    imagegate admin-keys list
+    imagegate admin-keys revoke ADMIN_KEY_ID
     imagegate models                      # the catalog, with what is usable right now
     imagegate check                       # settings, catalog and Redis reachable
     imagegate storage health              # can images be stored now (disk full? bucket?)
@@ -27,6 +30,7 @@ import time
 import click
 import redis
 
+from shared.adminkeys import AdminKeyStore, AuditLog, Scope
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import GatewayError, NotFound
@@ -266,6 +270,70 @@ def keys_revoke(key_id: str) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(f"revoked {key.id} ({key.name})")
+
+
+@main.group("admin-keys")
+def admin_keys() -> None:
+    """Create, list and revoke admin keys (for /admin/v1, never for /v1)."""
+
+
+def _admin_keys() -> AdminKeyStore:
+    return AdminKeyStore(connect(_settings().redis_url))
+
+
+@admin_keys.command("create")
+@click.option("--name", required=True, help="Who holds it (a person, the billing system).")
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in Scope]),
+    default=Scope.READ.value,
+    show_default=True,
+    help="read: every GET of the admin API; write: also every change.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+def admin_keys_create(name: str, scope: str, as_json: bool) -> None:
+    """Create an admin key and print it. It is shown only this once."""
+    store = _admin_keys()
+    try:
+        plaintext, record = store.create(name, scope=Scope(scope))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from exc
+    _audit(store, "admin_key.create", record.id, {"name": record.name, "scope": scope})
+    if as_json:
+        click.echo(
+            json.dumps({"id": record.id, "name": record.name, "scope": scope, "key": plaintext})
+        )
+    else:
+        click.echo(f"id:    {record.id}\nname:  {record.name}\nscope: {scope}")
+        click.echo(f"key:   {plaintext}")
+        click.echo("Store the key now: only its SHA-256 hash is kept.", err=True)
+
+
+@admin_keys.command("list")
+def admin_keys_list() -> None:
+    """List admin keys (never their secrets)."""
+    for key in _admin_keys().list():
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(key.created))
+        state = "revoked" if key.revoked else "active"
+        click.echo(f"{key.id}\t{state}\t{key.scope.value}\t{created}\t{key.name}")
+
+
+@admin_keys.command("revoke")
+@click.argument("admin_key_id")
+def admin_keys_revoke(admin_key_id: str) -> None:
+    """Revoke an admin key: its next request gets 401."""
+    store = _admin_keys()
+    try:
+        key = store.revoke(admin_key_id)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    _audit(store, "admin_key.revoke", key.id, {})
+    click.echo(f"revoked {key.id} ({key.name})")
+
+
+def _audit(store: AdminKeyStore, action: str, target: str, detail: dict[str, str]) -> None:
+    """Admin keys are made on the command line: the audit stream says so (admin ``cli``)."""
+    AuditLog(store.client).record("cli", action, target, detail, request_id="")
 
 
 @main.command("models")

@@ -3,7 +3,8 @@
 Layout::
 
     ig:apikey:<sha256 hex>   hash {id, name, created, revoked, tier, unlimited, webhook_secret,
-                                   strict_params, budget_day, budget_month}
+                                   strict_params, budget_day, budget_month,
+                                   metadata, allowed_models, expires}
     ig:apikey-id:<id>        string <sha256 hex>   (to revoke or show a key by id)
     ig:apikeys               set of ids
 
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
 from shared.errors import AuthenticationFailed, NotFound
 
 KEY_PREFIX = "ig-"
+ADMIN_KEY_PREFIX = "iga-"  # shared.adminkeys; never a customer key
 _RECORD = "ig:apikey:{}"
 _BY_ID = "ig:apikey-id:{}"
 _IDS = "ig:apikeys"
@@ -53,6 +56,15 @@ class ApiKey:
     # Spending caps in micro-units per UTC day and month (0 = none; shared.billing).
     budget_day_micros: int = 0
     budget_month_micros: int = 0
+    metadata: dict[str, str] = field(default_factory=dict, hash=False)  # ApiKey stays hashable
+    allowed_models: tuple[str, ...] = ()  # empty: every model of the tier
+    expires: int = 0  # unix seconds; 0: never
+
+    def expired(self, now: float | None = None) -> bool:
+        return bool(self.expires) and self.expires <= (time.time() if now is None else now)
+
+    def allows(self, model_id: str) -> bool:
+        return not self.allowed_models or model_id in self.allowed_models
 
 
 class KeyStore:
@@ -96,12 +108,19 @@ class KeyStore:
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
                 code="missing_api_key",
             )
+        if plaintext.startswith(ADMIN_KEY_PREFIX):
+            raise AuthenticationFailed(
+                "An admin key cannot call the API; use a customer key (ig-...).",
+                code="admin_key_not_allowed",
+            )
         fields = self._redis.hgetall(_RECORD.format(hash_key(plaintext)))
         if not fields:
             raise AuthenticationFailed("Incorrect API key provided.")
         key = _from_fields(fields)
         if key.revoked:
             raise AuthenticationFailed("This API key has been revoked.", code="revoked_api_key")
+        if key.expired():
+            raise AuthenticationFailed("This API key has expired.", code="expired_api_key")
         return key
 
     def get(self, key_id: str) -> ApiKey:
@@ -112,13 +131,45 @@ class KeyStore:
         return _from_fields(fields)
 
     def list(self) -> list[ApiKey]:
-        keys = []
-        for key_id in sorted(self._redis.smembers(_IDS)):
-            try:
-                keys.append(self.get(key_id))
-            except NotFound:
-                continue
+        """Every key, oldest first (created, then id): a stable order to page through."""
+        ids = sorted(self._redis.smembers(_IDS))
+        pipe = self._redis.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.get(_BY_ID.format(key_id))
+        digests = pipe.execute()
+        for digest in digests:
+            pipe.hgetall(_RECORD.format(digest) if digest else _RECORD.format("-"))
+        keys = [_from_fields(fields) for fields in pipe.execute() if fields]
         return sorted(keys, key=lambda k: (k.created, k.id))
+
+    def update(
+        self,
+        key_id: str,
+        *,
+        name: str | None = None,
+        tier: str | None = None,
+        metadata: dict[str, str] | None = None,
+        allowed_models: list[str] | None = None,
+        expires: int | None = None,
+    ) -> ApiKey:
+        """Change what is given (None: unchanged); the caller has checked tier and models."""
+        fields: dict[str, str | int] = {}
+        if name is not None:
+            name = name.strip()
+            if not name or len(name) > 100:
+                raise ValueError("a key name must be 1 to 100 characters")
+            fields["name"] = name
+        if tier is not None:
+            fields["tier"] = tier
+        if metadata is not None:
+            fields["metadata"] = json.dumps(metadata, sort_keys=True)
+        if allowed_models is not None:
+            fields["allowed_models"] = json.dumps(sorted(set(allowed_models)))
+        if expires is not None:
+            fields["expires"] = int(expires)
+        if not fields:
+            return self.get(key_id)
+        return self._update(key_id, **fields)
 
     def revoke(self, key_id: str) -> ApiKey:
         return self._update(key_id, revoked=1)
@@ -181,4 +232,7 @@ def _from_fields(fields: dict[str, str]) -> ApiKey:
         strict_params=fields.get("strict_params", "0") == "1",
         budget_day_micros=int(fields.get("budget_day", 0)),
         budget_month_micros=int(fields.get("budget_month", 0)),
+        metadata=json.loads(fields.get("metadata") or "{}"),
+        allowed_models=tuple(json.loads(fields.get("allowed_models") or "[]")),
+        expires=int(fields.get("expires") or 0),
     )

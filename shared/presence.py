@@ -104,6 +104,12 @@ class Presence:
         counts = self._live([presence_key(f) for f in names], now="" if now is None else repr(now))
         return {name: int(count) for name, count in zip(names, counts, strict=True)}
 
+    def workers(self, family: str) -> list[str]:
+        """The worker processes whose announcement for ``family`` is live now (Redis' clock)."""
+        seconds, micros = self._redis.time()
+        now = seconds + micros / 1_000_000
+        return sorted(self._redis.zrangebyscore(presence_key(family), f"({now!r}", "+inf"))
+
     def served(self, families: Collection[str]) -> frozenset[str]:
         """The ones of ``families`` that at least one live worker announces, as read at
         most ``cache_seconds`` ago by this process."""

@@ -270,6 +270,11 @@ class Settings(_Variables):
     visibility_timeout_seconds: Cap = Field(
         0, validation_alias="IMAGEGATE_BROKER_VISIBILITY_TIMEOUT_SECONDS"
     )
+    # Admin API (api/admin.py): failed admin authentications a client address may make
+    # per minute before all its admin requests get 429 for the rest of it (0: no limit),
+    # and origins (scheme://host[:port]) besides the gateway's own that may call it.
+    admin_auth_failures_per_minute: Cap = 20
+    admin_allowed_origins: Hosts = ()
     log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
     worker_concurrency: Cap = 0

@@ -29,10 +29,11 @@ import redis
 
 from api.parse_limit import ParseLimit
 from shared import jobrecord, lua
+from shared.balance_changes import BalanceChanges
 from shared.billing import Accounts, Idempotency
 from shared.capacity import Capacity
 from shared.catalog import Catalog, parse_catalog
-from shared.errors import InsufficientBalance, RateLimited, UpstreamError
+from shared.errors import Conflict, InsufficientBalance, RateLimited, UpstreamError
 from shared.health import BreakerPolicy, Breakers
 from shared.jobs import (
     TERMINAL,
@@ -292,6 +293,14 @@ def _scenario(client: redis.Redis) -> None:
     admit(capped, 1)  # its free image of the day
     with pytest.raises(InsufficientBalance):
         admit(capped, 1)  # beyond its spending cap of the day
+    # an operator's balance changes: applied, replayed, refused below zero
+    changes = BalanceChanges(client, idempotency_ttl=60)
+    assert changes.apply(broke.id, 5, kind="topup", reason="r", admin="adm", body=b"1",
+                         idempotency_key="i").balance_micros == 5  # fmt: skip
+    assert changes.apply(broke.id, 5, kind="topup", reason="r", admin="adm", body=b"1",
+                         idempotency_key="i").replayed  # fmt: skip
+    with pytest.raises(Conflict):
+        changes.apply(broke.id, -6, kind="adjust", reason="r", admin="adm", body=b"2")
     with pytest.raises(RateLimited):
         admit(broke, 1, user="u")  # the free image of the day, then a full user window
         admit(broke, 5, user="u")

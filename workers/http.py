@@ -362,6 +362,9 @@ class UpstreamHTTP:
     # an SSRF-guarded one (shared.netguard.safe_session), since their URLs come from
     # an upstream's answer or a client, not from our configuration.
     fetch_session: requests.Session | None = None
+    # Told of every request sent (method, URL without query, status or error, duration):
+    # the job's timeline (shared.jobevents). Must not raise.
+    on_attempt: Callable[[dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
         watch(self.session)
@@ -517,25 +520,44 @@ class UpstreamHTTP:
         self, session, method, url, json_body, data, files, headers, params
     ) -> requests.Response:
         timeout = self._timeout()
-        with wall_clock(self._attempt_limit()):
-            response = session.request(
-                method,
-                url,
-                json=json_body,
-                data=data,
-                files=files,
-                headers=dict(headers or {}),
-                params=params,
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-            )
-            self._read_body(response)
+        started = time.time()
+        try:
+            with wall_clock(self._attempt_limit()):
+                response = session.request(
+                    method,
+                    url,
+                    json=json_body,
+                    data=data,
+                    files=files,
+                    headers=dict(headers or {}),
+                    params=params,
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                )
+                self._read_body(response)
+        except Exception as exc:
+            self._tell(method, url, started, error=type(exc).__name__)
+            raise
+        self._tell(method, url, started, status=response.status_code)
         if response.status_code in RETRY_STATUSES:
             raise RetryableStatus(response)
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
         return response
+
+    def _tell(self, method: str, url: str, started: float, **outcome: Any) -> None:
+        if self.on_attempt is None:
+            return
+        self.on_attempt(
+            {
+                "at": started,
+                "method": method,
+                "url": url.split("?", 1)[0][:200],
+                **outcome,
+                "duration_ms": int((time.time() - started) * 1000),
+            }
+        )
 
     def _read_body(self, response: requests.Response) -> None:
         """Read the whole body, bounded by the deadline and in size.

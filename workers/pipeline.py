@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 
+from shared import jobevents
 from shared.capacity import Lease
 from shared.catalog import Family, Model
 from shared.errors import (
@@ -262,6 +263,9 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
         max_retries=ctx.settings.upstream_max_retries,
         attempt_timeout=ctx.settings.upstream_attempt_timeout_seconds,
         error_parser=default_error_parser,
+        on_attempt=lambda entry: jobevents.record(
+            ctx.redis, job.id, {**entry, "model": model.id}, ctx.jobs.ttl_for(job)
+        ),
     )
     keys = ctx.settings.credentials_for(family.key_env)
     lease = _take_slot(job, family, keys, ctx)
