@@ -351,6 +351,7 @@ def _submit(
         deadline=now + budget,
         meta=meta,
     )
+    unit = model.unit_price(job_request)  # an edit's price, at the size it will produce
     idempotency = generations._idempotency(key, svc, digest_of, job.id)
     spec_json = generations._bounded_spec(job, svc)
     try:
@@ -370,6 +371,7 @@ def _submit(
             idempotency=idempotency,
             webhook_url=checked_webhook,
             watch=svc.jobs.watch_entry(job),
+            unit_price=unit,
         )
     except (GatewayError, OSError):
         generations.drop_uploads(job, svc)  # refused, or not stored: unreferenced
@@ -378,6 +380,7 @@ def _submit(
         generations.drop_uploads(job, svc)  # the first job of this key has its own
         return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
+    job = generations.charged(job, unit)
     waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
     try:
         generations._send(job, svc, idempotency)

@@ -34,7 +34,8 @@ Keys::
     ig:balance:<key id>                      integer micro-units
     ig:rl:<key id>:<model | *>:<m|d>:<bucket>  window counters
     ig:ledger:<key id>                       stream: kind, job, model, images, amount, ts
-    ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total
+                                             (settle entries: + cost, serving)
+    ig:usage:<key id>                        hash "<day>|<model>|<images|amount|cost>" -> total
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class UsageRow:
     model: str
     images: int
     amount_micros: int
+    cost_micros: int = 0  # what the upstreams charged for them (where it was known)
+
+    @property
+    def margin_micros(self) -> int:
+        return self.amount_micros - self.cost_micros
 
 
 class Accounts:
@@ -241,15 +247,21 @@ class Accounts:
         idempotency: Idempotency | None = None,
         webhook_url: str | None = None,
         watch: tuple[str, float] | None = None,
+        unit_price: int | None = None,
     ) -> Admission:
         """Admit the request or raise (see the module docstring).
+
+        ``unit_price`` is the price of one image of this request
+        (:meth:`shared.catalog.Model.unit_price`: by quality, produced size, edit);
+        None: the model's price at its defaults.
 
         ``now`` is the web host's clock: it picks the rate-limit windows, and
         ``deadline`` and ``watch`` are taken as distances from it, re-based on
         Redis' clock in the record (``created`` there is Redis' ``TIME``).
         """
         windows = windows_for(key, tier, model, n, now)
-        cost = model.price_micros * n
+        unit = model.price_micros if unit_price is None else unit_price
+        cost = unit * n
         record = jobrecord.new_record(
             job_id=job_id,
             key_id=key.id,
@@ -260,7 +272,7 @@ class Accounts:
             bill=jobrecord.bill_fields(
                 model=model.id,
                 n=n,
-                unit_price=model.price_micros,
+                unit_price=unit,
                 charged=cost,
                 day=time.strftime("%Y-%m-%d", time.gmtime(now)),
                 unlimited=key.unlimited,
@@ -302,7 +314,7 @@ class Accounts:
             balance = int(reply[1])
             raise InsufficientBalance(
                 f"Insufficient balance: this request costs {format_money(cost)} "
-                f"({n} x {format_money(model.price_micros)}), the balance is "
+                f"({n} x {format_money(unit)}), the balance is "
                 f"{format_money(balance)}.",
             )
         balance = None if key.unlimited else int(reply[1])
@@ -372,8 +384,10 @@ class Accounts:
         for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
             day, rest = field_name.split("|", 1)
             model, what = rest.rsplit("|", 1)
-            totals.setdefault((day, model), {"images": 0, "amount": 0})[what] = int(value)
+            totals.setdefault((day, model), {"images": 0, "amount": 0, "cost": 0})[what] = int(
+                value
+            )
         return [
-            UsageRow(day, model, t["images"], t["amount"])
+            UsageRow(day, model, t["images"], t["amount"], t["cost"])
             for (day, model), t in sorted(totals.items())
         ]

@@ -60,7 +60,7 @@ import difflib
 import tomllib
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -77,9 +77,24 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest, NotFound
+from shared.pricing import (
+    MICROS_PER_UNIT,
+    QUALITY_LEVELS,
+    Money,
+    PriceEntry,
+    PriceQuery,
+    PriceSpec,
+    Pricing,
+    PricingError,
+    TokenPrices,
+    TokenPricesEntry,
+    money,
+    query_for,
+    sample_requests,
+)
 from shared.sizing import Size, SizeRule, parse_size, rule_from_spec
 
-MICROS_PER_UNIT = 1_000_000
+__all__ = ["MICROS_PER_UNIT", "QUALITY_LEVELS"]  # re-exported: billing, api.validation
 
 # Optional request fields a model may accept; `prompt`, `model`, `n`, `size` and
 # `response_format` are always accepted (response_format is the gateway's own job).
@@ -106,12 +121,6 @@ MAX_REFERENCE_IMAGES = 16
 # and mapped to what the model has or ignored (api/validation.py, `fit_tuning`).
 TUNING_PARAMS = ("user", "quality", "style")
 
-# OpenAI's quality vocabulary as levels, to map a value onto a model's own choices:
-# dall-e-3's `hd` and the GPT models' `high` are the same level.
-QUALITY_LEVELS: Mapping[str, int] = MappingProxyType(
-    {"low": 0, "standard": 1, "medium": 1, "hd": 2, "high": 2}
-)
-
 
 class CatalogError(ValueError):
     """The catalog file is invalid."""
@@ -135,7 +144,7 @@ class Model:
     id: str
     family: str
     upstream: str
-    price_micros: int
+    pricing: Pricing  # what the client pays per image (shared.pricing)
     size_rule: SizeRule
     default_size: Size
     max_n: int
@@ -152,6 +161,29 @@ class Model:
     max_reference_images: int = 0
     mask: bool = False
     variations: bool = False
+    # What the upstream charges us per image (None: unknown), its prices per million
+    # tokens where it bills tokens, and whether the catalog may price it below its cost.
+    cost: Pricing | None = None
+    token_prices: TokenPrices | None = None
+    cost_per_second: int | None = None  # micro-units per second of upstream compute
+    allow_loss: bool = False
+
+    def query(self, request: Mapping[str, Any]) -> PriceQuery:
+        """The price query of a job request for this model: the size it will produce."""
+        return query_for(self.size_rule, self.default_size, request)
+
+    def unit_price(self, request: Mapping[str, Any]) -> int:
+        """Micro-units the client pays per image of this job request."""
+        return self.pricing.unit(self.query(request))
+
+    def unit_cost(self, request: Mapping[str, Any]) -> int | None:
+        """Micro-units the upstream charges per image of this job request (None: unknown)."""
+        return None if self.cost is None else self.cost.unit(self.query(request))
+
+    @property
+    def price_micros(self) -> int:
+        """The price of one image at the default size and quality (``GET /v1/models``)."""
+        return self.unit_price({})
 
     @property
     def price(self) -> Decimal:
@@ -181,9 +213,20 @@ class VirtualModel:
 
     id: str
     candidates: tuple[Candidate, ...]
-    price_micros: int
+    pricing: Pricing
     description: str = ""
     owned_by: str = "imagegate"
+    allow_loss: bool = False  # may route to a candidate costing more than the client pays
+
+    def unit_price(self, model: Model, request: Mapping[str, Any]) -> int:
+        """Micro-units per image when ``model`` serves ``request`` (its route's request):
+        the size that model will produce."""
+        return self.pricing.unit(model.query(request))
+
+    @property
+    def price_micros(self) -> int:
+        """The price of one image at 1024x1024 and the default quality."""
+        return self.pricing.unit(PriceQuery(size=Size(1024, 1024)))
 
     @property
     def price(self) -> Decimal:
@@ -300,28 +343,11 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _micros(value: Any) -> int:
-    """A price in currency units (``"0.040"``) as integer micro-units."""
-    try:
-        price = Decimal(str(value))
-    except InvalidOperation:
-        price = Decimal("NaN")
-    if not price.is_finite():
-        raise ValueError(f"price {value!r} is not a decimal number")
-    micros = price * MICROS_PER_UNIT
-    if price < 0 or micros != micros.to_integral_value():
-        raise ValueError(f"price {value!r} must be >= 0 with at most 6 decimals")
-    return int(micros)
-
-
 def _size(value: Any) -> Size:
     try:
         return parse_size(value)
     except InvalidRequest as exc:
         raise ValueError(str(exc)) from None
-
-
-Price = Annotated[int, BeforeValidator(_micros)]  # written in currency units, kept in micros
 
 
 class FamilyEntry(_Entry):
@@ -356,7 +382,11 @@ class ModelEntry(_Entry):
     id: str
     family: str
     upstream: str = ""  # "": the id
-    price: Price = 0
+    price: PriceSpec = PriceEntry(per_image=0)  # shared/pricing.py: flat, table, per megapixel
+    cost: PriceSpec | None = None  # what the upstream charges per image (None: unknown)
+    token_prices: TokenPricesEntry | None = None  # per million tokens, where it bills tokens
+    cost_per_second: Money | None = None  # where it bills compute time (Replicate)
+    allow_loss: bool = False  # may be priced below its cost (else refused at load)
     size_rule: Annotated[Any, BeforeValidator(rule_from_spec)]  # a SizeRule once validated
     default_size: Annotated[Size, BeforeValidator(_size)] = Size(1024, 1024)
     max_n: int = Field(1, ge=1)
@@ -402,7 +432,7 @@ class ModelEntry(_Entry):
             id=self.id,
             family=self.family,
             upstream=self.upstream or self.id,
-            price_micros=self.price,
+            pricing=self.price.pricing(self.default_size),
             size_rule=self.size_rule,
             default_size=self.default_size,
             max_n=self.max_n,
@@ -417,6 +447,10 @@ class ModelEntry(_Entry):
             max_reference_images=self.references,
             mask=self.mask,
             variations=self.variations,
+            cost=self.cost.pricing(self.default_size) if self.cost is not None else None,
+            token_prices=self.token_prices.build() if self.token_prices else None,
+            cost_per_second=self.cost_per_second,
+            allow_loss=self.allow_loss,
         )
 
 
@@ -440,9 +474,10 @@ class VirtualEntry(_Entry):
 
     id: str
     candidates: list[CandidateEntry] = Field(min_length=1)
-    price: Price = 0
+    price: PriceSpec = PriceEntry(per_image=0)
     description: str = ""
     owned_by: str = "imagegate"
+    allow_loss: bool = False
 
     def build(self) -> VirtualModel:
         return VirtualModel(
@@ -451,9 +486,10 @@ class VirtualEntry(_Entry):
                 Candidate(c.model, c.weight, MappingProxyType(dict(c.params)))
                 for c in self.candidates
             ),
-            price_micros=self.price,
+            pricing=self.price.pricing(),
             description=self.description,
             owned_by=self.owned_by,
+            allow_loss=self.allow_loss,
         )
 
 
@@ -549,6 +585,12 @@ class CatalogFile(_Entry):
             if vm.id in virtual or vm.id in models:
                 raise CatalogError(f"{source}: model id '{vm.id}' is defined twice")
             virtual[vm.id] = vm.build()
+        for index, entry in enumerate(self.models):
+            _check_model_losses(models[entry.id], f"{source}: models[{index}] ({entry.id})")
+        for index, vm in enumerate(self.virtual_models):
+            _check_virtual_losses(
+                virtual[vm.id], models, f"{source}: virtual_models[{index}] ({vm.id})"
+            )
         routable = models.keys() | virtual.keys()
         rpm = self.accounts.requests_per_minute
         tiers = {
@@ -567,6 +609,65 @@ class CatalogFile(_Entry):
             default_tier=default_tier,
             virtual=MappingProxyType(virtual),
         )
+
+
+# --- no silent loss: a price below a cost is refused unless allow_loss ---------------
+
+
+def _sample_requests(
+    model: Model, overrides: Mapping[str, Any] | None = None, *, edits: bool = True
+) -> list[dict[str, Any]]:
+    """Requests a client may send ``model`` that differ in what prices depend on."""
+    overrides = overrides or {}
+    if "quality" in overrides:
+        qualities: list[str | None] = [overrides["quality"]]
+    elif "quality" in model.params:
+        qualities = [None, *model.choices.get("quality", ("low", "standard", "medium", "hd"))]
+        qualities += [q for q in ("high",) if "quality" not in model.choices]
+    else:
+        qualities = [None]
+    ratios = model.size_rule.describe().get("ratios") or []
+    return [
+        {**req, **{k: v for k, v in overrides.items() if k != "quality"}}
+        for req in sample_requests(qualities, ratios, edits=edits and model.edits)
+    ]
+
+
+def _check_model_losses(model: Model, where: str) -> None:
+    for request in _sample_requests(model):
+        try:
+            price, cost = model.unit_price(request), model.unit_cost(request)
+        except InvalidRequest:
+            continue  # the model refuses this request
+        except PricingError as exc:
+            raise CatalogError(f"{where}: {exc} ({model.query(request).describe()})") from None
+        if cost is not None and price < cost and not model.allow_loss:
+            raise CatalogError(
+                f"{where}: priced {money(price)} per image, below its upstream cost "
+                f"{money(cost)} ({model.query(request).describe()}); raise the price or "
+                "set allow_loss = true"
+            )
+
+
+def _check_virtual_losses(vm: VirtualModel, models: Mapping[str, Model], where: str) -> None:
+    if vm.allow_loss:
+        return
+    for candidate in vm.candidates:
+        model = models[candidate.model]
+        for request in _sample_requests(model, candidate.overrides, edits=False):
+            try:
+                price, cost = vm.unit_price(model, request), model.unit_cost(request)
+            except InvalidRequest:
+                continue  # the model refuses this request
+            except PricingError as exc:
+                raise CatalogError(f"{where}: {exc} ({model.query(request).describe()})") from None
+            if cost is not None and price < cost:
+                raise CatalogError(
+                    f"{where}: priced {money(price)} per image, below the cost "
+                    f"{money(cost)} of its candidate '{model.id}' "
+                    f"({model.query(request).describe()}); raise the price or set "
+                    "allow_loss = true"
+                )
 
 
 # --- errors that name the file, the entry and the key ---------------------------------

@@ -40,6 +40,8 @@ CATALOG_MISCONFIGURED = "catalog_misconfigured"
 :func:`workers.adapters.validate_catalog` stops a deployment before one is served."""
 UPSTREAM_MALFORMED_RESPONSE = "upstream_malformed_response"
 """502: the upstream answered something that is not what its protocol promises."""
+PRICED_BELOW_COST = "priced_below_cost"
+"""503: no candidate of a virtual model serves the request at or below its price."""
 
 
 class GatewayError(Exception):

@@ -231,6 +231,9 @@ class Settings(_Variables):
     # Refuse OpenAI clients' tuning fields (user, quality, style) a model does not take,
     # instead of mapping or ignoring them (also per key: `imagegate keys strict-params`).
     strict_params: Flag = False
+    # GET /v1/usage also shows what the upstreams charged and the margin (an operator's
+    # own keys; a reseller's customers need not see it). The CLI always shows them.
+    usage_shows_cost: Flag = False
     max_body_bytes: Count = 16 * 1024 * 1024
     # Request-body bytes parsed per second per key (a token bucket; see api.parse_limit).
     parse_bytes_per_second: Count = 64 * 1024 * 1024

@@ -137,7 +137,14 @@ class ArkAdapter:
             )
         if not images:
             raise _no_images(failures, rid)
-        return ImageResult(images=images[: request.n], upstream_request_id=rid)
+        usage = payload.get("usage")
+        billed = usage.get("generated_images") if isinstance(usage, dict) else None
+        return ImageResult(
+            images=images[: request.n],
+            upstream_request_id=rid,
+            # Ark bills the images it generated (usage.generated_images).
+            billed_images=billed if isinstance(billed, int) and billed >= 0 else None,
+        )
 
 
 def build_body(request: ImageRequest) -> dict[str, Any]:
