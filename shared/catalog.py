@@ -16,7 +16,13 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     id = "dall-e-3"                  # what clients send as `model`
     family = "openai"
     upstream = "dall-e-3"            # the upstream's own model name
-    price = "0.040"                  # per image, in currency units (kept as integer micro-units)
+    price = "0.040"                  # per image, in currency units (kept as integer micro-units);
+                                     # or a table by quality x size, or per megapixel, with an
+                                     # optional edit form (shared/pricing.py)
+    cost = "0.040"                   # what the upstream charges per image, same forms
+    token_prices = { input_text = "5.00", output_image = "40.00" }  # per 1M tokens (OpenAI)
+    cost_per_second = "0.000975"     # where the upstream bills compute time (Replicate)
+    allow_loss = false               # true: may be priced below its cost
     size_rule = { kind = "fixed", sizes = ["1024x1024", "1792x1024", "1024x1792"] }
     default_size = "1024x1024"
     max_n = 1
@@ -33,7 +39,9 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
 
     [[virtual_models]]
     id = "image-turbo"               # routed per request to one of its candidates
-    price = "0.005"                  # its own price; tier limits use this id too
+    price = "0.005"                  # its own price (any form; read at the size the chosen
+                                     # candidate produces); tier limits use this id too
+    allow_loss = false               # true: may cost more (upstream) than the client pays
     candidates = [{ model = "flux-schnell", weight = 4, params = { output_format = "png" } }]
 
     [accounts]
@@ -48,6 +56,9 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
 Loading validates everything (an unknown key such as ``max_concurent``, an
 unknown family, a bad size rule or price) and fails loudly, naming the file,
 the entry and the key: a broken catalog must stop a deployment, not a request.
+So does a price below a cost: a model priced below its own cost, or a virtual
+model below a candidate's, for any of a grid of requests (quality, size or
+ratio, edit; :func:`shared.pricing.sample_requests`), unless ``allow_loss``.
 Each kind of table is a pydantic model that refuses keys it does not know
 (``FamilyEntry``, ``ModelEntry``, ...); what entries say about each other (a
 model's family exists, ids are unique) is checked when the catalog is built.
