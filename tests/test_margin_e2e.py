@@ -87,6 +87,15 @@ def test_every_family_records_its_upstream_cost_beside_the_charge(
     assert totals["bytedance/seedream-4.0"]["margin"] == "0.000000"
     assert totals["black-forest-labs/flux-2-pro"]["margin"] == "0.000029"
 
+    # The job object says what was paid; GET /v1/models how prices are worked out.
+    job = requests.get(
+        f"{costed_gateway}/v1/images/generations/{flux}", headers=headers, timeout=10
+    ).json()
+    assert job["charge"] == "0.030729"
+    model = requests.get(f"{costed_gateway}/v1/models/dall-e-3", headers=headers, timeout=10).json()
+    assert model["pricing"]["table"]["hd"]["1792x1024"] == "0.120000"
+    assert model["price_per_image"] == "0.04"
+
     # The operator's view: cost and margin by day and model.
     report = cli(stack_env, "keys", "usage", created["id"])
     assert "black-forest-labs/flux-2-pro\t1 images\t0.030729\tcost 0.030700" in report

@@ -1,10 +1,12 @@
 """``bfl`` family: the Black Forest Labs API (FLUX1.1 [pro], FLUX.1 Kontext, FLUX.2).
 
 Asynchronous, one image per task. ``POST {base_url}/v1/<model.upstream>`` with
-header ``x-key: <key>`` answers ``{id, polling_url, cost, input_mp, output_mp}``;
-the adapter then polls ``polling_url`` *verbatim* (it may name a regional host),
-through the SSRF guard like a result file (the catalog's base URL host is
-allowed, any other internal address refused), until ``status`` is terminal:
+header ``x-key: <key>`` answers ``{id, polling_url, cost, input_mp, output_mp}``
+(``cost`` in credits of $0.01: summed over the tasks, the job's upstream cost,
+``ImageResult.cost_micros``); the adapter then polls ``polling_url`` *verbatim*
+(it may name a regional host), through the SSRF guard like a result file (the
+catalog's base URL host is allowed, any other internal address refused), until
+``status`` is terminal:
 
 * ``Ready``: ``result.sample`` is a signed URL that expires after about ten
   minutes, returned as ``GeneratedImage(url=...)`` for the task to download at

@@ -18,6 +18,9 @@ Asynchronous JSON predictions with ``Authorization: Bearer <token>``:
   and cancels go through the SSRF guard, like result files. At the
   deadline, or on any error after the prediction exists, it POSTs the cancel
   URL best-effort and re-raises (:class:`DeadlineExceeded` at the deadline).
+  A finished prediction's ``metrics.predict_time`` (the seconds Replicate bills
+  for models run on its hardware by time) is summed into
+  ``ImageResult.compute_seconds``.
 
 Field mapping (gateway request -> ``input``), driven by the catalog entry's
 ``options`` (all optional):
