@@ -314,3 +314,12 @@ def test_routing_never_picks_a_candidate_costing_more_than_the_client_pays() -> 
 def test_malformed_price_forms_are_refused(price: dict[str, Any], message: str) -> None:
     with pytest.raises(CatalogError, match=message):
         parse_catalog(_minimal(models=[_model("m", price=price)]))
+
+
+def test_a_virtual_price_follows_what_the_chosen_candidate_will_produce(
+    catalog: Catalog,
+) -> None:
+    image, dalle = catalog.virtual["image"], catalog.models["dall-e-3"]
+    assert image.unit_price(dalle, {"quality": "hd", "size": "1792x1024"}) == 120_000
+    assert image.unit_price(dalle, {"size": "1024x1792"}) == 80_000
+    assert image.unit_price(catalog.models["bytedance/seedream-4.0"], {}) == 55_000
