@@ -58,7 +58,7 @@ unknown family, a bad size rule or price) and fails loudly, naming the file,
 the entry and the key: a broken catalog must stop a deployment, not a request.
 So does a price below a cost: a model priced below its own cost, or a virtual
 model below a candidate's, for any of a grid of requests (quality, size or
-ratio, edit; :func:`shared.pricing.sample_requests`), unless ``allow_loss``.
+ratio, edit; :func:`shared.pricing.sample_queries`), unless ``allow_loss``.
 Each kind of table is a pydantic model that refuses keys it does not know
 (``FamilyEntry``, ``ModelEntry``, ...); what entries say about each other (a
 model's family exists, ids are unique) is checked when the catalog is built.
@@ -101,7 +101,7 @@ from shared.pricing import (
     TokenPricesEntry,
     money,
     query_for,
-    sample_requests,
+    sample_queries,
 )
 from shared.sizing import Size, SizeRule, parse_size, rule_from_spec
 
@@ -625,10 +625,11 @@ class CatalogFile(_Entry):
 # --- no silent loss: a price below a cost is refused unless allow_loss ---------------
 
 
-def _sample_requests(
+def _sample_queries(
     model: Model, overrides: Mapping[str, Any] | None = None, *, edits: bool = True
-) -> list[dict[str, Any]]:
-    """Requests a client may send ``model`` that differ in what prices depend on."""
+) -> list[PriceQuery]:
+    """Price queries of requests a client may send ``model`` (with a virtual model's
+    candidate ``overrides``), differing in what prices depend on."""
     overrides = overrides or {}
     if "quality" in overrides:
         qualities: list[str | None] = [overrides["quality"]]
@@ -637,26 +638,27 @@ def _sample_requests(
         qualities += [q for q in ("high",) if "quality" not in model.choices]
     else:
         qualities = [None]
-    ratios = model.size_rule.describe().get("ratios") or []
-    return [
-        {**req, **{k: v for k, v in overrides.items() if k != "quality"}}
-        for req in sample_requests(qualities, ratios, edits=edits and model.edits)
-    ]
+    return sample_queries(
+        model.size_rule,
+        model.default_size,
+        qualities,
+        edits=edits and model.edits,
+        fixed={k: v for k, v in overrides.items() if k in ("size", "aspect_ratio")},
+    )
 
 
 def _check_model_losses(model: Model, where: str) -> None:
-    for request in _sample_requests(model):
+    if model.cost is None or model.allow_loss:
+        return
+    for query in _sample_queries(model):
         try:
-            price, cost = model.unit_price(request), model.unit_cost(request)
-        except InvalidRequest:
-            continue  # the model refuses this request
+            price, cost = model.pricing.unit(query), model.cost.unit(query)
         except PricingError as exc:
-            raise CatalogError(f"{where}: {exc} ({model.query(request).describe()})") from None
-        if cost is not None and price < cost and not model.allow_loss:
+            raise CatalogError(f"{where}: {exc} ({query.describe()})") from None
+        if price < cost:
             raise CatalogError(
                 f"{where}: priced {money(price)} per image, below its upstream cost "
-                f"{money(cost)} ({model.query(request).describe()}); raise the price or "
-                "set allow_loss = true"
+                f"{money(cost)} ({query.describe()}); raise the price or set allow_loss = true"
             )
 
 
@@ -665,19 +667,18 @@ def _check_virtual_losses(vm: VirtualModel, models: Mapping[str, Model], where: 
         return
     for candidate in vm.candidates:
         model = models[candidate.model]
-        for request in _sample_requests(model, candidate.overrides, edits=False):
+        if model.cost is None:
+            continue
+        for query in _sample_queries(model, candidate.overrides, edits=False):
             try:
-                price, cost = vm.unit_price(model, request), model.unit_cost(request)
-            except InvalidRequest:
-                continue  # the model refuses this request
+                price, cost = vm.pricing.unit(query), model.cost.unit(query)
             except PricingError as exc:
-                raise CatalogError(f"{where}: {exc} ({model.query(request).describe()})") from None
-            if cost is not None and price < cost:
+                raise CatalogError(f"{where}: {exc} ({query.describe()})") from None
+            if price < cost:
                 raise CatalogError(
                     f"{where}: priced {money(price)} per image, below the cost "
-                    f"{money(cost)} of its candidate '{model.id}' "
-                    f"({model.query(request).describe()}); raise the price or set "
-                    "allow_loss = true"
+                    f"{money(cost)} of its candidate '{model.id}' ({query.describe()}); "
+                    "raise the price or set allow_loss = true"
                 )
 
 

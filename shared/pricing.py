@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Annotated, Any, Protocol
 
@@ -407,24 +408,37 @@ SAMPLE_SIZES: tuple[str | None, ...] = (
 )
 
 
-def sample_requests(
-    qualities: Iterable[str | None], ratios: Iterable[str], edits: bool
-) -> list[dict[str, Any]]:
-    """Requests that differ in what a price depends on: quality, size (or ratio), edit."""
-    out: list[dict[str, Any]] = []
-    operations = ["generate", "edit"] if edits else ["generate"]
-    for operation in operations:
-        for quality in qualities:
-            for size in SAMPLE_SIZES:
-                req: dict[str, Any] = {"operation": operation}
-                if quality is not None:
-                    req["quality"] = quality
-                if size is not None:
-                    req["size"] = size
-                out.append(req)
-            for ratio in ratios:
-                req = {"operation": operation, "aspect_ratio": ratio}
-                if quality is not None:
-                    req["quality"] = quality
-                out.append(req)
-    return out
+def sample_queries(
+    rule: SizeRule,
+    default: Size,
+    qualities: Iterable[str | None],
+    *,
+    edits: bool,
+    fixed: Mapping[str, Any] | None = None,
+) -> list[PriceQuery]:
+    """The price queries of requests a client may send a model of ``rule``: each
+    quality, each sample size (and each of the rule's ratios) as the rule produces it,
+    generation and (``edits``) edit; ``fixed`` request fields (a virtual model's
+    candidate overrides) apply to each. Requests the rule refuses are left out."""
+    fixed = fixed or {}
+    asked: list[dict[str, Any]] = [{"size": size} if size else {} for size in SAMPLE_SIZES]
+    asked += [{"aspect_ratio": ratio} for ratio in rule.describe().get("ratios") or []]
+    sizes: list[Size] = []
+    for request in asked:
+        merged = {**request, **fixed}
+        try:
+            sizes.append(_produced(rule, default, merged.get("size"), merged.get("aspect_ratio")))
+        except InvalidRequest:
+            continue
+    operations = [False, True] if edits else [False]
+    return [
+        PriceQuery(quality=quality, size=size, edit=edit)
+        for size in dict.fromkeys(sizes)
+        for quality in qualities
+        for edit in operations
+    ]
+
+
+@lru_cache(maxsize=4096)
+def _produced(rule: SizeRule, default: Size, size: str | None, ratio: str | None) -> Size:
+    return produced_size(rule, default, {"size": size, "aspect_ratio": ratio})
