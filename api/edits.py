@@ -352,6 +352,7 @@ def _submit(
         deadline=now + budget,
         meta=meta,
     )
+    unit = model.unit_price(job_request)  # an edit's price, at the size it will produce
     idempotency = generations._idempotency(key, svc, digest_of, job.id)
     spec_json = generations._bounded_spec(job, svc)
     try:
@@ -374,6 +375,7 @@ def _submit(
             webhook_url=checked_webhook,
             watch=svc.jobs.watch_entry(job),
             user=user,
+            unit_price=unit,
         )
     except (GatewayError, OSError):
         generations.drop_uploads(job, svc)  # refused, or not stored: unreferenced
@@ -382,6 +384,7 @@ def _submit(
         generations.drop_uploads(job, svc)  # the first job of this key has its own
         return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
+    job = generations.charged(job, unit, admission)
     waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
     try:
         generations._send(job, svc, idempotency)

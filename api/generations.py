@@ -41,6 +41,7 @@ taken out of the body here (:func:`_parse`) and the rest is validated as usual.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,14 +53,14 @@ from flask import Blueprint, g, request
 
 from api.auth import current_key
 from api.responses import base_url, images_response, job_object, json_response
-from api.routing import Route, plan
+from api.routing import Route, plan, unit_price
 from api.schemas import GenerationRequest
 from api.services import Services, services
 from api.streaming import stream_response
 from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
 from api.waiter import Waiter
 from shared import jobindex
-from shared.billing import Idempotency, idempotency_key
+from shared.billing import Admission, Idempotency, format_money, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
     Conflict,
@@ -213,6 +214,7 @@ def create_generation():
             client=svc.redis,
         )
         model, family, job_request = routes[0].model, routes[0].family, routes[0].request
+        unit = unit_price(target, routes)
     else:
         model = target
         family = svc.catalog.family_of(model)
@@ -222,6 +224,7 @@ def create_generation():
         if not strict:
             fitted, notes = fit_tuning(req, model)
         job_request = check_against_model(fitted, model)
+        unit = model.unit_price(job_request)  # by quality, the size it will produce
     webhook_url = None
     if req.webhook_url is not None:
         webhook_url = check_url(req.webhook_url, policy_for(svc.settings), param="webhook_url")
@@ -288,6 +291,7 @@ def create_generation():
             webhook_url=webhook_url,
             watch=svc.jobs.watch_entry(job),
             user=req.user,
+            unit_price=unit,
         )
     except GatewayError:
         drop_uploads(job, svc)  # refused (429, 402, 403): nothing refers to it
@@ -296,6 +300,7 @@ def create_generation():
         drop_uploads(job, svc)  # the first job of this key has its own
         return _replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
     g.ratelimit = admission.status
+    job = charged(job, unit, admission)
     # A synchronous request listens for its job before sending it, so the worker's
     # notice cannot slip past, and its first look at the record waits for it.
     waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
@@ -478,13 +483,25 @@ def _accepted(job_id: str, svc: Services):
     return response
 
 
+def charged(job: Job, unit: int, admission: Admission) -> Job:
+    """The job as admitted: ``unit`` micro-units per image, and what admission reserved
+    (the images beyond the tier's free ones of the day)."""
+    return dataclasses.replace(job, unit_price=unit, charge=admission.charged_micros)
+
+
 def _param_headers(job: Job) -> dict[str, str]:
-    """The mapped/ignored tuning fields of the route the job ran (or will run) on."""
+    """The mapped/ignored tuning fields of the route the job ran (or will run) on, and
+    ``x-imagegate-charge``: what the client pays for it (reserved until it ends, then
+    what was spent: images not delivered are refunded)."""
+    charge = {} if job.charge is None else {CHARGE_HEADER: format_money(job.charge)}
     routes = job.meta.get("routes")
     if routes:
         route = routes[min(job.candidate, len(routes) - 1)]
-        return ParamNotes.from_meta(route.get("params")).headers()
-    return ParamNotes.from_meta(job.meta.get("params")).headers()
+        return {**ParamNotes.from_meta(route.get("params")).headers(), **charge}
+    return {**ParamNotes.from_meta(job.meta.get("params")).headers(), **charge}
+
+
+CHARGE_HEADER = "x-imagegate-charge"
 
 
 def _wait_and_answer(job_id: str, svc: Services):

@@ -44,6 +44,7 @@ def describe_virtual(vm: catalog.VirtualModel, svc: Services) -> VirtualModel:
         virtual=True,
         description=vm.description,
         price_per_image=str(vm.price),
+        pricing=vm.pricing.describe(),
         candidates=candidates,
         available=any(c.available and c.health != "open" for c in candidates),
     )
@@ -60,6 +61,7 @@ def describe(model: catalog.Model, svc: Services) -> RealModel:
         family=family.name,
         description=model.description,
         price_per_image=str(model.price),
+        pricing=model.pricing.describe(),
         size_rule=model.size_rule.describe(),
         default_size=str(model.default_size),
         max_n=model.max_n,

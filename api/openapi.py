@@ -196,6 +196,13 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "Absent when none was ignored, and in strict mode.",
         "schema": {"type": "string", "examples": ["style, user"]},
     },
+    "Charge": {
+        "description": "What this request costs the caller, in currency units with 6 "
+        "decimals: the price per image (by quality, the size produced, edit or not; "
+        "`pricing` in `GET /v1/models`) x the images delivered, or x `n` while the job "
+        "runs (images not delivered are refunded). Absent for a job admitted without a bill.",
+        "schema": {"type": "string", "pattern": r"^[0-9]+\.[0-9]{6}$"},
+    },
     "Location": {
         "description": "Where to poll the job.",
         "required": True,
@@ -217,6 +224,7 @@ def _headers(*names: str, required: tuple[str, ...] = ()) -> dict[str, Any]:
         "ShouldRetry": "x-should-retry",
         "MappedParams": "x-imagegate-mapped-params",
         "IgnoredParams": "x-imagegate-ignored-params",
+        "Charge": "x-imagegate-charge",
         "Location": "Location",
     }
     out: dict[str, Any] = {}
@@ -722,6 +730,7 @@ def _image_answers(operation: str, *, streams: bool) -> dict[str, Any]:
                 "JobId",
                 "MappedParams",
                 "IgnoredParams",
+                "Charge",
                 required=("JobId",),
                 links={
                     "GetJob": {
@@ -738,6 +747,7 @@ def _image_answers(operation: str, *, streams: bool) -> dict[str, Any]:
             "JobId",
             "MappedParams",
             "IgnoredParams",
+            "Charge",
             required=("Location", "JobId"),
             links=_JOB_LINKS,
         ),

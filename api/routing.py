@@ -10,6 +10,12 @@ then orders them by weighted random choice without replacement
 first; the rest are its fallbacks, tried in order by the workers when a
 candidate fails in a way another can fix.
 
+The client pays the virtual model's price read at the size the first route
+will produce (:func:`unit_price`); a route whose upstream cost for its request
+is above that price is dropped (unless the virtual model says ``allow_loss``),
+so no fallback is sold at a loss either. When the first route itself would
+lose, the next one is tried first.
+
 Each candidate fits the client's tuning fields for itself
 (:func:`api.validation.fit_tuning`, unless ``strict``), so a route carries its
 own :class:`~api.validation.ParamNotes`. Without ``response_format`` a
@@ -29,7 +35,7 @@ import redis
 from api.schemas import GenerationRequest
 from api.validation import ParamNotes, check_against_model, fit_tuning
 from shared.catalog import Catalog, Family, Model, VirtualModel
-from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from shared.errors import PRICED_BELOW_COST, GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
 from shared.presence import why_unusable
 from shared.route import model_breaker, route_meta
@@ -107,4 +113,26 @@ def plan(
         )
     rng = rng or random.Random()
     keyed = sorted(healthy, key=lambda rw: rng.random() ** (1.0 / rw[1]), reverse=True)
-    return [route for route, _ in keyed]
+    return affordable(virtual, [route for route, _ in keyed])
+
+
+def unit_price(virtual: VirtualModel, routes: list[Route]) -> int:
+    """Micro-units per image the client pays: the price at the first route's size."""
+    return virtual.unit_price(routes[0].model, routes[0].request)
+
+
+def affordable(virtual: VirtualModel, routes: list[Route]) -> list[Route]:
+    """``routes`` without those costing more than the client pays (see the docstring)."""
+    if virtual.allow_loss:
+        return routes
+    for index, first in enumerate(routes):
+        price = virtual.unit_price(first.model, first.request)
+        kept = [r for r in routes[index:] if (r.model.unit_cost(r.request) or 0) <= price]
+        if kept and kept[0] is first:
+            return kept
+    raise ServiceUnavailable(
+        f"No model behind '{virtual.id}' can serve this request at its price; "
+        "try another size or quality, or a model by name.",
+        code=PRICED_BELOW_COST,
+        headers={"x-should-retry": "false"},
+    )

@@ -335,6 +335,17 @@ class Job(_Body):
     finished: Unix | Absent = None
     attempt: Annotated[int, Field(ge=0, description="One more per claim and takeover.")]
     takeovers: Annotated[int, Field(ge=0, description="Runs taken over from a dead worker.")]
+    charge: (
+        Annotated[
+            Money,
+            Field(
+                description="What the client pays for the job: reserved at admission "
+                "(price per image x n) until it ends, then what was spent (images not "
+                "delivered are refunded). Also the `x-imagegate-charge` header."
+            ),
+        ]
+        | Absent
+    ) = None
     served_by: str | None = None
     fallbacks: (
         Annotated[
@@ -366,7 +377,19 @@ class _ModelCommon(_Body):
     created: Unix
     owned_by: str
     description: str
-    price_per_image: Price
+    price_per_image: Annotated[
+        Price, Field(description="One image at the default size and quality (see `pricing`).")
+    ]
+    pricing: Annotated[
+        dict[str, Any],
+        Field(
+            description="How a request's price per image is worked out: `per_image`; "
+            "`table` (quality -> size -> price, `*` for any) with `default_quality` (used "
+            "for `auto` or no quality); or `per_megapixel` of the produced size with "
+            "`base`, `included_megapixels`, `minimum`; `edit`: the form for edits. The "
+            "charge of a request is in the `x-imagegate-charge` header."
+        ),
+    ]
     available: Annotated[bool, Field(description="Whether it can be used right now.")]
 
 
@@ -432,10 +455,19 @@ class ModelList(_Body):
     data: list[Model]
 
 
+_COST = Field(
+    description="What the upstreams charged for these images (only where the gateway "
+    "shows costs: `IMAGEGATE_USAGE_SHOWS_COST`)."
+)
+_MARGIN = Field(description="`amount` less `cost`: the gateway's margin (with `cost`).")
+
+
 class UsageTotal(_Body):
     model: str
     images: int
     amount: Money
+    cost: Annotated[Money, _COST] | Absent = None
+    margin: Annotated[Money, _MARGIN] | Absent = None
 
 
 class UsageDay(_Body):
@@ -443,6 +475,8 @@ class UsageDay(_Body):
     model: str
     images: int
     amount: Money
+    cost: Annotated[Money, _COST] | Absent = None
+    margin: Annotated[Money, _MARGIN] | Absent = None
 
 
 class UsageUserDay(_Body):

@@ -40,9 +40,17 @@ def get_usage():
     rows = svc.accounts.usage(key.id)
     by_model: dict[str, dict[str, int]] = {}
     for row in rows:
-        total = by_model.setdefault(row.model, {"images": 0, "amount": 0})
+        total = by_model.setdefault(row.model, {"images": 0, "amount": 0, "cost": 0})
         total["images"] += row.images
         total["amount"] += row.amount_micros
+        total["cost"] += row.cost_micros
+    show = svc.settings.usage_shows_cost
+
+    def costs(amount: int, cost: int) -> dict[str, str]:
+        if not show:
+            return {}
+        return {"cost": format_money(cost), "margin": format_money(amount - cost)}
+
     usage = Usage(
         object="usage",
         key_id=key.id,
@@ -55,11 +63,17 @@ def get_usage():
                 model=row.model,
                 images=row.images,
                 amount=format_money(row.amount_micros),
+                **costs(row.amount_micros, row.cost_micros),
             )
             for row in rows
         ],
         totals=[
-            UsageTotal(model=model, images=t["images"], amount=format_money(t["amount"]))
+            UsageTotal(
+                model=model,
+                images=t["images"],
+                amount=format_money(t["amount"]),
+                **costs(t["amount"], t["cost"]),
+            )
             for model, t in sorted(by_model.items())
         ],
         free_images=None

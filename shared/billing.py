@@ -69,8 +69,8 @@ Keys::
     ig:free:<key id>:<YYYYMMDD>              free images used that UTC day
     ig:spend:<key id>:<d:YYYYMMDD | m:YYYYMM>  micro-units charged that period
     ig:ledger:<key id>                       stream: kind, job, model, images, amount, free,
-                                             user, ts
-    ig:usage:<key id>                        hash "<day>|<model>|<images|amount>" -> total
+                                             user, ts (settle entries: + cost, serving)
+    ig:usage:<key id>                        hash "<day>|<model>|<images|amount|cost>" -> total
     ig:usage-user:<key id>:<YYYY-MM-DD>      hash "<user>|<images|amount>" -> total
 """
 
@@ -318,6 +318,11 @@ class UsageRow:
     model: str
     images: int
     amount_micros: int
+    cost_micros: int = 0  # what the upstreams charged for them (where it was known)
+
+    @property
+    def margin_micros(self) -> int:
+        return self.amount_micros - self.cost_micros
 
 
 @dataclass(frozen=True)
@@ -404,8 +409,13 @@ class Accounts:
         webhook_url: str | None = None,
         watch: tuple[str, float] | None = None,
         user: str | None = None,
+        unit_price: int | None = None,
     ) -> Admission:
         """Admit the request or raise (see the module docstring).
+
+        ``unit_price`` is the price of one image of this request
+        (:meth:`shared.catalog.Model.unit_price`: by quality, produced size, edit);
+        None: the model's price at its defaults.
 
         ``now`` is the web host's clock: it picks the rate-limit windows, and
         ``deadline`` and ``watch`` are taken as distances from it, re-based on
@@ -424,7 +434,8 @@ class Accounts:
                     code=window.code,
                     extra={"limit": window.name, "max_n": window.limit},
                 )
-        cost = model.price_micros * n
+        unit = model.price_micros if unit_price is None else unit_price
+        cost = unit * n
         day = _day(now)
         free_key = FREE.format(key.id, day)
         spend_keys = [
@@ -451,7 +462,7 @@ class Accounts:
             bill=jobrecord.bill_fields(
                 model=model.id,
                 n=n,
-                unit_price=model.price_micros,
+                unit_price=unit,
                 charged=cost,
                 day=usage_day,
                 unlimited=key.unlimited,
@@ -466,7 +477,7 @@ class Accounts:
         reply = self._admit(
             keys + [w.key for w in windows],
             n=n,
-            unit_price=model.price_micros,
+            unit_price=unit,
             unlimited=key.unlimited,
             free_per_day=free_per_day,
             free_ttl=max(1, int(_day_end(now) - now) + 1),
@@ -512,11 +523,11 @@ class Accounts:
             )
         if reply[0] == "balance":
             balance, charge = int(reply[1]), int(reply[2])
-            free = n - charge // model.price_micros if model.price_micros else n
+            free = n - charge // unit if unit else n
             free_note = f", {free} of them free" if free else ""
             raise InsufficientBalance(
                 f"Insufficient balance: this request costs {format_money(charge)} "
-                f"({n} x {format_money(model.price_micros)}{free_note}), the balance is "
+                f"({n} x {format_money(unit)}{free_note}), the balance is "
                 f"{format_money(balance)}.",
             )
         balance = None if key.unlimited else int(reply[1])
@@ -607,9 +618,11 @@ class Accounts:
         for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
             day, rest = field_name.split("|", 1)
             model, what = rest.rsplit("|", 1)
-            totals.setdefault((day, model), {"images": 0, "amount": 0})[what] = int(value)
+            totals.setdefault((day, model), {"images": 0, "amount": 0, "cost": 0})[what] = int(
+                value
+            )
         return [
-            UsageRow(day, model, t["images"], t["amount"])
+            UsageRow(day, model, t["images"], t["amount"], t["cost"])
             for (day, model), t in sorted(totals.items())
         ]
 

@@ -16,7 +16,13 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
     id = "dall-e-3"                  # what clients send as `model`
     family = "openai"
     upstream = "dall-e-3"            # the upstream's own model name
-    price = "0.040"                  # per image, in currency units (kept as integer micro-units)
+    price = "0.040"                  # per image, in currency units (kept as integer micro-units);
+                                     # or a table by quality x size, or per megapixel, with an
+                                     # optional edit form (shared/pricing.py)
+    cost = "0.040"                   # what the upstream charges per image, same forms
+    token_prices = { input_text = "5.00", output_image = "40.00" }  # per 1M tokens (OpenAI)
+    cost_per_second = "0.000975"     # where the upstream bills compute time (Replicate)
+    allow_loss = false               # true: may be priced below its cost
     size_rule = { kind = "fixed", sizes = ["1024x1024", "1792x1024", "1024x1792"] }
     default_size = "1024x1024"
     max_n = 1
@@ -33,7 +39,9 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
 
     [[virtual_models]]
     id = "image-turbo"               # routed per request to one of its candidates
-    price = "0.005"                  # its own price; tier limits use this id too
+    price = "0.005"                  # its own price (any form; read at the size the chosen
+                                     # candidate produces); tier limits use this id too
+    allow_loss = false               # true: may cost more (upstream) than the client pays
     candidates = [{ model = "flux-schnell", weight = 4, params = { output_format = "png" } }]
 
     [accounts]
@@ -54,6 +62,9 @@ count per UTC day (see shared/billing.py).
 Loading validates everything (an unknown key such as ``max_concurent``, an
 unknown family, a bad size rule or price) and fails loudly, naming the file,
 the entry and the key: a broken catalog must stop a deployment, not a request.
+So does a price below a cost: a model priced below its own cost, or a virtual
+model below a candidate's, for any of a grid of requests (quality, size or
+ratio, edit; :func:`shared.pricing.sample_queries`), unless ``allow_loss``.
 Each kind of table is a pydantic model that refuses keys it does not know
 (``FamilyEntry``, ``ModelEntry``, ...); what entries say about each other (a
 model's family exists, ids are unique) is checked when the catalog is built.
@@ -66,7 +77,7 @@ import difflib
 import tomllib
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -83,9 +94,24 @@ from pydantic import (
 )
 
 from shared.errors import InvalidRequest, NotFound
+from shared.pricing import (
+    MICROS_PER_UNIT,
+    QUALITY_LEVELS,
+    Money,
+    PriceEntry,
+    PriceQuery,
+    PriceSpec,
+    Pricing,
+    PricingError,
+    TokenPrices,
+    TokenPricesEntry,
+    money,
+    query_for,
+    sample_queries,
+)
 from shared.sizing import Size, SizeRule, parse_size, rule_from_spec
 
-MICROS_PER_UNIT = 1_000_000
+__all__ = ["MICROS_PER_UNIT", "QUALITY_LEVELS"]  # re-exported: billing, api.validation
 
 # Optional request fields a model may accept; `prompt`, `model`, `n`, `size` and
 # `response_format` are always accepted (response_format is the gateway's own job).
@@ -112,12 +138,6 @@ MAX_REFERENCE_IMAGES = 16
 # and mapped to what the model has or ignored (api/validation.py, `fit_tuning`).
 TUNING_PARAMS = ("user", "quality", "style")
 
-# OpenAI's quality vocabulary as levels, to map a value onto a model's own choices:
-# dall-e-3's `hd` and the GPT models' `high` are the same level.
-QUALITY_LEVELS: Mapping[str, int] = MappingProxyType(
-    {"low": 0, "standard": 1, "medium": 1, "hd": 2, "high": 2}
-)
-
 
 class CatalogError(ValueError):
     """The catalog file is invalid."""
@@ -141,7 +161,7 @@ class Model:
     id: str
     family: str
     upstream: str
-    price_micros: int
+    pricing: Pricing  # what the client pays per image (shared.pricing)
     size_rule: SizeRule
     default_size: Size
     max_n: int
@@ -158,6 +178,29 @@ class Model:
     max_reference_images: int = 0
     mask: bool = False
     variations: bool = False
+    # What the upstream charges us per image (None: unknown), its prices per million
+    # tokens where it bills tokens, and whether the catalog may price it below its cost.
+    cost: Pricing | None = None
+    token_prices: TokenPrices | None = None
+    cost_per_second: int | None = None  # micro-units per second of upstream compute
+    allow_loss: bool = False
+
+    def query(self, request: Mapping[str, Any]) -> PriceQuery:
+        """The price query of a job request for this model: the size it will produce."""
+        return query_for(self.size_rule, self.default_size, request)
+
+    def unit_price(self, request: Mapping[str, Any]) -> int:
+        """Micro-units the client pays per image of this job request."""
+        return self.pricing.unit(self.query(request))
+
+    def unit_cost(self, request: Mapping[str, Any]) -> int | None:
+        """Micro-units the upstream charges per image of this job request (None: unknown)."""
+        return None if self.cost is None else self.cost.unit(self.query(request))
+
+    @property
+    def price_micros(self) -> int:
+        """The price of one image at the default size and quality (``GET /v1/models``)."""
+        return self.unit_price({})
 
     @property
     def price(self) -> Decimal:
@@ -187,9 +230,20 @@ class VirtualModel:
 
     id: str
     candidates: tuple[Candidate, ...]
-    price_micros: int
+    pricing: Pricing
     description: str = ""
     owned_by: str = "imagegate"
+    allow_loss: bool = False  # may route to a candidate costing more than the client pays
+
+    def unit_price(self, model: Model, request: Mapping[str, Any]) -> int:
+        """Micro-units per image when ``model`` serves ``request`` (its route's request):
+        the size that model will produce."""
+        return self.pricing.unit(model.query(request))
+
+    @property
+    def price_micros(self) -> int:
+        """The price of one image at 1024x1024 and the default quality."""
+        return self.pricing.unit(PriceQuery(size=Size(1024, 1024)))
 
     @property
     def price(self) -> Decimal:
@@ -319,28 +373,11 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _micros(value: Any) -> int:
-    """A price in currency units (``"0.040"``) as integer micro-units."""
-    try:
-        price = Decimal(str(value))
-    except InvalidOperation:
-        price = Decimal("NaN")
-    if not price.is_finite():
-        raise ValueError(f"price {value!r} is not a decimal number")
-    micros = price * MICROS_PER_UNIT
-    if price < 0 or micros != micros.to_integral_value():
-        raise ValueError(f"price {value!r} must be >= 0 with at most 6 decimals")
-    return int(micros)
-
-
 def _size(value: Any) -> Size:
     try:
         return parse_size(value)
     except InvalidRequest as exc:
         raise ValueError(str(exc)) from None
-
-
-Price = Annotated[int, BeforeValidator(_micros)]  # written in currency units, kept in micros
 
 
 class FamilyEntry(_Entry):
@@ -375,7 +412,11 @@ class ModelEntry(_Entry):
     id: str
     family: str
     upstream: str = ""  # "": the id
-    price: Price = 0
+    price: PriceSpec = PriceEntry(per_image=0)  # shared/pricing.py: flat, table, per megapixel
+    cost: PriceSpec | None = None  # what the upstream charges per image (None: unknown)
+    token_prices: TokenPricesEntry | None = None  # per million tokens, where it bills tokens
+    cost_per_second: Money | None = None  # where it bills compute time (Replicate)
+    allow_loss: bool = False  # may be priced below its cost (else refused at load)
     size_rule: Annotated[Any, BeforeValidator(rule_from_spec)]  # a SizeRule once validated
     default_size: Annotated[Size, BeforeValidator(_size)] = Size(1024, 1024)
     max_n: int = Field(1, ge=1)
@@ -421,7 +462,7 @@ class ModelEntry(_Entry):
             id=self.id,
             family=self.family,
             upstream=self.upstream or self.id,
-            price_micros=self.price,
+            pricing=self.price.pricing(self.default_size),
             size_rule=self.size_rule,
             default_size=self.default_size,
             max_n=self.max_n,
@@ -436,6 +477,10 @@ class ModelEntry(_Entry):
             max_reference_images=self.references,
             mask=self.mask,
             variations=self.variations,
+            cost=self.cost.pricing(self.default_size) if self.cost is not None else None,
+            token_prices=self.token_prices.build() if self.token_prices else None,
+            cost_per_second=self.cost_per_second,
+            allow_loss=self.allow_loss,
         )
 
 
@@ -459,9 +504,10 @@ class VirtualEntry(_Entry):
 
     id: str
     candidates: list[CandidateEntry] = Field(min_length=1)
-    price: Price = 0
+    price: PriceSpec = PriceEntry(per_image=0)
     description: str = ""
     owned_by: str = "imagegate"
+    allow_loss: bool = False
 
     def build(self) -> VirtualModel:
         return VirtualModel(
@@ -470,9 +516,10 @@ class VirtualEntry(_Entry):
                 Candidate(c.model, c.weight, MappingProxyType(dict(c.params)))
                 for c in self.candidates
             ),
-            price_micros=self.price,
+            pricing=self.price.pricing(),
             description=self.description,
             owned_by=self.owned_by,
+            allow_loss=self.allow_loss,
         )
 
 
@@ -597,6 +644,12 @@ class CatalogFile(_Entry):
             if vm.id in virtual or vm.id in models:
                 raise CatalogError(f"{source}: model id '{vm.id}' is defined twice")
             virtual[vm.id] = vm.build()
+        for index, entry in enumerate(self.models):
+            _check_model_losses(models[entry.id], f"{source}: models[{index}] ({entry.id})")
+        for index, vm in enumerate(self.virtual_models):
+            _check_virtual_losses(
+                virtual[vm.id], models, f"{source}: virtual_models[{index}] ({vm.id})"
+            )
         routable = models.keys() | virtual.keys()
         rpm = self.accounts.requests_per_minute
         tiers = {
@@ -615,6 +668,66 @@ class CatalogFile(_Entry):
             default_tier=default_tier,
             virtual=MappingProxyType(virtual),
         )
+
+
+# --- no silent loss: a price below a cost is refused unless allow_loss ---------------
+
+
+def _sample_queries(
+    model: Model, overrides: Mapping[str, Any] | None = None, *, edits: bool = True
+) -> list[PriceQuery]:
+    """Price queries of requests a client may send ``model`` (with a virtual model's
+    candidate ``overrides``), differing in what prices depend on."""
+    overrides = overrides or {}
+    if "quality" in overrides:
+        qualities: list[str | None] = [overrides["quality"]]
+    elif "quality" in model.params:
+        qualities = [None, *model.choices.get("quality", ("low", "standard", "medium", "hd"))]
+        qualities += [q for q in ("high",) if "quality" not in model.choices]
+    else:
+        qualities = [None]
+    return sample_queries(
+        model.size_rule,
+        model.default_size,
+        qualities,
+        edits=edits and model.edits,
+        fixed={k: v for k, v in overrides.items() if k in ("size", "aspect_ratio")},
+    )
+
+
+def _check_model_losses(model: Model, where: str) -> None:
+    if model.cost is None or model.allow_loss:
+        return
+    for query in _sample_queries(model):
+        try:
+            price, cost = model.pricing.unit(query), model.cost.unit(query)
+        except PricingError as exc:
+            raise CatalogError(f"{where}: {exc} ({query.describe()})") from None
+        if price < cost:
+            raise CatalogError(
+                f"{where}: priced {money(price)} per image, below its upstream cost "
+                f"{money(cost)} ({query.describe()}); raise the price or set allow_loss = true"
+            )
+
+
+def _check_virtual_losses(vm: VirtualModel, models: Mapping[str, Model], where: str) -> None:
+    if vm.allow_loss:
+        return
+    for candidate in vm.candidates:
+        model = models[candidate.model]
+        if model.cost is None:
+            continue
+        for query in _sample_queries(model, candidate.overrides, edits=False):
+            try:
+                price, cost = vm.pricing.unit(query), model.cost.unit(query)
+            except PricingError as exc:
+                raise CatalogError(f"{where}: {exc} ({query.describe()})") from None
+            if price < cost:
+                raise CatalogError(
+                    f"{where}: priced {money(price)} per image, below the cost "
+                    f"{money(cost)} of its candidate '{model.id}' ({query.describe()}); "
+                    "raise the price or set allow_loss = true"
+                )
 
 
 # --- errors that name the file, the entry and the key ---------------------------------

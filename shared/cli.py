@@ -214,7 +214,7 @@ def keys_budget(key_id: str, day: str | None, month: str | None) -> None:
 @click.argument("key_id")
 @click.option("--ledger", is_flag=True, help="Also print the latest ledger entries.")
 def keys_usage(key_id: str, ledger: bool) -> None:
-    """Balance, images and spend by day and model of any key."""
+    """Balance, images, spend, upstream cost and margin by day and model of any key."""
     try:
         key = _keys().get(key_id)
     except NotFound as exc:
@@ -234,13 +234,16 @@ def keys_usage(key_id: str, ledger: bool) -> None:
     for row in accounts.usage(key.id):
         click.echo(
             f"{row.day}\t{row.model}\t{row.images} images\t{format_money(row.amount_micros)}"
+            f"\tcost {format_money(row.cost_micros)}\tmargin {format_money(row.margin_micros)}"
         )
     if ledger:
         for entry in accounts.ledger(key.id):
             amount = format_money(int(entry.get("amount", 0)))
+            cost = entry.get("cost")
             click.echo(
                 f"{entry['id']}\t{entry.get('kind')}\t{entry.get('job')}\t{entry.get('model')}"
                 f"\t{entry.get('images')}\t{amount}"
+                + (f"\tcost {format_money(int(cost))}\tvia {entry.get('serving')}" if cost else "")
             )
 
 

@@ -56,6 +56,8 @@ DAILY_BUDGET_EXCEEDED = "daily_budget_exceeded"
 """402: the request would take the key beyond its spending cap of the UTC day."""
 MONTHLY_BUDGET_EXCEEDED = "monthly_budget_exceeded"
 """402: the request would take the key beyond its spending cap of the UTC month."""
+PRICED_BELOW_COST = "priced_below_cost"
+"""503: no candidate of a virtual model serves the request at or below its price."""
 
 
 class GatewayError(Exception):

@@ -47,6 +47,11 @@ serving        the real model running (or that ran) the job
 finished       when it became terminal
 result         succeeded: JSON list of the stored images (storage keys, sizes)
 error          failed / timed_out / canceled: JSON of the GatewayError
+cost           what the upstream charged for the job, micro-units (succeeded jobs; by
+               ``shared/lua/job_finish.lua``, from the worker: :mod:`shared.pricing`)
+cost_source    where ``cost`` comes from: ``upstream`` (its answer said), ``usage``
+               (its token usage x the model's token prices), ``compute`` (its compute
+               seconds x ``cost_per_second``) or ``catalog`` (the model's cost table)
 settled        billed jobs: micro-units spent, written once when the job ends
 refunded       billed jobs: micro-units given back then
 webhook        JSON of the webhook delivery state (the webhook deliverer's)
@@ -96,6 +101,8 @@ SERVING = "serving"
 FINISHED = "finished"
 RESULT = "result"
 ERROR = "error"
+COST = "cost"
+COST_SOURCE = "cost_source"
 SETTLED = "settled"
 REFUNDED = "refunded"
 WEBHOOK = "webhook"
@@ -104,7 +111,8 @@ FIELDS = frozenset(
     {
         SPEC, STATUS, ATTEMPT, CREATED, DEADLINE, KEY_ID, JOB_ID, WEBHOOK_URL, MODEL, N,
         UNIT_PRICE, CHARGED, DAY, UNLIMITED, BILLED, FREE, USER, RETURNS, STARTED, WORKER,
-        SENDS, TAKEOVERS, CANDIDATE, FALLBACKS, SERVING, FINISHED, RESULT, ERROR, SETTLED,
+        SENDS, TAKEOVERS, CANDIDATE, FALLBACKS, SERVING, FINISHED, RESULT, ERROR, COST,
+        COST_SOURCE, SETTLED,
         REFUNDED, WEBHOOK,
     }
 )  # fmt: skip

@@ -149,6 +149,11 @@ class Job:
     serving: str | None = None  # the real model running (or that ran) the job
     fallbacks: tuple[dict[str, Any], ...] = ()  # routes given up, with why
     takeovers: int = 0  # times a reaper took the job from a worker that stopped beating
+    # Billed jobs (micro-units): the price of one image, what the client pays now (spent
+    # once settled, else reserved), and what the upstream charged (None: not known).
+    unit_price: int | None = None
+    charge: int | None = None
+    cost: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -204,7 +209,14 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
         serving=fields.get(rec.SERVING) or None,
         fallbacks=tuple(json.loads(fields[rec.FALLBACKS])) if fields.get(rec.FALLBACKS) else (),
         takeovers=int(fields.get(rec.TAKEOVERS, 0)),
+        unit_price=_micros(fields.get(rec.UNIT_PRICE)),
+        charge=_micros(fields.get(rec.SETTLED) or fields.get(rec.CHARGED)),
+        cost=_micros(fields.get(rec.COST)),
     )
+
+
+def _micros(value: str | None) -> int | None:
+    return int(value) if value else None
 
 
 @dataclass(frozen=True)
@@ -337,8 +349,16 @@ class JobStore:
         return Claim(outcome, int(reply[1]), job)
 
     def succeed(
-        self, job_id: str, attempt: int, images: list[StoredImage], *, key_id: str = ""
+        self,
+        job_id: str,
+        attempt: int,
+        images: list[StoredImage],
+        *,
+        key_id: str = "",
+        cost: tuple[int, str] | None = None,
     ) -> bool:
+        """End the job with its images; ``cost`` is what the upstream charged for it
+        (micro-units) and where that figure comes from (:data:`shared.jobrecord.COST`)."""
         payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))
         return self._finish_with(
             job_id,
@@ -348,6 +368,7 @@ class JobStore:
             payload,
             delivered=len(images),
             key_id=key_id,
+            cost=cost,
         )
 
     def fail(
@@ -493,6 +514,7 @@ class JobStore:
         key_id: str = "",
         now: float | None = None,
         overdue_only: bool = False,
+        cost: tuple[int, str] | None = None,
     ) -> bool:
         return bool(
             self._finish(
@@ -506,6 +528,8 @@ class JobStore:
                 now=_clock_arg(now),
                 done_channel=DONE_CHANNEL,
                 ledger_maxlen=LEDGER_MAXLEN,
+                cost="" if cost is None else str(cost[0]),
+                cost_source="" if cost is None else cost[1],
             )
         )
 

@@ -22,6 +22,7 @@ import pybase64 as base64
 
 from shared.errors import error_from_dict
 from shared.jobs import Job, JobStatus
+from shared.pricing import money
 from shared.storage import ImageStorage
 
 JOB_OBJECT = "image.generation.job"
@@ -99,6 +100,8 @@ def job_object(job: Job, storage: ImageStorage, *, base_url: str, ttl: int) -> d
     }
     if job.finished:
         body["finished"] = int(job.finished)
+    if job.charge is not None:  # reserved until the job ends, then what was spent
+        body["charge"] = money(job.charge)
     if job.meta.get("routes"):
         body["served_by"] = job.serving
         body["fallbacks"] = list(job.fallbacks)

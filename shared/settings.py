@@ -245,6 +245,9 @@ class Settings(_Variables):
     # Images a job did not deliver go back to the rate-limit windows they were counted in
     # (off: they stay counted, the upstream's capacity was used); see shared/billing.py.
     limits_return_failed_images: Flag = False
+    # GET /v1/usage also shows what the upstreams charged and the margin (an operator's
+    # own keys; a reseller's customers need not see it). The CLI always shows them.
+    usage_shows_cost: Flag = False
     max_body_bytes: Count = 16 * 1024 * 1024
     # Request-body bytes parsed per second per key (a token bucket; see api.parse_limit).
     parse_bytes_per_second: Count = 64 * 1024 * 1024

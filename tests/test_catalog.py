@@ -91,20 +91,24 @@ def test_every_seed_model_is_in_the_catalog(catalog: Catalog, model_id: str) -> 
 
 @pytest.mark.parametrize(("model_id", "micros"), sorted(SEED_001_PRICE_MICROS.items()))
 def test_seed_001_prices(catalog: Catalog, model_id: str, micros: int) -> None:
-    assert catalog.models[model_id].price_micros == micros
+    # A 1024x1024 image; FLUX.2 is priced per megapixel of 10^6 pixels as BFL bills it,
+    # and seed 001's price is its first megapixel's.
+    size = "1000x1000" if model_id == "black-forest-labs/flux-2-pro" else "1024x1024"
+    assert catalog.models[model_id].unit_price({"size": size}) == micros
 
 
 def test_openai_prices_and_limits(catalog: Catalog) -> None:
     expected = {
-        # id: (price_micros, max_n, max_prompt_length)
+        # id: (medium/standard 1024x1024 price, max_n, max_prompt_length)
         "dall-e-2": (20_000, 10, 1000),
         "dall-e-3": (40_000, 1, 4000),
         "gpt-image-1": (42_000, 10, 32000),
         "gpt-image-1-mini": (11_000, 10, 32000),
         "gpt-image-1.5": (34_000, 1, 32000),  # seed 003: n=1 only
     }
+    medium = {"size": "1024x1024", "quality": "medium"}
     got = {
-        mid: (m.price_micros, m.max_n, m.max_prompt_length)
+        mid: (m.unit_price(medium), m.max_n, m.max_prompt_length)
         for mid, m in catalog.models.items()
         if mid in expected
     }

@@ -27,7 +27,7 @@ from tests.support.jobs import admit_job
 from tests.support.processes import Process, RedisServer
 
 MODEL = "dall-e-2"  # served by the openai family (the simulator), priced
-PRICE = 20_000  # micro-units per image of MODEL at 256x256 (see shared/catalog.toml)
+PRICE = 16_000  # micro-units per image of MODEL at 256x256 (see shared/catalog.toml)
 
 
 class Stack:

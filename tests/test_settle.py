@@ -235,3 +235,32 @@ def test_an_amount_of_a_billion_is_accepted() -> None:
 def _no_leftovers(client: redis.Redis) -> Iterator[None]:
     yield
     client.flushdb()
+
+
+def test_the_price_of_the_request_is_charged_and_the_upstream_cost_recorded_beside_it(
+    client: redis.Redis, accounts: Accounts, store: JobStore
+) -> None:
+    """Admission charges the request's own price (by quality and size, worked out by the
+    API); the job's end records what the upstream charged in the ledger and the usage."""
+    key = _key(accounts)
+    now = time.time()
+    job = Job(
+        id=new_job_id(), key_id=key.id, model="m", family="local", queue="local",
+        request={"prompt": "x", "n": 3}, created=now, deadline=now + 60,
+    )  # fmt: skip
+    accounts.admit(
+        key, TIER, MODEL, 3, job_key=store.record_key(job.id), job_id=job.id,
+        spec_json=store.spec_json(job), deadline=job.deadline, ttl=600, now=now,
+        unit_price=25_000,
+    )  # fmt: skip
+    assert accounts.balance(key.id) == START - 75_000
+    stored = store.get(job.id)
+    assert stored is not None and (stored.unit_price, stored.charge) == (25_000, 75_000)
+    claim = store.claim(job.id)
+    assert store.succeed(job.id, claim.attempt, [IMG, IMG], cost=(36_000, "upstream"))
+    settle = [f for _, f in client.xrange(LEDGER.format(key.id)) if f["kind"] == "settle"]
+    assert [(f["amount"], f["cost"], f["serving"]) for f in settle] == [("-50000", "36000", "m")]
+    [row] = accounts.usage(key.id)
+    assert (row.amount_micros, row.cost_micros, row.margin_micros) == (50_000, 36_000, 14_000)
+    done = store.get(job.id)
+    assert done is not None and (done.charge, done.cost) == (50_000, 36_000)

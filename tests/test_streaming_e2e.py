@@ -33,7 +33,7 @@ from tests.support.jobs import make_job
 from tests.support.sim import fault, sent_with, tagged
 
 OPENAI_SCHEMA = Path(__file__).resolve().parents[2] / "shared/reference/openai-images-openapi.json"
-GPT_PRICE = 42_000  # gpt-image-1's price (0.042) in micro-units
+GPT_PRICE = 167_000  # gpt-image-1 with no quality: charged as high (0.167), micro-units
 
 
 @pytest.fixture(scope="module")

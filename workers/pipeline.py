@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
     job_id = job.id
     started = time.monotonic()
     try:
-        images = _generate(job, ctx, attempt)
+        images, cost = _generate(job, ctx, attempt)
     except DeadlineExceeded:
         ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id)
         log.warning("job %s timed out at its deadline", job_id)
@@ -157,7 +158,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
             key_id=job.key_id,
         )
         return Outcome(job_id, "failed", attempt)
-    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id):
+    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id, cost=cost):
         log.info(
             "job %s succeeded: model=%s images=%d size=%s in %.2fs",
             job_id,
@@ -238,7 +239,36 @@ def build_request(job: Job, model: Model, req: dict[str, Any] | None = None) -> 
     )
 
 
-def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
+def upstream_cost(
+    model: Model, request: dict[str, Any], result: ImageResult
+) -> tuple[int, str] | None:
+    """What the upstream charged for ``result`` (micro-units) and where that comes from.
+
+    Its own answer first: a charge it states (BFL), its token usage times the
+    model's ``token_prices`` (OpenAI), its billed compute seconds times
+    ``cost_per_second`` (Replicate); else the model's ``cost`` table for the images
+    the upstream billed (Ark's count) or returned. None when nothing says.
+    """
+    if result.cost_micros is not None:
+        return result.cost_micros, "upstream"
+    usage = result.reported.get("usage") if result.reported else None
+    if model.token_prices is not None and isinstance(usage, dict):
+        tokens = model.token_prices.cost_of(usage)
+        if tokens is not None:
+            return tokens, "usage"
+    if model.cost_per_second is not None and result.compute_seconds is not None:
+        return math.ceil(model.cost_per_second * result.compute_seconds), "compute"
+    unit = model.unit_cost(request)
+    if unit is None:
+        return None
+    if result.billed_images is not None:
+        return unit * result.billed_images, "upstream"
+    return unit * len(result.images), "catalog"
+
+
+def _generate(
+    job: Job, ctx: WorkerContext, attempt: int
+) -> tuple[list[StoredImage], tuple[int, str] | None]:
     model, req = route_of(job, ctx.catalog)
     family = ctx.catalog.family_of(model)
     request = build_request(job, model, req)
@@ -308,7 +338,12 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
             except redis.RedisError as exc:  # the lease runs out by itself
                 log.warning("job %s: could not release its upstream slot: %s", job.id, exc)
     ctx.breakers.record_success(*breakers)
-    return stored
+    try:
+        cost = upstream_cost(model, {**req, "operation": request.operation}, result)
+    except Exception:  # noqa: BLE001 - a missing figure must not fail a delivered job
+        log.exception("job %s: could not work out the upstream cost", job.id)
+        cost = None
+    return stored, cost
 
 
 def _progress_sink(job: Job, ctx: WorkerContext) -> PartialSink | None:

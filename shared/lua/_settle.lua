@@ -7,6 +7,9 @@
 -- `returns` lists (see give_back), and mark the record settled.
 -- The record's free images are the first ones delivered: only delivered images beyond
 -- them cost `unit_price`.
+-- The upstream's cost (the record's `cost`, when the worker knew it) goes into the
+-- `settle` entry (`cost`, and `serving`: the real model) and the usage hash
+-- (`<day>|<model>|cost`), next to what the client paid: the margin.
 --   k          {job = record, balance = , ledger = , usage = , returns = {key names}}
 --   delivered  images delivered (at most the record's `n` count)
 --   now        the time written in the ledger entries (a string)
@@ -69,9 +72,11 @@ local function settle(k, delivered, now, maxlen)
     redis.call('INCRBY', k.balance, refund)
   end
   local who = redis.call('HGET', k.job, 'user') or ''
+  local cost = redis.call('HGET', k.job, 'cost')
+  local serving = redis.call('HGET', k.job, 'serving') or model
   redis.call('XADD', k.ledger, 'MAXLEN', '~', maxlen, '*', 'kind', 'settle', 'job', jid,
     'model', model, 'images', tostring(delivered), 'amount', tostring(0 - spent), 'user', who,
-    'ts', now)
+    'ts', now, 'cost', cost or '', 'serving', serving)
   if refund > 0 then
     redis.call('XADD', k.ledger, 'MAXLEN', '~', maxlen, '*', 'kind', 'refund', 'job', jid,
       'model', model, 'images', tostring(n - delivered), 'amount', tostring(refund),
@@ -80,6 +85,9 @@ local function settle(k, delivered, now, maxlen)
   local day = redis.call('HGET', k.job, 'day')
   redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|images', delivered)
   redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|amount', spent)
+  if cost then
+    redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|cost', tonumber(cost))
+  end
   local returns = redis.call('HGET', k.job, 'returns')
   if returns then
     give_back(cjson.decode(returns), k.returns or {}, jid, n, delivered, free, refund, spent,

@@ -19,6 +19,9 @@
 --   now            '' = Redis' clock, else a test's unix time (a string)
 --   done_channel   where the job's id is published
 --   ledger_maxlen  the ledger stream's approximate length cap
+--   cost           what the upstream charged, micro-units ('' or absent = unknown);
+--                  written with cost_source before the bill is settled (_settle.lua)
+--   cost_source    upstream | usage | compute | catalog
 -- Returns 1 if this call ended the job, else 0.
 
 -- #include _clock.lua
@@ -33,6 +36,9 @@ if a.attempt ~= '' and redis.call('HGET', k.job, 'attempt') ~= a.attempt then re
 local now = clock(a.now)
 if a.overdue_only and tonumber(now) < tonumber(redis.call('HGET', k.job, 'deadline')) then
   return 0
+end
+if a.cost ~= nil and a.cost ~= '' then
+  redis.call('HSET', k.job, 'cost', tostring(a.cost), 'cost_source', tostring(a.cost_source or ''))
 end
 end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel, a.ledger_maxlen)
 return 1

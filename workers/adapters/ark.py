@@ -33,7 +33,8 @@ Field mapping (gateway request -> upstream body):
   so they are refused with :class:`InvalidRequest` naming the param, never
   dropped silently.
 
-Response: ``{model, created, data: [{url | b64_json, size}], usage}``. In a
+Response: ``{model, created, data: [{url | b64_json, size}], usage}``
+(``usage.generated_images``, the images Ark bills, -> ``ImageResult.billed_images``). In a
 batch, an image the content filter refused is a ``data`` item with
 ``error: {code, message}`` instead of an image: it is skipped. If nothing
 came back, a content-filter code becomes ``content_policy_violation``, any
@@ -137,7 +138,14 @@ class ArkAdapter:
             )
         if not images:
             raise _no_images(failures, rid)
-        return ImageResult(images=images[: request.n], upstream_request_id=rid)
+        usage = payload.get("usage")
+        billed = usage.get("generated_images") if isinstance(usage, dict) else None
+        return ImageResult(
+            images=images[: request.n],
+            upstream_request_id=rid,
+            # Ark bills the images it generated (usage.generated_images).
+            billed_images=billed if isinstance(billed, int) and billed >= 0 else None,
+        )
 
 
 def build_body(request: ImageRequest) -> dict[str, Any]:

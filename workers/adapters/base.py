@@ -69,6 +69,14 @@ class ImageResult:
     # OpenAI's top-level response fields the upstream reported for the call
     # (`quality`, `background`, `usage`); the client's response repeats them.
     reported: dict[str, Any] = field(default_factory=dict)
+    # What the upstream's answer says about its bill, where it says anything: its own
+    # charge in micro-units (BFL's `cost`), the images it billed (Ark's
+    # `usage.generated_images`), or the compute seconds it billed (Replicate's
+    # `metrics.predict_time`). OpenAI's token `usage` is in `reported`. The task turns
+    # these into the job's upstream cost (workers.pipeline.upstream_cost).
+    cost_micros: int | None = None
+    billed_images: int | None = None
+    compute_seconds: float | None = None
 
 
 @dataclass(frozen=True)

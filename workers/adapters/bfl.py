@@ -1,10 +1,12 @@
 """``bfl`` family: the Black Forest Labs API (FLUX1.1 [pro], FLUX.1 Kontext, FLUX.2).
 
 Asynchronous, one image per task. ``POST {base_url}/v1/<model.upstream>`` with
-header ``x-key: <key>`` answers ``{id, polling_url, cost, input_mp, output_mp}``;
-the adapter then polls ``polling_url`` *verbatim* (it may name a regional host),
-through the SSRF guard like a result file (the catalog's base URL host is
-allowed, any other internal address refused), until ``status`` is terminal:
+header ``x-key: <key>`` answers ``{id, polling_url, cost, input_mp, output_mp}``
+(``cost`` in credits of $0.01: summed over the tasks, the job's upstream cost,
+``ImageResult.cost_micros``); the adapter then polls ``polling_url`` *verbatim*
+(it may name a regional host), through the SSRF guard like a result file (the
+catalog's base URL host is allowed, any other internal address refused), until
+``status`` is terminal:
 
 * ``Ready``: ``result.sample`` is a signed URL that expires after about ten
   minutes, returned as ``GeneratedImage(url=...)`` for the task to download at
@@ -177,6 +179,10 @@ class BflOptions(AdapterOptions):
 class Task:
     id: str
     polling_url: str
+    cost_micros: int | None = None  # the submit answer's `cost` (credits of $0.01)
+
+
+MICROS_PER_CREDIT = 10_000  # 1 BFL credit = $0.01
 
 
 class BflAdapter:
@@ -203,17 +209,25 @@ class BflAdapter:
         submit_url = f"{base}/v1/{request.model.upstream}"
         key = ctx.api_key or ""
         task_ids = RequestIds()
+        costs: list[int | None] = []  # each task's `cost`, as its submit answer said
 
         def make_one(index: int, http: UpstreamHTTP) -> GeneratedImage:
             seed = None if request.seed is None else request.seed + index
             body = build_body(request, schema, seed=seed)
             task = submit(http, submit_url, body, key, base)
             task_ids.add(task.id, index)
+            costs.append(task.cost_micros)
             return GeneratedImage(url=self.await_sample(http, task, key, base))
 
         http = replace(ctx.http, error_parser=bfl_error_parser)
         images = fan_out(request.n, http, make_one)
-        return ImageResult(images=images, upstream_request_id=task_ids.joined())
+        known = [c for c in costs if c is not None]
+        return ImageResult(
+            images=images,
+            upstream_request_id=task_ids.joined(),
+            # BFL's own figure only if every task stated it (else the catalog's table).
+            cost_micros=sum(known) if known and len(known) == len(costs) else None,
+        )
 
     # -- one task ---------------------------------------------------------------------
 
@@ -272,6 +286,9 @@ def submit(http: UpstreamHTTP, url: str, body: dict[str, Any], key: str, base: s
         raise malformed(
             f"{http.provider} returned an unusable polling_url for task {task_id}.", task_id
         )
+    cost = payload.get("cost")
+    if isinstance(cost, int | float) and not isinstance(cost, bool) and 0 <= cost < 1e6:
+        return Task(task_id, polling_url, round(cost * MICROS_PER_CREDIT))
     return Task(task_id, polling_url)
 
 

@@ -18,6 +18,9 @@ Asynchronous JSON predictions with ``Authorization: Bearer <token>``:
   and cancels go through the SSRF guard, like result files. At the
   deadline, or on any error after the prediction exists, it POSTs the cancel
   URL best-effort and re-raises (:class:`DeadlineExceeded` at the deadline).
+  A finished prediction's ``metrics.predict_time`` (the seconds Replicate bills
+  for models run on its hardware by time) is summed into
+  ``ImageResult.compute_seconds``.
 
 Field mapping (gateway request -> ``input``), driven by the catalog entry's
 ``options`` (all optional):
@@ -165,6 +168,7 @@ class ReplicateAdapter:
             return ImageResult(
                 images=[GeneratedImage(url=u) for u in urls],
                 upstream_request_id=run.request_id,
+                compute_seconds=run.compute_seconds,
             )
 
         def make_one(index: int, own: UpstreamHTTP) -> GeneratedImage:
@@ -179,7 +183,9 @@ class ReplicateAdapter:
             return GeneratedImage(url=urls[0])
 
         images = fan_out(request.n, http, make_one)
-        return ImageResult(images=images, upstream_request_id=run.request_id)
+        return ImageResult(
+            images=images, upstream_request_id=run.request_id, compute_seconds=run.compute_seconds
+        )
 
 
 # -- request building ----------------------------------------------------------------
@@ -289,6 +295,12 @@ class _Runner:
         self.interval = opts.poll_interval if opts.poll_interval is not None else POLL_INTERVAL
         self.auth = {"Authorization": f"Bearer {ctx.api_key}"}
         self.ids = RequestIds()
+        self.seconds: list[float] = []  # metrics.predict_time of each finished prediction
+
+    @property
+    def compute_seconds(self) -> float | None:
+        """The compute seconds Replicate billed (``metrics.predict_time``), if it said."""
+        return sum(self.seconds) if self.seconds else None
 
     @property
     def request_id(self) -> str | None:
@@ -341,6 +353,10 @@ class _Runner:
     def _outcome(self, prediction: Mapping[str, Any], http: UpstreamHTTP) -> list[str]:
         pred_id = prediction["id"]
         status = prediction["status"]
+        metrics = prediction.get("metrics")
+        seconds = metrics.get("predict_time") if isinstance(metrics, dict) else None
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            self.seconds.append(float(seconds))
         if status == "succeeded":
             return _output_urls(prediction, pred_id)
         if status == "failed":
