@@ -16,7 +16,7 @@ bp = Blueprint("usage", __name__, url_prefix="/v1")
 def get_usage():
     key = current_key()
     svc = services()
-    rows = svc.accounts.usage(key.id)
+    rows = svc.history.usage(key.id)
     by_model: dict[str, dict[str, int]] = {}
     for row in rows:
         total = by_model.setdefault(row.model, {"images": 0, "amount": 0})

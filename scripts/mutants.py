@@ -81,12 +81,12 @@ FAULTS: list[Fault] = [
           "local cost = tonumber(a.cost)\nlocal balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
           "if not a.unlimited and balance < cost then\n  return {'balance', tostring(balance)}\nend\n"
           "local used = {}\nfor i, w in ipairs(windows) do\n"
-          "  local count = redis.call('INCRBY', KEYS[5 + i], w.amount)\n"
-          "  if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end\n"
+          "  local count = redis.call('INCRBY', KEYS[6 + i], w.amount)\n"
+          "  if count == w.amount then redis.call('EXPIRE', KEYS[6 + i], w.ttl) end\n"
           "  used[i] = tostring(count)\nend\n",
           "local used = {}\nfor i, w in ipairs(windows) do\n"
-          "  local count = redis.call('INCRBY', KEYS[5 + i], w.amount)\n"
-          "  if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end\n"
+          "  local count = redis.call('INCRBY', KEYS[6 + i], w.amount)\n"
+          "  if count == w.amount then redis.call('EXPIRE', KEYS[6 + i], w.ttl) end\n"
           "  used[i] = tostring(count)\nend\n"
           "local cost = tonumber(a.cost)\nlocal balance = tonumber(redis.call('GET', KEYS[2]) or '0')\n"
           "if not a.unlimited and balance < cost then\n  return {'balance', tostring(balance)}\nend\n",
@@ -94,7 +94,7 @@ FAULTS: list[Fault] = [
     Fault("admit-window-admits-one-too-many", "shared/lua/admit.lua",
           "if cur + w.amount > w.limit then", "if cur + w.amount > w.limit + 1 then", BILLING),
     Fault("admit-window-never-expires", "shared/lua/admit.lua",
-          "if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end", "", BILLING),
+          "if count == w.amount then redis.call('EXPIRE', KEYS[6 + i], w.ttl) end", "", BILLING),
     Fault("admit-unlimited-key-charged", "shared/lua/admit.lua",
           "if not a.unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end",
           "balance = redis.call('DECRBY', KEYS[2], cost)", BILLING),
@@ -102,8 +102,8 @@ FAULTS: list[Fault] = [
           "  redis.call('SET', KEYS[4], a.idempotency, 'EX', tonumber(a.idempotency_ttl))\n", "",
           BILLING),
     Fault("admit-no-reserve-entry", "shared/lua/admit.lua",
-          "redis.call('XADD', KEYS[3], 'MAXLEN', '~', a.ledger_maxlen, '*', 'kind', 'reserve',",
-          "(function(...) end)('XADD', KEYS[3], 'MAXLEN', '~', a.ledger_maxlen, '*', 'kind', 'reserve',",
+          "redis.call('XADD', KEYS[3], '*', 'kind', 'reserve', 'job', record.job_id,",
+          "(function(...) end)('XADD', KEYS[3], '*', 'kind', 'reserve', 'job', record.job_id,",
           BILLING),
     Fault("limits-per-day-ignored", "shared/billing.py",
           "    if limit.per_day:", "    if False:", BILLING),
@@ -127,8 +127,8 @@ FAULTS: list[Fault] = [
     Fault("settle-refunds-an-unlimited-key", "shared/lua/_settle.lua",
           "if refund > 0 and redis.call('HGET', k.job, 'unlimited') ~= '1' then",
           "if refund > 0 then", BILLING),
-    Fault("settle-usage-not-counted", "shared/lua/_settle.lua",
-          "redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|images', delivered)", "",
+    Fault("settle-key-not-named-for-the-sink", "shared/lua/_settle.lua",
+          "  redis.call('SADD', k.pending, redis.call('HGET', k.job, 'key_id'))\n", "",
           BILLING),
     Fault("release-idempotency-of-another-job", "shared/lua/release_idempotency.lua",
           "if redis.call('GET', KEYS[1]) == a.value then", "if true then", BILLING),

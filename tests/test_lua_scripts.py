@@ -29,7 +29,7 @@ import redis
 
 from api.parse_limit import ParseLimit
 from shared import jobrecord, lua
-from shared.billing import Accounts, Idempotency
+from shared.billing import LEDGER, PENDING, Accounts, Idempotency
 from shared.capacity import Capacity
 from shared.catalog import Catalog, parse_catalog
 from shared.errors import InsufficientBalance, RateLimited, UpstreamError
@@ -338,6 +338,13 @@ def _scenario(client: redis.Redis) -> None:
     presence.announce("w:1", [one, two], ttl=30)
     assert presence.live([one, two, "lua_nobody"]) == {one: 1, two: 1, "lua_nobody": 0}
     assert presence.live([one], now=time.time() + 60) == {one: 0}
+    # the sink forgets entries SQL committed (shared/sink.py), here without SQL
+    ack = lua.register(client, "ledger_sink_ack")
+    stream = LEDGER.format(key.id)
+    ids = [entry_id for entry_id, _ in client.xrange(stream)]
+    assert ack([stream, PENDING], ids=ids[:1], key_id=key.id) == [1, len(ids) - 1]
+    assert ack([stream, PENDING], ids=ids, key_id=key.id) == [len(ids) - 1, 0]
+    assert not client.sismember(PENDING, key.id)
 
 
 def _webhooks(client: redis.Redis, store: JobStore, job_id: str, key_id: str) -> None:

@@ -9,11 +9,12 @@
 -- KEYS[3] the key's ledger stream
 -- KEYS[4] the Idempotency-Key's record (untouched when `idempotency` is '')
 -- KEYS[5] the watch set (untouched when `watch_at` is '')
--- KEYS[6..] one rate-limit window counter per entry of `windows`
+-- KEYS[6] the sink's set of key ids whose ledger has entries to move (shared.sink)
+-- KEYS[7..] one rate-limit window counter per entry of `windows`
 -- ARGV[1] JSON:
 --   cost             micro-units to deduct
 --   unlimited        true: no balance is checked or deducted
---   windows          [{limit, amount, ttl}] for KEYS[6..], in order
+--   windows          [{limit, amount, ttl}] for KEYS[7..], in order
 --   idempotency      the value stored under KEYS[4] ('' = no Idempotency-Key)
 --   idempotency_ttl  seconds it is kept
 --   record           the job record's fields (strings); created and deadline are re-based
@@ -22,7 +23,7 @@
 --   watch_at         when the job is looked at if nobody sent it, in the web host's clock
 --                    ('' = not watched)
 --   ttl              seconds the record lives
---   ledger_maxlen    the ledger stream's approximate length cap
+--   key_id           the API key's id (named in KEYS[6])
 -- Returns {'ok', balance, <each window's count after it>...}, {'duplicate', stored value},
 -- {'limited', window index, its count, its PTTL} or {'balance', balance}.
 
@@ -33,9 +34,9 @@ if a.idempotency ~= '' then
 end
 local windows = a.windows
 for i, w in ipairs(windows) do
-  local cur = tonumber(redis.call('GET', KEYS[5 + i]) or '0')
+  local cur = tonumber(redis.call('GET', KEYS[6 + i]) or '0')
   if cur + w.amount > w.limit then
-    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[5 + i]))}
+    return {'limited', tostring(i), tostring(cur), tostring(redis.call('PTTL', KEYS[6 + i]))}
   end
 end
 local cost = tonumber(a.cost)
@@ -45,8 +46,8 @@ if not a.unlimited and balance < cost then
 end
 local used = {}
 for i, w in ipairs(windows) do
-  local count = redis.call('INCRBY', KEYS[5 + i], w.amount)
-  if count == w.amount then redis.call('EXPIRE', KEYS[5 + i], w.ttl) end
+  local count = redis.call('INCRBY', KEYS[6 + i], w.amount)
+  if count == w.amount then redis.call('EXPIRE', KEYS[6 + i], w.ttl) end
   used[i] = tostring(count)
 end
 if not a.unlimited then balance = redis.call('DECRBY', KEYS[2], cost) end
@@ -70,9 +71,9 @@ redis.call('EXPIRE', KEYS[1], tonumber(a.ttl))
 if a.idempotency ~= '' then
   redis.call('SET', KEYS[4], a.idempotency, 'EX', tonumber(a.idempotency_ttl))
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', a.ledger_maxlen, '*', 'kind', 'reserve',
-  'job', record.job_id, 'model', record.model, 'images', record.n, 'amount', tostring(-cost),
-  'ts', record.created)
+redis.call('XADD', KEYS[3], '*', 'kind', 'reserve', 'job', record.job_id,
+  'model', record.model, 'images', record.n, 'amount', tostring(0 - cost), 'ts', record.created)
+redis.call('SADD', KEYS[6], a.key_id)
 local out = {'ok', tostring(balance)}
 for i = 1, #windows do out[#out + 1] = used[i] end
 return out

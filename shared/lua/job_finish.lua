@@ -4,7 +4,7 @@
 -- KEYS[1] job record
 -- KEYS[2] the key's balance
 -- KEYS[3] the key's ledger stream
--- KEYS[4] the key's usage hash
+-- KEYS[4] the sink's set of key ids whose ledger has entries to move (shared.sink)
 -- KEYS[5] the watch set
 -- KEYS[6] the webhooks due set
 -- ARGV[1] JSON:
@@ -16,14 +16,13 @@
 --   overdue_only   true: only if the deadline has passed
 --   now            '' = Redis' clock, else a test's unix time (a string)
 --   done_channel   where the job's id is published
---   ledger_maxlen  the ledger stream's approximate length cap
 -- Returns 1 if this call ended the job, else 0.
 
 -- #include _clock.lua
 -- #include _terminal.lua
 
 local a = cjson.decode(ARGV[1])
-local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
+local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], pending = KEYS[4],
   watch = KEYS[5], webhooks_due = KEYS[6]}
 local st = redis.call('HGET', k.job, 'status')
 if not st or is_terminal(st) then return 0 end
@@ -32,5 +31,5 @@ local now = clock(a.now)
 if a.overdue_only and tonumber(now) < tonumber(redis.call('HGET', k.job, 'deadline')) then
   return 0
 end
-end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel, a.ledger_maxlen)
+end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel)
 return 1

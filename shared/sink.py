@@ -1,0 +1,212 @@
+"""The sink: moves ledger entries and audit entries from Redis to SQL, exactly once.
+
+Every writer of a ledger entry (admission, settlement, top-ups, balance changes: all
+in one atomic step with the money they record) also names the key in the pending set
+``ig:ledger:pending``. The sink, for each pending key:
+
+1. reads the oldest entries of ``ig:ledger:<key id>`` (``sink_batch`` at most) and, for
+   ``settle`` entries, the small fields of the job's record (its per-job usage row);
+2. inserts them in ONE SQL transaction with ``ON CONFLICT DO NOTHING`` on their ids
+   (the stream id per key; the job id) and commits;
+3. only then deletes those ids from the stream (``shared/lua/ledger_sink_ack.lua``),
+   and takes the key out of the pending set when its stream is empty.
+
+A sink killed anywhere leaves every entry either still in Redis (not committed, or
+committed and not deleted: the next pass inserts nothing twice and deletes it) or in
+SQL (committed and deleted). Nothing is trimmed, so nothing is lost while SQL is down:
+the entries wait in Redis. Two sinks running at once do double work, never double rows.
+The operators' audit trail (``ig:audit``, :func:`record_audit`) goes the same way.
+
+It runs as its own process (``imagegate sink``, the Procfile's ``sink`` line), a plain
+loop rather than a Celery task: it needs no message to keep it going and nothing to
+schedule it, and one line to restart it is the whole of its deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from shared import jobrecord as rec
+from shared import lua
+from shared.billing import LEDGER, PENDING
+from shared.db import extra_json, insert_new, job_usage, key_audit, ledger_entries
+
+log = logging.getLogger(__name__)
+
+AUDIT = "ig:audit"  # stream: key_id, action, detail (JSON), ts
+LEDGER_FIELDS = ("kind", "job", "model", "images", "amount", "ts", "day")
+# Record fields not copied into job_usage.extra: payloads, not usage.
+_RECORD_PAYLOADS = frozenset({rec.SPEC, rec.RESULT, rec.ERROR, rec.WEBHOOK, rec.FALLBACKS})
+_USAGE_COLUMNS = {
+    rec.KEY_ID: "key_id",
+    rec.MODEL: "model",
+    rec.SERVING: "serving",
+    rec.STATUS: "status",
+    rec.N: "n",
+    rec.UNIT_PRICE: "unit_price",
+    rec.CHARGED: "charged",
+    rec.SETTLED: "spent",
+    rec.REFUNDED: "refunded",
+    rec.DAY: "day",
+    rec.CREATED: "created",
+    rec.STARTED: "started",
+    rec.FINISHED: "finished",
+    rec.WORKER: "worker",
+    rec.TAKEOVERS: "takeovers",
+}
+_INTS = {"n", "images", "unit_price", "charged", "spent", "refunded", "takeovers"}
+_FLOATS = {"created", "started", "finished"}
+
+
+def split_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def ledger_row(key_id: str, entry_id: str, fields: Mapping[str, str], now: float) -> dict:
+    ms, seq = split_id(entry_id)
+    return {
+        "key_id": key_id,
+        "entry_id": entry_id,
+        "entry_ms": ms,
+        "entry_seq": seq,
+        "kind": fields.get("kind", ""),
+        "job_id": fields.get("job", ""),
+        "model": fields.get("model", ""),
+        "images": int(fields.get("images") or 0),
+        "amount": int(fields.get("amount") or 0),
+        "ts": float(fields.get("ts") or ms / 1000),
+        "day": fields.get("day") or None,
+        "extra": extra_json(fields, LEDGER_FIELDS),
+        "sunk_at": now,
+    }
+
+
+def usage_row(key_id: str, entry: Mapping[str, str], record: Mapping[str, str]) -> dict:
+    """The job_usage row of a settled job: from its record, or (record gone) its entry."""
+    row: dict[str, Any] = {column: None for column in _USAGE_COLUMNS.values()}
+    row.update(job_id=entry["job"], key_id=key_id, model=entry.get("model", ""))
+    row["images"] = int(entry.get("images") or 0)
+    row["spent"] = -int(entry.get("amount") or 0)
+    row["day"] = entry.get("day") or None
+    for name, column in _USAGE_COLUMNS.items():
+        value = record.get(name)
+        if value in (None, ""):
+            continue
+        if column in _INTS:
+            row[column] = int(value)
+        elif column in _FLOATS:
+            row[column] = float(value)
+        else:
+            row[column] = value
+    extra = {
+        k: v for k, v in record.items() if k not in _USAGE_COLUMNS and k not in _RECORD_PAYLOADS
+    }
+    for name in (rec.JOB_ID, rec.BILLED, rec.UNLIMITED, rec.ATTEMPT, rec.DEADLINE):
+        extra.pop(name, None)
+    if record.get(rec.UNLIMITED) == "1":
+        extra["unlimited"] = "1"
+    row["extra"] = extra or None
+    return row
+
+
+class Sink:
+    def __init__(self, client: redis.Redis, engine: Engine, *, batch: int = 1000) -> None:
+        self._redis = client
+        self._engine = engine
+        self._batch = batch
+        self._ack = lua.register(client, "ledger_sink_ack")
+
+    def run_once(self) -> int:
+        """One pass over every pending key and the audit stream; entries moved."""
+        moved = self._drain_audit()
+        for key_id in list(self._redis.sscan_iter(PENDING, count=1000)):
+            moved += self.drain_key(key_id)
+        return moved
+
+    def drain_key(self, key_id: str) -> int:
+        moved = 0
+        stream = LEDGER.format(key_id)
+        while True:
+            entries = self._redis.xrange(stream, count=self._batch)
+            if entries:
+                self._commit(key_id, entries)
+            ids = [entry_id for entry_id, _ in entries]
+            _deleted, left = self._ack([stream, PENDING], ids=ids, key_id=key_id)
+            moved += len(entries)
+            if len(entries) < self._batch or not left:
+                return moved
+
+    def _commit(self, key_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+        now = time.time()
+        settles = [(i, f) for i, f in entries if f.get("kind") == "settle" and f.get("job")]
+        pipe = self._redis.pipeline(transaction=False)
+        for _, fields in settles:
+            pipe.hgetall(rec.record_key(fields["job"]))
+        records = pipe.execute() if settles else []
+        usage = [usage_row(key_id, f, r) for (_, f), r in zip(settles, records, strict=True)]
+        with self._engine.begin() as conn:
+            insert_new(conn, ledger_entries, [ledger_row(key_id, i, f, now) for i, f in entries])
+            insert_new(conn, job_usage, usage)
+
+    def _drain_audit(self) -> int:
+        entries = self._redis.xrange(AUDIT, count=self._batch)
+        if not entries:
+            return 0
+        rows = [
+            {
+                "entry_id": entry_id,
+                "key_id": f.get("key_id", ""),
+                "action": f.get("action", ""),
+                "ts": float(f.get("ts") or split_id(entry_id)[0] / 1000),
+                "detail": json.loads(f.get("detail") or "{}") or None,
+            }
+            for entry_id, f in entries
+        ]
+        with self._engine.begin() as conn:
+            insert_new(conn, key_audit, rows)
+        self._ack([AUDIT, PENDING], ids=[i for i, _ in entries], key_id="")
+        return len(entries)
+
+    def run(self, interval: float, stop: threading.Event) -> None:
+        """Move entries until ``stop`` is set; a failing Redis or database is retried."""
+        while not stop.is_set():
+            try:
+                moved = self.run_once()
+            except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
+                log.warning("sink: %s; entries stay in Redis, trying again", exc)
+                moved = 0
+            if not moved:
+                stop.wait(interval)
+
+
+def record_audit(client: redis.Redis, key_id: str, action: str, **detail: Any) -> None:
+    """Append an operator action on a key to the audit stream (the sink moves it to SQL)."""
+    client.xadd(
+        AUDIT,
+        {
+            "key_id": key_id,
+            "action": action,
+            "detail": json.dumps(detail, separators=(",", ":"), sort_keys=True),
+            "ts": repr(time.time()),
+        },
+    )
+
+
+def serve(client: redis.Redis, engine: Engine, *, batch: int, interval: float) -> None:
+    """The ``imagegate sink`` process: runs until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("sink: moving ledger entries from Redis to %s", engine.url.render_as_string())
+    Sink(client, engine, batch=batch).run(interval, stop)
