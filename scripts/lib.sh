@@ -19,6 +19,8 @@ ensure_system_packages() {
   # the multi-host tests: hosts in network namespaces, one with its clock off
   [ "${1:-}" = test ] && ! command -v ip >/dev/null && missing+=(iproute2)
   [ "${1:-}" = test ] && ! command -v faketime >/dev/null && missing+=(faketime)
+  # the SQL system of record's tests: PostgreSQL (initdb, pg_ctl) besides SQLite
+  [ "${1:-}" = test ] && [ -z "$(pg_bin initdb)" ] && missing+=(postgresql)
   "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || missing+=(python3 python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -26,6 +28,34 @@ ensure_system_packages() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+}
+
+# The path of a PostgreSQL server program (initdb, pg_ctl, ...), or nothing.
+pg_bin() {
+  command -v "$1" 2>/dev/null && return
+  ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1
+}
+
+# A PostgreSQL server on 127.0.0.1:5432 that user postgres reaches without a password,
+# as the tests expect (they create and drop databases of their own there). One already
+# answering is used as it is; otherwise a cluster of the test run's own is started
+# (data in $IMAGEGATE_TEST_PG_DIR) and left running for the next run.
+ensure_postgres() {
+  local dir="${IMAGEGATE_TEST_PG_DIR:-${TMPDIR:-/tmp}/imagegate-test-postgres}"
+  local run=()
+  if "$PYTHON" -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 1)' 2>/dev/null; then
+    return
+  fi
+  [ "$(id -u)" = 0 ] && run=(runuser -u postgres --)
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    say "creating a PostgreSQL cluster for the tests in $dir"
+    mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    "${run[@]}" "$(pg_bin initdb)" -D "$dir/data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  say "starting PostgreSQL on 127.0.0.1:5432 (data in $dir)"
+  "${run[@]}" "$(pg_bin pg_ctl)" -D "$dir/data" -l "$dir/server.log" -w \
+    -o "-p 5432 -k $dir -c listen_addresses=127.0.0.1" start >/dev/null
 }
 
 # A virtualenv with the package installed (extras in $1, e.g. "test").
