@@ -191,7 +191,7 @@ class Settings(_Variables):
     broker_url: str = ""  # empty: same as redis_url
     # The SQL system of record (shared/db.py): SQLite in a file (relative to the working
     # directory) or postgresql+psycopg://user:password@host/db.
-    database_url: str = "sqlite:///var/imagegate.sqlite3"
+    database_url: str = Field("sqlite:///var/imagegate.sqlite3", repr=False)  # may hold a password
     # Run the migrations when a process that uses the database starts (web, sink); off:
     # `imagegate db upgrade` at deploy time.
     database_migrate: Flag = True

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared.billing import LEDGER, Accounts, Idempotency, parse_money, windows_for
+from shared.billing import LEDGER, PENDING, Accounts, Idempotency, parse_money, windows_for
 from shared.catalog import Catalog, parse_catalog
 from shared.jobs import Job, JobStore, StoredImage, new_job_id
 from shared.keys import ApiKey
@@ -236,3 +236,14 @@ def test_an_amount_of_a_billion_is_accepted() -> None:
 def _no_leftovers(client: redis.Redis) -> Iterator[None]:
     yield
     client.flushdb()
+
+
+def test_settling_names_the_key_for_the_sink(
+    client: redis.Redis, accounts: Accounts, store: JobStore
+) -> None:
+    """The entries a settlement writes are moved to SQL only if the key is pending."""
+    key = _key(accounts)
+    job, _, _ = _admit(accounts, store, key, 1)
+    client.srem(PENDING, key.id)  # as if the sink had moved the admission's entries
+    assert store.succeed(job.id, store.claim(job.id).attempt, [IMG])
+    assert client.sismember(PENDING, key.id)
