@@ -18,14 +18,16 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from shared import db
 from shared.billing import LEDGER, PENDING, Accounts
 from shared.catalog import Catalog, parse_catalog
+from shared.cli import main as cli_main
 from shared.errors import UpstreamError
 from shared.history import History
 from shared.jobs import Job, JobStore, StoredImage, new_job_id
-from shared.keys import ApiKey
+from shared.keys import ApiKey, KeyStore
 from shared.redis_client import connect
 from shared.sink import AUDIT, Sink, record_audit
 from tests.support.pg import own_database
@@ -252,9 +254,40 @@ def test_fields_added_to_entries_later_are_kept_and_the_audit_trail_moves(
 
 
 def test_migrations_run_twice_and_down_and_up_again(engine: sa.Engine) -> None:
+    """Upgrading an up-to-date database changes nothing; the downgrade drops every table
+    (the other tests here use keys of their own, so an empty schema afterwards is fine)."""
+    tables = {"ledger_entries", "job_usage", "key_audit"}
     db.upgrade(engine)
     assert db.current_revision(engine) == "0001"
-    if engine.dialect.name == "postgresql":  # the SQLite file is shared by the module's tests
-        return
-    names = set(sa.inspect(engine).get_table_names())
-    assert {"ledger_entries", "job_usage", "key_audit", "alembic_version"} <= names
+    assert tables <= set(sa.inspect(engine).get_table_names())
+    db.downgrade(engine, "base")
+    assert not tables & set(sa.inspect(engine).get_table_names())
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0001"
+    assert tables <= set(sa.inspect(engine).get_table_names())
+
+
+def test_the_cli_upgrades_and_verifies(
+    engine: sa.Engine, client: redis.Redis, accounts: Accounts, store: JobStore
+) -> None:
+    """``imagegate db upgrade`` and ``imagegate ledger verify`` on the test's Redis and
+    database: no difference, then the one made behind the ledger's back (exit 1)."""
+    plaintext, key = KeyStore(client).create("cli", tier="open")
+    accounts.set_balance(key.id, 1_000_000)
+    _traffic(accounts, store, key)
+    Sink(client, engine).run_once()
+    url = engine.url.render_as_string(hide_password=False)
+    redis_url = client.connection_pool.connection_kwargs
+    env = {
+        "IMAGEGATE_DATABASE_URL": url,
+        "IMAGEGATE_REDIS_URL": f"redis://127.0.0.1:{redis_url['port']}/{redis_url['db']}",
+    }
+    runner = CliRunner()
+    upgraded = runner.invoke(cli_main, ["db", "upgrade"], env=env)
+    assert upgraded.exit_code == 0 and "at revision 0001" in upgraded.output, upgraded.output
+    verified = runner.invoke(cli_main, ["ledger", "verify", key.id], env=env)
+    assert verified.exit_code == 0 and "1 keys checked, 0 differ" in verified.output
+    client.incrby(f"ig:balance:{key.id}", 123)
+    differs = runner.invoke(cli_main, ["ledger", "verify", key.id], env=env)
+    assert differs.exit_code == 1
+    assert f"{key.id}\tbalance 1.470123\tledger 1.470000\tdifference 0.000123" in differs.output
