@@ -147,6 +147,14 @@ def _sqlite_file(url: sa.URL) -> Path | None:
     return Path(database)
 
 
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    """Write-ahead log: the web's reads do not wait for the sink's writes. Synchronous
+    stays FULL: a committed entry is deleted from Redis, so the commit must be on disk."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
 @cache
 def engine_for(url: str) -> Engine:
     """One engine (and its pool) per URL per process. A SQLite file's folder is made."""
@@ -155,7 +163,9 @@ def engine_for(url: str) -> Engine:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A writer waits for the other's transaction instead of failing at once.
-        return sa.create_engine(parsed, connect_args={"timeout": 30})
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_wal)
+        return engine
     return sa.create_engine(parsed, pool_pre_ping=True)
 
 
