@@ -29,6 +29,8 @@ Tables and columns (money in integer micro-units, times in unix seconds):
     job_id             primary key
     key_id, model, serving, status, n, images, unit_price, charged, spent, refunded,
     day, created, started, finished, worker, takeovers
+    error_code         the error's code when the job did not succeed
+    size, end_user     the request's ``size`` and OpenAI's ``user`` field, if given
     extra              JSON object of the record's other small fields (not its spec,
                        result or error payloads)
 ``key_audit``: one row per operator action on a key (``ig:audit`` stream)
@@ -84,6 +86,9 @@ job_usage = sa.Table(
     sa.Column("model", sa.String(128), nullable=False),
     sa.Column("serving", sa.String(128)),
     sa.Column("status", sa.String(16)),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("size", sa.String(32)),
+    sa.Column("end_user", sa.String(255)),
     sa.Column("n", sa.Integer),
     sa.Column("images", sa.Integer),
     sa.Column("unit_price", sa.BigInteger),

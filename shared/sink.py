@@ -92,9 +92,30 @@ def ledger_row(key_id: str, entry_id: str, fields: Mapping[str, str], now: float
     }
 
 
+def _text(value: Any, limit: int) -> str | None:
+    return str(value)[:limit] if isinstance(value, str | int) and value != "" else None
+
+
+def _from_payloads(record: Mapping[str, str]) -> dict[str, str | None]:
+    """The request's size and end user (its spec) and the error's code (its error)."""
+    try:
+        request = json.loads(record.get(rec.SPEC) or "{}").get("request") or {}
+        error = json.loads(record.get(rec.ERROR) or "{}")
+    except (ValueError, AttributeError):
+        request, error = {}, {}
+    request = request if isinstance(request, dict) else {}
+    error = error if isinstance(error, dict) else {}
+    return {
+        "size": _text(request.get("size"), 32),
+        "end_user": _text(request.get("user"), 255),
+        "error_code": _text(error.get("code"), 64),
+    }
+
+
 def usage_row(key_id: str, entry: Mapping[str, str], record: Mapping[str, str]) -> dict:
     """The job_usage row of a settled job: from its record, or (record gone) its entry."""
-    row: dict[str, Any] = {column: None for column in _USAGE_COLUMNS.values()}
+    row: dict[str, Any] = dict.fromkeys([*_USAGE_COLUMNS.values(), "size", "end_user"])
+    row["error_code"] = None
     row.update(job_id=entry["job"], key_id=key_id, model=entry.get("model", ""))
     row["images"] = int(entry.get("images") or 0)
     row["spent"] = -int(entry.get("amount") or 0)
@@ -109,6 +130,7 @@ def usage_row(key_id: str, entry: Mapping[str, str], record: Mapping[str, str]) 
             row[column] = float(value)
         else:
             row[column] = value
+    row.update(_from_payloads(record))
     extra = {
         k: v for k, v in record.items() if k not in _USAGE_COLUMNS and k not in _RECORD_PAYLOADS
     }

@@ -99,7 +99,7 @@ def _job(accounts: Accounts, store: JobStore, key: ApiKey, n: int) -> Job:
         model=MODEL.id,
         family="local",
         queue="local",
-        request={"prompt": "x", "n": n},
+        request={"prompt": "x", "n": n, "size": "32x32", "user": "alice"},
         created=now,
         deadline=now + 60,
     )
@@ -167,8 +167,10 @@ def test_entries_move_once_and_every_answer_stays_the_same(
         "succeeded", 3, 2, 2 * PRICE, PRICE,
     )  # fmt: skip
     assert ok.extra["user"] == "end-user-7" and ok.finished >= ok.created
+    assert (ok.size, ok.end_user, ok.error_code) == ("32x32", "alice", None)
     bad = usage_rows[failed.id]
     assert (bad.status, bad.images, bad.spent, bad.refunded) == ("failed", 0, 0, 2 * PRICE)
+    assert bad.error_code == "upstream_error"
 
     # the running job settles later: only its new entries move
     assert store.succeed(running.id, store.claim(running.id).attempt, [IMG])
