@@ -12,7 +12,7 @@
     imagegate sink                        # move ledger entries Redis -> SQL (Procfile line)
     imagegate ledger verify [KEY_ID...]   # each balance against its ledger in SQL
     imagegate models                      # the catalog, with what is usable right now
-    imagegate check                       # settings, catalog and Redis reachable
+    imagegate check                       # settings, catalog, Redis and the database reachable
 
 Settings come from the same ``IMAGEGATE_*`` environment as the services.
 """
@@ -26,6 +26,7 @@ import time
 
 import click
 import redis
+import sqlalchemy
 
 from shared import db
 from shared.billing import Accounts, format_money, parse_money
@@ -322,7 +323,7 @@ def models() -> None:
 
 @main.command("check")
 def check() -> None:
-    """Validate settings and catalog, and reach Redis."""
+    """Validate settings and catalog, and reach Redis and the database."""
     settings = _settings()
     catalog = settings.load_catalog()
     try:
@@ -330,8 +331,17 @@ def check() -> None:
     except redis.RedisError as exc:
         click.echo(f"Redis at {settings.redis_url} is not reachable: {exc}", err=True)
         sys.exit(1)
+    engine = db.engine_for(settings.database_url)
+    try:
+        revision = db.current_revision(engine)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        where = engine.url.render_as_string()
+        click.echo(f"The database at {where} is not reachable: {exc}", err=True)
+        sys.exit(1)
+    schema = f"schema {revision}" if revision else "no schema yet (imagegate db upgrade)"
     click.echo(
-        f"ok: {len(catalog.models)} models in {len(catalog.families)} families; Redis reachable"
+        f"ok: {len(catalog.models)} models in {len(catalog.families)} families; Redis reachable;"
+        f" database reachable, {schema}"
     )
 
 
