@@ -149,6 +149,18 @@ class Sink:
         self._batch = batch
         self._ack = lua.register(client, "ledger_sink_ack")
 
+    def adopt_streams(self) -> int:
+        """Name in the pending set every key with a ledger stream (at start: streams
+        written before the pending set existed, or by a gateway older than the sink, are
+        moved too). One SCAN of the keyspace; returns the streams found."""
+        prefix = LEDGER.format("")
+        found = 0
+        for name in self._redis.scan_iter(match=LEDGER.format("*"), count=1000, _type="stream"):
+            if self._redis.xlen(name):
+                self._redis.sadd(PENDING, name[len(prefix) :])
+                found += 1
+        return found
+
     def run_once(self) -> int:
         """One pass over every pending key and the audit stream; entries moved."""
         moved = self._drain_audit()
@@ -231,4 +243,12 @@ def serve(client: redis.Redis, engine: Engine, *, batch: int, interval: float) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("sink: moving ledger entries from Redis to %s", engine.url.render_as_string())
-    Sink(client, engine, batch=batch).run(interval, stop)
+    sink = Sink(client, engine, batch=batch)
+    while not stop.is_set():
+        try:
+            log.info("sink: %d ledger streams with entries", sink.adopt_streams())
+            break
+        except redis.RedisError as exc:
+            log.warning("sink: %s; trying again", exc)
+            stop.wait(interval)
+    sink.run(interval, stop)

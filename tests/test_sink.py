@@ -205,6 +205,21 @@ def test_a_sink_killed_between_commit_and_delete_inserts_nothing_twice(
     assert _answers(history, key.id) == before
 
 
+def test_streams_written_before_the_sink_existed_are_adopted(
+    engine: sa.Engine, client: redis.Redis
+) -> None:
+    """A ledger stream nobody named in the pending set (an older gateway's) is moved too."""
+    stream = LEDGER.format("key_old")
+    client.xadd(
+        stream, {"kind": "topup", "job": "", "model": "", "images": 0, "amount": 5, "ts": 1}
+    )
+    sink = Sink(client, engine)
+    assert sink.run_once() == 0  # not pending: not seen
+    assert sink.adopt_streams() == 1
+    assert sink.run_once() == 1 and client.xlen(stream) == 0
+    assert sink.adopt_streams() == 0  # an empty stream is not pending again
+
+
 def test_while_sql_is_unusable_entries_wait_in_redis(
     tmp_path: Path, client: redis.Redis, accounts: Accounts, store: JobStore
 ) -> None:
