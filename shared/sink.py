@@ -75,6 +75,10 @@ def split_id(entry_id: str) -> tuple[int, int]:
 
 def ledger_row(key_id: str, entry_id: str, fields: Mapping[str, str], now: float) -> dict:
     ms, seq = split_id(entry_id)
+    ts = float(fields.get("ts") or ms / 1000)
+    day = fields.get("day") or None
+    if day is None and fields.get("kind") in ("settle", "refund"):
+        day = time.strftime("%Y-%m-%d", time.gmtime(ts))  # entries from before `day` existed
     return {
         "key_id": key_id,
         "entry_id": entry_id,
@@ -85,8 +89,8 @@ def ledger_row(key_id: str, entry_id: str, fields: Mapping[str, str], now: float
         "model": fields.get("model", ""),
         "images": int(fields.get("images") or 0),
         "amount": int(fields.get("amount") or 0),
-        "ts": float(fields.get("ts") or ms / 1000),
-        "day": fields.get("day") or None,
+        "ts": ts,
+        "day": day,
         "extra": extra_json(fields, LEDGER_FIELDS),
         "sunk_at": now,
     }

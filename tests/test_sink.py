@@ -213,10 +213,15 @@ def test_streams_written_before_the_sink_existed_are_adopted(
     client.xadd(
         stream, {"kind": "topup", "job": "", "model": "", "images": 0, "amount": 5, "ts": 1}
     )
+    # a settle entry from before entries carried their usage day
+    old = {"kind": "settle", "job": "imgjob_old", "model": "m", "images": 1, "amount": -5}
+    client.xadd(stream, {**old, "ts": 86400 * 3 + 5})
     sink = Sink(client, engine)
     assert sink.run_once() == 0  # not pending: not seen
     assert sink.adopt_streams() == 1
-    assert sink.run_once() == 1 and client.xlen(stream) == 0
+    assert sink.run_once() == 2 and client.xlen(stream) == 0
+    [usage] = History(client, engine).usage("key_old")
+    assert (usage.day, usage.model, usage.images, usage.amount_micros) == ("1970-01-04", "m", 1, 5)
     assert sink.adopt_streams() == 0  # an empty stream is not pending again
 
 
