@@ -266,10 +266,10 @@ def sink() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    engine = db.ensure_schema(settings.database_url, settings.database_migrate)
     serve(
         connect(settings.redis_url),
-        engine,
+        settings.database_url,
+        migrate=settings.database_migrate,
         batch=settings.sink_batch,
         interval=settings.sink_interval_seconds,
     )

@@ -39,7 +39,15 @@ from sqlalchemy.engine import Engine
 from shared import jobrecord as rec
 from shared import lua
 from shared.billing import LEDGER, PENDING
-from shared.db import extra_json, insert_new, job_usage, key_audit, ledger_entries
+from shared.db import (
+    engine_for,
+    extra_json,
+    insert_new,
+    job_usage,
+    key_audit,
+    ledger_entries,
+    upgrade,
+)
 
 log = logging.getLogger(__name__)
 
@@ -241,18 +249,25 @@ def record_audit(client: redis.Redis, key_id: str, action: str, **detail: Any) -
     )
 
 
-def serve(client: redis.Redis, engine: Engine, *, batch: int, interval: float) -> None:
-    """The ``imagegate sink`` process: runs until SIGTERM or SIGINT."""
+def serve(
+    client: redis.Redis, database_url: str, *, migrate: bool, batch: int, interval: float
+) -> None:
+    """The ``imagegate sink`` process: runs until SIGTERM or SIGINT. A database or Redis
+    that is away at start (a restart) is waited for, not a reason to exit: under honcho
+    one line that exits stops the whole stack."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    engine = engine_for(database_url)
     log.info("sink: moving ledger entries from Redis to %s", engine.url.render_as_string())
     sink = Sink(client, engine, batch=batch)
     while not stop.is_set():
         try:
+            if migrate:
+                upgrade(engine)
             log.info("sink: %d ledger streams with entries", sink.adopt_streams())
             break
-        except redis.RedisError as exc:
+        except (redis.RedisError, sa.exc.SQLAlchemyError) as exc:
             log.warning("sink: %s; trying again", exc)
             stop.wait(interval)
     sink.run(interval, stop)
