@@ -38,7 +38,7 @@ from shared import jobevents, jobindex
 from shared import jobrecord as rec
 from shared.adminkeys import AdminKey, AdminKeyStore, AuditLog, AuthFailures, Scope
 from shared.balance_changes import BalanceChanges
-from shared.billing import BALANCE, LEDGER, format_money, parse_money
+from shared.billing import BALANCE, format_money, parse_money
 from shared.capacity import Capacity
 from shared.errors import (
     AuthenticationFailed,
@@ -420,7 +420,7 @@ def usage():
     rows: list[s.UsageRow] = []
     sums: dict[str, dict[str, list[int]]] = {"key": {}, "model": {}, "day": {}}
     for key_id in _key_ids(query.key_id, svc):
-        for row in svc.accounts.usage(key_id):
+        for row in svc.history.usage(key_id):
             if query.model and row.model != query.model:
                 continue
             if (query.since and row.day < query.since) or (query.until and row.day > query.until):
@@ -479,31 +479,25 @@ def ledger():
     svc = services()
     query: _LedgerQuery = _query(_LedgerQuery)
     key_ids = _key_ids(query.key_id, svc)
-    low = "-" if query.since is None else str(int(query.since * 1000))
-    high = "+" if query.until is None else str(int(query.until * 1000))
-    client = svc.redis
+    since = None if query.since is None else int(query.since * 1000)
+    until = None if query.until is None else int(query.until * 1000)
 
     def entries() -> Iterator[dict[str, Any]]:
+        # SQL's history merged with the entries the sink has not moved yet (shared.history)
         for key_id in key_ids:
-            start = low
-            while True:
-                batch = client.xrange(LEDGER.format(key_id), start, high, count=_LEDGER_BATCH)
-                for entry_id, fields in batch:
-                    yield {
-                        "key_id": key_id,
-                        "entry_id": entry_id,
-                        "ts": float(fields.get("ts") or 0),
-                        "kind": fields.get("kind", ""),
-                        "job": fields.get("job", ""),
-                        "model": fields.get("model", ""),
-                        "images": int(fields.get("images") or 0),
-                        "amount": format_money(int(fields.get("amount") or 0)),
-                        "reason": fields.get("reason", ""),
-                        "admin": fields.get("admin", ""),
-                    }
-                if len(batch) < _LEDGER_BATCH:
-                    break
-                start = "(" + batch[-1][0]
+            for fields in svc.history.entries(key_id, since, until):
+                yield {
+                    "key_id": key_id,
+                    "entry_id": fields["id"],
+                    "ts": float(fields.get("ts") or 0),
+                    "kind": fields.get("kind", ""),
+                    "job": fields.get("job", ""),
+                    "model": fields.get("model", ""),
+                    "images": int(fields.get("images") or 0),
+                    "amount": format_money(int(fields.get("amount") or 0)),
+                    "reason": fields.get("reason", ""),
+                    "admin": fields.get("admin", ""),
+                }
 
     if query.format == "csv":
 

@@ -123,3 +123,12 @@ def post_worker_init(worker) -> None:
     finally:
         client.close()
     freeze_startup_objects()
+
+
+def on_starting(server) -> None:
+    """Before any web process starts: run the SQL migrations once, when asked
+    (``IMAGEGATE_DATABASE_MIGRATE``; shared/db.py), so the processes find the schema."""
+    if _settings.database_migrate:
+        from shared.db import ensure_schema
+
+        ensure_schema(_settings.database_url, migrate=True)

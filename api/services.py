@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import redis
 from flask import current_app
@@ -12,7 +13,9 @@ from api.queue import TaskQueue
 from api.waiter import CompletionHub
 from shared.billing import Accounts
 from shared.catalog import Catalog
+from shared.db import ensure_schema
 from shared.health import Breakers, policy_from
+from shared.history import History
 from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
 from shared.redis_client import connect
@@ -31,6 +34,7 @@ class Services:
     keys: KeyStore
     jobs: JobStore
     accounts: Accounts
+    history: History  # usage and ledger: SQL merged with what Redis still holds
     breakers: Breakers
     storage: ImageStorage
     hub: CompletionHub
@@ -58,6 +62,9 @@ class Services:
             jobs=jobs,
             accounts=Accounts(
                 client, catalog, return_failed_images=settings.limits_return_failed_images
+            ),
+            history=History(
+                client, partial(ensure_schema, settings.database_url, settings.database_migrate)
             ),
             breakers=Breakers(client, policy_from(settings)),
             storage=storage,

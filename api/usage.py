@@ -37,7 +37,7 @@ def get_usage():
             f"group_by must be one of: {', '.join(GROUPS)}.", param="group_by", code=INVALID_VALUE
         )
     free = svc.accounts.free_status(key)
-    rows = svc.accounts.usage(key.id)
+    rows = svc.history.usage(key.id)
     by_model: dict[str, dict[str, int]] = {}
     for row in rows:
         total = by_model.setdefault(row.model, {"images": 0, "amount": 0, "cost": 0})

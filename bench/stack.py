@@ -202,6 +202,7 @@ class Stack:
         self.env = {
             "IMAGEGATE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "IMAGEGATE_STORAGE_DIR": str(self.run_dir / "images"),
+            "IMAGEGATE_DATABASE_URL": f"sqlite:///{self.run_dir}/records.sqlite3",
             "IMAGEGATE_CATALOG_OVERLAYS": str(overlay),
             "IMAGEGATE_BASE_URL_OPENAI": f"{self.simulator_url}/v1",
             "OPENAI_API_KEY": SIM_KEY,

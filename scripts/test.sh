@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_system_packages test
+ensure_postgres
 ensure_venv "test"
 export PATH="$PWD/$VENV/bin:$PATH"
 

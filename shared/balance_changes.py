@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 
 from shared import lua
-from shared.billing import BALANCE, LEDGER, LEDGER_MAXLEN, format_money
+from shared.billing import BALANCE, LEDGER, PENDING, format_money
 from shared.errors import Conflict
 
 _IDEMPOTENCY = "ig:admin-idem:{}"
@@ -49,7 +49,7 @@ class BalanceChanges:
         # Scoped to the key and the kind: a top-up's key never answers an adjustment.
         scoped = hashlib.sha256(f"{key_id}|{kind}|{idempotency_key}".encode()).hexdigest()
         reply = self._script(
-            [BALANCE.format(key_id), LEDGER.format(key_id), _IDEMPOTENCY.format(scoped)],
+            [BALANCE.format(key_id), LEDGER.format(key_id), _IDEMPOTENCY.format(scoped), PENDING],
             amount=str(amount),
             kind=kind,
             reason=reason,
@@ -59,7 +59,7 @@ class BalanceChanges:
             idempotency=idempotency_key,
             idempotency_ttl=self._ttl,
             floor=kind == "adjust",
-            ledger_maxlen=LEDGER_MAXLEN,
+            key_id=key_id,
         )
         if reply[0] == "duplicate":
             stored_digest, balance, entry_id = str(reply[1]).split("|", 2)

@@ -69,9 +69,17 @@ Keys::
     ig:free:<key id>:<YYYYMMDD>              free images used that UTC day
     ig:spend:<key id>:<d:YYYYMMDD | m:YYYYMM>  micro-units charged that period
     ig:ledger:<key id>                       stream: kind, job, model, images, amount, free,
-                                             user, ts (settle entries: + cost, serving)
-    ig:usage:<key id>                        hash "<day>|<model>|<images|amount|cost>" -> total
+                                             user, ts (settle/refund: + day; settle: + cost,
+                                             serving), not yet in SQL
+    ig:ledger:pending                        set of key ids whose stream has entries
     ig:usage-user:<key id>:<YYYY-MM-DD>      hash "<user>|<images|amount>" -> total
+
+The ledger stream holds only the entries the sink (:mod:`shared.sink`) has not
+yet moved to the SQL system of record; history (usage by day, past entries) is
+read from SQL merged with these (:mod:`shared.history`). Entry kinds and their
+effect on the balance: ``reserve`` (-cost, at admission), ``refund`` (+ what was
+not delivered), ``topup`` (+), ``adjust`` (+/- when an operator sets a balance);
+``settle`` (-spent) records what a job cost and moves no money itself.
 """
 
 from __future__ import annotations
@@ -79,8 +87,10 @@ from __future__ import annotations
 import calendar
 import hashlib
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import redis
 
@@ -91,8 +101,9 @@ from shared.keys import ApiKey
 
 BALANCE = "ig:balance:{}"
 LEDGER = "ig:ledger:{}"
-USAGE = "ig:usage:{}"
-LEDGER_MAXLEN = 1_000_000  # per key; approximate trimming keeps the stream bounded
+PENDING = "ig:ledger:pending"  # key ids whose ledger stream has entries the sink must move
+# Entry kinds that move the balance (``settle`` only records a job's cost).
+MONEY_KINDS = frozenset({"reserve", "refund", "topup", "adjust"})
 
 
 # Largest amount one command takes: balances are 64-bit counts of micro-units in
@@ -285,9 +296,9 @@ def window_used(client: redis.Redis, window: Window, now: float) -> int:
 
 
 def settle_keys(key_id: str) -> list[str]:
-    """The balance, ledger and usage keys of a key id: KEYS[2..4] of the job scripts that
-    settle a bill (``shared/lua/_settle.lua``)."""
-    return [BALANCE.format(key_id), LEDGER.format(key_id), USAGE.format(key_id)]
+    """The balance and ledger keys of a key id and the sink's pending set: KEYS[2..4] of
+    the job scripts that settle a bill (``shared/lua/_settle.lua``)."""
+    return [BALANCE.format(key_id), LEDGER.format(key_id), PENDING]
 
 
 @dataclass(frozen=True)
@@ -370,6 +381,7 @@ class Accounts:
         self._return_failed = return_failed_images
         self._admit = lua.register(client, "admit")
         self._release = lua.register(client, "release_idempotency")
+        self._set_balance = lua.register(client, "balance_set")
 
     # -- admission --------------------------------------------------------------------
 
@@ -473,7 +485,7 @@ class Accounts:
         idem_key = idempotency.redis_key if idempotency else f"ig:idem:{key.id}:-"
         watch_key, watch_at = (watch[0], repr(watch[1])) if watch else (jobrecord.WATCH, "")
         keys = [job_key, BALANCE.format(key.id), LEDGER.format(key.id), idem_key, watch_key]
-        keys += [free_key, *spend_keys]
+        keys += [free_key, *spend_keys, PENDING]
         reply = self._admit(
             keys + [w.key for w in windows],
             n=n,
@@ -494,7 +506,7 @@ class Accounts:
             deadline=repr(deadline),
             watch_at=watch_at,
             ttl=ttl,
-            ledger_maxlen=LEDGER_MAXLEN,
+            key_id=key.id,
         )
         if reply[0] == "duplicate":
             return Admission(None, None, duplicate_of=str(reply[1]))
@@ -601,30 +613,29 @@ class Accounts:
                 "amount": micros,
                 "ts": time.time(),
             },
-            maxlen=LEDGER_MAXLEN,
-            approximate=True,
         )
+        pipe.sadd(PENDING, key_id)
         return int(pipe.execute()[0])
 
     def set_balance(self, key_id: str, micros: int) -> None:
-        self._redis.set(BALANCE.format(key_id), micros)
+        """Set the balance; an ``adjust`` entry records the difference."""
+        self._set_balance(
+            [BALANCE.format(key_id), LEDGER.format(key_id), PENDING],
+            micros=str(micros),
+            key_id=key_id,
+            ts=repr(time.time()),
+        )
 
     def ledger(self, key_id: str, count: int = 100) -> list[dict[str, str]]:
+        """The latest entries not yet moved to SQL (all of them, when no sink runs);
+        :class:`shared.history.History` merges them with SQL's."""
         entries = self._redis.xrevrange(LEDGER.format(key_id), count=count)
         return [{"id": entry_id, **fields} for entry_id, fields in reversed(entries)]
 
     def usage(self, key_id: str) -> list[UsageRow]:
-        totals: dict[tuple[str, str], dict[str, int]] = {}
-        for field_name, value in self._redis.hgetall(USAGE.format(key_id)).items():
-            day, rest = field_name.split("|", 1)
-            model, what = rest.rsplit("|", 1)
-            totals.setdefault((day, model), {"images": 0, "amount": 0, "cost": 0})[what] = int(
-                value
-            )
-        return [
-            UsageRow(day, model, t["images"], t["amount"], t["cost"])
-            for (day, model), t in sorted(totals.items())
-        ]
+        """Usage by day and model of the entries not yet moved to SQL (see :meth:`ledger`)."""
+        entries = self._redis.xrange(LEDGER.format(key_id))
+        return usage_rows({"id": i, **f} for i, f in entries)
 
     def usage_by_user(self, key_id: str, now: float | None = None) -> list[UserUsageRow]:
         """Images and spend by UTC day and end user (jobs sent with OpenAI's ``user``), of
@@ -649,3 +660,18 @@ class Accounts:
                 for user, t in sorted(totals.items())
             ]
         return rows
+
+
+def usage_rows(entries: Iterable[Mapping[str, Any]]) -> list[UsageRow]:
+    """Images delivered, what they were charged and what the upstreams charged for them
+    (``cost``, where known), by day and model, from ``settle`` entries."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for entry in entries:
+        if entry.get("kind") != "settle":
+            continue
+        day = entry.get("day") or time.strftime("%Y-%m-%d", time.gmtime(float(entry["ts"])))
+        total = totals.setdefault((day, entry.get("model") or ""), [0, 0, 0])
+        total[0] += int(entry.get("images") or 0)
+        total[1] -= int(entry.get("amount") or 0)
+        total[2] += int(entry.get("cost") or 0)
+    return [UsageRow(day, model, *t) for (day, model), t in sorted(totals.items())]

@@ -12,11 +12,14 @@
     imagegate admin-keys create --name ops [--scope read|write]
     imagegate admin-keys list
     imagegate admin-keys revoke ADMIN_KEY_ID
-    imagegate models                      # the catalog, with what is usable right now
-    imagegate check                       # settings, catalog and Redis reachable
     imagegate storage health              # can images be stored now (disk full? bucket?)
     imagegate storage lifecycle [--install]   # S3: check (or install) the expiry rule
     imagegate storage sweep               # one image-janitor pass now
+    imagegate db upgrade                  # run the SQL migrations (IMAGEGATE_DATABASE_URL)
+    imagegate sink                        # move ledger entries Redis -> SQL (Procfile line)
+    imagegate ledger verify [KEY_ID...]   # each balance against its ledger in SQL
+    imagegate models                      # the catalog, with what is usable right now
+    imagegate check                       # settings, catalog, Redis and the database reachable
 
 Settings come from the same ``IMAGEGATE_*`` environment as the services.
 """
@@ -24,22 +27,27 @@ Settings come from the same ``IMAGEGATE_*`` environment as the services.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 
 import click
 import redis
+import sqlalchemy
 
+from shared import db
 from shared.adminkeys import AdminKeyStore, AuditLog, Scope
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import GatewayError, NotFound
 from shared.health import Breakers, policy_from
+from shared.history import History
 from shared.keys import KeyStore
 from shared.redis_client import connect
 from shared.retention import ImageRetention
 from shared.route import model_breaker
 from shared.settings import Settings, SettingsError
+from shared.sink import record_audit, serve
 from shared.storage import build_storage, storage_for, storage_health
 
 
@@ -57,6 +65,16 @@ def _keys() -> KeyStore:
 def _accounts() -> Accounts:
     settings = _settings()
     return Accounts(connect(settings.redis_url), settings.load_catalog())
+
+
+def _history() -> History:
+    settings = _settings()
+    engine = db.ensure_schema(settings.database_url, settings.database_migrate)
+    return History(connect(settings.redis_url), engine)
+
+
+def _audit(key_id: str, action: str, **detail: object) -> None:
+    record_audit(connect(_settings().redis_url), key_id, action, **detail)
 
 
 def _tier_name(name: str | None) -> str:
@@ -102,8 +120,10 @@ def keys_create(name: str, tier: str | None, balance: str, as_json: bool) -> Non
         plaintext, record = _keys().create(name, tier=tier, unlimited=unlimited)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
+    _audit(record.id, "create", name=record.name, tier=tier, unlimited=unlimited)
     if micros:
         _accounts().top_up(record.id, micros)
+        _audit(record.id, "topup", amount=micros)
     shown = "unlimited" if unlimited else format_money(micros)
     if as_json:
         click.echo(
@@ -141,11 +161,13 @@ def keys_topup(key_id: str, amount: str) -> None:
     """Add AMOUNT (e.g. 10.00) to a key's balance."""
     try:
         key = _keys().get(key_id)
-        balance = _accounts().top_up(key.id, _money(amount, "AMOUNT"))
+        micros = _money(amount, "AMOUNT")
+        balance = _accounts().top_up(key.id, micros)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="AMOUNT") from exc
+    _audit(key.id, "topup", amount=micros)
     click.echo(f"{key.id} balance: {format_money(balance)}")
 
 
@@ -158,6 +180,7 @@ def keys_set_tier(key_id: str, tier: str) -> None:
         key = _keys().set_tier(key_id, _tier_name(tier))
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
+    _audit(key.id, "set-tier", tier=key.tier)
     click.echo(f"{key.id} tier: {key.tier}")
 
 
@@ -171,6 +194,7 @@ def keys_strict_params(key_id: str, state: str) -> None:
         key = _keys().set_strict_params(key_id, state == "on")
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
+    _audit(key.id, "strict-params", strict=key.strict_params)
     click.echo(f"{key.id} strict-params: {'on' if key.strict_params else 'off'}")
 
 
@@ -220,6 +244,7 @@ def keys_usage(key_id: str, ledger: bool) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     accounts = _accounts()
+    history = _history()
     balance = "unlimited" if key.unlimited else format_money(accounts.balance(key.id))
     click.echo(f"{key.id} ({key.name}) tier {key.tier}, balance {balance}")
     free = accounts.free_status(key)
@@ -231,13 +256,13 @@ def keys_usage(key_id: str, ledger: bool) -> None:
                 f"budget per {status.period}: {format_money(status.spent_micros)} of "
                 f"{format_money(status.cap_micros)} spent"
             )
-    for row in accounts.usage(key.id):
+    for row in history.usage(key.id):
         click.echo(
             f"{row.day}\t{row.model}\t{row.images} images\t{format_money(row.amount_micros)}"
             f"\tcost {format_money(row.cost_micros)}\tmargin {format_money(row.margin_micros)}"
         )
     if ledger:
-        for entry in accounts.ledger(key.id):
+        for entry in history.ledger(key.id):
             amount = format_money(int(entry.get("amount", 0)))
             cost = entry.get("cost")
             click.echo(
@@ -261,6 +286,8 @@ def keys_webhook_secret(key_id: str, rotate: bool) -> None:
         secret = store.rotate_webhook_secret(key_id) if rotate else store.webhook_secret(key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
+    if rotate:
+        _audit(key_id, "rotate-webhook-secret")
     click.echo(secret)
 
 
@@ -272,6 +299,7 @@ def keys_revoke(key_id: str) -> None:
         key = _keys().revoke(key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
+    _audit(key.id, "revoke")
     click.echo(f"revoked {key.id} ({key.name})")
 
 
@@ -339,6 +367,63 @@ def _audit(store: AdminKeyStore, action: str, target: str, detail: dict[str, str
     AuditLog(store.client).record("cli", action, target, detail, request_id="")
 
 
+@main.group("db")
+def db_group() -> None:
+    """The SQL system of record (IMAGEGATE_DATABASE_URL)."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", help="Migrate up to this revision.")
+def db_upgrade(revision: str) -> None:
+    """Run the migrations (Alembic) up to the latest schema."""
+    engine = db.engine_for(_settings().database_url)
+    db.upgrade(engine, revision)
+    click.echo(f"{engine.url.render_as_string()}: at revision {db.current_revision(engine)}")
+
+
+@main.command("sink")
+def sink() -> None:
+    """Move ledger and audit entries from Redis to SQL, until stopped (the Procfile line)."""
+    settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(
+        connect(settings.redis_url),
+        settings.database_url,
+        migrate=settings.database_migrate,
+        batch=settings.sink_batch,
+        interval=settings.sink_interval_seconds,
+    )
+
+
+@main.group()
+def ledger() -> None:
+    """The ledger: Redis balances against the entries kept in SQL."""
+
+
+@ledger.command("verify")
+@click.argument("key_ids", nargs=-1)
+def ledger_verify(key_ids: tuple[str, ...]) -> None:
+    """Check that each key's balance in Redis equals its opening balance plus top-ups and
+    adjustments minus what its jobs kept (reserves less refunds), from the entries in SQL
+    and those not yet moved. Lists each difference; exits 1 if there is one."""
+    keys = [k for k in _keys().list() if not k.unlimited and (not key_ids or k.id in key_ids)]
+    missing = set(key_ids) - {k.id for k in keys}
+    if missing:
+        raise click.ClickException(f"no key (with a balance) {', '.join(sorted(missing))}")
+    differences = _history().verify(k.id for k in keys)
+    for d in differences:
+        click.echo(
+            f"{d.key_id}	balance {format_money(d.balance)}	ledger {format_money(d.expected)}"
+            f"	difference {format_money(d.balance - d.expected)}"
+            f"	({d.entries_sql} entries in SQL, {d.entries_redis} in Redis)"
+        )
+    click.echo(f"{len(keys)} keys checked, {len(differences)} differ")
+    if differences:
+        sys.exit(1)
+
+
 @main.command("models")
 def models() -> None:
     """The catalog: price, whether each model is usable now, and its circuit-breaker state."""
@@ -360,7 +445,7 @@ def models() -> None:
 
 @main.command("check")
 def check() -> None:
-    """Validate settings and catalog, and reach Redis."""
+    """Validate settings and catalog, and reach Redis and the database."""
     settings = _settings()
     catalog = settings.load_catalog()
     try:
@@ -368,8 +453,17 @@ def check() -> None:
     except redis.RedisError as exc:
         click.echo(f"Redis at {settings.redis_url} is not reachable: {exc}", err=True)
         sys.exit(1)
+    engine = db.engine_for(settings.database_url)
+    try:
+        revision = db.current_revision(engine)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        where = engine.url.render_as_string()
+        click.echo(f"The database at {where} is not reachable: {exc}", err=True)
+        sys.exit(1)
+    schema = f"schema {revision}" if revision else "no schema yet (imagegate db upgrade)"
     click.echo(
-        f"ok: {len(catalog.models)} models in {len(catalog.families)} families; Redis reachable"
+        f"ok: {len(catalog.models)} models in {len(catalog.families)} families; Redis reachable;"
+        f" database reachable, {schema}"
     )
 
 

@@ -62,7 +62,7 @@ import redis
 
 from shared import jobrecord as rec
 from shared import lua
-from shared.billing import LEDGER_MAXLEN, settle_keys
+from shared.billing import settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
 from shared.settings import Settings
@@ -335,7 +335,6 @@ class JobStore:
             late=live.late,
             timeout_error=_error_json(timeout_error(job_id)),
             done_channel=DONE_CHANNEL,
-            ledger_maxlen=LEDGER_MAXLEN,
         )
         outcome = reply[0]
         if outcome != "run":
@@ -453,7 +452,6 @@ class JobStore:
             max_sends=live.max_sends,
             timeout_error=_error_json(timeout_error(job_id)),
             done_channel=DONE_CHANNEL,
-            ledger_maxlen=LEDGER_MAXLEN,
         )
         return str(reply[0])
 
@@ -527,7 +525,6 @@ class JobStore:
                 overdue_only=overdue_only,
                 now=_clock_arg(now),
                 done_channel=DONE_CHANNEL,
-                ledger_maxlen=LEDGER_MAXLEN,
                 cost="" if cost is None else str(cost[0]),
                 cost_source="" if cost is None else cost[1],
             )

@@ -193,6 +193,14 @@ class Settings(_Variables):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str = ""  # empty: same as redis_url
+    # The SQL system of record (shared/db.py): SQLite in a file (relative to the working
+    # directory) or postgresql+psycopg://user:password@host/db.
+    database_url: str = Field("sqlite:///var/imagegate.sqlite3", repr=False)  # may hold a password
+    # Run the migrations when a process that uses the database starts (web, sink); off:
+    # `imagegate db upgrade` at deploy time.
+    database_migrate: Flag = True
+    sink_interval_seconds: Seconds = 1.0  # the sink's pause when nothing is left to move
+    sink_batch: Count = 1000  # ledger entries per SQL transaction
     storage: InstanceOf[StorageConfig] = Field(default_factory=StorageConfig)
     # Base of image URLs and webhook payloads. Empty: the request's Host if it is one of
     # allowed_hosts, else the listen address (listen_host:listen_port); never any Host.

@@ -117,6 +117,7 @@ def stack_env(
     return {
         "IMAGEGATE_REDIS_URL": redis_server.url,
         "IMAGEGATE_STORAGE_DIR": str(run_dir / "images"),
+        "IMAGEGATE_DATABASE_URL": f"sqlite:///{run_dir}/records.sqlite3",
         **upstreams,
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
         "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),

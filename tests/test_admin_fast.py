@@ -331,11 +331,14 @@ def test_an_idempotency_key_is_scoped_to_the_key_and_the_kind(
 def test_usage_per_key_model_and_day(app: Flask, http: FlaskClient, writer: str) -> None:
     a, b = new_key(http, writer)["id"], new_key(http, writer, name="b")["id"]
     redis = svc(app).redis
-    redis.hset(f"ig:usage:{a}", mapping={"2026-12-01|dall-e-3|images": 2,
-               "2026-12-01|dall-e-3|amount": 80000, "2026-12-02|local/testcard|images": 1,
-               "2026-12-02|local/testcard|amount": 0})  # fmt: skip
-    redis.hset(f"ig:usage:{b}", mapping={"2026-12-02|dall-e-3|images": 1,
-                                         "2026-12-02|dall-e-3|amount": 40000})  # fmt: skip
+    # usage is read from the settle entries (SQL's, and these not yet moved there)
+    for key_id, day, model, images, amount in [
+        (a, "2026-12-01", "dall-e-3", 2, 80000),
+        (a, "2026-12-02", "local/testcard", 1, 0),
+        (b, "2026-12-02", "dall-e-3", 1, 40000),
+    ]:
+        redis.xadd(f"ig:ledger:{key_id}", {"kind": "settle", "job": "j", "model": model,
+                   "images": images, "amount": -amount, "ts": "1", "day": day})  # fmt: skip
     report = documented(http.get("/admin/v1/usage", headers=bearer(writer)), "/admin/v1/usage")
     assert len(report["data"]) == 3
     assert report["by_model"] == [

@@ -48,6 +48,7 @@ def server() -> fakeredis.FakeServer:
 def app(tmp_path: Path, server: fakeredis.FakeServer) -> Flask:
     settings = Settings(
         storage=StorageConfig(local_dir=str(tmp_path / "images")),
+        database_url=f"sqlite:///{tmp_path}/records.sqlite3",
         catalog_overlays=(str(TEST_CATALOG),),
         strict_params=True,  # refuse, rather than fit, tuning fields a model does not take
         sync_budget_seconds=2.0,  # no worker runs here: a queued sync job would wait

@@ -1,9 +1,12 @@
-"""Chaos: a batch of paid jobs while workers are SIGKILLed at random, Redis restarts once
-and the upstreams fail some calls. Afterwards every job must have ended, every success
-must be downloadable, and every key's money must add up with no job charged twice.
+"""Chaos: a batch of paid jobs while workers are SIGKILLed at random, Redis restarts once,
+the ledger sink is SIGKILLed at random, PostgreSQL restarts once and the upstreams fail
+some calls. Afterwards every job must have ended, every success must be downloadable,
+every key's money must add up with no job charged twice, and ``imagegate ledger verify``
+must find every balance equal to its ledger in SQL once the sink has moved everything.
 
-Its own stack (redis-server with AOF, OpenAI and BFL simulators, two workers per
-upstream family, gunicorn with two processes), so the chaos touches no other test.
+Its own stack (redis-server with AOF, a private PostgreSQL cluster, OpenAI and BFL
+simulators, two workers per upstream family, the sink, gunicorn with two processes), so
+the chaos touches no other test.
 Prints what happened; asserts only outcomes, never timings.
 
 Then hostile peers under load (issue 20), on a stack of their own too: a trickling
@@ -31,13 +34,16 @@ import pytest
 import requests
 from PIL import Image
 
-from shared.billing import Accounts
+from shared.billing import PENDING, Accounts
+from shared.db import engine_for
+from shared.history import History
 from shared.jobs import TERMINAL, JobStore
 from shared.redis_client import connect
 from shared.settings import Settings
-from tests.conftest import SIM_KEY, create_key, start_simulator, start_worker
+from tests.conftest import SIM_KEY, cli, create_key, start_simulator, start_worker
 from tests.support.peers import SlowPeer
-from tests.support.processes import Process, RedisServer
+from tests.support.pg import PrivateCluster
+from tests.support.processes import BIN, Process, RedisServer
 
 MODELS = ["dall-e-2", "black-forest-labs/flux-2-pro", "local/testcard"]
 KEYS = 3
@@ -55,6 +61,10 @@ class Chaos:
         self.kills = 0
         self.restarts = 0
         self.url = ""
+        self.sink: Process | None = None
+        self.sink_kills = 0
+        self.pg: PrivateCluster | None = None
+        self.pg_restarts = 0
 
     def start_worker(self, name: str, queue: str) -> None:
         self.workers[name] = (queue, start_worker(self.run_dir, self.env, queue, name=name))
@@ -73,10 +83,30 @@ class Chaos:
         self.redis.start()
         self.restarts += 1
 
+    def start_sink(self) -> None:
+        self.sink = Process(
+            "chaos-sink", [str(BIN / "imagegate"), "sink"], env=self.env, log_dir=self.run_dir
+        ).start()
+
+    def kill_sink(self) -> None:
+        assert self.sink is not None
+        self.sink.signal(signal.SIGKILL)
+        self.sink.proc.wait(10)
+        self.sink_kills += 1
+        self.start_sink()
+
+    def restart_postgres(self) -> None:
+        assert self.pg is not None
+        self.pg.stop("immediate")  # as a crash: no checkpoint, connections cut
+        time.sleep(1)
+        self.pg.start()
+        self.pg_restarts += 1
+
 
 @pytest.fixture(scope="module")
 def chaos(run_dir: Path, stack_env: dict[str, str], start_gateway) -> Iterator[Chaos]:
     redis = RedisServer(run_dir, appendonly=True).start()
+    pg = PrivateCluster().start()
     openai_proc, openai_sim = start_simulator(run_dir, "openai", name="chaos-simulator-openai")
     bfl_proc, bfl_sim = start_simulator(run_dir, "bfl", name="chaos-simulator-bfl")
     # Upstream faults: 5xx from one, 429 with Retry-After from the other, both slow.
@@ -98,8 +128,13 @@ def chaos(run_dir: Path, stack_env: dict[str, str], start_gateway) -> Iterator[C
         "IMAGEGATE_SYNC_BUDGET_SECONDS": "40",
         "IMAGEGATE_ASYNC_BUDGET_SECONDS": "60",
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
+        "IMAGEGATE_DATABASE_URL": f"{pg.server}/postgres",
+        "IMAGEGATE_SINK_INTERVAL_SECONDS": "0.2",
+        "IMAGEGATE_SINK_BATCH": "7",  # many small transactions: kills land between them
     }
     c = Chaos(run_dir, env, redis)
+    c.pg = pg
+    c.start_sink()
     for family in ("openai", "bfl"):
         c.start_worker(f"chaos-{family}-1", family)
         c.start_worker(f"chaos-{family}-2", family)
@@ -108,9 +143,10 @@ def chaos(run_dir: Path, stack_env: dict[str, str], start_gateway) -> Iterator[C
     yield c
     for _, proc in c.workers.values():
         proc.stop()
-    for proc in (openai_proc, bfl_proc):
+    for proc in (openai_proc, bfl_proc, c.sink):
         proc.stop()
     redis.stop()
+    pg.remove()
 
 
 def _submit(chaos: Chaos, key: str, body: dict, asynchronous: bool) -> tuple[int, str | None]:
@@ -146,12 +182,16 @@ def test_chaos_nothing_lost_nothing_charged_twice(chaos: Chaos) -> None:
 
     def havoc() -> None:
         start = time.monotonic()
-        restarted = False
+        restarted = pg_restarted = False
         while not stop.wait(rng.uniform(2.0, 4.0)):
             chaos.kill_random_worker(rng)
+            chaos.kill_sink()
             if not restarted and time.monotonic() - start > 8:
                 chaos.restart_redis()
                 restarted = True
+            elif not pg_restarted and time.monotonic() - start > 12:
+                chaos.restart_postgres()
+                pg_restarted = True
 
     monkey = threading.Thread(target=havoc, daemon=True)
     monkey.start()
@@ -170,12 +210,14 @@ def test_chaos_nothing_lost_nothing_charged_twice(chaos: Chaos) -> None:
         statuses[status] += 1
 
     # The ledger is the truth of what was admitted (and charged): every reserve is a job.
+    # Read from SQL merged with what the sink has not moved yet.
     client = connect(chaos.env["IMAGEGATE_REDIS_URL"])
     accounts = Accounts(client, Settings.from_env(chaos.env).load_catalog())
+    history = History(client, engine_for(chaos.env["IMAGEGATE_DATABASE_URL"]))
     jobs = JobStore(client)
     admitted: dict[str, str] = {}
     for key in keys:
-        for entry in accounts.ledger(key["id"], 10_000):
+        for entry in history.ledger(key["id"], 10_000):
             if entry["kind"] == "reserve":
                 admitted[entry["job"]] = key["key"]
 
@@ -207,7 +249,7 @@ def test_chaos_nothing_lost_nothing_charged_twice(chaos: Chaos) -> None:
     # Money: balance = start - settled charges; one reserve and one settle per job.
     twice = 0
     for key in keys:
-        entries = accounts.ledger(key["id"], 10_000)
+        entries = history.ledger(key["id"], 10_000)
         per_job: dict[str, Counter[str]] = {}
         for e in entries:
             if e.get("job"):
@@ -219,11 +261,21 @@ def test_chaos_nothing_lost_nothing_charged_twice(chaos: Chaos) -> None:
         assert accounts.balance(key["id"]) == START_BALANCE - settled, key["id"]
     takeovers = sum(int(client.hget(f"ig:job:{j}", "takeovers") or 0) for j in admitted)
 
+    # The sink (killed many times, its database restarted) moves everything, once; then
+    # every balance in Redis equals its ledger in SQL alone.
+    end = time.monotonic() + 60
+    while client.scard(PENDING) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert client.scard(PENDING) == 0, "the sink did not move every entry"
+    verified = cli(chaos.env, "ledger", "verify", *(k["id"] for k in keys))
+    assert f"{KEYS} keys checked, 0 differ" in verified, verified
+
     print(
         f"\nchaos: {JOBS} requests -> HTTP {dict(sorted(statuses.items()))}; "
         f"{len(admitted)} admitted -> {dict(sorted(outcome.items()))}; "
         f"{images} images downloaded; {chaos.kills} workers killed, {takeovers} takeovers, "
-        f"{chaos.restarts} Redis restart; jobs charged twice: {twice}"
+        f"{chaos.restarts} Redis restart; sink killed {chaos.sink_kills} times, "
+        f"{chaos.pg_restarts} PostgreSQL restart; jobs charged twice: {twice}"
     )
     assert not pending, f"jobs never finished: {sorted(pending)}"
     assert outcome["succeeded"] > 0

@@ -30,7 +30,7 @@ import redis
 from api.parse_limit import ParseLimit
 from shared import jobrecord, lua
 from shared.balance_changes import BalanceChanges
-from shared.billing import Accounts, Idempotency
+from shared.billing import LEDGER, PENDING, Accounts, Idempotency
 from shared.capacity import Capacity
 from shared.catalog import Catalog, parse_catalog
 from shared.errors import Conflict, InsufficientBalance, RateLimited, UpstreamError
@@ -369,6 +369,13 @@ def _scenario(client: redis.Redis) -> None:
     assert folder not in retention.due(limit=1000)
     assert folder in retention.due(limit=1000, now=due + 1)
     client.zrem(INDEX, folder)
+    # the sink forgets entries SQL committed (shared/sink.py), here without SQL
+    ack = lua.register(client, "ledger_sink_ack")
+    stream = LEDGER.format(key.id)
+    ids = [entry_id for entry_id, _ in client.xrange(stream)]
+    assert ack([stream, PENDING], ids=ids[:1], key_id=key.id) == [1, len(ids) - 1]
+    assert ack([stream, PENDING], ids=ids, key_id=key.id) == [len(ids) - 1, 0]
+    assert not client.sismember(PENDING, key.id)
 
 
 def _webhooks(client: redis.Redis, store: JobStore, job_id: str, key_id: str) -> None:

@@ -16,7 +16,15 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from shared.billing import LEDGER, Accounts, Idempotency, parse_money, window_used, windows_for
+from shared.billing import (
+    LEDGER,
+    PENDING,
+    Accounts,
+    Idempotency,
+    parse_money,
+    window_used,
+    windows_for,
+)
 from shared.catalog import Catalog, parse_catalog
 from shared.jobs import Job, JobStore, StoredImage, new_job_id
 from shared.keys import ApiKey
@@ -162,7 +170,8 @@ def test_a_failed_job_is_refunded_in_full_once_whatever_ends_it_later(
     assert not store.succeed(job.id, claim.attempt, [IMG])
     assert not store.cancel(job.id)
     assert not store.expire_if_overdue(job.id, now=job.deadline + 1)
-    assert [kind for kind, _, _ in _ledger(client, key)] == ["reserve", "settle", "refund"]
+    kinds = [kind for kind, _, _ in _ledger(client, key)]
+    assert kinds == ["adjust", "reserve", "settle", "refund"]  # the balance set, then the job
     assert accounts.balance(key.id) == START
 
 
@@ -264,3 +273,14 @@ def test_the_price_of_the_request_is_charged_and_the_upstream_cost_recorded_besi
     assert (row.amount_micros, row.cost_micros, row.margin_micros) == (50_000, 36_000, 14_000)
     done = store.get(job.id)
     assert done is not None and (done.charge, done.cost) == (50_000, 36_000)
+
+
+def test_settling_names_the_key_for_the_sink(
+    client: redis.Redis, accounts: Accounts, store: JobStore
+) -> None:
+    """The entries a settlement writes are moved to SQL only if the key is pending."""
+    key = _key(accounts)
+    job, _, _ = _admit(accounts, store, key, 1)
+    client.srem(PENDING, key.id)  # as if the sink had moved the admission's entries
+    assert store.succeed(job.id, store.claim(job.id).attempt, [IMG])
+    assert client.sismember(PENDING, key.id)

@@ -49,6 +49,7 @@ def data_url(raw: bytes, kind: str = "png") -> str:
 def app(tmp_path: Path) -> Flask:
     settings = Settings(
         storage=StorageConfig(local_dir=str(tmp_path / "images")),
+        database_url=f"sqlite:///{tmp_path}/records.sqlite3",
         sync_budget_seconds=2.0,
         max_upload_bytes=2 * 1024 * 1024,
         max_upload_file_bytes=512 * 1024,

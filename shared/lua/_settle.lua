@@ -1,16 +1,17 @@
 -- Piece: settle a job's bill, once, when it becomes terminal (see shared/billing.py).
 --
--- settle(k, delivered, now, maxlen): for a billed job not yet settled, refund the
--- images not delivered (unless the key is unlimited), append 'settle' (and
--- 'refund') entries to the ledger stream (trimmed to about `maxlen`), add the
--- delivered images and their cost to the usage hash, settle what the record's
--- `returns` lists (see give_back), and mark the record settled.
+-- settle(k, delivered, now): for a billed job not yet settled, refund the images
+-- not delivered (unless the key is unlimited), append 'settle' (and 'refund') entries
+-- to the ledger stream, name the key in the sink's pending set (the sink moves the
+-- entries to SQL, then deletes them: nothing is trimmed), settle what the record's
+-- `returns` lists (see give_back), and mark the record settled. The entries carry the
+-- usage `day` (the job's admission day) and the end user (`user`).
 -- The record's free images are the first ones delivered: only delivered images beyond
 -- them cost `unit_price`.
 -- The upstream's cost (the record's `cost`, when the worker knew it) goes into the
--- `settle` entry (`cost`, and `serving`: the real model) and the usage hash
--- (`<day>|<model>|cost`), next to what the client paid: the margin.
---   k          {job = record, balance = , ledger = , usage = , returns = {key names}}
+-- `settle` entry (`cost`, and `serving`: the real model), next to what the client paid:
+-- the margin (summed from SQL, shared.history).
+--   k          {job = record, balance = , ledger = , pending = , returns = {key names}}
 --   delivered  images delivered (at most the record's `n` count)
 --   now        the time written in the ledger entries (a string)
 
@@ -54,7 +55,7 @@ local function give_back(returns, keys, jid, n, delivered, free, refund, spent, 
   end
 end
 
-local function settle(k, delivered, now, maxlen)
+local function settle(k, delivered, now)
   if redis.call('HGET', k.job, 'billed') ~= '1' or redis.call('HGET', k.job, 'settled') then
     return
   end
@@ -74,20 +75,16 @@ local function settle(k, delivered, now, maxlen)
   local who = redis.call('HGET', k.job, 'user') or ''
   local cost = redis.call('HGET', k.job, 'cost')
   local serving = redis.call('HGET', k.job, 'serving') or model
-  redis.call('XADD', k.ledger, 'MAXLEN', '~', maxlen, '*', 'kind', 'settle', 'job', jid,
-    'model', model, 'images', tostring(delivered), 'amount', tostring(0 - spent), 'user', who,
-    'ts', now, 'cost', cost or '', 'serving', serving)
-  if refund > 0 then
-    redis.call('XADD', k.ledger, 'MAXLEN', '~', maxlen, '*', 'kind', 'refund', 'job', jid,
-      'model', model, 'images', tostring(n - delivered), 'amount', tostring(refund),
-      'user', who, 'ts', now)
-  end
   local day = redis.call('HGET', k.job, 'day')
-  redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|images', delivered)
-  redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|amount', spent)
-  if cost then
-    redis.call('HINCRBY', k.usage, day .. '|' .. model .. '|cost', tonumber(cost))
+  redis.call('XADD', k.ledger, '*', 'kind', 'settle', 'job', jid, 'model', model,
+    'images', tostring(delivered), 'amount', tostring(0 - spent), 'user', who, 'ts', now,
+    'day', day, 'cost', cost or '', 'serving', serving)
+  if refund > 0 then
+    redis.call('XADD', k.ledger, '*', 'kind', 'refund', 'job', jid, 'model', model,
+      'images', tostring(n - delivered), 'amount', tostring(refund), 'user', who, 'ts', now,
+      'day', day)
   end
+  redis.call('SADD', k.pending, redis.call('HGET', k.job, 'key_id'))
   local returns = redis.call('HGET', k.job, 'returns')
   if returns then
     give_back(cjson.decode(returns), k.returns or {}, jid, n, delivered, free, refund, spent,

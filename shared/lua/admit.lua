@@ -17,7 +17,8 @@
 -- KEYS[6] the free images used today (untouched when `free_per_day` is 0)
 -- KEYS[7] the money spent today (a counter that expires with the UTC day)
 -- KEYS[8] the money spent this month (a counter that expires with the UTC month)
--- KEYS[9..] one rate-limit window per entry of `windows`
+-- KEYS[9] the sink's set of key ids whose ledger has entries to move (shared.sink)
+-- KEYS[10..] one rate-limit window per entry of `windows`
 -- ARGV[1] JSON:
 --   n                images asked for
 --   unit_price       micro-units per image
@@ -25,7 +26,7 @@
 --   free_per_day     free images a day this request may use (0 = none)
 --   free_ttl         seconds until the UTC day ends
 --   budgets          [{cap, ttl}] for KEYS[7] and KEYS[8]; cap 0 = no cap
---   windows          [{limit, amount, ttl, span, since}] for KEYS[9..], in order;
+--   windows          [{limit, amount, ttl, span, since}] for KEYS[10..], in order;
 --                    span 0: a counter; else a sliding window of `span` seconds whose
 --                    members scored above `since` (now - span, a string) count
 --   score            sliding windows' score of this request (the web host's now, a string)
@@ -38,7 +39,7 @@
 --   watch_at         when the job is looked at if nobody sent it, in the web host's clock
 --                    ('' = not watched)
 --   ttl              seconds the record lives
---   ledger_maxlen    the ledger stream's approximate length cap
+--   key_id           the API key's id (named in KEYS[9])
 -- Returns {'ok', balance, free images used, charged, <each window's count after it>...},
 -- {'duplicate', stored value}, {'limited', window index, its count, ms until it fits},
 -- {'budget', 'day' | 'month', spent, charged} or {'balance', balance, charged}.
@@ -50,7 +51,7 @@ if a.idempotency ~= '' then
 end
 local windows = a.windows
 for i, w in ipairs(windows) do
-  local key = KEYS[8 + i]
+  local key = KEYS[9 + i]
   local cur
   if w.span > 0 then
     cur = redis.call('ZCOUNT', key, '(' .. w.since, '+inf')
@@ -99,7 +100,7 @@ end
 local jid = a.record.job_id
 local used = {}
 for i, w in ipairs(windows) do
-  local key = KEYS[8 + i]
+  local key = KEYS[9 + i]
   if w.span > 0 then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', w.since)
     for j = 1, w.amount do
@@ -146,10 +147,10 @@ redis.call('EXPIRE', KEYS[1], tonumber(a.ttl))
 if a.idempotency ~= '' then
   redis.call('SET', KEYS[4], a.idempotency, 'EX', tonumber(a.idempotency_ttl))
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', a.ledger_maxlen, '*', 'kind', 'reserve',
-  'job', record.job_id, 'model', record.model, 'images', record.n,
-  'amount', tostring(0 - charge), 'free', record.free, 'user', record.user or '',
-  'ts', record.created)
+redis.call('XADD', KEYS[3], '*', 'kind', 'reserve', 'job', record.job_id,
+  'model', record.model, 'images', record.n, 'amount', tostring(0 - charge),
+  'free', record.free, 'user', record.user or '', 'ts', record.created)
+redis.call('SADD', KEYS[9], a.key_id)
 local out = {'ok', tostring(balance), tostring(free), tostring(charge)}
 for i = 1, #windows do out[#out + 1] = used[i] end
 return out

@@ -4,7 +4,7 @@
 -- KEYS[1] job record
 -- KEYS[2] the key's balance
 -- KEYS[3] the key's ledger stream
--- KEYS[4] the key's usage hash
+-- KEYS[4] the sink's set of key ids whose ledger has entries to move (shared.sink)
 -- KEYS[5] the watch set
 -- KEYS[6] the webhooks due set
 -- KEYS[7..] the keys of the record's `returns`, in order (what admission counted, given
@@ -17,7 +17,6 @@
 --   late           seconds past the deadline a running job's worker has to end it
 --   timeout_error  the error JSON written if the deadline has passed
 --   done_channel   where the id of a job that ended is published
---   ledger_maxlen  the ledger stream's approximate length cap
 -- Returns {'run', attempt, now, <the record as HGETALL gives it>...}, or {'missing'},
 -- {'terminal', status}, {'busy'} (another live worker runs it) or {'expired'}.
 
@@ -25,7 +24,7 @@
 -- #include _terminal.lua
 
 local a = cjson.decode(ARGV[1])
-local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
+local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], pending = KEYS[4],
   watch = KEYS[5], webhooks_due = KEYS[6], returns = {unpack(KEYS, 7)}}
 local now = clock(a.now)
 local st = redis.call('HGET', k.job, 'status')
@@ -37,7 +36,7 @@ if st == 'running' then
 end
 local deadline = tonumber(redis.call('HGET', k.job, 'deadline'))
 if tonumber(now) >= deadline then
-  end_job(k, 'timed_out', 'error', a.timeout_error, now, 0, a.done_channel, a.ledger_maxlen)
+  end_job(k, 'timed_out', 'error', a.timeout_error, now, 0, a.done_channel)
   return {'expired'}
 end
 local attempt = redis.call('HINCRBY', k.job, 'attempt', 1)

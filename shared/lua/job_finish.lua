@@ -4,7 +4,7 @@
 -- KEYS[1] job record
 -- KEYS[2] the key's balance
 -- KEYS[3] the key's ledger stream
--- KEYS[4] the key's usage hash
+-- KEYS[4] the sink's set of key ids whose ledger has entries to move (shared.sink)
 -- KEYS[5] the watch set
 -- KEYS[6] the webhooks due set
 -- KEYS[7..] the keys of the record's `returns`, in order (what admission counted, given
@@ -18,7 +18,6 @@
 --   overdue_only   true: only if the deadline has passed
 --   now            '' = Redis' clock, else a test's unix time (a string)
 --   done_channel   where the job's id is published
---   ledger_maxlen  the ledger stream's approximate length cap
 --   cost           what the upstream charged, micro-units ('' or absent = unknown);
 --                  written with cost_source before the bill is settled (_settle.lua)
 --   cost_source    upstream | usage | compute | catalog
@@ -28,7 +27,7 @@
 -- #include _terminal.lua
 
 local a = cjson.decode(ARGV[1])
-local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
+local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], pending = KEYS[4],
   watch = KEYS[5], webhooks_due = KEYS[6], returns = {unpack(KEYS, 7)}}
 local st = redis.call('HGET', k.job, 'status')
 if not st or is_terminal(st) then return 0 end
@@ -40,5 +39,5 @@ end
 if a.cost ~= nil and a.cost ~= '' then
   redis.call('HSET', k.job, 'cost', tostring(a.cost), 'cost_source', tostring(a.cost_source or ''))
 end
-end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel, a.ledger_maxlen)
+end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel)
 return 1

@@ -5,7 +5,7 @@
 -- KEYS[1] job record
 -- KEYS[2] the key's balance
 -- KEYS[3] the key's ledger stream
--- KEYS[4] the key's usage hash
+-- KEYS[4] the sink's set of key ids whose ledger has entries to move (shared.sink)
 -- KEYS[5] the watch set
 -- KEYS[6] the webhooks due set
 -- KEYS[7..] the keys of the record's `returns`, in order (what admission counted, given
@@ -17,7 +17,6 @@
 --   max_sends      sends per queued spell
 --   timeout_error  the error JSON written if the deadline has passed
 --   done_channel   where the id of a job that ended is published
---   ledger_maxlen  the ledger stream's approximate length cap
 -- Returns {'takeover', attempt} or {'requeue'} (the caller sends the job), or {'expired'},
 -- {'wait'}, {'fresh'}, {'terminal'}, {'missing'} (nothing to do).
 
@@ -25,7 +24,7 @@
 -- #include _terminal.lua
 
 local a = cjson.decode(ARGV[1])
-local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], usage = KEYS[4],
+local k = {job = KEYS[1], balance = KEYS[2], ledger = KEYS[3], pending = KEYS[4],
   watch = KEYS[5], webhooks_due = KEYS[6], returns = {unpack(KEYS, 7)}}
 local now = clock(a.now)
 local at = redis.call('ZSCORE', k.watch, a.job_id)
@@ -37,7 +36,7 @@ if not st or is_terminal(st) then
 end
 local deadline = tonumber(redis.call('HGET', k.job, 'deadline'))
 if tonumber(now) >= deadline then
-  end_job(k, 'timed_out', 'error', a.timeout_error, now, 0, a.done_channel, a.ledger_maxlen)
+  end_job(k, 'timed_out', 'error', a.timeout_error, now, 0, a.done_channel)
   return {'expired'}
 end
 local again = math.min(tonumber(now) + tonumber(a.enqueue_grace), deadline)
