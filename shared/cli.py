@@ -36,7 +36,7 @@ import redis
 import sqlalchemy
 
 from shared import db
-from shared.adminkeys import AdminKeyStore, AuditLog, Scope
+from shared.adminkeys import AdminKeyStore, Scope
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import GatewayError, NotFound
@@ -120,10 +120,10 @@ def keys_create(name: str, tier: str | None, balance: str, as_json: bool) -> Non
         plaintext, record = _keys().create(name, tier=tier, unlimited=unlimited)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
-    _audit(record.id, "create", name=record.name, tier=tier, unlimited=unlimited)
+    _audit(record.id, "key.create", name=record.name, tier=tier, unlimited=unlimited)
     if micros:
         _accounts().top_up(record.id, micros)
-        _audit(record.id, "topup", amount=micros)
+        _audit(record.id, "balance.topup", amount=micros)
     shown = "unlimited" if unlimited else format_money(micros)
     if as_json:
         click.echo(
@@ -167,7 +167,7 @@ def keys_topup(key_id: str, amount: str) -> None:
         raise click.ClickException(exc.message) from exc
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="AMOUNT") from exc
-    _audit(key.id, "topup", amount=micros)
+    _audit(key.id, "balance.topup", amount=micros)
     click.echo(f"{key.id} balance: {format_money(balance)}")
 
 
@@ -180,7 +180,7 @@ def keys_set_tier(key_id: str, tier: str) -> None:
         key = _keys().set_tier(key_id, _tier_name(tier))
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
-    _audit(key.id, "set-tier", tier=key.tier)
+    _audit(key.id, "key.set_tier", tier=key.tier)
     click.echo(f"{key.id} tier: {key.tier}")
 
 
@@ -194,7 +194,7 @@ def keys_strict_params(key_id: str, state: str) -> None:
         key = _keys().set_strict_params(key_id, state == "on")
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
-    _audit(key.id, "strict-params", strict=key.strict_params)
+    _audit(key.id, "key.strict_params", strict=key.strict_params)
     click.echo(f"{key.id} strict-params: {'on' if key.strict_params else 'off'}")
 
 
@@ -287,7 +287,7 @@ def keys_webhook_secret(key_id: str, rotate: bool) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
     if rotate:
-        _audit(key_id, "rotate-webhook-secret")
+        _audit(key_id, "key.rotate_webhook_secret")
     click.echo(secret)
 
 
@@ -299,7 +299,7 @@ def keys_revoke(key_id: str) -> None:
         key = _keys().revoke(key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
-    _audit(key.id, "revoke")
+    _audit(key.id, "key.revoke")
     click.echo(f"revoked {key.id} ({key.name})")
 
 
@@ -329,7 +329,7 @@ def admin_keys_create(name: str, scope: str, as_json: bool) -> None:
         plaintext, record = store.create(name, scope=Scope(scope))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
-    _audit(store, "admin_key.create", record.id, {"name": record.name, "scope": scope})
+    _audit(record.id, "admin_key.create", name=record.name, scope=scope)
     if as_json:
         click.echo(
             json.dumps({"id": record.id, "name": record.name, "scope": scope, "key": plaintext})
@@ -358,13 +358,8 @@ def admin_keys_revoke(admin_key_id: str) -> None:
         key = store.revoke(admin_key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
-    _audit(store, "admin_key.revoke", key.id, {})
+    _audit(key.id, "admin_key.revoke")
     click.echo(f"revoked {key.id} ({key.name})")
-
-
-def _audit(store: AdminKeyStore, action: str, target: str, detail: dict[str, str]) -> None:
-    """Admin keys are made on the command line: the audit stream says so (admin ``cli``)."""
-    AuditLog(store.client).record("cli", action, target, detail, request_id="")
 
 
 @main.group("db")

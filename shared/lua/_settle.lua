@@ -76,9 +76,13 @@ local function settle(k, delivered, now)
   local cost = redis.call('HGET', k.job, 'cost')
   local serving = redis.call('HGET', k.job, 'serving') or model
   local day = redis.call('HGET', k.job, 'day')
-  redis.call('XADD', k.ledger, '*', 'kind', 'settle', 'job', jid, 'model', model,
-    'images', tostring(delivered), 'amount', tostring(0 - spent), 'user', who, 'ts', now,
-    'day', day, 'cost', cost or '', 'serving', serving)
+  local entry = {'kind', 'settle', 'job', jid, 'model', model, 'images', tostring(delivered),
+    'amount', tostring(0 - spent), 'user', who, 'ts', now, 'day', day, 'serving', serving}
+  if cost then
+    entry[#entry + 1] = 'cost'
+    entry[#entry + 1] = cost
+  end
+  redis.call('XADD', k.ledger, '*', unpack(entry))
   if refund > 0 then
     redis.call('XADD', k.ledger, '*', 'kind', 'refund', 'job', jid, 'model', model,
       'images', tostring(n - delivered), 'amount', tostring(refund), 'user', who, 'ts', now,
