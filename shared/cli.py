@@ -329,7 +329,7 @@ def admin_keys_create(name: str, scope: str, as_json: bool) -> None:
         plaintext, record = store.create(name, scope=Scope(scope))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name") from exc
-    _audit(record.id, "admin_key.create", name=record.name, scope=scope)
+    record_audit(store.client, record.id, "admin_key.create", name=record.name, scope=scope)
     if as_json:
         click.echo(
             json.dumps({"id": record.id, "name": record.name, "scope": scope, "key": plaintext})
@@ -358,7 +358,7 @@ def admin_keys_revoke(admin_key_id: str) -> None:
         key = store.revoke(admin_key_id)
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc
-    _audit(key.id, "admin_key.revoke")
+    record_audit(store.client, key.id, "admin_key.revoke")
     click.echo(f"revoked {key.id} ({key.name})")
 
 
