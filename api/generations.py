@@ -61,6 +61,7 @@ from api.streaming import stream_response
 from api.validation import (
     ParamNotes,
     check_against_model,
+    check_generates,
     check_inputs,
     fit_tuning,
     json_budget,
@@ -244,6 +245,8 @@ def resolve(
     tier = svc.accounts.check_model(key, target)
     if inputs is not None:
         check_inputs(target, inputs.images, inputs.mask)
+    else:
+        check_generates(target)
     fitted, notes = (req, ParamNotes()) if strict else fit_tuning(req, target)
     return Target(target, target, family, tier, check_against_model(fitted, target), notes=notes)
 

@@ -29,7 +29,13 @@ from typing import Any
 import redis
 
 from api.schemas import GenerationRequest
-from api.validation import ParamNotes, check_against_model, check_inputs, fit_tuning
+from api.validation import (
+    ParamNotes,
+    check_against_model,
+    check_generates,
+    check_inputs,
+    fit_tuning,
+)
 from shared.catalog import Catalog, Family, Model, VirtualModel
 from shared.errors import GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
@@ -84,6 +90,8 @@ def plan(
         try:
             if inputs is not None:
                 check_inputs(model, inputs.images, inputs.mask)
+            else:
+                check_generates(model)
             merged = req.model_copy(
                 update={"response_format": req.response_format or "url", **candidate.overrides}
             )

@@ -410,6 +410,17 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
     return request
 
 
+def check_generates(model: Model) -> None:
+    """InvalidRequest naming ``model`` for an edits-only model (``generations = false``)
+    asked for a generation: it repaints images, it does not draw from a prompt alone."""
+    if not model.generations:
+        raise InvalidRequest(
+            f"'{model.id}' only edits images: send them to POST /v1/images/edits.",
+            param="model",
+            code=INVALID_VALUE,
+        )
+
+
 def check_inputs(model: Model, images: int, mask: bool) -> None:
     """An edit's input images against the model's catalog entry, or InvalidRequest
     naming the param: the model edits, takes ``images`` references, and a mask if any."""

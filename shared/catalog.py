@@ -30,6 +30,7 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
                                      # "image", else 0 = no POST /v1/images/edits)
     mask = true                      # an edit may send a mask (default false)
     variations = true                # serves POST /v1/images/variations (default false)
+    generations = false              # edits only: no POST /v1/images/generations (default true)
 
     [[virtual_models]]
     id = "image-turbo"               # routed per request to one of its candidates
@@ -152,6 +153,7 @@ class Model:
     max_reference_images: int = 0
     mask: bool = False
     variations: bool = False
+    generations: bool = True  # False: an edits-only model (inpainting), no text-to-image
 
     @property
     def price(self) -> Decimal:
@@ -373,6 +375,7 @@ class ModelEntry(_Entry):
     max_reference_images: int | None = Field(None, ge=0, le=MAX_REFERENCE_IMAGES)
     mask: bool = False
     variations: bool = False
+    generations: bool = True  # false: edits only (an inpainting model)
 
     @field_validator("params")
     @classmethod
@@ -389,6 +392,8 @@ class ModelEntry(_Entry):
             raise ValueError("choices given for params the model does not accept")
         if self.mask and self.references == 0:
             raise ValueError("mask = true needs max_reference_images >= 1")
+        if not self.generations and self.references == 0 and not self.variations:
+            raise ValueError("generations = false needs edits (max_reference_images >= 1)")
         return self
 
     @property
@@ -417,6 +422,7 @@ class ModelEntry(_Entry):
             max_reference_images=self.references,
             mask=self.mask,
             variations=self.variations,
+            generations=self.generations,
         )
 
 

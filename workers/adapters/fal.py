@@ -30,8 +30,14 @@ Field mapping (gateway request -> fal input):
   ``portrait_4_3``, ``16:9`` ``landscape_16_9``, ``9:16`` ``portrait_16_9``);
 * ``seed`` -> ``seed``; ``output_format`` (``jpeg``/``png``) -> ``output_format``;
 * ``image`` (URL or data URL) -> the field named by ``options.image_field``
-  (``image_url``, or ``image_urls`` as a one-item list) -- only for models that
-  set it;
+  (``image_url``, or ``image_urls`` as a list: an edit's images in order, up to
+  the catalog's ``max_reference_images``) -- only for models that set it; a
+  request with input images goes to ``options.edit_app`` when the model's
+  image-to-image input is another fal app (``fal-ai/z-image/turbo`` ->
+  ``fal-ai/z-image/turbo/image-to-image``);
+* an edit's ``mask`` -> ``options.mask_field`` (e.g. ``mask_url``) as a PNG
+  data URL painted white where to repaint
+  (:func:`workers.adapters.masks.painted_mask`); without one it is a 400;
 * always ``enable_safety_checker: true`` and ``sync_mode: false``; fixed
   per-model inputs from ``options.input`` (e.g. ``num_inference_steps``);
 * any other request field (quality, style, background, user, moderation,
@@ -74,6 +80,7 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
+from shared.uploads import data_url
 from workers.adapters.base import (
     AdapterOptions,
     CallContext,
@@ -84,6 +91,7 @@ from workers.adapters.base import (
     Seconds,
 )
 from workers.adapters.common import fields_set, image_of, malformed, unsupported
+from workers.adapters.masks import painted_mask
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
 POLL_INTERVAL = 0.5  # seconds before the first status poll
@@ -113,6 +121,7 @@ CLIENT_PARAM = {
     "image_size": "size",
     "image_url": "image",
     "image_urls": "image",
+    "mask_url": "mask",
     "prompt": "prompt",
     "seed": "seed",
     "output_format": "output_format",
@@ -131,6 +140,10 @@ class FalOptions(AdapterOptions):
     image_field: str | None = None
     """Where a reference image goes (``image_url``, or ``image_urls`` as a list); unset:
     the model takes none."""
+    edit_app: str | None = None
+    """The fal app that takes the input images, when not the model's own (``upstream``)."""
+    mask_field: str | None = None
+    """Where an edit's mask goes (painted white where to repaint); unset: no mask."""
     input: dict[str, Any] = {}
     """Fixed inputs sent with every request (e.g. ``num_inference_steps``)."""
 
@@ -139,7 +152,7 @@ class FalAdapter:
     options_model = FalOptions
 
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
-        body = build_input(request)
+        body = build_input(request, ctx)
         http = dataclasses.replace(ctx.http, error_parser=parse_fal_error)
         auth = {"Authorization": f"Key {ctx.api_key}"}
         options = FalOptions.of(request.model)
@@ -147,9 +160,10 @@ class FalAdapter:
         headers = dict(auth)
         if (left := int(http.remaining())) >= 2:
             headers["X-Fal-Request-Timeout"] = str(left)
-        submitted = http.request(
-            "POST", f"{ctx.base_url}/{request.model.upstream}", json_body=body, headers=headers
-        )
+        app = request.model.upstream
+        if request.image is not None and options.edit_app:
+            app = options.edit_app  # the model's image-to-image app
+        submitted = http.request("POST", f"{ctx.base_url}/{app}", json_body=body, headers=headers)
         handle = _Handle.from_submit(http.json(submitted), submitted, ctx.base_url, request)
 
         completed = False
@@ -255,7 +269,7 @@ def same_origin(url: str, base_url: str) -> bool:
     )
 
 
-def build_input(request: ImageRequest) -> dict[str, Any]:
+def build_input(request: ImageRequest, ctx: CallContext | None = None) -> dict[str, Any]:
     """The fal model input for ``request``; InvalidRequest for what fal cannot take."""
     options = FalOptions.of(request.model)
     given = fields_set(request)
@@ -298,7 +312,12 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
         image_field = options.image_field
         if not image_field:
             raise _unsupported("image", request)
-        body[image_field] = [request.image] if image_field.endswith("s") else request.image
+        images = request.images or (request.image,)
+        body[image_field] = list(images) if image_field.endswith("s") else images[0]
+    if request.mask is not None:
+        if not options.mask_field or ctx is None:
+            raise _unsupported("mask", request)
+        body[options.mask_field] = data_url(painted_mask(request.mask, ctx), "image/png")
     body.update({k: v for k, v in options.input.items() if k not in body})
     body["enable_safety_checker"] = True
     body["sync_mode"] = False
