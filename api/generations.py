@@ -245,10 +245,11 @@ def resolve(
     tier = svc.accounts.check_model(key, target)
     if inputs is not None:
         check_inputs(target, inputs.images, inputs.mask)
-    else:
-        check_generates(target)
     fitted, notes = (req, ParamNotes()) if strict else fit_tuning(req, target)
-    return Target(target, target, family, tier, check_against_model(fitted, target), notes=notes)
+    job_request = check_against_model(fitted, target)
+    if inputs is None:
+        check_generates(target)  # after the request's own checks, which name its fields
+    return Target(target, target, family, tier, job_request, notes=notes)
 
 
 @bp.post("/generations")
