@@ -24,7 +24,8 @@ Field mapping (gateway request -> fal input):
 
 * ``prompt`` -> ``prompt``; ``n`` -> ``num_images`` (at most
   ``options.max_images``, default 4: one submission, no fan-out);
-* clamped size -> ``image_size: {"width", "height"}``; for models whose size
+* clamped size -> ``image_size: {"width", "height"}`` (none with
+  ``options.image_size = false``: an inpainting app keeps the image's size); for models whose size
   rule is an aspect-ratio enum, ``aspect_ratio`` -> the fal preset of that
   ratio (``1:1`` ``square_hd``, ``4:3`` ``landscape_4_3``, ``3:4``
   ``portrait_4_3``, ``16:9`` ``landscape_16_9``, ``9:16`` ``portrait_16_9``);
@@ -71,6 +72,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from pydantic import StrictBool
 
 from shared.errors import (
     INVALID_VALUE,
@@ -144,6 +146,8 @@ class FalOptions(AdapterOptions):
     """The fal app that takes the input images, when not the model's own (``upstream``)."""
     mask_field: str | None = None
     """Where an edit's mask goes (painted white where to repaint); unset: no mask."""
+    image_size: StrictBool = True
+    """False: the app takes no ``image_size`` (an inpainting app keeps the image's)."""
     input: dict[str, Any] = {}
     """Fixed inputs sent with every request (e.g. ``num_inference_steps``)."""
 
@@ -285,7 +289,9 @@ def build_input(request: ImageRequest, ctx: CallContext | None = None) -> dict[s
             code=INVALID_VALUE,
         )
     body: dict[str, Any] = {"prompt": request.prompt, "num_images": request.n}
-    if request.width is not None and request.height is not None:
+    if not options.image_size:
+        pass  # the output follows the input image
+    elif request.width is not None and request.height is not None:
         body["image_size"] = {"width": request.width, "height": request.height}
     elif request.aspect_ratio is not None:
         preset = PRESETS.get(request.aspect_ratio)
