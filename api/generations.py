@@ -1,4 +1,10 @@
-"""POST /v1/images/generations and the job endpoints.
+"""POST /v1/images/generations, the job endpoints, and the one admission path.
+
+Every image endpoint (generations here, edits and variations in
+:mod:`api.edits`) goes through :func:`resolve` (the model, checked for the key;
+a virtual model planned into routes) and :func:`submit` (store the uploads,
+admit, enqueue, answer), so limits, billing, idempotency and answers cannot
+drift apart between them.
 
 Synchronous by default: validate, admit (limits + balance + job record, one
 atomic step), enqueue, wait within the budget, answer the images or 504 with
