@@ -12,13 +12,14 @@ An edit is a generation with input images: OpenAI's two forms are taken,
 A variation is multipart only: one file ``image``, ``model``, ``n``, ``size``,
 ``response_format``, ``user``.
 
-The model must be a real one (a virtual model is a 400) whose catalog entry
-allows it: ``max_reference_images`` images, ``mask``, ``variations``
-(``GET /v1/models``). The other fields are checked as a generation's
-(:func:`api.validation.check_against_model`, with ``fit_tuning`` unless strict
-mode is on). ``stream=true`` answers Server-Sent Events of ``image_edit.*``
-events (:mod:`api.streaming`, through :func:`api.generations.stream_answer`),
-with partial images where the upstream streams them (GPT image models).
+An edit's model may be a real one whose catalog entry takes the request's
+inputs (``max_reference_images`` images, ``mask``: ``GET /v1/models``) or a
+virtual one, routed to a candidate that takes them (:func:`api.routing.plan`);
+a variation's must be a real model with ``variations``. The other fields are
+checked as a generation's (:func:`api.generations.resolve`, with ``fit_tuning``
+unless strict mode is on). ``stream=true`` answers Server-Sent Events of
+``image_edit.*`` events (:mod:`api.streaming`), with partial images where the
+upstream streams them (GPT image models).
 
 Uploaded bytes never reach Redis or Celery: once every check passed, each
 image is stored under the job's own key (``uploads/{day}/{job id}/{i}.{ext}``,
@@ -27,7 +28,8 @@ URL by the URL), and ``meta["uploads"]`` lists the keys; a refused request
 deletes them again, and the worker deletes them when the job ends. Nothing
 is charged before the uploads passed their checks.
 
-From there it is a generation: the same admission (limits, balance, job
+From there it is a generation, through the one admission path
+(:func:`api.generations.submit`): the same admission (limits, balance, job
 record, ``Idempotency-Key`` -- the key of an edit is its fields and the
 SHA-256 of each file), the same synchronous wait within the budget, 202 with
 the job for ``Prefer: respond-async`` or ``webhook_url``, and the job
@@ -43,19 +45,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, g, request
+from flask import Blueprint, request
 
 from api import generations
 from api.auth import current_key
-from api.responses import base_url
+from api.routing import Inputs
 from api.schemas import EditRequest, ImageRef, VariationRequest
 from api.services import Services, services
 from api.uploads import MULTIPART, Upload, check_mask, read_form
 from api.validation import (
     ParamNotes,
-    check_against_model,
     check_variation,
-    fit_tuning,
     json_budget,
     parse_body,
     validate_fields,
@@ -65,13 +65,11 @@ from shared.errors import (
     INVALID_VALUE,
     MISSING_REQUIRED_PARAMETER,
     UNSUPPORTED_PARAMETER,
-    GatewayError,
     InvalidRequest,
 )
-from shared.jobs import Job, new_job_id
+from shared.jobs import new_job_id
 from shared.keys import ApiKey
 from shared.netguard import check_url, policy_for
-from shared.retention import uploads_folder
 from shared.uploads import (
     Reference,
     ReferenceImage,
@@ -135,27 +133,6 @@ def create_edit():
     if mask is not None and mask.upload is not None:
         first = images[0].upload.image if images[0].upload is not None else None
         check_mask(mask.upload.image, first)
-
-    model = _real_model(req.model, "edits", svc)
-    if not model.edits:
-        raise InvalidRequest(
-            f"'{model.id}' does not edit images; GET /v1/models lists the models with "
-            "`max_reference_images` above 0.",
-            param="model",
-            code=INVALID_VALUE,
-        )
-    if len(images) > model.max_reference_images:
-        raise InvalidRequest(
-            f"'{model.id}' takes at most {model.max_reference_images} image(s) per edit; "
-            f"the request has {len(images)}.",
-            param="image",
-            code="too_many_images",
-        )
-    if mask is not None and not model.mask:
-        raise InvalidRequest(
-            f"'{model.id}' takes no mask.", param="mask", code=UNSUPPORTED_PARAMETER
-        )
-    tier = svc.accounts.check_model(key, model)
     stream = None
     if req.stream:
         if req.webhook_url is not None:
@@ -168,25 +145,10 @@ def create_edit():
             partial_images=req.partial_images or 0, kind="image_edit"
         )
     base = req.model_copy(update={"images": None, "mask": None, "stream": None})
-    notes = ParamNotes()
-    if not (svc.settings.strict_params or key.strict_params):
-        base, notes = fit_tuning(base, model)
-    job_request = check_against_model(base, model)
-    job_request["operation"] = "edit"
-    return _submit(
-        svc,
-        key,
-        tier,
-        model,
-        job_request,
-        images=images,
-        mask=mask,
-        notes=notes,
-        user=req.user,
-        webhook_url=req.webhook_url,
-        digest_of=digest_of,
-        stream=stream,
-    )
+    # A real model must take these inputs; a virtual one routes to a candidate that does.
+    target = generations.resolve(base, key, svc, inputs=Inputs(len(images), mask is not None))
+    target.set("operation", "edit")
+    return _submit(target, key, svc, images, mask, req.user, req.webhook_url, digest_of, stream)
 
 
 @bp.post("/variations")
@@ -222,18 +184,18 @@ def create_variation():
                 code=UNSUPPORTED_PARAMETER,
             )
         notes = ParamNotes(ignored=("user",))
+    target = generations.Target(
+        model, model, svc.catalog.family_of(model), tier, job_request, notes=notes
+    )
     return _submit(
-        svc,
+        target,
         key,
-        tier,
-        model,
-        job_request,
-        images=[Source(upload=form.images[0])],
-        mask=None,
-        notes=notes,
-        user=req.user,
-        webhook_url=req.webhook_url,
-        digest_of=_digest(form.fields, form.images),
+        svc,
+        [Source(upload=form.images[0])],
+        None,
+        req.user,
+        req.webhook_url,
+        _digest(form.fields, form.images),
     )
 
 
@@ -254,7 +216,7 @@ def _real_model(model_id: str | None, operation: str, svc: Services) -> Model:
             param="model",
             code=INVALID_VALUE,
         )
-    generations._check_family(target, svc.catalog.family_of(target), svc)
+    generations.check_family(target, svc.catalog.family_of(target), svc)
     return target
 
 
@@ -292,29 +254,20 @@ def _digest(fields: dict[str, Any], files: list[Upload]) -> bytes:
 
 
 def _submit(
-    svc: Services,
+    target: generations.Target,
     key: ApiKey,
-    tier: Any,
-    model: Model,
-    job_request: dict[str, Any],
-    *,
+    svc: Services,
     images: list[Source],
     mask: Source | None,
-    notes: ParamNotes,
     user: str | None,
     webhook_url: str | None,
     digest_of: bytes,
     stream: generations.StreamOptions | None = None,
 ):
-    """Admit, store the uploads, enqueue and answer, as a generation does
-    (:func:`api.generations.create_generation`)."""
-    family = svc.catalog.family_of(model)
-    checked_webhook = None
-    if webhook_url is not None:
-        checked_webhook = check_url(webhook_url, policy_for(svc.settings), param="webhook_url")
-    is_async = stream is None and (checked_webhook is not None or generations._wants_async())
-    now = time.time()
-    job_id = new_job_id()
+    """Name the input images in the job's request (and each route's) -- a client's URL
+    by the URL, an upload by the storage key it will be kept under -- and hand the job
+    to :func:`api.generations.submit`, which stores the uploads once it is admitted."""
+    job_id, now = new_job_id(), time.time()
     stored: list[tuple[ReferenceImage, bytes]] = []
 
     def reference(source: Source) -> dict[str, str]:
@@ -327,87 +280,21 @@ def _submit(
         stored.append((ref, source.upload.data))
         return Reference(stored=ref).to_spec()
 
-    job_request["images"] = [reference(source) for source in images]
+    target.set("images", [reference(source) for source in images])
     if mask is not None:
-        job_request["mask"] = reference(mask)
-    budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
-    meta: dict[str, Any] = {
-        "base_url": base_url(svc),
-        "mode": "async" if is_async else "stream" if stream is not None else "sync",
-        "params": notes.to_meta(),
-        "uploads": [ref.to_meta() for ref, _ in stored],
-    }
-    if stream is not None:  # the worker relays partial images (shared.progress)
-        meta["stream"] = stream.to_meta()
-    if user is not None:
-        meta["user"] = user  # recorded even where the upstream does not take it
-    job = Job(
-        id=job_id,
-        key_id=key.id,
-        model=model.id,
-        family=family.name,
-        queue=family.queue,
-        request=job_request,
-        created=now,
-        deadline=now + budget,
-        meta=meta,
-    )
-    unit = model.unit_price(job_request)  # an edit's price, at the size it will produce
-    idempotency = generations._idempotency(key, svc, digest_of, job.id)
-    spec_json = generations._bounded_spec(job, svc)
-    try:
-        if stored:
-            svc.retention.track(uploads_folder(job.id, job.created))  # deleted in time
-        for ref, data in stored:
-            svc.storage.put(ref.key, data, ref.content_type)
-        admission = svc.accounts.admit(
-            key,
-            tier,
-            model,
-            job_request["n"],
-            job_key=svc.jobs.record_key(job.id),
-            job_id=job.id,
-            spec_json=spec_json,
-            deadline=job.deadline,
-            ttl=svc.jobs.ttl_for(job),
-            now=now,
-            idempotency=idempotency,
-            webhook_url=checked_webhook,
-            watch=svc.jobs.watch_entry(job),
+        target.set("mask", reference(mask))
+    return generations.submit(
+        target,
+        key,
+        svc,
+        generations.Submission(
+            job_id=job_id,
+            created=now,
+            body=digest_of,
             user=user,
-            unit_price=unit,
-        )
-    except (GatewayError, OSError):
-        generations.drop_uploads(job, svc)  # refused, or not stored: unreferenced
-        raise
-    if admission.duplicate_of is not None:
-        generations.drop_uploads(job, svc)  # the first job of this key has its own
-        return generations._replay(admission.duplicate_of, idempotency, key, svc, is_async, stream)
-    g.ratelimit = admission.status
-    job = generations.charged(job, unit, admission)
-    waiter = None if is_async else svc.hub.expect(job.id, progress=stream is not None)
-    try:
-        generations._send(job, svc, idempotency)
-        log.info(
-            "job %s queued: key=%s model=%s %s images=%d mask=%s n=%s mode=%s",
-            job.id,
-            key.id,
-            model.id,
-            job_request["operation"],
-            len(images),
-            mask is not None,
-            job_request["n"],
-            meta["mode"],
-        )
-        if waiter is None:
-            return generations._accepted(job.id, svc)
-        if stream is not None:
-            streaming, waiter = waiter, None  # the stream closes it when it ends
-            return generations.stream_answer(
-                streaming, job, job.deadline, svc, stream, read_first=False
-            )
-        done = waiter.wait(job.deadline + generations._GRACE_SECONDS, read_first=False)
-        return generations._answer(done, job.id, svc)
-    finally:
-        if waiter is not None:
-            waiter.close()
+            webhook_url=webhook_url,
+            stream=stream,
+            meta={"uploads": [ref.to_meta() for ref, _ in stored]},
+            uploads=tuple(stored),
+        ),
+    )

@@ -1,4 +1,10 @@
-"""POST /v1/images/generations and the job endpoints.
+"""POST /v1/images/generations, the job endpoints, and the one admission path.
+
+Every image endpoint (generations here, edits and variations in
+:mod:`api.edits`) goes through :func:`resolve` (the model, checked for the key;
+a virtual model planned into routes) and :func:`submit` (store the uploads,
+admit, enqueue, answer), so limits, billing, idempotency and answers cannot
+drift apart between them.
 
 Synchronous by default: validate, admit (limits + balance + job record, one
 atomic step), enqueue, wait within the budget, answer the images or 504 with
@@ -46,22 +52,32 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from flask import Blueprint, g, request
 
 from api.auth import current_key
 from api.responses import base_url, images_response, job_object, json_response
-from api.routing import Route, plan, unit_price
+from api.routing import Inputs, Route, plan, unit_price
 from api.schemas import GenerationRequest
 from api.services import Services, services
 from api.streaming import stream_response
-from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
+from api.validation import (
+    ParamNotes,
+    check_against_model,
+    check_generates,
+    check_inputs,
+    fit_tuning,
+    json_budget,
+    parse_body,
+)
 from api.waiter import Waiter
 from shared import jobindex
 from shared.billing import Admission, Idempotency, format_money, idempotency_key
-from shared.catalog import VirtualModel
+from shared.catalog import Family, Model, Tier, VirtualModel
 from shared.errors import (
     Conflict,
     GatewayError,
@@ -180,6 +196,71 @@ def _idempotency(key: ApiKey, svc: Services, body: bytes, job_id: str) -> Idempo
     )
 
 
+@dataclass(frozen=True)
+class Target:
+    """What a request runs on, resolved and checked (:func:`resolve`): the model the
+    client asked for (limits, price and usage go by its id), the real model and family
+    of the first route, the job's request, and for a virtual model its routes in the
+    order they are tried (the first is the job's own request)."""
+
+    asked: Model | VirtualModel
+    model: Model
+    family: Family
+    tier: Tier
+    request: dict[str, Any]
+    routes: tuple[Route, ...] = ()
+    notes: ParamNotes = ParamNotes()  # a real model's; each route has its own
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The job's request and every route's: a field the endpoint sets after routing
+        (a checked reference URL, an edit's stored images) goes into each."""
+        return [self.request, *(route.request for route in self.routes)]
+
+    def set(self, name: str, value: Any) -> None:
+        for request_dict in self.requests():
+            request_dict[name] = value
+
+    def drop(self, name: str) -> None:
+        for request_dict in self.requests():
+            request_dict.pop(name, None)
+
+
+def resolve(
+    req: GenerationRequest, key: ApiKey, svc: Services, *, inputs: Inputs | None = None
+) -> Target:
+    """The model the request names (or the default), checked for this key, and the
+    request checked against it: a virtual model is planned into routes
+    (:func:`api.routing.plan`), a real one checked as is. The client's tuning fields
+    are fitted to each model unless strict mode is on. ``inputs``: an edit's input
+    images, which the model (or each candidate) must take."""
+    target = svc.catalog.resolve(req.model or svc.settings.default_model)
+    strict = svc.settings.strict_params or key.strict_params
+    if isinstance(target, VirtualModel):
+        tier = svc.accounts.check_model(key, target)
+        routes = plan(
+            req,
+            target,
+            catalog=svc.catalog,
+            settings=svc.settings,
+            breakers=svc.breakers,
+            strict=strict,
+            client=svc.redis,
+            inputs=inputs,
+        )
+        first = routes[0]
+        return Target(target, first.model, first.family, tier, first.request, tuple(routes))
+    family = svc.catalog.family_of(target)
+    check_family(target, family, svc)
+    tier = svc.accounts.check_model(key, target)
+    if inputs is not None:
+        check_inputs(target, inputs.images, inputs.mask)
+    fitted, notes = (req, ParamNotes()) if strict else fit_tuning(req, target)
+    job_request = check_against_model(fitted, target)
+    if inputs is None:
+        check_generates(target)  # after the request's own checks, which name its fields
+    return Target(target, target, family, tier, job_request, notes=notes)
+
+
 @bp.post("/generations")
 def create_generation():
     svc = services()
@@ -198,103 +279,122 @@ def create_generation():
         )
     body = request.get_data(cache=False)
     req, stream = _parse(body, svc, key)
-    target = svc.catalog.resolve(req.model or svc.settings.default_model)
-    strict = svc.settings.strict_params or key.strict_params
-    routes: list[Route] = []
-    notes = ParamNotes()
-    if isinstance(target, VirtualModel):
-        tier = svc.accounts.check_model(key, target)
-        routes = plan(
-            req,
-            target,
-            catalog=svc.catalog,
-            settings=svc.settings,
-            breakers=svc.breakers,
-            strict=strict,
-            client=svc.redis,
-        )
-        model, family, job_request = routes[0].model, routes[0].family, routes[0].request
-        unit = unit_price(target, routes)
-    else:
-        model = target
-        family = svc.catalog.family_of(model)
-        _check_family(model, family, svc)
-        tier = svc.accounts.check_model(key, model)
-        fitted = req
-        if not strict:
-            fitted, notes = fit_tuning(req, model)
-        job_request = check_against_model(fitted, model)
-        unit = model.unit_price(job_request)  # by quality, the size it will produce
-    webhook_url = None
-    if req.webhook_url is not None:
-        webhook_url = check_url(req.webhook_url, policy_for(svc.settings), param="webhook_url")
+    target = resolve(req, key, svc)
     inline = req.image is not None and is_data_url(req.image)
     if req.image is not None and not inline:
         # A reference image the workers will fetch on the client's behalf.
-        checked = check_url(req.image, policy_for(svc.settings), param="image")
-        for request_dict in [job_request, *(route.request for route in routes)]:
-            request_dict["image"] = checked
-    is_async = stream is None and (webhook_url is not None or _wants_async())
-
-    now = time.time()
-    job_id = new_job_id()
-    upload: tuple[ReferenceImage, bytes] | None = None
+        target.set("image", check_url(req.image, policy_for(svc.settings), param="image"))
+    job_id, now = new_job_id(), time.time()
+    uploads: list[tuple[ReferenceImage, bytes]] = []
+    meta: dict[str, Any] = {}
     if inline:
         # Checked here, before anything is charged; kept in storage, never in Redis.
-        upload = _inline_reference(str(req.image), job_id, now, svc)
-        for request_dict in [job_request, *(route.request for route in routes)]:
-            request_dict.pop("image", None)
+        uploads.append(_inline_reference(str(req.image), job_id, now, svc))
+        target.drop("image")
+        meta["reference_image"] = uploads[0][0].to_meta()  # once, whatever the route
+    return submit(
+        target,
+        key,
+        svc,
+        Submission(
+            job_id=job_id,
+            created=now,
+            body=body,
+            user=req.user,
+            webhook_url=req.webhook_url,
+            stream=stream,
+            meta=meta,
+            uploads=tuple(uploads),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The rest of what :func:`submit` needs besides the target: the job's id and
+    creation time (an endpoint keys its uploads by them), what ``Idempotency-Key``
+    compares (``body``: the JSON body, or an edit's fields and file digests), the
+    client's ``user`` and ``webhook_url`` (checked here), the stream options, the
+    endpoint's own ``meta`` entries, and the checked uploads to store, which nothing
+    but the job refers to (deleted again when the request is refused)."""
+
+    job_id: str
+    created: float
+    body: bytes
+    user: str | None = None
+    webhook_url: str | None = None
+    stream: StreamOptions | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    uploads: tuple[tuple[ReferenceImage, bytes], ...] = ()
+
+
+def submit(target: Target, key: ApiKey, svc: Services, sub: Submission):
+    """The one admission path of every image endpoint (generations, edits, variations):
+    store the uploads, admit (limits, balance, idempotency and the job record in one
+    atomic step), enqueue, and answer: 202 with the job (``Prefer: respond-async`` or a
+    ``webhook_url``), Server-Sent Events (``stream``), or the images within the budget.
+    A refused request (429, 402, 403, a duplicate) changes nothing and keeps no upload."""
+    webhook_url = None
+    if sub.webhook_url is not None:
+        webhook_url = check_url(sub.webhook_url, policy_for(svc.settings), param="webhook_url")
+    stream = sub.stream
+    is_async = stream is None and (webhook_url is not None or _wants_async())
     budget = svc.settings.async_budget_seconds if is_async else svc.settings.sync_budget_seconds
     mode = "async" if is_async else "stream" if stream is not None else "sync"
-    meta: dict = {"base_url": base_url(svc), "mode": mode}
+    meta: dict[str, Any] = {"base_url": base_url(svc), "mode": mode, **sub.meta}
     if stream is not None:  # the worker relays partial images (shared.progress)
         meta["stream"] = stream.to_meta()
-    if upload is not None:
-        meta["reference_image"] = upload[0].to_meta()  # once, whatever the route
-    if routes:
-        meta["routes"] = [route.to_meta(job_request) for route in routes]
+    if target.routes:
+        meta["routes"] = [route.to_meta(target.request) for route in target.routes]
     else:
-        meta["params"] = notes.to_meta()
-    if req.user is not None:
-        meta["user"] = req.user  # recorded even where the upstream does not take it
+        meta["params"] = target.notes.to_meta()
+    if sub.user is not None:
+        meta["user"] = sub.user  # recorded even where the upstream does not take it
     job = Job(
-        id=job_id,
+        id=sub.job_id,
         key_id=key.id,
-        model=target.id,  # limits, price and usage go by the name the client asked for
-        family=family.name,
-        queue=family.queue,
-        request=job_request,
-        created=now,
-        deadline=now + budget,
+        model=target.asked.id,  # limits, price and usage go by the name the client asked for
+        family=target.family.name,
+        queue=target.family.queue,
+        request=target.request,
+        created=sub.created,
+        deadline=sub.created + budget,
         meta=meta,
     )
-    idempotency = _idempotency(key, svc, body, job.id)
+    idempotency = _idempotency(key, svc, sub.body, job.id)
     spec_json = _bounded_spec(job, svc)
-    if upload is not None:
+    # An upload's price (an edit's form) and its size: the request as the endpoint left it.
+    unit = (
+        unit_price(target.asked, list(target.routes))
+        if isinstance(target.asked, VirtualModel)
+        else target.model.unit_price(target.request)
+    )
+    if sub.uploads:
         svc.retention.track(uploads_folder(job.id, job.created))  # deleted in time
-        svc.storage.put(upload[0].key, upload[1], upload[0].content_type)
     try:
+        for ref, data in sub.uploads:
+            svc.storage.put(ref.key, data, ref.content_type)
         # Limits, balance, idempotency and the job record in one atomic step:
         # a 429 / 402 / duplicate changes nothing.
         admission = svc.accounts.admit(
             key,
-            tier,
-            target,
-            job_request["n"],
+            target.tier,
+            target.asked,
+            job.request["n"],
             job_key=svc.jobs.record_key(job.id),
             job_id=job.id,
             spec_json=spec_json,
             deadline=job.deadline,
             ttl=svc.jobs.ttl_for(job),
-            now=now,
+            now=sub.created,
             idempotency=idempotency,
             webhook_url=webhook_url,
             watch=svc.jobs.watch_entry(job),
-            user=req.user,
+            user=sub.user,
             unit_price=unit,
         )
-    except GatewayError:
-        drop_uploads(job, svc)  # refused (429, 402, 403): nothing refers to it
+    except (GatewayError, OSError):
+        drop_uploads(job, svc)  # refused (429, 402, 403), or not stored: unreferenced
         raise
     if admission.duplicate_of is not None:
         drop_uploads(job, svc)  # the first job of this key has its own
@@ -307,13 +407,15 @@ def create_generation():
     try:
         _send(job, svc, idempotency)
         log.info(
-            "job %s queued: key=%s model=%s via=%s n=%s mode=%s",
+            "job %s queued: key=%s model=%s via=%s %s inputs=%d n=%s mode=%s",
             job.id,
             key.id,
-            target.id,
-            model.id,
-            job_request["n"],
-            job.meta["mode"],
+            target.asked.id,
+            target.model.id,
+            job.request.get("operation", "generate"),
+            len(sub.uploads) + len(job.request.get("images") or ()),
+            job.request["n"],
+            mode,
         )
         if waiter is None:
             return _accepted(job.id, svc)
@@ -404,7 +506,8 @@ def _bounded_spec(job: Job, svc: Services) -> str:
     return spec
 
 
-def _check_family(model, family, svc: Services) -> None:
+def check_family(model: Model, family: Family, svc: Services) -> None:
+    """503 unless the model's family is served here: the web's key, or a live worker."""
     reason = why_unusable(svc.settings, family, svc.redis)  # the web's key, or a live worker
     if reason:
         raise ServiceUnavailable(

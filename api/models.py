@@ -72,6 +72,7 @@ def describe(model: catalog.Model, svc: Services) -> RealModel:
         max_reference_images=model.max_reference_images,
         mask=model.mask,
         variations=model.variations,
+        generations=model.generations,
         available=not reason,
         **({"unavailable_reason": reason} if reason else {}),
         virtual=False,

@@ -787,8 +787,9 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
                 "summary": "Edit images",
                 "description": "OpenAI's image edits: input images (and a mask) with a "
                 "prompt, as multipart files or as JSON `images: [{image_url}]` (https or "
-                "`data:` URLs; `file_id` is a 400, there is no Files API). The model must "
-                "be real, with `max_reference_images` (and `mask`) in `GET /v1/models`. "
+                "`data:` URLs; `file_id` is a 400, there is no Files API). The model needs "
+                "`max_reference_images` (and `mask`) in `GET /v1/models`; a virtual model "
+                "is routed to a candidate that has them. "
                 "Uploads are checked before anything is charged and kept only for the job. "
                 "Answers, jobs, billing and `Idempotency-Key` as for generations; "
                 "`stream: true` answers Server-Sent Events (`image_edit.*`).",

@@ -4,7 +4,9 @@ A virtual model (``image-turbo``, ``image``, ``image-pro``) lists candidate real
 models with weights. For each request :func:`plan` keeps the candidates that
 can honour it — family available with a key, the request valid for the model
 (n, prompt length, parameters and their values, edit mode, size rule) after
-the candidate's parameter overrides — and whose circuit breaker is not open,
+the candidate's parameter overrides; for an edit, a candidate that takes that
+many reference images and the mask if there is one (``inputs``) — and whose
+circuit breaker is not open,
 then orders them by weighted random choice without replacement
 (Efraimidis–Spirakis keys ``u ** (1 / weight)``). The job is sent to the
 first; the rest are its fallbacks, tried in order by the workers when a
@@ -33,7 +35,13 @@ from typing import Any
 import redis
 
 from api.schemas import GenerationRequest
-from api.validation import ParamNotes, check_against_model, fit_tuning
+from api.validation import (
+    ParamNotes,
+    check_against_model,
+    check_generates,
+    check_inputs,
+    fit_tuning,
+)
 from shared.catalog import Catalog, Family, Model, VirtualModel
 from shared.errors import PRICED_BELOW_COST, GatewayError, InvalidRequest, ServiceUnavailable
 from shared.health import Breakers
@@ -41,6 +49,14 @@ from shared.presence import why_unusable
 from shared.route import model_breaker, route_meta
 from shared.settings import Settings
 from shared.sizing import parse_size
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """An edit's input images as routing sees them: how many, and whether a mask."""
+
+    images: int
+    mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ def plan(
     rng: random.Random | None = None,
     strict: bool = False,
     client: redis.Redis | None = None,
+    inputs: Inputs | None = None,
 ) -> list[Route]:
     eligible: list[tuple[Route, float]] = []
     first_error: GatewayError | None = None
@@ -77,6 +94,10 @@ def plan(
         if reason:
             continue
         try:
+            if inputs is not None:
+                check_inputs(model, inputs.images, inputs.mask)
+            else:
+                check_generates(model)
             merged = req.model_copy(
                 update={"response_format": req.response_format or "url", **candidate.overrides}
             )

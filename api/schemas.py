@@ -423,6 +423,13 @@ class RealModel(_ModelCommon):
     variations: Annotated[
         bool, Field(description="Whether it serves `POST /v1/images/variations`.")
     ]
+    generations: Annotated[
+        bool,
+        Field(
+            description="Whether it serves `POST /v1/images/generations` (false: an "
+            "edits-only model, such as an inpainting one)."
+        ),
+    ] = True
     unavailable_reason: str | Absent = None
     virtual: Literal[False]
     health: Health

@@ -410,6 +410,40 @@ def check_against_model(req: GenerationRequest, model: Model) -> dict[str, Any]:
     return request
 
 
+def check_generates(model: Model) -> None:
+    """InvalidRequest naming ``model`` for an edits-only model (``generations = false``)
+    asked for a generation: it repaints images, it does not draw from a prompt alone."""
+    if not model.generations:
+        raise InvalidRequest(
+            f"'{model.id}' only edits images: send them to POST /v1/images/edits.",
+            param="model",
+            code=INVALID_VALUE,
+        )
+
+
+def check_inputs(model: Model, images: int, mask: bool) -> None:
+    """An edit's input images against the model's catalog entry, or InvalidRequest
+    naming the param: the model edits, takes ``images`` references, and a mask if any."""
+    if not model.edits:
+        raise InvalidRequest(
+            f"'{model.id}' does not edit images; GET /v1/models lists the models with "
+            "`max_reference_images` above 0.",
+            param="model",
+            code=INVALID_VALUE,
+        )
+    if images > model.max_reference_images:
+        raise InvalidRequest(
+            f"'{model.id}' takes at most {model.max_reference_images} image(s) per edit; "
+            f"the request has {images}.",
+            param="image",
+            code="too_many_images",
+        )
+    if mask and not model.mask:
+        raise InvalidRequest(
+            f"'{model.id}' takes no mask.", param="mask", code=UNSUPPORTED_PARAMETER
+        )
+
+
 def check_variation(req: VariationRequest, model: Model) -> dict[str, Any]:
     """The job's request dict of a variation (no prompt), or InvalidRequest naming the
     param: the model must make variations, and ``n``, ``response_format`` and ``size``

@@ -36,6 +36,7 @@ and replaceable by the operator (``IMAGEGATE_CATALOG_PATH``). Its shape::
                                      # "image", else 0 = no POST /v1/images/edits)
     mask = true                      # an edit may send a mask (default false)
     variations = true                # serves POST /v1/images/variations (default false)
+    generations = false              # edits only: no POST /v1/images/generations (default true)
 
     [[virtual_models]]
     id = "image-turbo"               # routed per request to one of its candidates
@@ -201,6 +202,8 @@ class Model:
     def price_micros(self) -> int:
         """The price of one image at the default size and quality (``GET /v1/models``)."""
         return self.unit_price({})
+
+    generations: bool = True  # False: an edits-only model (inpainting), no text-to-image
 
     @property
     def price(self) -> Decimal:
@@ -433,6 +436,7 @@ class ModelEntry(_Entry):
     max_reference_images: int | None = Field(None, ge=0, le=MAX_REFERENCE_IMAGES)
     mask: bool = False
     variations: bool = False
+    generations: bool = True  # false: edits only (an inpainting model)
 
     @field_validator("params")
     @classmethod
@@ -449,6 +453,8 @@ class ModelEntry(_Entry):
             raise ValueError("choices given for params the model does not accept")
         if self.mask and self.references == 0:
             raise ValueError("mask = true needs max_reference_images >= 1")
+        if not self.generations and self.references == 0 and not self.variations:
+            raise ValueError("generations = false needs edits (max_reference_images >= 1)")
         return self
 
     @property
@@ -481,6 +487,7 @@ class ModelEntry(_Entry):
             token_prices=self.token_prices.build() if self.token_prices else None,
             cost_per_second=self.cost_per_second,
             allow_loss=self.allow_loss,
+            generations=self.generations,
         )
 
 

@@ -33,7 +33,11 @@ so an adapter cannot send fields that would be silently ignored):
 
 * ``fal-ai/z-image/turbo`` and ``fal-ai/z-image/turbo/image-to-image`` (adds
   the required ``image_url`` -- an http(s) or ``data:image/...`` URL -- and
-  ``strength``), ``fal-ai/hunyuan-image/v3/text-to-image``.
+  ``strength``), ``fal-ai/hunyuan-image/v3/text-to-image``, and
+  ``fal-ai/flux-pro/v1/fill`` (FLUX.1 Fill [pro], inpainting: the required
+  ``image_url`` and ``mask_url`` -- a black-and-white image, white where to
+  repaint -- and no ``image_size``: the output has the input image's size,
+  and a ``data:`` mask must have it too, else 422 on ``mask_url``).
 * Common fields: ``prompt`` (required), ``image_size`` (a preset such as
   ``square_hd`` or ``{"width", "height"}``, each side 1..14142),
   ``num_images`` 1..4, ``seed`` (>= 0), ``output_format`` ``jpeg|png``,
@@ -83,6 +87,7 @@ result or cancel), ``POST /_sim/reset``, ``GET /_sim/health``.
 from __future__ import annotations
 
 import base64
+import io
 import math
 import random
 import re
@@ -94,6 +99,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Response, g, jsonify, request
+from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
 from simulators.base import (
@@ -303,6 +309,7 @@ class AppSpec:
     fields: dict[str, Check]
     required: tuple[str, ...] = ("prompt",)
     defaults: dict[str, Any] = field(default_factory=dict)
+    sized_by_input: bool = False  # no image_size: the output has the input image's size
 
     @property
     def root(self) -> str:
@@ -320,6 +327,8 @@ _COMMON: dict[str, Check] = {
     "sync_mode": _boolean,
     "enable_prompt_expansion": _boolean,
 }
+
+_SIZING = ("image_size", "enable_prompt_expansion")  # not inputs of the fill app
 
 APPS: dict[str, AppSpec] = {
     spec.path: spec
@@ -355,6 +364,21 @@ APPS: dict[str, AppSpec] = {
             },
             defaults={"image_size": "square_hd"},
         ),
+        AppSpec(
+            "fal-ai/flux-pro/v1/fill",
+            {
+                **{
+                    k: v
+                    for k, v in _COMMON.items()
+                    if k not in ("image_size", "enable_prompt_expansion")
+                },
+                "image_url": _image_url,
+                "mask_url": _image_url,
+                "safety_tolerance": _literal("1", "2", "3", "4", "5", "6"),
+            },
+            required=("prompt", "image_url", "mask_url"),
+            sized_by_input=True,
+        ),
     )
 }
 
@@ -371,10 +395,37 @@ def validate_input(spec: AppSpec, body: dict[str, Any]) -> list[dict]:
             errors.append(_item("extra_forbidden", [name], "Extra inputs are not permitted", value))
         else:
             errors += check([name], value)
+    if not errors and "mask_url" in spec.fields:
+        errors += _mask_matches(body)
     return errors
 
 
+def _data_uri_size(value: Any) -> tuple[int, int] | None:
+    """The pixel size of a ``data:`` image URI, None for a URL or what Pillow cannot read."""
+    if not isinstance(value, str) or not value.startswith("data:"):
+        return None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(value.partition(",")[2]))) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _mask_matches(body: dict[str, Any]) -> list[dict]:
+    """A fill request's mask must be readable and the image's size (data URIs only)."""
+    image, mask = _data_uri_size(body.get("image_url")), _data_uri_size(body.get("mask_url"))
+    if isinstance(body.get("mask_url"), str) and body["mask_url"].startswith("data:"):
+        if mask is None:
+            return [_item("value_error", ["mask_url"], "Could not read the mask image", None)]
+        if image is not None and mask != image:
+            message = f"The mask must have the image's size {image[0]}x{image[1]}"
+            return [_item("value_error", ["mask_url"], message, f"{mask[0]}x{mask[1]}")]
+    return []
+
+
 def output_size(spec: AppSpec, body: dict[str, Any]) -> tuple[int, int]:
+    if spec.sized_by_input:
+        return _data_uri_size(body.get("image_url")) or (1024, 1024)
     size = body.get("image_size", spec.defaults.get("image_size", "square_hd"))
     if isinstance(size, str):
         return PRESETS[size]

@@ -80,7 +80,10 @@ Ratio-only inputs give about one megapixel at that ratio (width a multiple
 of 64, height the nearest multiple of 64; flux ``megapixels: "0.25"`` gives a
 quarter of that). Input files (``image``, ``image_prompt``, ``mask``,
 ``style_reference_images``) must be http(s) URLs or data URLs of at most
-256 KB. Images are real PNG/JPEG/WebP files of exactly the size produced, one
+256 KB. A ``mask`` (sdxl, playground: inpainting, white = repaint) works
+only with an ``image`` and must be an image of the same size when both are
+data URLs; otherwise the prediction fails at run time (as the models' code
+does). Images are real PNG/JPEG/WebP files of exactly the size produced, one
 solid colour per output index (``seed`` picks the colour).
 
 Run-time failures (prediction ``failed`` with an ``error`` string, as
@@ -115,7 +118,9 @@ without ``Authorization`` and the status answered), ``POST /_sim/reset``,
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import math
 import re
 import secrets
@@ -129,6 +134,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response, g, jsonify, request
+from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
 
 from simulators.base import (
@@ -770,11 +776,36 @@ def plan_generation(spec: ModelSpec, data: dict[str, Any]) -> Generation:
             width, height = ratio_size(ratio, area)
         if "image" in data and "mask" not in data and "style_reference_images" in spec.fields:
             run_error = "An inpainting image needs a mask; pass style_reference_images instead."
+    if "mask" in data and "style_reference_images" not in spec.fields:
+        run_error = run_error or _mask_problem(data)
     count = int(data.get(spec.count_field, 1)) if spec.count_field else 1
     fmt = data.get("output_format", spec.default_format) if spec.formats else spec.default_format
     seed = data.get("seed")
     colour = int(seed) % len(PALETTE) if isinstance(seed, int) else secrets.randbelow(len(PALETTE))
     return Generation(width, height, count, fmt, colour, run_error)
+
+
+def _data_url_size(value: Any) -> tuple[int, int] | None:
+    """The pixel size of a ``data:`` URL image; None for an https URL or no image."""
+    if not isinstance(value, str) or not value.startswith("data:"):
+        return None
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(value.partition(",")[2]))) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _mask_problem(data: dict[str, Any]) -> str | None:
+    """Why an inpainting ``mask`` cannot be used (sdxl/playground), or None."""
+    if "image" not in data:
+        return "mask is only used for inpainting: provide an image with it."
+    mask, image = _data_url_size(data["mask"]), _data_url_size(data["image"])
+    if str(data["mask"]).startswith("data:") and mask is None:
+        return "cannot identify image file (mask)"
+    if mask is not None and image is not None and mask != image:
+        return f"The mask ({mask[0]}x{mask[1]}) must have the image's size ({image[0]}x{image[1]})."
+    return None
 
 
 def encode_image(width: int, height: int, fmt: str, colour: int) -> bytes:

@@ -9,6 +9,7 @@ Endpoints (synchronous, one image per call, ``Authorization: Bearer <key>``)::
     POST /v2beta/stable-image/generate/ultra
     POST /v2beta/stable-image/generate/core
     POST /v2beta/stable-image/generate/sd3
+    POST /v2beta/stable-image/edit/inpaint
 
 Request body: ``multipart/form-data`` only (anything else is a 400). A dummy
 file part named ``none`` (what clients add to force multipart) is ignored.
@@ -37,6 +38,16 @@ cfg_scale       unknown               unknown               number 1-10
 be a PNG, JPEG or WebP file whose sides are 64-16384 px and that has at least
 4096 pixels; with an image, ``aspect_ratio`` is refused (judgement call: the
 upstream documents it as text-to-image only). Bodies over 10 MiB are a 413.
+
+Inpainting (``/edit/inpaint``) takes ``prompt``, ``negative_prompt``,
+``seed``, ``output_format`` (png jpeg webp), ``style_preset``, ``grow_mask``
+(0-100), the required file ``image`` and the optional file ``mask``: a
+black-and-white image whose white pixels are repainted (grey is partial).
+Without ``mask`` the image's alpha channel is the mask, so an image without one
+is a 400 ``mask: required when the image has no alpha channel``. Judgement
+call: a mask must be the image's size (the upstream's reference leaves it
+open). ``aspect_ratio`` and ``strength`` are unknown fields there; the answer
+has the input image's size.
 
 Response (200): with ``Accept: image/*`` (or none) the raw image bytes in the
 requested format (``content-type: image/png`` ...); with ``Accept:
@@ -198,6 +209,7 @@ class EndpointSpec:
     fields: frozenset[str]
     formats: tuple[str, ...]
     takes_image: bool
+    inpaint: bool = False  # /edit/inpaint: image required, optional mask, same size out
 
 
 ENDPOINTS: dict[str, EndpointSpec] = {
@@ -214,7 +226,16 @@ ENDPOINTS: dict[str, EndpointSpec] = {
         ("png", "jpeg"),
         True,
     ),
+    "inpaint": EndpointSpec(
+        "inpaint",
+        frozenset({"prompt", "negative_prompt", "seed", "output_format"})
+        | {"style_preset", "grow_mask"},
+        ("png", "jpeg", "webp"),
+        True,
+        inpaint=True,
+    ),
 }
+EDIT_PREFIX = "/v2beta/stable-image/edit"
 
 
 class ApiError(SimError):
@@ -315,7 +336,7 @@ def _choice(form: dict[str, str], name: str, allowed: tuple[str, ...], default: 
     return value
 
 
-def _read_image(part: FileStorage) -> InputImage:
+def _read_image(part: FileStorage, name: str = "image") -> InputImage:
     data = part.read()
     try:
         with Image.open(io.BytesIO(data)) as probe:
@@ -326,14 +347,14 @@ def _read_image(part: FileStorage) -> InputImage:
         fmt = None
         width = height = 0
     if fmt is None:
-        raise bad_request("image: must be a valid png, jpeg or webp image")
+        raise bad_request(f"{name}: must be a valid png, jpeg or webp image")
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise bad_request(
-            f"image: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels, "
+            f"{name}: each side must be between {MIN_SIDE} and {MAX_SIDE} pixels, "
             f"got {width}x{height}"
         )
     if width * height < MIN_PIXELS:
-        raise bad_request(f"image: must have at least {MIN_PIXELS} pixels")
+        raise bad_request(f"{name}: must have at least {MIN_PIXELS} pixels")
     return InputImage(data, width, height, fmt)
 
 
@@ -354,9 +375,11 @@ def parse_generation(
     for name in files:
         if name in IGNORED_FILE_PARTS or (name == "image" and endpoint.takes_image):
             continue
+        if name == "mask" and endpoint.inpaint:
+            continue
         raise bad_request(f"{name}: unknown file field")
-    if "image" in form:
-        raise bad_request("image: must be sent as a file")
+    if "image" in form or "mask" in form:
+        raise bad_request(f"{'image' if 'image' in form else 'mask'}: must be sent as a file")
 
     prompt = form.get("prompt")
     if prompt is None or not prompt.strip():
@@ -375,6 +398,8 @@ def parse_generation(
     if endpoint.name == "sd3":
         model = _choice(form, "model", SD3_MODELS, "sd3.5-large")
 
+    if endpoint.inpaint:
+        return _inpainting(endpoint, form, files, prompt, seed, output_format)
     image_part = files.get("image") if endpoint.takes_image else None
     strength = _number(form, "strength", 0, 1)
     if endpoint.name == "sd3":
@@ -406,6 +431,44 @@ def parse_generation(
         output_format=output_format,
         image=image,
         model=model,
+    )
+
+
+def _inpainting(
+    endpoint: EndpointSpec,
+    form: dict[str, str],
+    files: dict[str, FileStorage],
+    prompt: str,
+    seed: int,
+    output_format: str,
+) -> GenerationRequest:
+    """An /edit/inpaint request, validated: the image, and a mask of its size or its
+    alpha channel; the answer keeps the image's size."""
+    if "image" not in files:
+        raise bad_request("image: required")
+    if "grow_mask" in form:
+        _number(form, "grow_mask", 0, 100)
+    image = _read_image(files["image"])
+    if "mask" in files:
+        mask = _read_image(files["mask"], "mask")
+        if (mask.width, mask.height) != (image.width, image.height):
+            raise bad_request(
+                f"mask: must be the image's size, {image.width}x{image.height}; "
+                f"got {mask.width}x{mask.height}"
+            )
+    else:
+        with Image.open(io.BytesIO(image.data)) as opened:
+            if "A" not in opened.getbands() and "transparency" not in opened.info:
+                raise bad_request("mask: required when the image has no alpha channel")
+    return GenerationRequest(
+        endpoint=endpoint,
+        prompt=prompt,
+        width=image.width,
+        height=image.height,
+        seed=seed,
+        output_format=output_format,
+        image=image,
+        model=None,
     )
 
 
@@ -497,10 +560,16 @@ class StabilitySimulator(Simulator):
         if config.api_key is not None and token != config.api_key:
             raise ApiError(401, "unauthorized", ["authorization: invalid API key"])
 
+    @route("POST", f"{EDIT_PREFIX}/<kind>")
+    def edit(self, kind: str) -> Response:
+        if kind != "inpaint":
+            raise ApiError(404, "not_found", [f"path: no route for POST {request.path}"])
+        return self.generate(kind)
+
     @route("POST", f"{GENERATE_PREFIX}/<kind>")
     def generate(self, kind: str) -> Response:
         endpoint = ENDPOINTS.get(kind)
-        if endpoint is None:
+        if endpoint is None or (endpoint.inpaint and not request.path.startswith(EDIT_PREFIX)):
             raise ApiError(404, "not_found", [f"path: no route for POST {request.path}"])
         too_large = (request.content_length or 0) > MAX_BODY_BYTES
         form: dict[str, str] = {}

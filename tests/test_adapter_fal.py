@@ -302,7 +302,7 @@ def test_upstream_field_names_map_back_to_client_params(sim: str) -> None:
         ({"user": "u-1"}, "user"),
         ({"extra": {"output_compression": 50}}, "output_compression"),
         ({"extra": {"moderation": "low"}}, "moderation"),
-        ({"image": "https://example.com/ref.png"}, "image"),
+        ({"model": HUNYUAN, "image": "https://example.com/ref.png"}, "image"),
         ({"width": None, "height": None, "aspect_ratio": "2:1"}, "aspect_ratio"),
         ({"output_format": "webp"}, "output_format"),
         ({"n": 5}, "n"),

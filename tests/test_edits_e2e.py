@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from simulators.openai_edits import register
 from simulators.openai_images import OpenAISimulator
 from simulators.state import SimConfig
 from tests.conftest import SIM_KEY
+from tests.support.openai_schema import openai_schema
 from tests.support.sim import sent_with, tagged
 from workers.adapters import adapter_for
 from workers.adapters.base import CallContext
@@ -47,7 +47,6 @@ from workers.adapters.openai_edits import OpenAIEditsAdapter
 from workers.http import UpstreamHTTP
 from workers.pipeline import build_request
 
-OPENAI_SCHEMA = Path(__file__).resolve().parents[2] / "shared/reference/openai-images-openapi.json"
 CATALOG = load_catalog()
 TESTCARD = "local/testcard"
 RED, BLUE = (220, 20, 20), (20, 20, 220)
@@ -70,14 +69,9 @@ def mask_png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def images_response_schema() -> dict[str, Any]:
-    """OpenAI's ImagesResponse, with its $refs resolvable (extra fields allowed, as there)."""
-    if not OPENAI_SCHEMA.exists():
-        pytest.fail(
-            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
-        )
-    document = json.loads(OPENAI_SCHEMA.read_text())
-    schema = document["components"]["schemas"]["ImagesResponse"]
-    return {**schema, "components": document["components"]}
+    """OpenAI's ImagesResponse, with its $refs resolvable (extra fields allowed, as there;
+    ``size`` any WxH: see tests/support/openai_schema.py)."""
+    return openai_schema("ImagesResponse")
 
 
 def _decoded(item: Any) -> Image.Image:
@@ -189,12 +183,7 @@ def test_sdk_json_edit_with_a_data_url(client: OpenAI) -> None:
 
 
 def test_sdk_streamed_edit_sends_image_edit_events(client: OpenAI) -> None:
-    if not OPENAI_SCHEMA.exists():
-        pytest.fail(
-            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
-        )
-    document = json.loads(OPENAI_SCHEMA.read_text())
-    schema = {"$ref": "#/components/schemas/ImageEditStreamEvent", **document}
+    schema = openai_schema("ImageEditStreamEvent")
     events = list(
         client.images.edit(
             model=TESTCARD,
@@ -287,10 +276,8 @@ def test_sdk_errors_name_the_part(client: OpenAI) -> None:
             prompt="p",
         )
     assert caught.value.body["param"] == "image[1]"
-    if OPENAI_SCHEMA.exists():  # OpenAI's error envelope, the gateway's extras allowed
-        document = json.loads(OPENAI_SCHEMA.read_text())
-        schema = {"$ref": "#/components/schemas/ErrorResponse", **document}
-        jsonschema.validate(caught.value.response.json(), schema)
+    # OpenAI's error envelope, the gateway's extras allowed
+    jsonschema.validate(caught.value.response.json(), openai_schema("ErrorResponse"))
     with pytest.raises(openai.BadRequestError) as caught:
         client.images.edit(
             model=TESTCARD,

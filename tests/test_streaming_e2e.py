@@ -12,7 +12,6 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -30,25 +29,16 @@ from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import create_key
 from tests.support.jobs import make_job
+from tests.support.openai_schema import openai_schema
 from tests.support.sim import fault, sent_with, tagged
 
-OPENAI_SCHEMA = Path(__file__).resolve().parents[2] / "shared/reference/openai-images-openapi.json"
 GPT_PRICE = 167_000  # gpt-image-1 with no quality: charged as high (0.167), micro-units
 
 
 @pytest.fixture(scope="module")
 def schemas() -> dict[str, dict[str, Any]]:
     """OpenAI's stream-event and error schemas, with their $refs resolvable."""
-    if not OPENAI_SCHEMA.exists():
-        pytest.fail(
-            f"OpenAI's published schema is missing: {OPENAI_SCHEMA} (CI lays shared/ beside the checkout)"
-        )
-    document = json.loads(OPENAI_SCHEMA.read_text())
-    components = document["components"]
-    return {
-        name: {**components["schemas"][name], "components": components}
-        for name in ("ImageGenStreamEvent", "ErrorResponse")
-    }
+    return {name: openai_schema(name) for name in ("ImageGenStreamEvent", "ErrorResponse")}
 
 
 def _check_event(event: dict[str, Any], schemas: dict[str, dict[str, Any]]) -> None:

@@ -76,11 +76,15 @@ def _missing_tools_message(missing: list[str]) -> str:
     )
 
 
-def ensure_installed(cache_dir: Path = CACHE_DIR) -> Path:
-    """Install the pinned packages into ``cache_dir`` unless done; return the package dir."""
-    spec = PACKAGE_JSON.read_bytes()
+def ensure_installed(
+    cache_dir: Path = CACHE_DIR, *, package_json: Path = PACKAGE_JSON, package: str = PACKAGE
+) -> Path:
+    """Install the packages pinned in ``package_json`` into ``cache_dir`` unless done;
+    return the directory of ``package`` (other test tools installed with npm use it too:
+    tests/support/openai_node.py)."""
+    spec = package_json.read_bytes()
     marker = cache_dir / ".installed"
-    package_dir = cache_dir / "node_modules" / PACKAGE
+    package_dir = cache_dir / "node_modules" / package
     digest = hashlib.sha256(spec).hexdigest()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".install.lock", "w") as lock:

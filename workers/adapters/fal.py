@@ -24,14 +24,21 @@ Field mapping (gateway request -> fal input):
 
 * ``prompt`` -> ``prompt``; ``n`` -> ``num_images`` (at most
   ``options.max_images``, default 4: one submission, no fan-out);
-* clamped size -> ``image_size: {"width", "height"}``; for models whose size
+* clamped size -> ``image_size: {"width", "height"}`` (none with
+  ``options.image_size = false``: an inpainting app keeps the image's size); for models whose size
   rule is an aspect-ratio enum, ``aspect_ratio`` -> the fal preset of that
   ratio (``1:1`` ``square_hd``, ``4:3`` ``landscape_4_3``, ``3:4``
   ``portrait_4_3``, ``16:9`` ``landscape_16_9``, ``9:16`` ``portrait_16_9``);
 * ``seed`` -> ``seed``; ``output_format`` (``jpeg``/``png``) -> ``output_format``;
 * ``image`` (URL or data URL) -> the field named by ``options.image_field``
-  (``image_url``, or ``image_urls`` as a one-item list) -- only for models that
-  set it;
+  (``image_url``, or ``image_urls`` as a list: an edit's images in order, up to
+  the catalog's ``max_reference_images``) -- only for models that set it; a
+  request with input images goes to ``options.edit_app`` when the model's
+  image-to-image input is another fal app (``fal-ai/z-image/turbo`` ->
+  ``fal-ai/z-image/turbo/image-to-image``);
+* an edit's ``mask`` -> ``options.mask_field`` (e.g. ``mask_url``) as a PNG
+  data URL painted white where to repaint
+  (:func:`workers.adapters.masks.painted_mask`); without one it is a 400;
 * always ``enable_safety_checker: true`` and ``sync_mode: false``; fixed
   per-model inputs from ``options.input`` (e.g. ``num_inference_steps``);
 * any other request field (quality, style, background, user, moderation,
@@ -65,6 +72,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from pydantic import StrictBool
 
 from shared.errors import (
     INVALID_VALUE,
@@ -74,6 +82,7 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
+from shared.uploads import data_url
 from workers.adapters.base import (
     AdapterOptions,
     CallContext,
@@ -84,6 +93,7 @@ from workers.adapters.base import (
     Seconds,
 )
 from workers.adapters.common import fields_set, image_of, malformed, unsupported
+from workers.adapters.masks import painted_mask
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
 POLL_INTERVAL = 0.5  # seconds before the first status poll
@@ -113,6 +123,7 @@ CLIENT_PARAM = {
     "image_size": "size",
     "image_url": "image",
     "image_urls": "image",
+    "mask_url": "mask",
     "prompt": "prompt",
     "seed": "seed",
     "output_format": "output_format",
@@ -131,6 +142,12 @@ class FalOptions(AdapterOptions):
     image_field: str | None = None
     """Where a reference image goes (``image_url``, or ``image_urls`` as a list); unset:
     the model takes none."""
+    edit_app: str | None = None
+    """The fal app that takes the input images, when not the model's own (``upstream``)."""
+    mask_field: str | None = None
+    """Where an edit's mask goes (painted white where to repaint); unset: no mask."""
+    image_size: StrictBool = True
+    """False: the app takes no ``image_size`` (an inpainting app keeps the image's)."""
     input: dict[str, Any] = {}
     """Fixed inputs sent with every request (e.g. ``num_inference_steps``)."""
 
@@ -139,7 +156,7 @@ class FalAdapter:
     options_model = FalOptions
 
     def generate(self, request: ImageRequest, ctx: CallContext) -> ImageResult:
-        body = build_input(request)
+        body = build_input(request, ctx)
         http = dataclasses.replace(ctx.http, error_parser=parse_fal_error)
         auth = {"Authorization": f"Key {ctx.api_key}"}
         options = FalOptions.of(request.model)
@@ -147,9 +164,10 @@ class FalAdapter:
         headers = dict(auth)
         if (left := int(http.remaining())) >= 2:
             headers["X-Fal-Request-Timeout"] = str(left)
-        submitted = http.request(
-            "POST", f"{ctx.base_url}/{request.model.upstream}", json_body=body, headers=headers
-        )
+        app = request.model.upstream
+        if request.image is not None and options.edit_app:
+            app = options.edit_app  # the model's image-to-image app
+        submitted = http.request("POST", f"{ctx.base_url}/{app}", json_body=body, headers=headers)
         handle = _Handle.from_submit(http.json(submitted), submitted, ctx.base_url, request)
 
         completed = False
@@ -255,7 +273,7 @@ def same_origin(url: str, base_url: str) -> bool:
     )
 
 
-def build_input(request: ImageRequest) -> dict[str, Any]:
+def build_input(request: ImageRequest, ctx: CallContext | None = None) -> dict[str, Any]:
     """The fal model input for ``request``; InvalidRequest for what fal cannot take."""
     options = FalOptions.of(request.model)
     given = fields_set(request)
@@ -271,7 +289,9 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
             code=INVALID_VALUE,
         )
     body: dict[str, Any] = {"prompt": request.prompt, "num_images": request.n}
-    if request.width is not None and request.height is not None:
+    if not options.image_size:
+        pass  # the output follows the input image
+    elif request.width is not None and request.height is not None:
         body["image_size"] = {"width": request.width, "height": request.height}
     elif request.aspect_ratio is not None:
         preset = PRESETS.get(request.aspect_ratio)
@@ -298,7 +318,12 @@ def build_input(request: ImageRequest) -> dict[str, Any]:
         image_field = options.image_field
         if not image_field:
             raise _unsupported("image", request)
-        body[image_field] = [request.image] if image_field.endswith("s") else request.image
+        images = request.images or (request.image,)
+        body[image_field] = list(images) if image_field.endswith("s") else images[0]
+    if request.mask is not None:
+        if not options.mask_field or ctx is None:
+            raise _unsupported("mask", request)
+        body[options.mask_field] = data_url(painted_mask(request.mask, ctx), "image/png")
     body.update({k: v for k, v in options.input.items() if k not in body})
     body["enable_safety_checker"] = True
     body["sync_mode"] = False

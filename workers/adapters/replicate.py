@@ -40,7 +40,14 @@ Field mapping (gateway request -> ``input``), driven by the catalog entry's
   by ``options.output_format_values`` (default ``{jpeg = "jpg"}``);
   ``image`` (URL or data URL, the latter at most 256 KB as Replicate requires)
   -> ``options.image_field`` (default ``image``), wrapped in a list when
-  ``options.image_list`` is true (ideogram's ``style_reference_images``).
+  ``options.image_list`` is true (ideogram's ``style_reference_images``); an
+  edit's images likewise (all of them in the list, else the first: the
+  catalog's ``max_reference_images`` keeps the count within the model's);
+* an edit's ``mask`` (OpenAI's: transparent = edit) -> ``options.mask_field``
+  (sdxl and playground: ``mask``) as a PNG data URL painted
+  ``options.mask_paint`` (white, their convention) where to repaint
+  (:func:`workers.adapters.masks.painted_mask`); a model without a
+  ``mask_field`` refuses it naming ``mask``.
   Each only when the catalog lists it in the model's ``params``.
 * ``user`` is dropped (Replicate has no end-user field), and so are the fields
   named in ``options.ignored_params`` (seed 004's OpenAI-style quality/style
@@ -84,6 +91,7 @@ from shared.errors import (
     UpstreamError,
     content_policy_violation,
 )
+from shared.uploads import data_url
 from workers.adapters.base import (
     AdapterOptions,
     CallContext,
@@ -94,6 +102,7 @@ from workers.adapters.base import (
     Seconds,
 )
 from workers.adapters.common import RequestIds, fields_set, malformed, unsupported
+from workers.adapters.masks import painted_mask
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP
 
@@ -129,6 +138,8 @@ class ReplicateOptions(AdapterOptions):
     output_format_values: dict[str, str] = dict(DEFAULT_OUTPUT_FORMAT_VALUES)
     image_field: str = "image"
     image_list: StrictBool = False
+    mask_field: str | None = None  # the model's inpainting mask input (sdxl: "mask")
+    mask_paint: Literal["white", "black"] = "white"  # the colour it repaints
     ignored_params: frozenset[str] = frozenset()
     fixed_input: dict[str, Any] = {}
     poll_interval: Seconds | None = None
@@ -152,7 +163,7 @@ class ReplicateAdapter:
         model = request.model
         opts = ReplicateOptions.of(model)  # ServerError catalog_misconfigured if bad
         _reject_unsupported(request, opts)
-        base_input, sources = _build_input(request, opts)
+        base_input, sources = _build_input(request, opts, ctx)
         target = _target(model, ctx.base_url)
         http = dataclasses.replace(ctx.http, error_parser=replicate_error_parser(sources))
         run = _Runner(ctx, target, opts)
@@ -206,7 +217,7 @@ def _reject_unsupported(request: ImageRequest, opts: ReplicateOptions) -> None:
 
 
 def _build_input(
-    request: ImageRequest, opts: ReplicateOptions
+    request: ImageRequest, opts: ReplicateOptions, ctx: CallContext | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The prediction ``input`` (without the count) and upstream field -> gateway param."""
     body: dict[str, Any] = dict(opts.fixed_input)
@@ -241,9 +252,20 @@ def _build_input(
         )
         sources["output_format"] = "output_format"
     if request.image:
-        _check_image(request.image)
-        body[opts.image_field] = [request.image] if opts.image_list else request.image
+        images = request.images or (request.image,)  # an edit's, or a generation's one
+        for image in images:
+            _check_image(image)
+        body[opts.image_field] = list(images) if opts.image_list else images[0]
         sources[opts.image_field] = "image"
+    if request.mask is not None:
+        if not opts.mask_field or ctx is None:
+            raise unsupported(
+                "mask", f"The model '{request.model.id}' takes no mask (served by Replicate)."
+            )
+        mask = data_url(painted_mask(request.mask, ctx, paint=opts.mask_paint), "image/png")
+        _check_image(mask, "mask")
+        body[opts.mask_field] = mask
+        sources[opts.mask_field] = "mask"
     return body, sources
 
 
@@ -255,16 +277,16 @@ def _size_mismatch(request: ImageRequest, mode: str) -> ServerError:
     )
 
 
-def _check_image(image: str) -> None:
+def _check_image(image: str, param: str = "image") -> None:
     scheme = urlsplit(image).scheme.lower()
     if scheme not in ("http", "https", "data"):
         raise InvalidRequest(
-            "'image' must be an http(s) URL or a data URL.", param="image", code=INVALID_IMAGE
+            f"'{param}' must be an http(s) URL or a data URL.", param=param, code=INVALID_IMAGE
         )
     if scheme == "data" and len(image.encode()) > DATA_URL_MAX_BYTES:
         raise InvalidRequest(
             "Replicate takes data URLs of at most 256 KB; pass a larger image as an https URL.",
-            param="image",
+            param=param,
             code=IMAGE_TOO_LARGE,
         )
 

@@ -20,6 +20,13 @@ call, so ``n > 1`` is fanned out (:func:`workers.fanout.fan_out`). Field mapping
   plus ``strength`` (``model.options.strength``, default
   :data:`DEFAULT_STRENGTH`); ``aspect_ratio`` is then left out (the output
   follows the input image);
+* an edit on the inpainting model (``/v2beta/stable-image/edit/inpaint``):
+  the first image -> the ``image`` file part, OpenAI's ``mask`` (transparent =
+  edit) -> the ``mask`` file part painted white where to repaint
+  (:func:`workers.adapters.masks.painted_mask`); without a mask Stability
+  takes the image's alpha channel, as dall-e-2 does. No ``aspect_ratio`` or
+  ``strength`` (the output keeps the image's size); without an image it is a
+  400 naming ``image``, and a mask on any other endpoint one naming ``mask``;
 * ``user`` -> the ``stability-client-user-id`` header; ``stability-client-id``
   names the gateway;
 * ``quality`` (other than ``auto``), ``style``, ``background`` other than
@@ -62,6 +69,7 @@ from shared.errors import (
     IMAGE_TOO_LARGE,
     INVALID_IMAGE,
     INVALID_VALUE,
+    MISSING_REQUIRED_PARAMETER,
     InvalidRequest,
     ServerError,
     UpstreamError,
@@ -75,6 +83,7 @@ from workers.adapters.base import (
     ImageResult,
 )
 from workers.adapters.common import RequestIds, malformed, unsupported
+from workers.adapters.masks import painted_mask
 from workers.fanout import fan_out
 from workers.http import UpstreamFault, UpstreamHTTP, default_error_parser, request_id_of
 
@@ -97,6 +106,7 @@ _PARAM_OF_FIELD: dict[str, str | None] = {
     "seed": "seed",
     "output_format": "output_format",
     "image": "image",
+    "mask": "mask",
     "strength": "image",
     "style_preset": None,
     "model": None,
@@ -116,14 +126,17 @@ class EndpointSpec:
     formats: tuple[str, ...]
     takes_image: bool
     sends_model: bool  # sd3: `model` and `mode` form fields
+    inpaint: bool = False  # /edit/inpaint: image required, mask, no ratio or strength
 
 
 ENDPOINTS: dict[str, EndpointSpec] = {
     "ultra": EndpointSpec("ultra", ("png", "jpeg", "webp"), True, False),
     "core": EndpointSpec("core", ("png", "jpeg", "webp"), False, False),
     "sd3": EndpointSpec("sd3", ("png", "jpeg"), True, True),
+    "inpaint": EndpointSpec("inpaint", ("png", "jpeg", "webp"), True, False, inpaint=True),
 }
 _DEFAULT_PATH = "/v2beta/stable-image/generate/{kind}"
+_INPAINT_PATH = "/v2beta/stable-image/edit/inpaint"
 
 
 def stability_error_parser(response: requests.Response) -> UpstreamFault:
@@ -182,14 +195,16 @@ class StabilityAdapter:
         if request.output_format:
             fields["output_format"] = request.output_format
         files: dict[str, tuple[str, bytes] | tuple[str, bytes, str]]
-        if request.image is not None:
+        if spec.inpaint:
+            files = _inpainting(request, ctx)
+        elif request.image is not None:
             data, content_type = _reference_image(request.image, ctx)
             fields["strength"] = str(options.strength)
             files = {"image": (f"image.{_EXTENSIONS.get(content_type, 'bin')}", data, content_type)}
         else:
             fields["aspect_ratio"] = _aspect_ratio(request)
             files = {"none": ("", b"")}
-        if spec.sends_model:
+        if spec.sends_model:  # (sd3)
             fields["model"] = request.model.upstream
             fields["mode"] = "image-to-image" if request.image is not None else "text-to-image"
         headers = {"Authorization": f"Bearer {ctx.api_key}", "Accept": "image/*"}
@@ -226,14 +241,15 @@ def _endpoint(model: Model, options: StabilityOptions) -> EndpointSpec:
     if spec is None:
         raise ServerError(
             f"The catalog entry '{model.id}' names no Stability endpoint "
-            "(options.endpoint must end in /ultra, /core or /sd3).",
+            "(options.endpoint must end in /ultra, /core, /sd3 or /inpaint).",
             code=CATALOG_MISCONFIGURED,
         )
     return spec
 
 
 def _path(options: StabilityOptions, spec: EndpointSpec) -> str:
-    path = options.endpoint or _DEFAULT_PATH.format(kind=spec.kind)
+    default = _INPAINT_PATH if spec.inpaint else _DEFAULT_PATH.format(kind=spec.kind)
+    path = options.endpoint or default
     return path if path.startswith("/") else f"/{path}"
 
 
@@ -266,6 +282,27 @@ def _refuse_unsupported(request: ImageRequest, spec: EndpointSpec) -> None:
         )
     if request.image is not None and not spec.takes_image:
         raise refuse("image", "does not take a reference image")
+    if request.mask is not None and not spec.inpaint:
+        raise refuse("mask", "takes no mask (Stability's inpainting model does)")
+    if spec.inpaint and request.image is None:
+        raise InvalidRequest(
+            f"'{request.model.id}' repaints an image: send it to POST /v1/images/edits with "
+            "the image and a mask (or an image whose transparent pixels are the mask).",
+            param="image",
+            code=MISSING_REQUIRED_PARAMETER,
+        )
+
+
+def _inpainting(request: ImageRequest, ctx: CallContext) -> dict[str, tuple[str, bytes, str]]:
+    """The file parts of an inpainting call: the image, and OpenAI's mask painted white
+    where to repaint (without one, Stability takes the image's alpha channel, as OpenAI's
+    dall-e-2 does)."""
+    assert request.image is not None  # _refuse_unsupported
+    data, content_type = _reference_image(request.image, ctx)
+    files = {"image": (f"image.{_EXTENSIONS.get(content_type, 'bin')}", data, content_type)}
+    if request.mask is not None:
+        files["mask"] = ("mask.png", painted_mask(request.mask, ctx), "image/png")
+    return files
 
 
 def _aspect_ratio(request: ImageRequest) -> str:
