@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import time
 
 import redis
 from flask import Flask, Response, g, jsonify, request
@@ -12,7 +13,9 @@ from flask import Flask, Response, g, jsonify, request
 from api import edits, files, generations, models, usage
 from api.errors import register_error_handlers
 from api.openapi import build_openapi
+from api.readiness import readiness
 from api.services import EXTENSION, Services
+from shared import metrics
 from shared.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -39,10 +42,28 @@ def create_app(
     def _request_id() -> None:
         incoming = request.headers.get("x-request-id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+        g.metrics_route = request.url_rule.rule if request.url_rule else "unmatched"
+        g.metrics_started = time.perf_counter()
+        metrics.HTTP_IN_PROGRESS.labels(g.metrics_route).inc()
+
+    @app.teardown_request
+    def _in_progress(_exc: BaseException | None) -> None:
+        route = g.get("metrics_route")
+        if route is not None:
+            metrics.HTTP_IN_PROGRESS.labels(route).dec()
 
     @app.after_request
     def _stamp(response: Response) -> Response:
         response.headers["x-request-id"] = g.get("request_id", "")
+        started = g.get("metrics_started")
+        if started is not None:  # the model: a catalog id the endpoint resolved, or ""
+            route, model = g.metrics_route, g.get("metrics_model", "")
+            metrics.HTTP_REQUESTS.labels(
+                route, request.method, str(response.status_code), model
+            ).inc()
+            metrics.HTTP_DURATION.labels(route, request.method, model).observe(
+                time.perf_counter() - started
+            )
         key = g.get("api_key")
         if key is not None and "x-ratelimit-limit-requests" not in response.headers:
             status = g.get("ratelimit")
@@ -57,8 +78,26 @@ def create_app(
 
     @app.get("/healthz")
     def healthz():
+        """Liveness: this process answers and reaches Redis (cheap; see /readyz)."""
         app.extensions[EXTENSION].redis.ping()
         return {"ok": True}
+
+    @app.get("/readyz")
+    def readyz():
+        """Readiness: Redis answers, storage takes a write, and every family that must
+        be served has a live worker (api/readiness.py); 503 naming what is missing."""
+        missing = readiness(app.extensions[EXTENSION])
+        if missing:
+            return {"ready": False, "missing": missing}, 503
+        return {"ready": True, "missing": []}
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        """Prometheus' text format: every process of this host (shared/metrics.py) and
+        the cluster's gauges read from Redis now."""
+        svc = app.extensions[EXTENSION]
+        body = metrics.exposition([svc.cluster_collector])
+        return Response(body, mimetype=None, content_type=metrics.CONTENT_TYPE)
 
     document = build_openapi(default_model=settings.default_model)
 

@@ -247,6 +247,7 @@ def _identity_encoding() -> None:
 
 def _real_model(model_id: str | None, operation: str, svc: Services) -> Model:
     target = svc.catalog.resolve(model_id or svc.settings.default_model)
+    g.metrics_model = target.id  # a catalog id: a bounded label (shared.metrics)
     if isinstance(target, VirtualModel):
         raise InvalidRequest(
             f"'{target.id}' is a virtual model; {operation} need a real model (GET /v1/models).",

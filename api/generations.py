@@ -196,6 +196,7 @@ def create_generation():
     body = request.get_data(cache=False)
     req, stream = _parse(body, svc, key)
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
+    g.metrics_model = target.id  # a catalog id: a bounded label (shared.metrics)
     strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []
     notes = ParamNotes()

@@ -102,6 +102,14 @@ def _write_error(sock, status_int: int, reason: str, mesg: str) -> None:
 util.write_error = _write_error
 
 
+def post_fork(_server, _worker) -> None:
+    """A new web process writes its metrics to the host's directory (shared/metrics.py),
+    before it loads the app and counts anything."""
+    from shared import metrics
+
+    metrics.activate(_settings.metrics_dir)
+
+
 def post_worker_init(worker) -> None:
     """A web process has loaded the app: check that local storage is the directory the
     workers write to (:mod:`shared.storage_marker`; a failed boot stops the server), then

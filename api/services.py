@@ -15,6 +15,7 @@ from shared.catalog import Catalog
 from shared.health import Breakers, policy_from
 from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
+from shared.metrics import ClusterCollector
 from shared.redis_client import connect
 from shared.settings import Settings
 from shared.storage import ImageStorage, storage_for
@@ -35,6 +36,7 @@ class Services:
     hub: CompletionHub
     queue: TaskQueue
     parse_limit: ParseLimit
+    cluster_collector: ClusterCollector
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis | None = None) -> Services:
@@ -47,6 +49,7 @@ class Services:
             liveness=liveness_from(settings),
         )
         catalog = settings.load_catalog()
+        queue = TaskQueue(settings, client)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -57,8 +60,9 @@ class Services:
             breakers=Breakers(client, policy_from(settings)),
             storage=storage_for(settings, client),
             hub=CompletionHub(client, jobs),
-            queue=TaskQueue(settings, client),
+            queue=queue,
             parse_limit=ParseLimit.for_settings(client, settings),
+            cluster_collector=ClusterCollector(client, catalog, queue.broker_redis),
         )
 
 

@@ -46,7 +46,7 @@ from decimal import Decimal, InvalidOperation
 
 import redis
 
-from shared import jobrecord, lua
+from shared import jobrecord, lua, metrics
 from shared.catalog import MICROS_PER_UNIT, Catalog, Model, Tier
 from shared.errors import InsufficientBalance, PermissionDenied, RateLimited
 from shared.keys import ApiKey
@@ -306,6 +306,8 @@ class Accounts:
                 f"{format_money(balance)}.",
             )
         balance = None if key.unlimited else int(reply[1])
+        if not key.unlimited and cost:
+            metrics.MONEY_RESERVED.labels(model.id).inc(cost)
         used = [int(v) for v in reply[2:]]
         status = None
         if windows:

@@ -257,6 +257,14 @@ class Settings(_Variables):
         0, validation_alias="IMAGEGATE_BROKER_VISIBILITY_TIMEOUT_SECONDS"
     )
     log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
+    # Observability (shared/metrics.py, shared/logs.py, api/app.py's /readyz).
+    # Where this host's processes keep their Prometheus samples; empty: a directory
+    # under the system's temporary directory.
+    metrics_dir: str = ""
+    log_format: Literal["text", "json"] = "text"
+    log_prompts: Flag = False  # JSON logs: may a line carry a job's prompt?
+    # Families /readyz wants a live worker for; empty: those this process has a key for.
+    ready_families: Annotated[tuple[str, ...], NoDecode, _split(",")] = ()
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
     worker_concurrency: Cap = 0
     worker_processes: Cap = 0  # per Procfile worker line (workers/launch.py); 0 = 2 / 1

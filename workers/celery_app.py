@@ -32,6 +32,7 @@ import math
 from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, worker_ready
 
+from shared import metrics
 from shared.broker import transport_for
 from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
@@ -77,6 +78,13 @@ app.conf.update(
     worker_send_task_events=False,
     task_default_queue="local",
 )
+
+
+@celeryd_init.connect
+def _metrics_to_the_host_directory(**_: object) -> None:
+    """Samples go to the host's metrics directory, which /metrics (or ``imagegate
+    metrics-serve``) merges (shared/metrics.py). First: nothing is counted yet."""
+    metrics.activate(settings.metrics_dir)
 
 
 @celeryd_init.connect

@@ -61,6 +61,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from shared import metrics
 from shared.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -362,6 +363,10 @@ class UpstreamHTTP:
     # an SSRF-guarded one (shared.netguard.safe_session), since their URLs come from
     # an upstream's answer or a client, not from our configuration.
     fetch_session: requests.Session | None = None
+    # Labels of the exchanges in shared.metrics; ``metered=False``: not an upstream (a
+    # client's reference image URL), not counted.
+    model: str = ""
+    metered: bool = True
 
     def __post_init__(self) -> None:
         watch(self.session)
@@ -517,6 +522,30 @@ class UpstreamHTTP:
         self, session, method, url, json_body, data, files, headers, params
     ) -> requests.Response:
         timeout = self._timeout()
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            response = self._exchange(
+                session, method, url, json_body, data, files, headers, params, timeout
+            )
+            status = response.status_code
+        finally:
+            if self.metered:
+                metrics.UPSTREAM_REQUESTS.labels(
+                    self.provider, self.model, metrics.status_class(status)
+                ).inc()
+                metrics.UPSTREAM_DURATION.labels(self.provider, self.model).observe(
+                    time.perf_counter() - started
+                )
+        if response.status_code in RETRY_STATUSES:
+            raise RetryableStatus(response)
+        if not 200 <= response.status_code < 300:
+            raise self._translate(response)
+        return response
+
+    def _exchange(
+        self, session, method, url, json_body, data, files, headers, params, timeout
+    ) -> requests.Response:
         with wall_clock(self._attempt_limit()):
             response = session.request(
                 method,
@@ -531,10 +560,6 @@ class UpstreamHTTP:
                 stream=True,
             )
             self._read_body(response)
-        if response.status_code in RETRY_STATUSES:
-            raise RetryableStatus(response)
-        if not 200 <= response.status_code < 300:
-            raise self._translate(response)
         return response
 
     def _read_body(self, response: requests.Response) -> None:
@@ -632,6 +657,8 @@ class UpstreamHTTP:
         return delay
 
     def _sleep(self, seconds: float) -> None:
+        if self.metered:
+            metrics.UPSTREAM_RETRIES.labels(self.provider, self.model).inc()
         time.sleep(seconds)
 
     def _translate(self, response: requests.Response, *, download: bool = False) -> Exception:

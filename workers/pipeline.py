@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 
+from shared import metrics
 from shared.capacity import Lease
 from shared.catalog import Family, Model
 from shared.errors import (
@@ -84,8 +85,20 @@ def run_job(
         return Outcome(job_id, claim.outcome)
     if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
-    with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
-        outcome = _run_claimed(claim.job, claim.attempt, ctx, handoff)
+    job = claim.job
+    if claim.waited is not None:
+        metrics.JOB_QUEUE_SECONDS.labels(job.family).observe(max(0.0, claim.waited))
+    running = metrics.JOBS_RUNNING.labels(job.family)
+    running.inc()
+    started = time.perf_counter()
+    try:
+        with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps it fresh
+            outcome = _run_claimed(job, claim.attempt, ctx, handoff)
+    finally:
+        running.dec()
+    metrics.JOB_RUN_SECONDS.labels(job.model, job.family, outcome.status).observe(
+        time.perf_counter() - started
+    )
     if outcome.status in ("succeeded", "failed", "timed_out", "superseded"):
         _release_upload(job_id, ctx, claim.job, ended=outcome.status == "succeeded")
     return outcome
@@ -123,7 +136,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
     try:
         images = _generate(job, ctx, attempt)
     except DeadlineExceeded:
-        ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id)
+        ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id, job=job)
         log.warning("job %s timed out at its deadline", job_id)
         return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
@@ -135,7 +148,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         )
         if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
             return Outcome(job_id, "handed_off", attempt)
-        ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id)
+        ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id, job=job)
         log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
         return Outcome(job_id, "failed", attempt)
     except redis.RedisError as exc:
@@ -153,9 +166,10 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
                 f"The gateway failed while generating. Job id: {job_id}.", code="internal_error"
             ),
             key_id=job.key_id,
+            job=job,
         )
         return Outcome(job_id, "failed", attempt)
-    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id):
+    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id, job=job):
         log.info(
             "job %s succeeded: model=%s images=%d size=%s in %.2fs",
             job_id,
@@ -261,6 +275,7 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
         max_retries=ctx.settings.upstream_max_retries,
         attempt_timeout=ctx.settings.upstream_attempt_timeout_seconds,
         error_parser=default_error_parser,
+        model=model.id,
     )
     keys = ctx.settings.credentials_for(family.key_env)
     lease = _take_slot(job, family, keys, ctx)
@@ -276,6 +291,7 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
             session=ctx.client_session(),
             fetch_session=ctx.client_session(),
             provider="the client's URL",
+            metered=False,
         ),
         progress=_progress_sink(job, ctx),
     )
@@ -289,8 +305,14 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
         request.n,
     )
     breakers = [model_breaker(model.id)] + ([key_breaker(family.name, key_index)] if keys else [])
+    upstream_started = time.perf_counter()
     try:
-        result = adapter.generate(request, call)
+        try:
+            result = adapter.generate(request, call)
+        finally:
+            metrics.JOB_UPSTREAM_SECONDS.labels(model.id, family.name).observe(
+                time.perf_counter() - upstream_started
+            )
         stored = _store(job, result, http, ctx, request, attempt)
     except UpstreamError:
         for name in breakers:
@@ -420,6 +442,8 @@ def _store_each(
         checked = check_image(data, provider=http.provider, want_format=request.output_format)
         key = f"{prefix}/{index}.{checked.extension}"
         ctx.storage.put(key, checked.data, checked.content_type)
+        metrics.IMAGES_STORED.labels(request.model.id).inc()
+        metrics.IMAGE_BYTES_STORED.labels(request.model.id).inc(len(checked.data))
         stored.append(
             StoredImage(
                 key=key,

@@ -17,7 +17,9 @@
 --   now            '' = Redis' clock, else a test's unix time (a string)
 --   done_channel   where the job's id is published
 --   ledger_maxlen  the ledger stream's approximate length cap
--- Returns 1 if this call ended the job, else 0.
+-- Returns 0 if this call did not end the job; if it did, {1, settled, refunded,
+-- unlimited}: the micro-units its settlement spent and gave back ('' for an unbilled job)
+-- and '1' for a key without a balance (shared.metrics counts the money).
 
 -- #include _clock.lua
 -- #include _terminal.lua
@@ -33,4 +35,5 @@ if a.overdue_only and tonumber(now) < tonumber(redis.call('HGET', k.job, 'deadli
   return 0
 end
 end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel, a.ledger_maxlen)
-return 1
+return {1, redis.call('HGET', k.job, 'settled') or '', redis.call('HGET', k.job, 'refunded') or '',
+  redis.call('HGET', k.job, 'unlimited') or ''}
