@@ -378,6 +378,13 @@ def exposition(collectors: Iterable[Collector]) -> bytes:
     return generate_latest(registry)
 
 
+def exposition_of_directory(path: str) -> str:
+    """The text format of every sample in a metrics directory (tests, tools)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostCollector(path))
+    return generate_latest(registry).decode()
+
+
 class _Own(Collector):
     """This process's own metrics (not activated: tests, a single process)."""
 
