@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import secrets
 import time
@@ -15,7 +14,7 @@ from api.errors import register_error_handlers
 from api.openapi import build_openapi
 from api.readiness import readiness
 from api.services import EXTENSION, Services
-from shared import metrics
+from shared import logs, metrics
 from shared.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -27,9 +26,7 @@ def create_app(
     """The web application; ``redis_client`` replaces the one built from
     ``settings.redis_url`` (the fast tests pass a ``fakeredis`` client)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings, "web")  # gunicorn's JSON config, when set, was there first
     # No static route: Flask's default one would serve the working directory's static/.
     app = Flask("imagegate", static_folder=None)
     # "//v1/models" is an unknown URL (404 JSON), not a 308 whose Location comes from Host.
@@ -42,6 +39,7 @@ def create_app(
     def _request_id() -> None:
         incoming = request.headers.get("x-request-id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else "req_" + secrets.token_hex(12)
+        g.log_token = logs.bind(request_id=g.request_id)  # on every line of this request
         g.metrics_route = request.url_rule.rule if request.url_rule else "unmatched"
         g.metrics_started = time.perf_counter()
         metrics.HTTP_IN_PROGRESS.labels(g.metrics_route).inc()
@@ -51,6 +49,12 @@ def create_app(
         route = g.get("metrics_route")
         if route is not None:
             metrics.HTTP_IN_PROGRESS.labels(route).dec()
+        token = g.pop("log_token", None)
+        if token is not None:
+            try:
+                logs.unbind(token)
+            except ValueError:  # a streamed answer ends in another context
+                pass
 
     @app.after_request
     def _stamp(response: Response) -> Response:

@@ -58,6 +58,7 @@ from api.services import Services, services
 from api.streaming import stream_response
 from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
 from api.waiter import Waiter
+from shared import logs
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -197,6 +198,7 @@ def create_generation():
     req, stream = _parse(body, svc, key)
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
     g.metrics_model = target.id  # a catalog id: a bounded label (shared.metrics)
+    logs.bind(model=target.id)
     strict = svc.settings.strict_params or key.strict_params
     routes: list[Route] = []
     notes = ParamNotes()
@@ -264,6 +266,7 @@ def create_generation():
         deadline=now + budget,
         meta=meta,
     )
+    logs.bind(job_id=job.id, family=family.name)
     idempotency = _idempotency(key, svc, body, job.id)
     spec_json = _bounded_spec(job, svc)
     if upload is not None:

@@ -24,6 +24,7 @@ import time
 import click
 import redis
 
+from shared import logs
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
 from shared.errors import NotFound
@@ -70,6 +71,10 @@ def _money(text: str, hint: str) -> int:
 @click.group()
 def main() -> None:
     """Administer an imagegate deployment."""
+    try:
+        logs.configure(Settings.from_env(), "cli")
+    except (SettingsError, CatalogError):
+        pass  # each command reports a bad setting itself
 
 
 @main.group()

@@ -19,6 +19,7 @@ still counted as running (the killed process's live gauge is gone).
 from __future__ import annotations
 
 import http.server
+import json
 import signal
 import threading
 import time
@@ -35,10 +36,11 @@ from shared.redis_client import connect
 from shared.settings import Settings
 from tests.conftest import create_key, start_simulator, start_worker
 from tests.support.processes import Process, RedisServer
-from tests.support.sim import fault
+from tests.support.sim import fault, sent_with
 
 MODEL = "dall-e-2"
 BUDGET = 6  # seconds: the synchronous budget of this stack
+PROMPT = "zebra-quartz-lantern"  # must never reach a log line
 
 
 class Receiver:
@@ -68,6 +70,7 @@ class Stack:
     def __init__(self, run_dir: Path, env: dict[str, str], url: str, sim: str) -> None:
         self.run_dir, self.env, self.url, self.sim = run_dir, env, url, sim
         self.workers: list[Process] = []
+        self.logs: list[Path] = []  # the web's and the workers' (killed one included)
 
     def latency(self, seconds: float) -> None:
         requests.post(f"{self.sim}/_sim/config", json={"latency": seconds}, timeout=5)
@@ -92,8 +95,12 @@ def total(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, stack_env: dict[str, str], start_gateway
+    tmp_path_factory: pytest.TempPathFactory,
+    run_dir: Path,
+    stack_env: dict[str, str],
+    start_gateway,
 ) -> Iterator[Stack]:
+    run_dir_of_session = run_dir  # where start_gateway keeps the web's log
     run_dir = tmp_path_factory.mktemp("metrics-e2e")
     redis = RedisServer(run_dir).start()
     sim_proc, sim = start_simulator(run_dir, "openai", name="metrics-simulator-openai")
@@ -104,11 +111,14 @@ def stack(
         "IMAGEGATE_BASE_URL_OPENAI": f"{sim}/v1",
         "IMAGEGATE_METRICS_DIR": str(run_dir / "metrics"),
         "IMAGEGATE_SYNC_BUDGET_SECONDS": str(BUDGET),
+        "IMAGEGATE_LOG_FORMAT": "json",
     }
     workers = [start_worker(run_dir, env, q, name=f"metrics-{q}") for q in ("openai", "webhooks")]
     url = start_gateway("metrics-web", **env)  # two gunicorn processes
     s = Stack(run_dir, env, url, sim)
     s.workers = workers
+    port = url.rsplit(":", 1)[1]
+    s.logs = [p.log_path for p in workers] + [run_dir_of_session / f"metrics-web-{port}.log"]
     yield s
     for proc in s.workers:
         proc.stop()
@@ -134,7 +144,7 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     auth = {"Authorization": f"Bearer {key['key']}"}
 
     for i in range(3):  # successes
-        client.images.generate(model=MODEL, prompt=f"ok {i}", size="256x256")
+        client.images.generate(model=MODEL, prompt=f"{PROMPT} {i}", size="256x256")
     failed = requests.post(
         gen, json={"model": MODEL, "prompt": fault(500, 3), "size": "256x256"}, headers=auth
     )
@@ -164,7 +174,8 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     )
     assert taken.status_code == 202, taken.text
     taken_id = taken.json()["id"]
-    _wait(lambda: jobs.status(taken_id) == "running")
+    # Killed once the upstream has the request: its claim and time in queue are counted.
+    _wait(lambda: bool(sent_with(stack.sim, "taken")))
     killed = stack.workers[0]
     killed.signal(signal.SIGKILL)
     killed.proc.wait(10)
@@ -210,3 +221,35 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     assert total(m, "imagegate_queue_depth", family="openai") == 0
     assert total(m, "imagegate_workers_live", family="openai") >= 1
     assert total(m, "imagegate_jobs_unfinished") == 0
+
+
+def test_json_logs_carry_the_job_fields_and_no_secret(stack: Stack) -> None:
+    key = create_key(stack.env, "logs", tier="internal", balance="unlimited")
+    client = OpenAI(api_key=key["key"], base_url=f"{stack.url}/v1", max_retries=0, timeout=60)
+    result = client.images.generate(
+        model=MODEL, prompt=f"{PROMPT} logs", size="256x256", response_format="url"
+    )
+    signed = result.data[0].url
+    assert signed and "?" in signed
+    assert requests.get(signed, timeout=10).status_code == 200
+    query = signed.split("?", 1)[1]
+    lines = [line for path in stack.logs for line in path.read_text().splitlines() if line]
+    records = []
+    for line in lines:
+        assert PROMPT not in line and key["key"] not in line and query not in line, line
+        records.append(json.loads(line))  # every line of every process: one JSON object
+    ended = [
+        r
+        for r in records
+        if r.get("logger") == "workers.pipeline"
+        and r.get("key_id") == key["id"]
+        and r.get("outcome") == "succeeded"
+    ]
+    assert len(ended) == 1
+    for field in ("job_id", "model", "family", "attempt", "duration_s"):
+        assert ended[0][field], field
+    assert ended[0]["role"] == "worker" and ended[0]["model"] == MODEL
+    web = [r for r in records if r.get("logger") == "gunicorn.access" and r.get("request_id")]
+    assert any(r["path"].startswith("/v1/files/") and r["status"] == "200" for r in web)
+    queued = [r for r in records if r.get("key_id") == key["id"] and r.get("role") == "web"]
+    assert queued and all(r["request_id"].startswith("req_") for r in queued)

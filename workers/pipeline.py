@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from shared import metrics
+from shared import logs, metrics
 from shared.capacity import Lease
 from shared.catalog import Family, Model
 from shared.errors import (
@@ -86,21 +86,31 @@ def run_job(
     if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
     job = claim.job
-    if claim.waited is not None:
-        metrics.JOB_QUEUE_SECONDS.labels(job.family).observe(max(0.0, claim.waited))
+    with logs.log_context(
+        job_id=job_id, key_id=job.key_id, model=job.model, family=job.family, attempt=claim.attempt
+    ):
+        return _run_attempt(job, claim.attempt, claim.waited, ctx, handoff)
+
+
+def _run_attempt(
+    job: Job, attempt: int, waited: float | None, ctx: WorkerContext, handoff: Handoff | None
+) -> Outcome:
+    job_id = job.id
+    if waited is not None:
+        metrics.JOB_QUEUE_SECONDS.labels(job.family).observe(max(0.0, waited))
     running = metrics.JOBS_RUNNING.labels(job.family)
     running.inc()
     started = time.perf_counter()
     try:
-        with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps it fresh
-            outcome = _run_claimed(job, claim.attempt, ctx, handoff)
+        with RUNNING.track(job_id, attempt):  # the heartbeat thread keeps it fresh
+            outcome = _run_claimed(job, attempt, ctx, handoff)
     finally:
         running.dec()
     metrics.JOB_RUN_SECONDS.labels(job.model, job.family, outcome.status).observe(
         time.perf_counter() - started
     )
     if outcome.status in ("succeeded", "failed", "timed_out", "superseded"):
-        _release_upload(job_id, ctx, claim.job, ended=outcome.status == "succeeded")
+        _release_upload(job_id, ctx, job, ended=outcome.status == "succeeded")
     return outcome
 
 
@@ -137,7 +147,7 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         images = _generate(job, ctx, attempt)
     except DeadlineExceeded:
         ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id, job=job)
-        log.warning("job %s timed out at its deadline", job_id)
+        log.warning("job %s timed out at its deadline", job_id, extra=_ended("timed_out", started))
         return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
         # Errors adapters build from a 2xx poll answer never passed workers.http's
@@ -149,7 +159,14 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
             return Outcome(job_id, "handed_off", attempt)
         ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id, job=job)
-        log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
+        log.warning(
+            "job %s failed: %s %s (%s)",
+            job_id,
+            exc.status,
+            exc.code,
+            exc.message,
+            extra=_ended("failed", started, code=exc.code),
+        )
         return Outcome(job_id, "failed", attempt)
     except redis.RedisError as exc:
         # Redis went away mid-job (a restart): the outcome cannot be recorded now, and
@@ -177,11 +194,23 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
             len(images),
             images[0].size,
             time.monotonic() - started,
+            extra=_ended("succeeded", started),
         )
         return Outcome(job_id, "succeeded", attempt)
     log.warning("job %s finished but lost its fence (a newer attempt or a timeout won)", job_id)
     _discard(images, ctx)  # this attempt's own objects: nothing refers to them
     return Outcome(job_id, "superseded", attempt)
+
+
+def _ended(outcome: str, started: float, code: str | None = None) -> dict[str, Any]:
+    """The structured fields of a line that says how an attempt ended (shared.logs)."""
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    if code:
+        fields["code"] = code
+    return fields
 
 
 def _discard(images: list[StoredImage], ctx: WorkerContext) -> None:
@@ -303,6 +332,7 @@ def _generate(job: Job, ctx: WorkerContext, attempt: int) -> list[StoredImage]:
         request.size,
         request.aspect_ratio,
         request.n,
+        extra={"prompt": request.prompt} if ctx.settings.log_prompts else None,
     )
     breakers = [model_breaker(model.id)] + ([key_breaker(family.name, key_index)] if keys else [])
     upstream_started = time.perf_counter()
