@@ -14,7 +14,7 @@ from api.errors import register_error_handlers
 from api.openapi import build_openapi
 from api.readiness import readiness
 from api.services import EXTENSION, Services
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -43,12 +43,18 @@ def create_app(
         g.metrics_route = request.url_rule.rule if request.url_rule else "unmatched"
         g.metrics_started = time.perf_counter()
         metrics.HTTP_IN_PROGRESS.labels(g.metrics_route).inc()
+        g.trace = tracing.start_request(
+            f"{request.method} {g.metrics_route}",
+            request.headers,
+            **{"http.route": g.metrics_route},
+        )
 
     @app.teardown_request
     def _in_progress(_exc: BaseException | None) -> None:
         route = g.get("metrics_route")
         if route is not None:
             metrics.HTTP_IN_PROGRESS.labels(route).dec()
+        tracing.end_request(g.pop("trace", None), g.get("status"))
         token = g.pop("log_token", None)
         if token is not None:
             try:
@@ -59,6 +65,7 @@ def create_app(
     @app.after_request
     def _stamp(response: Response) -> Response:
         response.headers["x-request-id"] = g.get("request_id", "")
+        g.status = response.status_code
         started = g.get("metrics_started")
         if started is not None:  # the model: a catalog id the endpoint resolved, or ""
             route, model = g.metrics_route, g.get("metrics_model", "")

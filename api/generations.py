@@ -58,7 +58,7 @@ from api.services import Services, services
 from api.streaming import stream_response
 from api.validation import ParamNotes, check_against_model, fit_tuning, json_budget, parse_body
 from api.waiter import Waiter
-from shared import logs
+from shared import logs, tracing
 from shared.billing import Idempotency, idempotency_key
 from shared.catalog import VirtualModel
 from shared.errors import (
@@ -254,7 +254,10 @@ def create_generation():
     else:
         meta["params"] = notes.to_meta()
     if req.user is not None:
-        meta["user"] = req.user  # recorded even where the upstream does not take it
+        meta["user"] = req.user
+    trace = tracing.carrier()  # the worker's and webhook's spans join this request's trace
+    if trace:
+        meta["trace"] = trace  # recorded even where the upstream does not take it
     job = Job(
         id=job_id,
         key_id=key.id,
@@ -274,21 +277,22 @@ def create_generation():
     try:
         # Limits, balance, idempotency and the job record in one atomic step:
         # a 429 / 402 / duplicate changes nothing.
-        admission = svc.accounts.admit(
-            key,
-            tier,
-            target,
-            job_request["n"],
-            job_key=svc.jobs.record_key(job.id),
-            job_id=job.id,
-            spec_json=spec_json,
-            deadline=job.deadline,
-            ttl=svc.jobs.ttl_for(job),
-            now=now,
-            idempotency=idempotency,
-            webhook_url=webhook_url,
-            watch=svc.jobs.watch_entry(job),
-        )
+        with tracing.span("admission", **{"imagegate.model": target.id}):
+            admission = svc.accounts.admit(
+                key,
+                tier,
+                target,
+                job_request["n"],
+                job_key=svc.jobs.record_key(job.id),
+                job_id=job.id,
+                spec_json=spec_json,
+                deadline=job.deadline,
+                ttl=svc.jobs.ttl_for(job),
+                now=now,
+                idempotency=idempotency,
+                webhook_url=webhook_url,
+                watch=svc.jobs.watch_entry(job),
+            )
     except GatewayError:
         drop_uploads(job, svc)  # refused (429, 402, 403): nothing refers to it
         raise

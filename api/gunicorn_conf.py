@@ -112,9 +112,10 @@ util.write_error = _write_error
 def post_fork(_server, _worker) -> None:
     """A new web process writes its metrics to the host's directory (shared/metrics.py),
     before it loads the app and counts anything."""
-    from shared import metrics
+    from shared import metrics, tracing
 
     metrics.activate(_settings.metrics_dir)
+    tracing.configure(_settings, "web")  # its exporter's thread belongs to this process
 
 
 def post_worker_init(worker) -> None:

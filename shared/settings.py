@@ -263,6 +263,7 @@ class Settings(_Variables):
     metrics_dir: str = ""
     log_format: Literal["text", "json"] = "text"
     log_prompts: Flag = False  # JSON logs: may a line carry a job's prompt?
+    tracing: Literal["off", "otlp"] = "off"  # OpenTelemetry (shared/tracing.py, otel extra)
     # Families /readyz wants a live worker for; empty: those this process has a key for.
     ready_families: Annotated[tuple[str, ...], NoDecode, _split(",")] = ()
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.

@@ -32,7 +32,7 @@ import math
 from celery import Celery
 from celery.signals import after_setup_logger, celeryd_init, setup_logging, worker_ready
 
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.broker import transport_for
 from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
@@ -92,6 +92,7 @@ def _metrics_to_the_host_directory(**_: object) -> None:
     """Samples go to the host's metrics directory, which /metrics (or ``imagegate
     metrics-serve``) merges (shared/metrics.py). First: nothing is counted yet."""
     metrics.activate(settings.metrics_dir)
+    tracing.configure(settings, "worker")
 
 
 @celeryd_init.connect

@@ -61,7 +61,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -525,10 +525,17 @@ class UpstreamHTTP:
         started = time.perf_counter()
         status: int | None = None
         try:
-            response = self._exchange(
-                session, method, url, json_body, data, files, headers, params, timeout
-            )
-            status = response.status_code
+            with tracing.span(
+                f"upstream {method}",
+                **{"http.request.method": method, "server.address": urlsplit(url).hostname,
+                   "imagegate.family": self.provider},
+            ) as span:  # fmt: skip
+                response = self._exchange(
+                    session, method, url, json_body, data, files, headers, params, timeout
+                )
+                status = response.status_code
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
         finally:
             if self.metered:
                 metrics.UPSTREAM_REQUESTS.labels(

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.capacity import Lease
 from shared.catalog import Family, Model
 from shared.errors import (
@@ -77,6 +77,7 @@ def run_job(
 ) -> Outcome:
     """Run one job; ``key_id`` (the job's API key id, when the task message carries it)
     saves reading it before the claim."""
+    claim_started = time.time()
     claim = ctx.jobs.claim(job_id, worker=worker, key_id=key_id)
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
@@ -86,8 +87,29 @@ def run_job(
     if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
     job = claim.job
-    with logs.log_context(
-        job_id=job_id, key_id=job.key_id, model=job.model, family=job.family, attempt=claim.attempt
+    parent = tracing.context_from(job.meta.get("trace"))
+    if parent is not None:  # the request's trace: time in the queue, then the claim
+        if claim.waited is not None:
+            tracing.past_span("queue", job.created, claim_started, parent=parent)
+        tracing.past_span("claim", claim_started, time.time(), parent=parent, attempt=claim.attempt)
+    with (
+        logs.log_context(
+            job_id=job_id,
+            key_id=job.key_id,
+            model=job.model,
+            family=job.family,
+            attempt=claim.attempt,
+        ),
+        tracing.span(
+            "job attempt",
+            parent=parent,
+            **{
+                "imagegate.job_id": job_id,
+                "imagegate.model": job.model,
+                "imagegate.family": job.family,
+                "imagegate.attempt": claim.attempt,
+            },
+        ),
     ):
         return _run_attempt(job, claim.attempt, claim.waited, ctx, handoff)
 
@@ -466,12 +488,14 @@ def _store_each(
     for index, image in enumerate(result.images[: request.n]):
         data = image.data
         if data is None and image.url:
-            data, _ = http.download(image.url, max_bytes=ctx.settings.max_image_bytes)
+            with tracing.span("download", **{"imagegate.index": index}):
+                data, _ = http.download(image.url, max_bytes=ctx.settings.max_image_bytes)
         if data is None:
             raise ServerError("An adapter returned an image with neither bytes nor URL.")
         checked = check_image(data, provider=http.provider, want_format=request.output_format)
         key = f"{prefix}/{index}.{checked.extension}"
-        ctx.storage.put(key, checked.data, checked.content_type)
+        with tracing.span("store", **{"imagegate.bytes": len(checked.data)}):
+            ctx.storage.put(key, checked.data, checked.content_type)
         metrics.IMAGES_STORED.labels(request.model.id).inc()
         metrics.IMAGE_BYTES_STORED.labels(request.model.id).inc(len(checked.data))
         stored.append(
