@@ -63,12 +63,14 @@ def past_span(name: str, start: float, end: float, *, parent: Any = None, **attr
 
 
 def carrier() -> dict[str, str]:
-    """The current trace context as W3C headers (``traceparent``), {} when there is none."""
+    """The current trace context as a W3C ``traceparent`` (55 characters), {} when there is
+    none. Only that: a client's ``tracestate`` is not kept in the job record."""
     if trace is None:
         return {}
     out: dict[str, str] = {}
     propagate.inject(out)
-    return out
+    parent = out.get("traceparent", "")
+    return {"traceparent": parent} if len(parent) == 55 else {}
 
 
 def context_from(headers: Mapping[str, str] | None) -> Any:
