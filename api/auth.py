@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import g, request
 
 from api.services import services
+from shared import logs
 from shared.keys import ApiKey
 
 
@@ -17,4 +18,5 @@ def current_key() -> ApiKey:
         plaintext = token.strip() if scheme.lower() == "bearer" else ""
         key = services().keys.authenticate(plaintext)
         g.api_key = key
+        logs.bind(key_id=key.id)  # undone with the request's own binding (api/app.py)
     return key

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 
 from api import generations
 from api.auth import current_key
@@ -60,6 +60,7 @@ from api.validation import (
     parse_body,
     validate_fields,
 )
+from shared import logs
 from shared.catalog import Model, VirtualModel
 from shared.errors import (
     INVALID_VALUE,
@@ -210,6 +211,8 @@ def _identity_encoding() -> None:
 
 def _real_model(model_id: str | None, operation: str, svc: Services) -> Model:
     target = svc.catalog.resolve(model_id or svc.settings.default_model)
+    g.metrics_model = target.id  # a catalog id: a bounded label (shared.metrics)
+    logs.bind(model=target.id)
     if isinstance(target, VirtualModel):
         raise InvalidRequest(
             f"'{target.id}' is a virtual model; {operation} need a real model (GET /v1/models).",

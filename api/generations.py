@@ -75,7 +75,7 @@ from api.validation import (
     parse_body,
 )
 from api.waiter import Waiter
-from shared import jobindex
+from shared import jobindex, logs, tracing
 from shared.billing import Admission, Idempotency, format_money, idempotency_key
 from shared.catalog import Family, Model, Tier, VirtualModel
 from shared.errors import (
@@ -234,6 +234,8 @@ def resolve(
     are fitted to each model unless strict mode is on. ``inputs``: an edit's input
     images, which the model (or each candidate) must take."""
     target = svc.catalog.resolve(req.model or svc.settings.default_model)
+    g.metrics_model = target.id  # a catalog id: a bounded label (shared.metrics)
+    logs.bind(model=target.id)
     strict = svc.settings.strict_params or key.strict_params
     if isinstance(target, VirtualModel):
         tier = svc.accounts.check_model(key, target)
@@ -350,6 +352,9 @@ def submit(target: Target, key: ApiKey, svc: Services, sub: Submission):
         meta["params"] = target.notes.to_meta()
     if sub.user is not None:
         meta["user"] = sub.user  # recorded even where the upstream does not take it
+    trace = tracing.carrier()  # the worker's and webhook's spans join this request's trace
+    if trace:
+        meta["trace"] = trace
     job = Job(
         id=sub.job_id,
         key_id=key.id,
@@ -361,6 +366,7 @@ def submit(target: Target, key: ApiKey, svc: Services, sub: Submission):
         deadline=sub.created + budget,
         meta=meta,
     )
+    logs.bind(job_id=job.id, family=target.family.name)
     idempotency = _idempotency(key, svc, sub.body, job.id)
     spec_json = _bounded_spec(job, svc)
     # An upload's price (an edit's form) and its size: the request as the endpoint left it.
@@ -376,23 +382,24 @@ def submit(target: Target, key: ApiKey, svc: Services, sub: Submission):
             svc.storage.put(ref.key, data, ref.content_type)
         # Limits, balance, idempotency and the job record in one atomic step:
         # a 429 / 402 / duplicate changes nothing.
-        admission = svc.accounts.admit(
-            key,
-            target.tier,
-            target.asked,
-            job.request["n"],
-            job_key=svc.jobs.record_key(job.id),
-            job_id=job.id,
-            spec_json=spec_json,
-            deadline=job.deadline,
-            ttl=svc.jobs.ttl_for(job),
-            now=sub.created,
-            idempotency=idempotency,
-            webhook_url=webhook_url,
-            watch=svc.jobs.watch_entry(job),
-            user=sub.user,
-            unit_price=unit,
-        )
+        with tracing.span("admission", **{"imagegate.model": target.asked.id}):
+            admission = svc.accounts.admit(
+                key,
+                target.tier,
+                target.asked,
+                job.request["n"],
+                job_key=svc.jobs.record_key(job.id),
+                job_id=job.id,
+                spec_json=spec_json,
+                deadline=job.deadline,
+                ttl=svc.jobs.ttl_for(job),
+                now=sub.created,
+                idempotency=idempotency,
+                webhook_url=webhook_url,
+                watch=svc.jobs.watch_entry(job),
+                user=sub.user,
+                unit_price=unit,
+            )
     except (GatewayError, OSError):
         drop_uploads(job, svc)  # refused (429, 402, 403), or not stored: unreferenced
         raise

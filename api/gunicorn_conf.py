@@ -28,6 +28,7 @@ if "gunicorn" in (_program.name, _program.parent.name):
     monkey.patch_all()
 
 import json  # noqa: E402
+import logging  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import secrets  # noqa: E402
@@ -62,6 +63,12 @@ accesslog = "-"
 # (whoever has the URL has the image) and has no place in a log.
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 errorlog = "-"
+if _settings.log_format == "json":  # one JSON object per line, gunicorn's own too
+    from shared.logs import ACCESS_JSON_FORMAT, gunicorn_logconfig
+
+    access_log_format = ACCESS_JSON_FORMAT
+    logconfig_dict = gunicorn_logconfig(_settings.log_level)
+    logging.captureWarnings(True)
 
 
 _CODES = {414: "request_line_too_large", 431: "request_header_too_large"}
@@ -100,6 +107,15 @@ def _write_error(sock, status_int: int, reason: str, mesg: str) -> None:
 # gunicorn's workers call util.write_error at the time of the error, so replacing it
 # here (the config is loaded in the arbiter before it forks them) covers every worker.
 util.write_error = _write_error
+
+
+def post_fork(_server, _worker) -> None:
+    """A new web process writes its metrics to the host's directory (shared/metrics.py),
+    before it loads the app and counts anything."""
+    from shared import metrics, tracing
+
+    metrics.activate(_settings.metrics_dir)
+    tracing.configure(_settings, "web")  # its exporter's thread belongs to this process
 
 
 def post_worker_init(worker) -> None:

@@ -594,6 +594,46 @@ def _paths(default_model: str) -> dict[str, Any]:
                 },
             }
         },
+        "/readyz": {
+            "get": {
+                "operationId": "readiness",
+                "summary": "Readiness: Redis answers, storage is writable, and every family "
+                "that must be served has a live worker",
+                "tags": ["operations"],
+                "security": [],
+                "parameters": [request_id],
+                "responses": {
+                    "200": {
+                        "description": "Ready.",
+                        "headers": _headers(),
+                        "content": {JSON: {"schema": READINESS}},
+                    },
+                    "503": {
+                        "description": "Not ready; ``missing`` names each missing piece.",
+                        "headers": _headers(),
+                        "content": {JSON: {"schema": READINESS}},
+                    },
+                    **_errors(500),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of this host's processes and the cluster",
+                "tags": ["operations"],
+                "security": [],
+                "parameters": [request_id],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus' text exposition format 0.0.4.",
+                        "headers": _headers(),
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(500),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "health",
@@ -835,6 +875,17 @@ def _edit_paths(default_model: str, request_id: dict[str, Any]) -> dict[str, Any
             }
         },
     }
+
+
+READINESS = {
+    "type": "object",
+    "required": ["ready", "missing"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "missing": {"type": "array", "items": {"type": "string"}},
+    },
+    "additionalProperties": False,
+}
 
 
 def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:

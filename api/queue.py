@@ -44,6 +44,11 @@ class TaskQueue:
                 else connect(settings.effective_broker_url, max_connections=2000)
             )
 
+    @property
+    def broker_redis(self) -> redis.Redis | None:
+        """The broker's Redis client (None when the broker is not Redis)."""
+        return self._redis
+
     def enqueue(self, job: Job) -> None:
         if self._redis is not None:
             args = [job.id, job.key_id]  # the key id saves the worker a read

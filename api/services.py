@@ -18,6 +18,7 @@ from shared.health import Breakers, policy_from
 from shared.history import History
 from shared.jobs import JobStore, liveness_from
 from shared.keys import KeyStore
+from shared.metrics import ClusterCollector
 from shared.redis_client import connect
 from shared.retention import ImageRetention
 from shared.settings import Settings
@@ -41,6 +42,7 @@ class Services:
     queue: TaskQueue
     parse_limit: ParseLimit
     retention: ImageRetention
+    cluster_collector: ClusterCollector
 
     @classmethod
     def build(cls, settings: Settings, client: redis.Redis | None = None) -> Services:
@@ -54,6 +56,7 @@ class Services:
         )
         catalog = settings.load_catalog()
         storage = storage_for(settings, client)
+        queue = TaskQueue(settings, client)
         return cls(
             settings=settings,
             catalog=catalog,
@@ -69,9 +72,10 @@ class Services:
             breakers=Breakers(client, policy_from(settings)),
             storage=storage,
             hub=CompletionHub(client, jobs),
-            queue=TaskQueue(settings, client),
+            queue=queue,
             parse_limit=ParseLimit.for_settings(client, settings),
             retention=ImageRetention(client, storage, settings.image_retention),
+            cluster_collector=ClusterCollector(client, catalog, queue.broker_redis),
         )
 
 

@@ -94,7 +94,7 @@ from typing import Any
 
 import redis
 
-from shared import errors, jobrecord, lua
+from shared import errors, jobrecord, lua, metrics
 from shared.catalog import MICROS_PER_UNIT, Catalog, Model, Tier
 from shared.errors import InsufficientBalance, InvalidRequest, PermissionDenied, RateLimited
 from shared.keys import ApiKey
@@ -544,6 +544,8 @@ class Accounts:
             )
         balance = None if key.unlimited else int(reply[1])
         free_images, charged = int(reply[2]), int(reply[3])
+        if not key.unlimited and charged:
+            metrics.MONEY_RESERVED.labels(model.id).inc(charged)
         used = [int(v) for v in reply[4:]]
         status = None
         if windows:

@@ -20,6 +20,7 @@
     imagegate ledger verify [KEY_ID...]   # each balance against its ledger in SQL
     imagegate models                      # the catalog, with what is usable right now
     imagegate check                       # settings, catalog, Redis and the database reachable
+    imagegate metrics-serve [--port 9464]  # Prometheus metrics of this host's processes
 
 Settings come from the same ``IMAGEGATE_*`` environment as the services.
 """
@@ -35,7 +36,7 @@ import click
 import redis
 import sqlalchemy
 
-from shared import db
+from shared import db, logs
 from shared.adminkeys import AdminKeyStore, Scope
 from shared.billing import Accounts, format_money, parse_money
 from shared.catalog import CatalogError
@@ -97,6 +98,10 @@ def _money(text: str, hint: str) -> int:
 @click.group()
 def main() -> None:
     """Administer an imagegate deployment."""
+    try:
+        logs.configure(Settings.from_env(), "cli")
+    except (SettingsError, CatalogError):
+        pass  # each command reports a bad setting itself
 
 
 @main.group()
@@ -528,6 +533,37 @@ def storage_sweep(batch: int | None) -> None:
         f"deleted {sweep.objects} objects in {sweep.folders} folders ({sweep.failed} failed); "
         f"{retention.pending()} folders still kept"
     )
+
+
+@main.command("metrics-serve")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=9464, show_default=True, type=int)
+def metrics_serve(host: str, port: int) -> None:
+    """Serve /metrics for a host without a web process: the samples of every worker process
+    of this host (IMAGEGATE_METRICS_DIR) and the cluster's gauges from Redis."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from shared import metrics
+    from shared.broker import transport_for
+
+    settings = _settings()
+    client = connect(settings.redis_url)
+    broker = settings.effective_broker_url
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics.HostCollector(metrics.directory(settings.metrics_dir)))
+    registry.register(
+        metrics.ClusterCollector(
+            client,
+            settings.load_catalog(),
+            None if transport_for(broker) is None else connect(broker),
+        )
+    )
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    click.echo(f"metrics of {metrics.directory(settings.metrics_dir)} on {host}:{port}/metrics")
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        server.shutdown()
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ from typing import Any
 import redis
 
 from shared import jobrecord as rec
-from shared import lua
+from shared import lua, metrics
 from shared.billing import settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
@@ -229,6 +229,7 @@ class Claim:
     outcome: str  # run | terminal | expired | missing | busy (another live worker runs it)
     attempt: int = 0
     job: Job | None = None
+    waited: float | None = None  # a first attempt: seconds from admission to this claim
 
     @property
     def should_run(self) -> bool:
@@ -338,14 +339,20 @@ class JobStore:
         )
         outcome = reply[0]
         if outcome != "run":
+            if outcome == "expired":
+                self._count_end(job_id, JobStatus.TIMED_OUT, None)
             return Claim(outcome)
         fields = dict(zip(reply[3::2], reply[4::2], strict=True))
         job = job_from_fields(fields)
+        attempt = int(reply[1])
+        waited = None
+        if job is not None and attempt == 1:
+            waited = float(reply[2]) - job.created
         if job is not None and now is None:
             # Redis read its clock about half way through the round trip.
             ahead = float(reply[2]) - (sent_at + time.time()) / 2
             job = replace(job, deadline=job.deadline - ahead)
-        return Claim(outcome, int(reply[1]), job)
+        return Claim(outcome, attempt, job, waited)
 
     def succeed(
         self,
@@ -355,9 +362,12 @@ class JobStore:
         *,
         key_id: str = "",
         cost: tuple[int, str] | None = None,
+        job: Job | None = None,
     ) -> bool:
         """End the job with its images; ``cost`` is what the upstream charged for it
-        (micro-units) and where that figure comes from (:data:`shared.jobrecord.COST`)."""
+        (micro-units) and where that figure comes from (:data:`shared.jobrecord.COST`);
+        ``job``: the record the caller has, for the metrics' labels (read again when not
+        given)."""
         payload = json.dumps([asdict(img) for img in images], separators=(",", ":"))
         return self._finish_with(
             job_id,
@@ -368,20 +378,36 @@ class JobStore:
             delivered=len(images),
             key_id=key_id,
             cost=cost,
+            job=job,
         )
 
     def fail(
-        self, job_id: str, attempt: int | None, error: GatewayError, *, key_id: str = ""
+        self,
+        job_id: str,
+        attempt: int | None,
+        error: GatewayError,
+        *,
+        key_id: str = "",
+        job: Job | None = None,
     ) -> bool:
         status = JobStatus.TIMED_OUT if isinstance(error, GatewayTimeout) else JobStatus.FAILED
         return self._finish_with(
-            job_id, attempt, status, "error", _error_json(error), key_id=key_id
+            job_id,
+            attempt,
+            status,
+            "error",
+            _error_json(error),
+            key_id=key_id,
+            job=job,
+            code=None if status is JobStatus.TIMED_OUT else error.code or error.error_type,
         )
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job (whatever attempt holds it); refunds it in full."""
         error = Conflict(f"The job {job_id} was canceled.", code="job_canceled")
-        return self._finish_with(job_id, None, JobStatus.CANCELED, "error", _error_json(error))
+        return self._finish_with(
+            job_id, None, JobStatus.CANCELED, "error", _error_json(error), code="job_canceled"
+        )
 
     def handoff(self, job_id: str, attempt: int, next_index: int, note: dict[str, Any]) -> bool:
         """Give a running job back to the queue for its next route (virtual models).
@@ -453,7 +479,15 @@ class JobStore:
             timeout_error=_error_json(timeout_error(job_id)),
             done_channel=DONE_CHANNEL,
         )
-        return str(reply[0])
+        action = str(reply[0])
+        if action in ("takeover", "requeue", "expired"):
+            metrics.REAPER_ACTIONS.labels(action).inc()
+        if action == "expired":
+            self._count_end(job_id, JobStatus.TIMED_OUT, None)
+        elif action == "takeover":
+            family = self._family_of(job_id)
+            metrics.TAKEOVERS.labels(family).inc()
+        return action
 
     def set_serving(self, job_id: str, model_id: str) -> None:
         self._redis.hset(rec.record_key(job_id), rec.SERVING, model_id)
@@ -513,22 +547,63 @@ class JobStore:
         now: float | None = None,
         overdue_only: bool = False,
         cost: tuple[int, str] | None = None,
+        job: Job | None = None,
+        code: str | None = None,
     ) -> bool:
-        return bool(
-            self._finish(
-                self._keys(job_id, key_id),
-                attempt="" if attempt is None else str(attempt),
-                status=status.value,
-                field=fld,
-                payload=payload,
-                delivered=delivered,
-                overdue_only=overdue_only,
-                now=_clock_arg(now),
-                done_channel=DONE_CHANNEL,
-                cost="" if cost is None else str(cost[0]),
-                cost_source="" if cost is None else cost[1],
-            )
+        reply = self._finish(
+            self._keys(job_id, key_id),
+            attempt="" if attempt is None else str(attempt),
+            status=status.value,
+            field=fld,
+            payload=payload,
+            delivered=delivered,
+            overdue_only=overdue_only,
+            now=_clock_arg(now),
+            done_channel=DONE_CHANNEL,
+            cost="" if cost is None else str(cost[0]),
+            cost_source="" if cost is None else cost[1],
         )
+        if not reply:
+            return False
+        self._count_end(job_id, status, code, job, money=reply[1:4])
+        return True
+
+    def _count_end(
+        self,
+        job_id: str,
+        status: JobStatus,
+        code: str | None,
+        job: Job | None = None,
+        money: list[str] | None = None,
+    ) -> None:
+        """Count a job this process just ended (:mod:`shared.metrics`): its outcome and
+        the money its settlement moved (read from the record when not given)."""
+        try:
+            if money is None:
+                money = self._redis.hmget(
+                    rec.record_key(job_id), rec.SETTLED, rec.REFUNDED, rec.UNLIMITED
+                )
+            if job is None:
+                job = self.get(job_id)
+        except redis.RedisError:
+            return  # the transition happened; only its count is lost
+        settled, refunded, unlimited = (str(v or "") for v in money)
+        billed = unlimited != "1"
+        metrics.job_ended(
+            job.model if job else "",
+            job.family if job else "",
+            status.value,
+            code,
+            settled=int(settled or 0) if billed else 0,
+            refunded=int(refunded or 0) if billed else 0,
+        )
+
+    def _family_of(self, job_id: str) -> str:
+        try:
+            job = self.get(job_id)
+        except redis.RedisError:
+            return ""
+        return job.family if job else ""
 
 
 def _clock_arg(now: float | None) -> str:

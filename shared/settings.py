@@ -287,6 +287,15 @@ class Settings(_Variables):
     admin_auth_failures_per_minute: Cap = 20
     admin_allowed_origins: Hosts = ()
     log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
+    # Observability (shared/metrics.py, shared/logs.py, api/app.py's /readyz).
+    # Where this host's processes keep their Prometheus samples; empty: a directory
+    # under the system's temporary directory.
+    metrics_dir: str = ""
+    log_format: Literal["text", "json"] = "text"
+    log_prompts: Flag = False  # JSON logs: may a line carry a job's prompt?
+    tracing: Literal["off", "otlp"] = "off"  # OpenTelemetry (shared/tracing.py, otel extra)
+    # Families /readyz wants a live worker for; empty: those this process has a key for.
+    ready_families: Annotated[tuple[str, ...], NoDecode, _split(",")] = ()
     # Worker pools (workers/pool.py): 0 = planned from the catalog per consumed queue.
     worker_concurrency: Cap = 0
     worker_processes: Cap = 0  # per Procfile worker line (workers/launch.py); 0 = 2 / 1

@@ -118,6 +118,8 @@ def stack_env(
         "IMAGEGATE_REDIS_URL": redis_server.url,
         "IMAGEGATE_STORAGE_DIR": str(run_dir / "images"),
         "IMAGEGATE_DATABASE_URL": f"sqlite:///{run_dir}/records.sqlite3",
+        # This session's processes only (the default is one directory per user and host).
+        "IMAGEGATE_METRICS_DIR": str(run_dir / "metrics"),
         **upstreams,
         "IMAGEGATE_UPSTREAM_MAX_RETRIES": "2",
         "IMAGEGATE_CATALOG_OVERLAYS": str(Path(__file__).parent / "data" / "test_models.toml"),

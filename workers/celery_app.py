@@ -30,8 +30,9 @@ import logging
 import math
 
 from celery import Celery
-from celery.signals import after_setup_logger, celeryd_init, worker_ready
+from celery.signals import after_setup_logger, celeryd_init, setup_logging, worker_ready
 
+from shared import logs, metrics, tracing
 from shared.broker import transport_for
 from shared.catalog import CatalogError
 from shared.memory_tuning import keep_large_buffers
@@ -80,6 +81,21 @@ app.conf.update(
 
 
 @celeryd_init.connect
+def _no_banner_in_json(instance: object = None, **_: object) -> None:
+    """JSON logs: every line is one JSON object, so no start-up banner (``celery -q``)."""
+    if settings.log_format == "json" and instance is not None:
+        instance.quiet = True  # type: ignore[attr-defined]
+
+
+@celeryd_init.connect
+def _metrics_to_the_host_directory(**_: object) -> None:
+    """Samples go to the host's metrics directory, which /metrics (or ``imagegate
+    metrics-serve``) merges (shared/metrics.py). First: nothing is counted yet."""
+    metrics.activate(settings.metrics_dir)
+    tracing.configure(settings, "worker")
+
+
+@celeryd_init.connect
 def _check_catalog(**_: object) -> None:
     """Before anything else: a catalog an adapter cannot serve stops the worker.
 
@@ -122,8 +138,20 @@ def _say_pool(**_: object) -> None:
     log_plan()
 
 
+def _json_logs(**_: object) -> None:
+    """IMAGEGATE_LOG_FORMAT=json: our handler on the root instead of Celery's (shared/logs.py)."""
+    logs.configure(settings, "worker", replace=True)
+    _quiet()
+
+
 @after_setup_logger.connect
 def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
+    for handler in logger.handlers:  # Celery's text handlers: no credentials either
+        handler.addFilter(logs.Redact())
+    _quiet()
+
+
+def _quiet() -> None:
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
     # Celery's own "Task ... received" / "... succeeded" lines repeat ours (which
@@ -131,3 +159,8 @@ def _quiet_libraries(logger: logging.Logger, **_: object) -> None:
     # Failures and retries still show: they are warnings or errors.
     logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+
+
+if settings.log_format == "json":  # connected, the signal makes Celery leave logging to us
+    setup_logging.connect(_json_logs)
+    _json_logs()  # now: Celery warns (e.g. about running as root) before it sets up logging

@@ -61,6 +61,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from shared import metrics, tracing
 from shared.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -365,6 +366,10 @@ class UpstreamHTTP:
     # Told of every request sent (method, URL without query, status or error, duration):
     # the job's timeline (shared.jobevents). Must not raise.
     on_attempt: Callable[[dict[str, Any]], None] | None = None
+    # Labels of the exchanges in shared.metrics; ``metered=False``: not an upstream (a
+    # client's reference image URL), not counted.
+    model: str = ""
+    metered: bool = True
 
     def __post_init__(self) -> None:
         watch(self.session)
@@ -520,30 +525,56 @@ class UpstreamHTTP:
         self, session, method, url, json_body, data, files, headers, params
     ) -> requests.Response:
         timeout = self._timeout()
-        started = time.time()
+        started = time.perf_counter()
+        wall_started = time.time()
+        status: int | None = None
         try:
-            with wall_clock(self._attempt_limit()):
-                response = session.request(
-                    method,
-                    url,
-                    json=json_body,
-                    data=data,
-                    files=files,
-                    headers=dict(headers or {}),
-                    params=params,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    stream=True,
+            with tracing.span(
+                f"upstream {method}",
+                **{"http.request.method": method, "server.address": urlsplit(url).hostname,
+                   "imagegate.family": self.provider},
+            ) as span:  # fmt: skip
+                response = self._exchange(
+                    session, method, url, json_body, data, files, headers, params, timeout
                 )
-                self._read_body(response)
+                status = response.status_code
+                if span is not None:
+                    span.set_attribute("http.response.status_code", status)
         except Exception as exc:
-            self._tell(method, url, started, error=type(exc).__name__)
+            self._tell(method, url, wall_started, error=type(exc).__name__)
             raise
-        self._tell(method, url, started, status=response.status_code)
+        finally:
+            if self.metered:
+                metrics.UPSTREAM_REQUESTS.labels(
+                    self.provider, self.model, metrics.status_class(status)
+                ).inc()
+                metrics.UPSTREAM_DURATION.labels(self.provider, self.model).observe(
+                    time.perf_counter() - started
+                )
+        self._tell(method, url, wall_started, status=response.status_code)
         if response.status_code in RETRY_STATUSES:
             raise RetryableStatus(response)
         if not 200 <= response.status_code < 300:
             raise self._translate(response)
+        return response
+
+    def _exchange(
+        self, session, method, url, json_body, data, files, headers, params, timeout
+    ) -> requests.Response:
+        with wall_clock(self._attempt_limit()):
+            response = session.request(
+                method,
+                url,
+                json=json_body,
+                data=data,
+                files=files,
+                headers=dict(headers or {}),
+                params=params,
+                timeout=timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            self._read_body(response)
         return response
 
     def _tell(self, method: str, url: str, started: float, **outcome: Any) -> None:
@@ -654,6 +685,8 @@ class UpstreamHTTP:
         return delay
 
     def _sleep(self, seconds: float) -> None:
+        if self.metered:
+            metrics.UPSTREAM_RETRIES.labels(self.provider, self.model).inc()
         time.sleep(seconds)
 
     def _translate(self, response: requests.Response, *, download: bool = False) -> Exception:

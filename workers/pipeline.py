@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from shared import jobevents
+from shared import jobevents, logs, metrics, tracing
 from shared.capacity import Lease
 from shared.catalog import Family, Model
 from shared.errors import (
@@ -79,6 +79,7 @@ def run_job(
 ) -> Outcome:
     """Run one job; ``key_id`` (the job's API key id, when the task message carries it)
     saves reading it before the claim."""
+    claim_started = time.time()
     claim = ctx.jobs.claim(job_id, worker=worker, key_id=key_id)
     if not claim.should_run:
         log.info("job %s not run: %s", job_id, claim.outcome)
@@ -87,10 +88,53 @@ def run_job(
         return Outcome(job_id, claim.outcome)
     if claim.job is None:  # expired between claim and read
         return Outcome(job_id, "missing")
-    with RUNNING.track(job_id, claim.attempt):  # the heartbeat thread keeps the claim fresh
-        outcome = _run_claimed(claim.job, claim.attempt, ctx, handoff)
+    job = claim.job
+    parent = tracing.context_from(job.meta.get("trace"))
+    if parent is not None:  # the request's trace: time in the queue, then the claim
+        if claim.waited is not None:
+            tracing.past_span("queue", job.created, claim_started, parent=parent)
+        tracing.past_span("claim", claim_started, time.time(), parent=parent, attempt=claim.attempt)
+    with (
+        logs.log_context(
+            job_id=job_id,
+            key_id=job.key_id,
+            model=job.model,
+            family=job.family,
+            attempt=claim.attempt,
+        ),
+        tracing.span(
+            "job attempt",
+            parent=parent,
+            **{
+                "imagegate.job_id": job_id,
+                "imagegate.model": job.model,
+                "imagegate.family": job.family,
+                "imagegate.attempt": claim.attempt,
+            },
+        ),
+    ):
+        return _run_attempt(job, claim.attempt, claim.waited, ctx, handoff)
+
+
+def _run_attempt(
+    job: Job, attempt: int, waited: float | None, ctx: WorkerContext, handoff: Handoff | None
+) -> Outcome:
+    job_id = job.id
+    if waited is not None:
+        metrics.JOB_QUEUE_SECONDS.labels(job.family).observe(max(0.0, waited))
+    running = metrics.JOBS_RUNNING.labels(job.family)
+    running.inc()
+    started = time.perf_counter()
+    try:
+        with RUNNING.track(job_id, attempt):  # the heartbeat thread keeps it fresh
+            outcome = _run_claimed(job, attempt, ctx, handoff)
+    finally:
+        running.dec()
+    metrics.JOB_RUN_SECONDS.labels(job.model, job.family, outcome.status).observe(
+        time.perf_counter() - started
+    )
     if outcome.status in ("succeeded", "failed", "timed_out", "superseded"):
-        _release_upload(job_id, ctx, claim.job, ended=outcome.status == "succeeded")
+        _release_upload(job_id, ctx, job, ended=outcome.status == "succeeded")
     return outcome
 
 
@@ -126,8 +170,8 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
     try:
         images, cost = _generate(job, ctx, attempt)
     except DeadlineExceeded:
-        ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id)
-        log.warning("job %s timed out at its deadline", job_id)
+        ctx.jobs.fail(job_id, attempt, timeout_error(job_id), key_id=job.key_id, job=job)
+        log.warning("job %s timed out at its deadline", job_id, extra=_ended("timed_out", started))
         return Outcome(job_id, "timed_out", attempt)
     except GatewayError as exc:
         # Errors adapters build from a 2xx poll answer never passed workers.http's
@@ -138,8 +182,15 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
         )
         if handoff is not None and _fall_back(job, attempt, exc, ctx, handoff):
             return Outcome(job_id, "handed_off", attempt)
-        ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id)
-        log.warning("job %s failed: %s %s (%s)", job_id, exc.status, exc.code, exc.message)
+        ctx.jobs.fail(job_id, attempt, exc, key_id=job.key_id, job=job)
+        log.warning(
+            "job %s failed: %s %s (%s)",
+            job_id,
+            exc.status,
+            exc.code,
+            exc.message,
+            extra=_ended("failed", started, code=exc.code),
+        )
         return Outcome(job_id, "failed", attempt)
     except redis.RedisError as exc:
         # Redis went away mid-job (a restart): the outcome cannot be recorded now, and
@@ -156,9 +207,10 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
                 f"The gateway failed while generating. Job id: {job_id}.", code="internal_error"
             ),
             key_id=job.key_id,
+            job=job,
         )
         return Outcome(job_id, "failed", attempt)
-    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id, cost=cost):
+    if ctx.jobs.succeed(job_id, attempt, images, key_id=job.key_id, cost=cost, job=job):
         log.info(
             "job %s succeeded: model=%s images=%d size=%s in %.2fs",
             job_id,
@@ -166,11 +218,23 @@ def _run_claimed(job: Job, attempt: int, ctx: WorkerContext, handoff: Handoff | 
             len(images),
             images[0].size,
             time.monotonic() - started,
+            extra=_ended("succeeded", started),
         )
         return Outcome(job_id, "succeeded", attempt)
     log.warning("job %s finished but lost its fence (a newer attempt or a timeout won)", job_id)
     _discard(images, ctx)  # this attempt's own objects: nothing refers to them
     return Outcome(job_id, "superseded", attempt)
+
+
+def _ended(outcome: str, started: float, code: str | None = None) -> dict[str, Any]:
+    """The structured fields of a line that says how an attempt ended (shared.logs)."""
+    fields: dict[str, Any] = {
+        "outcome": outcome,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    if code:
+        fields["code"] = code
+    return fields
 
 
 def _discard(images: list[StoredImage], ctx: WorkerContext) -> None:
@@ -296,6 +360,7 @@ def _generate(
         on_attempt=lambda entry: jobevents.record(
             ctx.redis, job.id, {**entry, "model": model.id}, ctx.jobs.ttl_for(job)
         ),
+        model=model.id,
     )
     keys = ctx.settings.credentials_for(family.key_env)
     lease = _take_slot(job, family, keys, ctx)
@@ -311,6 +376,7 @@ def _generate(
             session=ctx.client_session(),
             fetch_session=ctx.client_session(),
             provider="the client's URL",
+            metered=False,
         ),
         progress=_progress_sink(job, ctx),
     )
@@ -322,10 +388,17 @@ def _generate(
         request.size,
         request.aspect_ratio,
         request.n,
+        extra={"prompt": request.prompt} if ctx.settings.log_prompts else None,
     )
     breakers = [model_breaker(model.id)] + ([key_breaker(family.name, key_index)] if keys else [])
+    upstream_started = time.perf_counter()
     try:
-        result = adapter.generate(request, call)
+        try:
+            result = adapter.generate(request, call)
+        finally:
+            metrics.JOB_UPSTREAM_SECONDS.labels(model.id, family.name).observe(
+                time.perf_counter() - upstream_started
+            )
         stored = _store(job, result, http, ctx, request, attempt)
     except UpstreamError:
         for name in breakers:
@@ -456,12 +529,16 @@ def _store_each(
     for index, image in enumerate(result.images[: request.n]):
         data = image.data
         if data is None and image.url:
-            data, _ = http.download(image.url, max_bytes=ctx.settings.max_image_bytes)
+            with tracing.span("download", **{"imagegate.index": index}):
+                data, _ = http.download(image.url, max_bytes=ctx.settings.max_image_bytes)
         if data is None:
             raise ServerError("An adapter returned an image with neither bytes nor URL.")
         checked = check_image(data, provider=http.provider, want_format=request.output_format)
         key = f"{prefix}/{index}.{checked.extension}"
-        ctx.storage.put(key, checked.data, checked.content_type)
+        with tracing.span("store", **{"imagegate.bytes": len(checked.data)}):
+            ctx.storage.put(key, checked.data, checked.content_type)
+        metrics.IMAGES_STORED.labels(request.model.id).inc()
+        metrics.IMAGE_BYTES_STORED.labels(request.model.id).inc(len(checked.data))
         stored.append(
             StoredImage(
                 key=key,

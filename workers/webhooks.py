@@ -40,7 +40,7 @@ from typing import Any
 import redis
 import requests
 
-from shared import lua
+from shared import lua, metrics, tracing
 from shared.jobs import WEBHOOKS_DUE, Job, JobStore, redis_clock
 from shared.keys import KeyStore
 from shared.netguard import UnsafeDestination, policy_for, safe_session
@@ -98,9 +98,14 @@ def deliver(
             return "not_owner"
     state = dict(job.webhook or {"state": "pending", "attempts": []})
     try:
-        return _attempt(
-            job, state=state, settings=settings, client=client, jobs=jobs, storage=storage
-        )
+        with tracing.span(
+            "webhook delivery",
+            parent=tracing.context_from(job.meta.get("trace")),
+            **{"imagegate.job_id": job.id},
+        ):
+            return _attempt(
+                job, state=state, settings=settings, client=client, jobs=jobs, storage=storage
+            )
     finally:
         client.zrem(inflight, job_id)
 
@@ -191,6 +196,7 @@ def _attempt(
     jobs.set_webhook_state(job.id, state, keep_until=keep_until)
     if state["state"] != "retrying":
         client.zrem(WEBHOOKS_DUE, job.id)
+    metrics.WEBHOOK_DELIVERIES.labels(state["state"]).inc()  # one per attempt made
     log.info(
         "webhook for job %s attempt %d: %s -> %s",
         job.id,

@@ -21,7 +21,9 @@
 --   cost           what the upstream charged, micro-units ('' or absent = unknown);
 --                  written with cost_source before the bill is settled (_settle.lua)
 --   cost_source    upstream | usage | compute | catalog
--- Returns 1 if this call ended the job, else 0.
+-- Returns 0 if this call did not end the job; if it did, {1, settled, refunded,
+-- unlimited}: the micro-units its settlement spent and gave back ('' for an unbilled job)
+-- and '1' for a key without a balance (shared.metrics counts the money).
 
 -- #include _clock.lua
 -- #include _terminal.lua
@@ -40,4 +42,5 @@ if a.cost ~= nil and a.cost ~= '' then
   redis.call('HSET', k.job, 'cost', tostring(a.cost), 'cost_source', tostring(a.cost_source or ''))
 end
 end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel)
-return 1
+return {1, redis.call('HGET', k.job, 'settled') or '', redis.call('HGET', k.job, 'refunded') or '',
+  redis.call('HGET', k.job, 'unlimited') or ''}
