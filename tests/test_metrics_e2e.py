@@ -139,7 +139,8 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     key = create_key(stack.env, "metrics", tier="internal", balance="5.00")
     client = OpenAI(api_key=key["key"], base_url=f"{stack.url}/v1", max_retries=0, timeout=60)
     jobs = JobStore(connect(stack.env["IMAGEGATE_REDIS_URL"]))
-    price = Settings.from_env(stack.env).load_catalog().model(MODEL).price_micros
+    # the price of what these requests ask for (dall-e-2 is priced by size; shared.pricing)
+    price = Settings.from_env(stack.env).load_catalog().model(MODEL).unit_price({"size": "256x256"})
     gen = f"{stack.url}/v1/images/generations"
     auth = {"Authorization": f"Bearer {key['key']}"}
 
