@@ -258,6 +258,28 @@ class WorkerReport(_Body):
     data: list[FamilyWorkers]
 
 
+class ModelSeries(_Body):
+    jobs: list[int]
+    errors: Annotated[list[int], Field(description="Jobs that failed or timed out.")]
+    images: list[int]
+    images_per_minute: list[float]
+    error_rate: Annotated[list[float | None], Field(description="null: no jobs then.")]
+    p50: Annotated[
+        list[float | None],
+        Field(description="Seconds from admission to the end (upper bound of a histogram "
+              "bucket); null: no jobs then."),
+    ]  # fmt: skip
+    p95: list[float | None]
+
+
+class JobStats(_Body):
+    object: Literal["job_stats"]
+    window: Literal["hour", "day"]
+    step: Annotated[int, Field(description="Seconds per point: 60 (hour) or 3600 (day).")]
+    times: Annotated[list[int], Field(description="Unix start of each point, oldest first.")]
+    models: dict[str, ModelSeries]
+
+
 class AuditEntry(_Body):
     id: str
     ts: Unix
@@ -276,6 +298,6 @@ class AuditList(_Body):
 
 ADMIN_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Me, ApiKeyInfo, ApiKeyCreated, ApiKeyList, BalanceChangeAnswer, UsageReport, JobSearch,
-    JobTimeline, AdminModelList, WorkerReport, AuditList,
+    JobTimeline, AdminModelList, WorkerReport, AuditList, JobStats,
 )  # fmt: skip
 ADMIN_REQUEST_MODELS: tuple[type[BaseModel], ...] = (KeyCreate, KeyUpdate, BalanceChangeRequest)

@@ -263,6 +263,14 @@ def admin_paths() -> dict[str, Any]:
                 _ok("AdminModelList", "Every model of the catalog."),
             )
         },
+        "/admin/v1/stats": {
+            "get": _op(
+                "adminStats",
+                "Jobs, images, error rate and p50/p95 latency per model over time",
+                _ok("JobStats", "Per minute over the last hour, or per hour over the last day."),
+                params=_query(admin._StatsQuery),
+            )
+        },
         "/admin/v1/workers": {
             "get": _op(
                 "adminWorkers",

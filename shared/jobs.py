@@ -61,7 +61,7 @@ from typing import Any
 import redis
 
 from shared import jobrecord as rec
-from shared import lua
+from shared import jobstats, lua
 from shared.billing import LEDGER_MAXLEN, settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
@@ -494,7 +494,7 @@ class JobStore:
         now: float | None = None,
         overdue_only: bool = False,
     ) -> bool:
-        return bool(
+        finished = bool(
             self._finish(
                 self._keys(job_id, key_id),
                 attempt="" if attempt is None else str(attempt),
@@ -508,6 +508,9 @@ class JobStore:
                 ledger_maxlen=LEDGER_MAXLEN,
             )
         )
+        if finished:  # once per job: only the call that made it final gets here
+            jobstats.record(self._redis, job_id)
+        return finished
 
 
 def _clock_arg(now: float | None) -> str:
