@@ -31,7 +31,7 @@ from api.services import services
 from api.validation import parse_body
 from shared.adminkeys import AdminKeyStore, AuthFailures
 from shared.consolesessions import COOKIE, Session
-from shared.errors import AuthenticationFailed, NotFound
+from shared.errors import NotFound
 
 bp = Blueprint("console", __name__)
 
@@ -136,9 +136,11 @@ def sign_in() -> Response:
 
 @bp.get("/console/session")
 def whoami() -> Response:
+    """Who is signed in: a page loaded without a session is a normal state, not an error
+    (``admin`` and ``csrf_token`` are null then)."""
     session = current_session()
     if session is None:
-        raise AuthenticationFailed("Not signed in to the console.", code="console_signed_out")
+        return _json({"object": "console.session", "admin": None, "csrf_token": None})
     return _json(_who(session))
 
 

@@ -128,7 +128,8 @@ function chart(id, data, series, options = {}) {
   if (charts[id]) charts[id].destroy();
   box.querySelector(".u-empty")?.remove();
   let points = 0;
-  for (const values of data.slice(1)) points += values.filter((v) => v !== null).length;
+  // What the chart shows, for people and tests: the values that are neither missing nor 0.
+  for (const values of data.slice(1)) points += values.filter((v) => v !== null && v !== 0).length;
   box.dataset.points = String(points);
   box.dataset.series = String(series.length);
   const width = Math.max(320, box.clientWidth || 800);
@@ -139,7 +140,10 @@ function chart(id, data, series, options = {}) {
 }
 
 function line(label, i, dash) {
-  const style = { label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: false };
+  const style = {
+    label, stroke: PALETTE[i % PALETTE.length], width: 2, spanGaps: false,
+    points: { show: true, size: 6 },  // a lone minute with jobs shows too
+  };
   if (dash) style.dash = [6, 4];
   return style;
 }
@@ -299,4 +303,4 @@ async function loadWorkers() {
 
 // --- start ---------------------------------------------------------------------------
 
-call("GET", "/console/session").then(signedIn, signedOut);
+call("GET", "/console/session").then((s) => (s.admin ? signedIn(s) : signedOut()), signedOut);
