@@ -24,7 +24,8 @@ SECURITY_SCHEME = {
     "description": "An admin key (`iga-...`) from `imagegate admin-keys create`: scope `read` "
     "for every GET, `write` for changes. Customer keys are refused (401). Browsers: "
     "cross-site requests are refused (403); failed authentications are limited per client "
-    "address (429).",
+    "address (429). The operator console (`/console`) calls it with its session cookie "
+    "instead, and the session's `X-CSRF-Token` header on writes.",
 }
 
 

@@ -173,3 +173,20 @@ def test_stats_route_is_documented(http: FlaskClient, writer: str) -> None:  # n
         body = documented(answer, "/admin/v1/stats")
         assert body["window"] == window
     assert http.get("/admin/v1/stats?window=week", headers=bearer(writer)).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b'{"key": 1}', b'{"key": "iga-x", "extra": 1}', b'{"key": "' + b"a" * 300 + b'"}',
+     b"\xff\xfe", b'{"key": "<script>alert(1)</script>"}'],
+)  # fmt: skip
+def test_hostile_sign_in_bodies_are_4xx_envelopes(
+    http: FlaskClient,  # noqa: F811
+    body: bytes,
+) -> None:
+    answer = http.post("/console/session", data=body, content_type="application/json")
+    assert 400 <= answer.status_code < 500
+    error = answer.get_json()["error"]
+    assert set(error) >= {"message", "type", "code"}
+    assert "<script>" not in answer.get_data(as_text=True)
+    assert "Set-Cookie" not in answer.headers

@@ -154,7 +154,8 @@ async function loadOverview() {
   const times = stats.times;
   const pick = (field) => models.map((m) => stats.models[m][field]);
   chart("chart-images", [times, ...pick("images_per_minute")], models.map((m, i) => line(m, i)));
-  chart("chart-errors", [times, ...pick("error_rate")], models.map((m, i) => line(m, i)));
+  chart("chart-errors", [times, ...pick("error_rate")], models.map((m, i) => line(m, i)),
+    { scales: { y: { range: [0, 1] } } });
   const latency = [];
   const latencySeries = [];
   models.forEach((m, i) => {
