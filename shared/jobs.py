@@ -434,6 +434,8 @@ class JobStore:
             done_channel=DONE_CHANNEL,
             ledger_maxlen=LEDGER_MAXLEN,
         )
+        if str(reply[0]) == "expired":  # the reaper ended it: counted like any other end
+            jobstats.record(self._redis, job_id)
         return str(reply[0])
 
     def set_serving(self, job_id: str, model_id: str) -> None:

@@ -175,5 +175,9 @@ def test_a_job_is_counted_once_for_the_consoles_charts(store: JobStore) -> None:
     assert store.fail(job.id, claim.attempt, UpstreamError("again")) is False
     ok = make_job(store)
     assert store.succeed(ok.id, store.claim(ok.id).attempt, [IMG, IMG])
+    late = make_job(store, budget=-1)  # past its deadline: the reaper ends it (Redis' clock)
+    store.mark_sent(late.id)
+    store.mark_sent(late.id)
+    assert store.reap(late.id) == "expired"
     after = counts()
-    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 2]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 2]
