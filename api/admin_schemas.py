@@ -280,6 +280,32 @@ class JobStats(_Body):
     models: dict[str, ModelSeries]
 
 
+class ConsoleSignIn(_Request):
+    """Sign in to the operator console (``/console``) with an admin key."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ConsoleAdmin(_Body):
+    id: str
+    name: str
+    scope: Literal["read", "write"]
+
+
+class ConsoleSession(_Body):
+    object: Literal["console.session"]
+    admin: Annotated[ConsoleAdmin | None, Field(description="null: not signed in.")]
+    csrf_token: Annotated[
+        str | None, Field(description="Send it as `X-CSRF-Token` on every admin API write.")
+    ]
+    idle_timeout_seconds: int | None = None
+
+
+class ConsoleSignedOut(_Body):
+    object: Literal["console.session"]
+    signed_out: Literal[True]
+
+
 class AuditEntry(_Body):
     id: str
     ts: Unix
@@ -298,6 +324,9 @@ class AuditList(_Body):
 
 ADMIN_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Me, ApiKeyInfo, ApiKeyCreated, ApiKeyList, BalanceChangeAnswer, UsageReport, JobSearch,
-    JobTimeline, AdminModelList, WorkerReport, AuditList, JobStats,
+    JobTimeline, AdminModelList, WorkerReport, AuditList, JobStats, ConsoleSession,
+    ConsoleSignedOut,
 )  # fmt: skip
-ADMIN_REQUEST_MODELS: tuple[type[BaseModel], ...] = (KeyCreate, KeyUpdate, BalanceChangeRequest)
+ADMIN_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    KeyCreate, KeyUpdate, BalanceChangeRequest, ConsoleSignIn,
+)  # fmt: skip

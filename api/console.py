@@ -19,13 +19,13 @@ inline script or style, no frames, no form posts. The page builds its DOM with
 
 from __future__ import annotations
 
-import json
 from importlib import resources
-from typing import Annotated, Any
+from typing import Any
 
 from flask import Blueprint, Response, request
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel
 
+from api import admin_schemas as s
 from api.admin import check_csrf, current_session, refuse_cross_site, sessions
 from api.services import services
 from api.validation import parse_body
@@ -65,11 +65,6 @@ HEADERS = {
 }
 
 
-class SignIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-
-
 def _file(name: str, mimetype: str) -> Response:
     response = Response((_STATIC / name).read_bytes(), mimetype=mimetype)
     response.headers["Cache-Control"] = "no-cache"
@@ -90,18 +85,18 @@ def asset(name: str) -> Response:
     return _file(name, mimetype)
 
 
-def _who(session: Session) -> dict[str, Any]:
+def _who(session: Session) -> s.ConsoleSession:
     admin = session.admin
-    return {
-        "object": "console.session",
-        "admin": {"id": admin.id, "name": admin.name, "scope": admin.scope.value},
-        "csrf_token": session.csrf,
-        "idle_timeout_seconds": services().settings.console_idle_timeout_seconds,
-    }
+    return s.ConsoleSession(
+        object="console.session",
+        admin=s.ConsoleAdmin(id=admin.id, name=admin.name, scope=admin.scope.value),
+        csrf_token=session.csrf,
+        idle_timeout_seconds=services().settings.console_idle_timeout_seconds,
+    )
 
 
-def _json(body: dict[str, Any], status: int = 200) -> Response:
-    response = Response(json.dumps(body), status=status, mimetype="application/json")
+def _json(body: BaseModel, status: int = 200) -> Response:
+    response = Response(body.model_dump_json(), status=status, mimetype="application/json")
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -113,7 +108,7 @@ def sign_in() -> Response:
     failures = AuthFailures(svc.redis, svc.settings.admin_auth_failures_per_minute)
     failures.check(address)
     try:
-        body = parse_body(request.get_data(cache=False), model=SignIn)  # type: ignore[arg-type]
+        body = parse_body(request.get_data(cache=False), model=s.ConsoleSignIn)  # type: ignore[arg-type]
         admin = AdminKeyStore(svc.redis).authenticate(body.key.strip())
     except Exception:
         failures.record(address)
@@ -140,7 +135,7 @@ def whoami() -> Response:
     (``admin`` and ``csrf_token`` are null then)."""
     session = current_session()
     if session is None:
-        return _json({"object": "console.session", "admin": None, "csrf_token": None})
+        return _json(s.ConsoleSession(object="console.session", admin=None, csrf_token=None))
     return _json(_who(session))
 
 
@@ -150,7 +145,7 @@ def sign_out() -> Response:
     if session is not None:
         check_csrf(session)
         sessions().end(request.cookies.get(COOKIE))
-    response = _json({"object": "console.session", "signed_out": True})
+    response = _json(s.ConsoleSignedOut(object="console.session", signed_out=True))
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
 

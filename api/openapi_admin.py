@@ -288,3 +288,78 @@ def admin_paths() -> dict[str, Any]:
             )
         },
     }
+
+
+def console_paths() -> dict[str, Any]:
+    """``/console``: the operator console's page, its files and its session (tag ``pages``)."""
+
+    def page(op_id: str, summary: str, content: dict[str, Any], *statuses: int, params=()):
+        return {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": ["pages"],
+            "security": [],
+            "parameters": [_ref("parameters", "RequestId"), *params],
+            "responses": {
+                "200": {"description": "The file.", "headers": _headers(), "content": content},
+                **_errors(403, 500, *statuses),
+            },
+        }
+
+    def session(op_id: str, summary: str, answer: dict[str, Any], *statuses: int, **extra):
+        return {"operationId": op_id, "summary": summary, "tags": ["pages"], "security": [],
+                "parameters": [_ref("parameters", "RequestId")],
+                "responses": {**answer, **_errors(403, 500, *statuses)}, **extra}  # fmt: skip
+
+    text = {"schema": {"type": "string"}}
+    return {
+        "/console": {
+            "get": page(
+                "console",
+                "The operator console: run the business in a browser with an admin key",
+                {"text/html": text},
+            )
+        },
+        "/console/{name}": {
+            "get": page(
+                "consoleAsset",
+                "A script or style sheet of the console",
+                {"text/javascript": text, "text/css": text},
+                404,
+                params=[
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "examples": ["console.js"]},
+                    }
+                ],
+            )  # fmt: skip
+        },
+        "/console/session": {
+            "get": session(
+                "consoleSession",
+                "Who is signed in to the console (admin null: nobody), and the CSRF token",
+                _ok("ConsoleSession", "The session."),
+            ),
+            "post": session(
+                "consoleSignIn",
+                "Sign in with an admin key: a session cookie (HttpOnly, SameSite=Strict)",
+                _ok("ConsoleSession", "Signed in; the cookie is set.", status="201"),
+                400,
+                401,
+                413,
+                429,
+                requestBody={
+                    "required": True,
+                    "content": {JSON: {"schema": _schema("ConsoleSignIn")}},
+                },
+                description="Failed sign-ins count against the admin API's per-address limit.",
+            ),  # fmt: skip
+            "delete": session(
+                "consoleSignOut",
+                "Sign out (needs the session's `X-CSRF-Token` when signed in)",
+                _ok("ConsoleSignedOut", "Signed out; the cookie is cleared."),
+            ),
+        },
+    }

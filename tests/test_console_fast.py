@@ -38,7 +38,7 @@ def test_sign_in_makes_a_strict_http_only_session_and_writes_need_its_csrf_token
     assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in cookie
     assert "SameSite=Strict" in cookie and "Path=/" in cookie
     assert writer not in cookie and writer not in signed.get_data(as_text=True)
-    session = signed.get_json()
+    session = documented(signed, "/console/session", "post")
     assert session["admin"]["scope"] == "write"
     token = session["csrf_token"]
     # The admin key itself is stored nowhere: only hashes of the session token.
@@ -56,7 +56,7 @@ def test_sign_in_makes_a_strict_http_only_session_and_writes_need_its_csrf_token
     assert wrong.status_code == 403
     made = http.post("/admin/v1/keys", json={"name": "acme"}, headers={"X-CSRF-Token": token})
     assert made.status_code == 201
-    assert http.get("/console/session").get_json()["csrf_token"] == token
+    assert documented(http.get("/console/session"), "/console/session")["csrf_token"] == token
 
     # Signing out needs the token too, then the cookie opens nothing.
     assert http.delete("/console/session").status_code == 403
