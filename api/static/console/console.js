@@ -202,6 +202,7 @@ async function loadKeys() {
     const meta = Object.entries(k.metadata).map(([name, value]) => `${name}=${value}`).join(", ");
     return [k.id, k.name, k.tier, k.balance, state, meta, manage];
   }));
+  $("keys-more").hidden = !keys.next_cursor;
 }
 $("key-search").addEventListener("input", () => guarded(loadKeys));
 
@@ -223,6 +224,7 @@ $("key-create").addEventListener("submit", (event) => {
     $("created-key").textContent = made.key;
     $("created").hidden = false;
     $("created").dataset.id = made.id;
+    $("key-search").value = made.id;  // the new key, wherever it falls in a long list
     await loadKeys();
     edit(made);
   });
