@@ -34,12 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api import admin_schemas as s
 from api.services import Services, services
 from api.validation import parse_body
-from shared import jobevents, jobindex
+from shared import jobevents, jobindex, jobstats
 from shared import jobrecord as rec
 from shared.adminkeys import AdminKey, AdminKeyStore, AuditLog, AuthFailures, Scope
 from shared.balance_changes import BalanceChanges
 from shared.billing import BALANCE, format_money, parse_money
 from shared.capacity import Capacity
+from shared.consolesessions import COOKIE, CSRF_HEADER, ConsoleSessions, Session
 from shared.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -103,11 +104,41 @@ def refuse_cross_site() -> None:
         )
 
 
+def sessions() -> ConsoleSessions:
+    svc = services()
+    return ConsoleSessions(svc.redis, svc.settings.console_idle_timeout_seconds)
+
+
+def current_session() -> Session | None:
+    """The signed-in console session of this request's cookie, if any."""
+    token = request.cookies.get(COOKIE)
+    return sessions().get(token) if token else None
+
+
+def check_csrf(session: Session) -> None:
+    if not session.csrf_ok(request.headers.get(CSRF_HEADER)):
+        raise PermissionDenied(
+            f"Missing or wrong {CSRF_HEADER} header for this console session.",
+            code="csrf_token_invalid",
+        )
+
+
 def _authenticate(svc: Services) -> AdminKey:
     address = request.remote_addr or "-"
     failures = AuthFailures(svc.redis, svc.settings.admin_auth_failures_per_minute)
     failures.check(address)
     header = request.headers.get("Authorization", "")
+    if not header and COOKIE in request.cookies:
+        # The console (api/console.py): its session instead of the key, CSRF-checked on
+        # writes. A random 256-bit token: an unknown one is expired, not a guess to count.
+        session = current_session()
+        if session is None:
+            raise AuthenticationFailed(
+                "The console session has ended; sign in again.", code="console_signed_out"
+            )
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            check_csrf(session)
+        return session.admin
     scheme, _, token = header.partition(" ")
     plaintext = token.strip() if scheme.lower() == "bearer" else ""
     if not plaintext:
@@ -720,6 +751,28 @@ def models():
             )
         )
     return _answer(s.AdminModelList(object="list", data=data))
+
+
+class _StatsQuery(_Query):
+    window: Literal["hour", "day"] = "hour"
+
+
+@bp.get("/stats")
+def stats():
+    """Jobs, images, errors and latency per model: per minute over the last hour, or per
+    hour over the last day (:mod:`shared.jobstats`, counted when each job ends)."""
+    svc = services()
+    query: _StatsQuery = _query(_StatsQuery)
+    data = jobstats.series(svc.redis, query.window)
+    return _answer(
+        s.JobStats(
+            object="job_stats",
+            window=data["window"],
+            step=data["step"],
+            times=data["times"],
+            models={m: s.ModelSeries(**v) for m, v in data["models"].items()},
+        )
+    )
 
 
 @bp.get("/workers")

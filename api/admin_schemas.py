@@ -258,6 +258,54 @@ class WorkerReport(_Body):
     data: list[FamilyWorkers]
 
 
+class ModelSeries(_Body):
+    jobs: list[int]
+    errors: Annotated[list[int], Field(description="Jobs that failed or timed out.")]
+    images: list[int]
+    images_per_minute: list[float]
+    error_rate: Annotated[list[float | None], Field(description="null: no jobs then.")]
+    p50: Annotated[
+        list[float | None],
+        Field(description="Seconds from admission to the end (upper bound of a histogram "
+              "bucket); null: no jobs then."),
+    ]  # fmt: skip
+    p95: list[float | None]
+
+
+class JobStats(_Body):
+    object: Literal["job_stats"]
+    window: Literal["hour", "day"]
+    step: Annotated[int, Field(description="Seconds per point: 60 (hour) or 3600 (day).")]
+    times: Annotated[list[int], Field(description="Unix start of each point, oldest first.")]
+    models: dict[str, ModelSeries]
+
+
+class ConsoleSignIn(_Request):
+    """Sign in to the operator console (``/console``) with an admin key."""
+
+    key: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class ConsoleAdmin(_Body):
+    id: str
+    name: str
+    scope: Literal["read", "write"]
+
+
+class ConsoleSession(_Body):
+    object: Literal["console.session"]
+    admin: Annotated[ConsoleAdmin | None, Field(description="null: not signed in.")]
+    csrf_token: Annotated[
+        str | None, Field(description="Send it as `X-CSRF-Token` on every admin API write.")
+    ]
+    idle_timeout_seconds: int | None = None
+
+
+class ConsoleSignedOut(_Body):
+    object: Literal["console.session"]
+    signed_out: Literal[True]
+
+
 class AuditEntry(_Body):
     id: str
     ts: Unix
@@ -276,6 +324,9 @@ class AuditList(_Body):
 
 ADMIN_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     Me, ApiKeyInfo, ApiKeyCreated, ApiKeyList, BalanceChangeAnswer, UsageReport, JobSearch,
-    JobTimeline, AdminModelList, WorkerReport, AuditList,
+    JobTimeline, AdminModelList, WorkerReport, AuditList, JobStats, ConsoleSession,
+    ConsoleSignedOut,
 )  # fmt: skip
-ADMIN_REQUEST_MODELS: tuple[type[BaseModel], ...] = (KeyCreate, KeyUpdate, BalanceChangeRequest)
+ADMIN_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    KeyCreate, KeyUpdate, BalanceChangeRequest, ConsoleSignIn,
+)  # fmt: skip

@@ -9,7 +9,7 @@ import time
 import redis
 from flask import Flask, Response, g, jsonify, request
 
-from api import admin, edits, files, generations, models, playground, usage
+from api import admin, console, edits, files, generations, models, playground, usage
 from api.errors import register_error_handlers
 from api.openapi import build_openapi
 from api.readiness import readiness
@@ -124,4 +124,5 @@ def create_app(
     app.register_blueprint(usage.bp)
     app.register_blueprint(playground.bp)
     admin.install(app)
+    console.install(app)
     return app

@@ -911,7 +911,11 @@ def build_openapi(*, default_model: str = "local/testcard") -> dict[str, Any]:
             {"name": "admin", "description": "The admin API (admin keys only)."},
         ],
         "security": [{"bearerAuth": []}],
-        "paths": {**_paths(default_model), **openapi_admin.admin_paths()},
+        "paths": {
+            **_paths(default_model),
+            **openapi_admin.admin_paths(),
+            **openapi_admin.console_paths(),
+        },
         "components": {
             "securitySchemes": {
                 "bearerAuth": {

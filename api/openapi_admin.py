@@ -24,7 +24,8 @@ SECURITY_SCHEME = {
     "description": "An admin key (`iga-...`) from `imagegate admin-keys create`: scope `read` "
     "for every GET, `write` for changes. Customer keys are refused (401). Browsers: "
     "cross-site requests are refused (403); failed authentications are limited per client "
-    "address (429).",
+    "address (429). The operator console (`/console`) calls it with its session cookie "
+    "instead, and the session's `X-CSRF-Token` header on writes.",
 }
 
 
@@ -263,6 +264,14 @@ def admin_paths() -> dict[str, Any]:
                 _ok("AdminModelList", "Every model of the catalog."),
             )
         },
+        "/admin/v1/stats": {
+            "get": _op(
+                "adminStats",
+                "Jobs, images, error rate and p50/p95 latency per model over time",
+                _ok("JobStats", "Per minute over the last hour, or per hour over the last day."),
+                params=_query(admin._StatsQuery),
+            )
+        },
         "/admin/v1/workers": {
             "get": _op(
                 "adminWorkers",
@@ -277,5 +286,80 @@ def admin_paths() -> dict[str, Any]:
                 _ok("AuditList", "A page of entries."),
                 params=_query(admin._AuditQuery),
             )
+        },
+    }
+
+
+def console_paths() -> dict[str, Any]:
+    """``/console``: the operator console's page, its files and its session (tag ``pages``)."""
+
+    def page(op_id: str, summary: str, content: dict[str, Any], *statuses: int, params=()):
+        return {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": ["pages"],
+            "security": [],
+            "parameters": [_ref("parameters", "RequestId"), *params],
+            "responses": {
+                "200": {"description": "The file.", "headers": _headers(), "content": content},
+                **_errors(403, 500, *statuses),
+            },
+        }
+
+    def session(op_id: str, summary: str, answer: dict[str, Any], *statuses: int, **extra):
+        return {"operationId": op_id, "summary": summary, "tags": ["pages"], "security": [],
+                "parameters": [_ref("parameters", "RequestId")],
+                "responses": {**answer, **_errors(403, 500, *statuses)}, **extra}  # fmt: skip
+
+    text = {"schema": {"type": "string"}}
+    return {
+        "/console": {
+            "get": page(
+                "console",
+                "The operator console: run the business in a browser with an admin key",
+                {"text/html": text},
+            )
+        },
+        "/console/{name}": {
+            "get": page(
+                "consoleAsset",
+                "A script or style sheet of the console",
+                {"text/javascript": text, "text/css": text},
+                404,
+                params=[
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "examples": ["console.js"]},
+                    }
+                ],
+            )  # fmt: skip
+        },
+        "/console/session": {
+            "get": session(
+                "consoleSession",
+                "Who is signed in to the console (admin null: nobody), and the CSRF token",
+                _ok("ConsoleSession", "The session."),
+            ),
+            "post": session(
+                "consoleSignIn",
+                "Sign in with an admin key: a session cookie (HttpOnly, SameSite=Strict)",
+                _ok("ConsoleSession", "Signed in; the cookie is set.", status="201"),
+                400,
+                401,
+                413,
+                429,
+                requestBody={
+                    "required": True,
+                    "content": {JSON: {"schema": _schema("ConsoleSignIn")}},
+                },
+                description="Failed sign-ins count against the admin API's per-address limit.",
+            ),  # fmt: skip
+            "delete": session(
+                "consoleSignOut",
+                "Sign out (needs the session's `X-CSRF-Token` when signed in)",
+                _ok("ConsoleSignedOut", "Signed out; the cookie is cleared."),
+            ),
         },
     }

@@ -61,7 +61,7 @@ from typing import Any
 import redis
 
 from shared import jobrecord as rec
-from shared import lua, metrics
+from shared import jobstats, lua, metrics
 from shared.billing import settle_keys
 from shared.errors import Conflict, GatewayError, GatewayTimeout
 from shared.jobrecord import DONE_CHANNEL, WATCH, WEBHOOKS_DUE
@@ -482,8 +482,9 @@ class JobStore:
         action = str(reply[0])
         if action in ("takeover", "requeue", "expired"):
             metrics.REAPER_ACTIONS.labels(action).inc()
-        if action == "expired":
+        if action == "expired":  # the reaper ended it: counted like any other end
             self._count_end(job_id, JobStatus.TIMED_OUT, None)
+            jobstats.record(self._redis, job_id)
         elif action == "takeover":
             family = self._family_of(job_id)
             metrics.TAKEOVERS.labels(family).inc()
@@ -565,7 +566,9 @@ class JobStore:
         )
         if not reply:
             return False
+        # once per job: only the call that made it final gets here
         self._count_end(job_id, status, code, job, money=reply[1:4])
+        jobstats.record(self._redis, job_id)
         return True
 
     def _count_end(

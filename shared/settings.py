@@ -286,6 +286,8 @@ class Settings(_Variables):
     # and origins (scheme://host[:port]) besides the gateway's own that may call it.
     admin_auth_failures_per_minute: Cap = 20
     admin_allowed_origins: Hosts = ()
+    # Operator console (api/console.py): a signed-in session ends after this long unused.
+    console_idle_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = 1800
     log_level: Annotated[str, AfterValidator(str.upper)] = "INFO"
     # Observability (shared/metrics.py, shared/logs.py, api/app.py's /readyz).
     # Where this host's processes keep their Prometheus samples; empty: a directory

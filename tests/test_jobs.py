@@ -158,3 +158,26 @@ def test_a_notice_lost_while_the_listener_was_away_is_caught_when_it_resubscribe
     assert outcome and outcome[0] is not None and outcome[0].status == JobStatus.SUCCEEDED
     # Re-read once subscribed again, not at the 30 s poll or the 20 s deadline.
     assert time.monotonic() - started < 15
+
+
+def test_a_job_is_counted_once_for_the_consoles_charts(store: JobStore) -> None:
+    """shared.jobstats counts a job when it ends, once: a late second finish adds nothing."""
+    from shared import jobstats
+
+    def counts() -> tuple[int, int, int]:
+        s = jobstats.series(store._redis, "day")["models"].get("local/testcard")
+        return (sum(s["jobs"]), sum(s["errors"]), sum(s["images"])) if s else (0, 0, 0)
+
+    before = counts()
+    job = make_job(store)
+    claim = store.claim(job.id)
+    assert store.fail(job.id, claim.attempt, UpstreamError("boom"))
+    assert store.fail(job.id, claim.attempt, UpstreamError("again")) is False
+    ok = make_job(store)
+    assert store.succeed(ok.id, store.claim(ok.id).attempt, [IMG, IMG])
+    late = make_job(store, budget=-1)  # past its deadline: the reaper ends it (Redis' clock)
+    store.mark_sent(late.id)
+    store.mark_sent(late.id)
+    assert store.reap(late.id) == "expired"
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 2]
