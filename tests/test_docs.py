@@ -39,6 +39,7 @@ FENCE = re.compile(
 # README.md's blocks that only parse, by their first line (README.md is not edited now).
 README_PARSE_ONLY = {
     "bash scripts/run-local.sh": "starts the gateway until stopped (tests/test_readme_commands.py runs it)",
+    "from flask import Flask, request": "its secret is a placeholder (whsec_…); docs/using/async.md runs it",
     "redis-server --appendonly yes": "starts a Redis server until stopped",
     "imagegate keys create --name demo": "a list of commands with KEY_ID placeholders",
     "imagegate admin-keys create --name billing": "ADMIN_KEY_ID placeholders",
