@@ -139,13 +139,17 @@ def api_reference() -> str:
 # --- the settings table --------------------------------------------------------------
 
 
-def setting_rows() -> list[tuple[str, str, str, str]]:
+def setting_meanings() -> dict[str, str]:
+    return tomllib.loads((HERE / "settings_meanings.toml").read_text())
+
+
+def setting_rows(meanings: dict[str, str] | None = None) -> list[tuple[str, str, str, str]]:
     """(variable, type, default, meaning) of every setting, in the models' order."""
     from pydantic_core import PydanticUndefined
 
     from shared.settings import _NOT_FROM_ENV, PREFIX, Settings, _StorageVariables
 
-    meanings = tomllib.loads((HERE / "settings_meanings.toml").read_text())
+    meanings = dict(setting_meanings() if meanings is None else meanings)
     rows, seen = [], set()
     for model in (Settings, _StorageVariables):
         for name, field in model.model_fields.items():

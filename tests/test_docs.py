@@ -13,6 +13,7 @@ there fails, so the list cannot rot).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -131,6 +132,44 @@ def test_every_readme_mark_names_a_block_and_the_docs_have_samples() -> None:
         assert any(f.startswith(mark) for f in firsts), f"README_PARSE_ONLY: no block {mark!r}"
     languages = {s.language for s in SAMPLES if s.path.startswith("docs/") and s.runs}
     assert languages == {"python", "shell", "node"}
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.fast
+def test_settings_table_has_every_setting_and_fails_on_a_gap_or_a_stale_line() -> None:
+    from mkdocs.exceptions import PluginError
+
+    from shared.settings import Settings
+
+    hooks = _hooks()
+    variables = [row[0] for row in hooks.setting_rows()]
+    assert len(variables) == len(set(variables))
+    assert {"IMAGEGATE_SYNC_BUDGET_SECONDS", "PORT", "IMAGEGATE_S3_BUCKET"} <= set(variables)
+    assert len(variables) >= len(Settings.model_fields) - 3  # all but the 3 not from env
+    meanings = hooks.setting_meanings()
+    del meanings["IMAGEGATE_SYNC_BUDGET_SECONDS"]
+    with pytest.raises(PluginError, match="IMAGEGATE_SYNC_BUDGET_SECONDS has no description"):
+        hooks.setting_rows(meanings)
+    with pytest.raises(PluginError, match="IMAGEGATE_NO_SUCH_THING"):
+        hooks.setting_rows({**hooks.setting_meanings(), "IMAGEGATE_NO_SUCH_THING": "x"})
+
+
+@pytest.mark.fast
+def test_api_reference_has_every_operation_of_the_openapi_document() -> None:
+    from api.openapi import build_openapi
+
+    page = _hooks().api_reference()
+    for path, item in build_openapi()["paths"].items():
+        for method in item.keys() & {"get", "post", "put", "patch", "delete"}:
+            assert f"## `{method.upper()} {path}`" in page
+    for name in build_openapi()["components"]["schemas"]:
+        assert f"### {name}\n" in page
 
 
 def test_site_builds_strictly(tmp_path: Path) -> None:
