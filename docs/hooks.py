@@ -2,6 +2,8 @@
 
 * ``reference/api.md`` is rendered from :func:`api.openapi.build_openapi`, the document the
   gateway serves at ``/openapi.json``.
+* ``internals/lua.md`` lists every Lua transition in ``shared/lua/`` with its header (what
+  it does, its KEYS, its named ARGV, what it returns), as the file says it.
 * ``reference/settings.md`` is the table of every ``IMAGEGATE_*`` variable, read from the
   pydantic-settings models of :mod:`shared.settings` (name, type, default); the meaning is
   the field's ``description`` or else its line in ``docs/settings_meanings.toml``. A setting
@@ -26,6 +28,7 @@ METHODS = ("get", "post", "put", "patch", "delete")
 def on_files(files: Files, config: MkDocsConfig) -> Files:
     files.append(File.generated(config, "reference/api.md", content=api_reference()))
     files.append(File.generated(config, "reference/settings.md", content=settings_reference()))
+    files.append(File.generated(config, "internals/lua.md", content=lua_reference()))
     return files
 
 
@@ -211,4 +214,41 @@ def settings_reference() -> str:
         '(`"available": false`) and answers 503 naming the variable.',
         "",
     ]
+    return "\n".join(out)
+
+
+# --- the Lua transitions --------------------------------------------------------------
+
+
+def lua_header(text: str) -> str:
+    """A script's first comment block, without the comment marks."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line[3:] if line.startswith("-- ") else line[2:])
+    return "\n".join(lines).rstrip()
+
+
+def lua_reference() -> str:
+    import shared.lua
+
+    folder = Path(shared.lua.__file__).parent
+    out = [
+        "# The Lua transitions",
+        "",
+        "*Generated from the headers of `shared/lua/*.lua` at build time.*",
+        "",
+        "Every change of money, admission and job state is one Lua script run atomically "
+        "in Redis, one file per transition. Each takes every key it touches in `KEYS` "
+        "and its arguments as one JSON object in `ARGV[1]`, named in its header; "
+        "`tests/test_lua_scripts.py` checks both conventions on every file. Files whose "
+        "name starts with `_` are pieces that scripts include (`-- #include _name.lua`).",
+        "",
+    ]
+    for path in sorted(folder.glob("*.lua"), key=lambda p: (p.name.startswith("_"), p.name)):
+        header = lua_header(path.read_text())
+        if not header:
+            raise PluginError(f"shared/lua/{path.name} has no header comment")
+        out += [f"## `{path.name}`", "", "```text", header, "```", ""]
     return "\n".join(out)

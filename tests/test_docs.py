@@ -172,6 +172,14 @@ def test_api_reference_has_every_operation_of_the_openapi_document() -> None:
         assert f"### {name}\n" in page
 
 
+@pytest.mark.fast
+def test_lua_page_has_every_script_with_its_keys() -> None:
+    page = _hooks().lua_reference()
+    for script in (REPO / "shared" / "lua").glob("*.lua"):
+        assert f"## `{script.name}`" in page
+    assert "KEYS[1] job record" in page  # job_claim.lua's header, as written
+
+
 def test_site_builds_strictly(tmp_path: Path) -> None:
     """Broken links, missing anchors, pages outside the nav, a setting without a
     description: each a warning, and --strict turns warnings into a failed build."""
