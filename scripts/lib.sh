@@ -15,7 +15,7 @@ as_root() {
 ensure_system_packages() {
   local missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
-  [ "${1:-}" = test ] && ! command -v npm >/dev/null && missing+=(nodejs npm)  # S3 test server
+  [ "${1:-}" = test ] && ! command -v npm >/dev/null && missing+=(nodejs npm)  # S3 test server; the docs' Node samples
   # the multi-host tests: hosts in network namespaces, one with its clock off
   [ "${1:-}" = test ] && ! command -v ip >/dev/null && missing+=(iproute2)
   [ "${1:-}" = test ] && ! command -v faketime >/dev/null && missing+=(faketime)
