@@ -445,7 +445,8 @@ def _key_ids(key_id: str, svc: Services) -> list[str]:
 
 @bp.get("/usage")
 def usage():
-    """Images and spend by key, UTC day and model (inclusive day bounds)."""
+    """Images, spend, upstream cost and margin by key, UTC day and model (inclusive day
+    bounds)."""
     svc = services()
     query: _UsageQuery = _query(_UsageQuery)
     rows: list[s.UsageRow] = []
@@ -458,18 +459,22 @@ def usage():
                 continue
             rows.append(
                 s.UsageRow(key_id=key_id, day=row.day, model=row.model, images=row.images,
-                           amount=format_money(row.amount_micros))
+                           amount=format_money(row.amount_micros),
+                           cost=format_money(row.cost_micros),
+                           margin=format_money(row.margin_micros))
             )  # fmt: skip
             for what, name in (("key", key_id), ("model", row.model), ("day", row.day)):
-                total = sums[what].setdefault(name, [0, 0])
+                total = sums[what].setdefault(name, [0, 0, 0])
                 total[0] += row.images
                 total[1] += row.amount_micros
+                total[2] += row.cost_micros
 
     def listed(what: str) -> list[s.UsageSum]:
         return [
-            s.UsageSum(name=name, images=t[0], amount=format_money(t[1]))
+            s.UsageSum(name=name, images=t[0], amount=format_money(t[1]),
+                       cost=format_money(t[2]), margin=format_money(t[1] - t[2]))
             for name, t in sorted(sums[what].items())
-        ]
+        ]  # fmt: skip
 
     return _answer(
         s.UsageReport(

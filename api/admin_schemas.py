@@ -154,18 +154,26 @@ class BalanceChangeAnswer(_Body):
     ]
 
 
+_COST = "What the upstreams charged for these images, where it was known (shared.pricing)."
+_MARGIN = "`amount` less `cost`: what the gateway kept."
+
+
 class UsageRow(_Body):
     key_id: str
     day: Annotated[str, Field(json_schema_extra={"format": "date"})]
     model: str
     images: int
     amount: Money
+    cost: Annotated[Money, Field(description=_COST)]
+    margin: Annotated[Money, Field(description=_MARGIN)]
 
 
 class UsageSum(_Body):
     name: str
     images: int
     amount: Money
+    cost: Annotated[Money, Field(description=_COST)]
+    margin: Annotated[Money, Field(description=_MARGIN)]
 
 
 class UsageReport(_Body):

@@ -331,23 +331,29 @@ def test_an_idempotency_key_is_scoped_to_the_key_and_the_kind(
 def test_usage_per_key_model_and_day(app: Flask, http: FlaskClient, writer: str) -> None:
     a, b = new_key(http, writer)["id"], new_key(http, writer, name="b")["id"]
     redis = svc(app).redis
-    # usage is read from the settle entries (SQL's, and these not yet moved there)
-    for key_id, day, model, images, amount in [
-        (a, "2026-12-01", "dall-e-3", 2, 80000),
-        (a, "2026-12-02", "local/testcard", 1, 0),
-        (b, "2026-12-02", "dall-e-3", 1, 40000),
+    # usage is read from the settle entries (SQL's, and these not yet moved there); an
+    # entry names the upstream's cost where it was known
+    for key_id, day, model, images, amount, cost in [
+        (a, "2026-12-01", "dall-e-3", 2, 80000, "60000"),
+        (a, "2026-12-02", "local/testcard", 1, 0, None),
+        (b, "2026-12-02", "dall-e-3", 1, 40000, "30000"),
     ]:
-        redis.xadd(f"ig:ledger:{key_id}", {"kind": "settle", "job": "j", "model": model,
-                   "images": images, "amount": -amount, "ts": "1", "day": day})  # fmt: skip
+        entry = {"kind": "settle", "job": "j", "model": model, "images": images,
+                 "amount": -amount, "ts": "1", "day": day}  # fmt: skip
+        redis.xadd(f"ig:ledger:{key_id}", {**entry, **({"cost": cost} if cost else {})})
     report = documented(http.get("/admin/v1/usage", headers=bearer(writer)), "/admin/v1/usage")
     assert len(report["data"]) == 3
     assert report["by_model"] == [
-        {"name": "dall-e-3", "images": 3, "amount": "0.120000"},
-        {"name": "local/testcard", "images": 1, "amount": "0.000000"},
-    ]
+        {"name": "dall-e-3", "images": 3, "amount": "0.120000", "cost": "0.090000",
+         "margin": "0.030000"},
+        {"name": "local/testcard", "images": 1, "amount": "0.000000", "cost": "0.000000",
+         "margin": "0.000000"},
+    ]  # fmt: skip
     assert [d["name"] for d in report["by_day"]] == ["2026-12-01", "2026-12-02"]
     one = http.get(f"/admin/v1/usage?key_id={b}&since=2026-12-02", headers=bearer(writer))
-    assert one.get_json()["by_key"] == [{"name": b, "images": 1, "amount": "0.040000"}]
+    assert one.get_json()["by_key"] == [
+        {"name": b, "images": 1, "amount": "0.040000", "cost": "0.030000", "margin": "0.010000"}
+    ]
     assert http.get("/admin/v1/usage?since=yesterday", headers=bearer(writer)).status_code == 400
 
 

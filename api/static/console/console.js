@@ -184,7 +184,7 @@ async function loadUsage() {
   const usage = await admin("GET", `/usage${key ? `?key_id=${encodeURIComponent(key)}` : ""}`);
   bars("chart-spend-key", usage.by_key);
   bars("chart-spend-model", usage.by_model);
-  fill("usage-table", usage.data.map((r) => [r.key_id, r.day, r.model, r.images, r.amount]));
+  fill("usage-table", usage.data.map((r) => [r.key_id, r.day, r.model, r.images, r.amount, r.cost, r.margin]));
 }
 $("usage-refresh").addEventListener("click", () => guarded(loadUsage));
 
