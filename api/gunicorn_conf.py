@@ -2,7 +2,7 @@
 
 gevent workers: a request that waits for its image is a parked greenlet, not
 a thread, so each worker process holds up to ``worker_connections`` requests
-at once for a few kB each (see README, "Web server"). One process per core.
+at once for a few kB each (see docs/running/production.md, "Web server"). One process per core.
 
 The values come from :class:`shared.settings.Settings` (``PORT``, ``IMAGEGATE_HOST``,
 ``IMAGEGATE_WEB_PROCESSES``, ``IMAGEGATE_WEB_CONNECTIONS``,

@@ -31,7 +31,7 @@ reference images a client sent (:mod:`shared.uploads`).
   lifecycle rule) and deletes those too, within the same batch.
 
 Redis cost: one index member per job and kind kept for the retention (about 100 bytes
-each, see the README), plus the lease.
+each, see docs/running/storage.md), plus the lease.
 
 What a client sees afterwards: a local URL of a deleted image answers 404 (or 403
 ``url_expired`` first, since the retention is longer than the URL lifetime); a

@@ -11,7 +11,8 @@ A value that cannot be used raises :class:`SettingsError` naming the variable.
 
 ``Settings(...)`` itself reads nothing: the defaults below and the arguments given.
 
-Every variable is documented in the README's "Settings" table.
+Every variable is documented in the settings table of the docs site (docs/hooks.py builds it
+from these models and docs/settings_meanings.toml).
 """
 
 from __future__ import annotations

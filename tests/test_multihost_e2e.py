@@ -1,6 +1,6 @@
 """Many hosts, for real: the gateway spread over network namespaces, configured only as the
-README says, through worker-host crashes, a cut network, a Redis failover and a silent
-Redis host.
+docs say (docs/running/scaling.md, docs/running/redis.md), through worker-host crashes, a
+cut network, a Redis failover and a silent Redis host.
 
 Hosts (``tests/support/netns.py``), each with its own address and hostname:
 

@@ -1,6 +1,6 @@
 """Killing processes and restarting Redis under live jobs: nothing lost, nothing charged twice.
 
-This module runs its own stack — a redis-server with AOF on (as the README
+This module runs its own stack — a redis-server with AOF on (as docs/running/redis.md
 tells operators to run it), an OpenAI-protocol simulator, two ``openai``
 workers, a ``local`` worker and a gunicorn front-end — so it can kill and
 restart any of them without touching the other tests' processes.

@@ -23,7 +23,7 @@ on its upstream is a parked greenlet (a few kB plus its job's buffers), and
 ``threads`` pool, which starts threads only as jobs arrive, thousands of
 threads waking at once fight for the GIL: the benchmark's 2,000-at-once burst
 cost 2-4x the CPU per job, and twice the memory.) The CPU-bound ``local``
-family and the webhooks line keep ``threads``. See the README's "Benchmarks"
+family and the webhooks line keep ``threads``. See docs/internals/benchmarks.md
 for what one held job costs in each process.
 
 ``plan`` is pure; ``apply_plan`` is what the ``celeryd_init`` signal in
