@@ -39,6 +39,7 @@ import redis
 import requests
 from redis.sentinel import Sentinel
 
+from shared.settings import Settings
 from tests.support import netns
 from tests.support.processes import BIN, Process
 from tests.support.s3rver import (
@@ -55,7 +56,11 @@ PASSWORD = "multihost-secret"
 MASTER = "imagegate"
 BUCKET = "imagegate-multihost"
 SIM_KEY = "sim-upstream-key"
-MODEL, PRICE = "dall-e-2", Decimal("0.020")
+MODEL, SIZE = "dall-e-2", "256x256"
+# what one image costs the client: the catalog's price of that size (shared.pricing)
+PRICE = Decimal(Settings.from_env({}).load_catalog().model(MODEL).unit_price({"size": SIZE})) / (
+    10**6
+)
 LATENCY = 2.0  # the upstream's answer time
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,8 +241,14 @@ class Cluster:
         return json.loads(result.stdout)["key"]
 
     def settle(self) -> None:
-        """Each scenario starts from a whole cluster, whatever ran before it: a replica in
-        step with the primary and both worker hosts taking jobs again."""
+        """Each scenario starts from a whole cluster, whatever ran before it: both worker
+        hosts running (a scenario that failed midway may have left one powered off), a
+        replica in step with the primary and both worker hosts taking jobs again."""
+        for name in ("w1", "w2"):
+            procs = self.workers.get(name, [])
+            if not any(p.proc is not None and p.proc.poll() is None for p in procs):
+                self.workers.pop(name, None)
+                self.start_worker(name)
         self.wait(lambda: self.primary().execute_command("WAIT", 1, 1000) >= 1, "a replica")
         key, seen = self.create_key(), set()
 
@@ -254,7 +265,7 @@ class Cluster:
             r = requests.post(
                 f"{self.web_url}/v1/images/generations",
                 headers={"Authorization": f"Bearer {key}"},
-                json={"model": MODEL, "prompt": "a fox", "size": "256x256"},
+                json={"model": MODEL, "prompt": "a fox", "size": SIZE},
                 timeout=150,
             )
         except requests.RequestException:
@@ -336,10 +347,13 @@ def test_a_worker_host_lost_mid_load_costs_no_job_and_no_double_charge(cluster: 
         time.sleep(LATENCY / 2)
         cluster.hosts["w1"].kill_all()
 
-    deliveries = cluster.load(key, count=30, concurrency=30, during=power_loss)
-    assert {d.status for d in deliveries} == {200}
-    cluster.check(key, deliveries, Decimal("100.00"))
-    cluster.start_worker("w1")
+    try:
+        deliveries = cluster.load(key, count=30, concurrency=30, during=power_loss)
+        assert {d.status for d in deliveries} == {200}
+        cluster.check(key, deliveries, Decimal("100.00"))
+    finally:
+        cluster.workers.pop("w1", None)
+        cluster.start_worker("w1")
 
 
 def test_a_worker_host_cut_off_and_back_changes_no_delivered_image(cluster: Cluster) -> None:
