@@ -5,7 +5,10 @@ Ready when all of these hold, else 503 with each missing piece named:
 * Redis answers (``PING``);
 * storage takes a write: a small object is put and deleted again
   (``readyz/<host>-<pid>``), so a full disk, a read-only mount or a bucket
-  without write permission shows here rather than as failed jobs;
+  without write permission shows here rather than as failed jobs; and it says it
+  has room (:func:`shared.storage.storage_health`: local storage with less than
+  ``IMAGEGATE_STORAGE_MIN_FREE_BYTES`` free is not ready before jobs fail with
+  503 ``storage_full``);
 * every family that must be served has a live worker (by heartbeat,
   :mod:`shared.presence`): those named in ``IMAGEGATE_READY_FAMILIES``, or by
   default the families this process holds an upstream key for (a web without
@@ -26,6 +29,7 @@ import redis
 
 from api.services import Services
 from shared.presence import presence_for
+from shared.storage import storage_health
 
 _PROBE = b"readyz"
 
@@ -55,6 +59,10 @@ def readiness(svc: Services) -> list[str]:
         svc.storage.delete(key)
     except Exception as exc:  # noqa: BLE001 - any failure to write is "not writable"
         missing.append(f"storage: not writable ({type(exc).__name__})")
+    else:
+        health = storage_health(svc.storage)
+        if not health.ok:
+            missing.append(f"storage: {health.reason}")
     families = families_to_serve(svc)
     try:
         live = presence_for(svc.redis).live(families)

@@ -129,6 +129,23 @@ def test_readyz_says_when_storage_cannot_be_written(app: Flask, tmp_path: Path) 
     assert answer.json["missing"][0].startswith("storage: not writable")
 
 
+@pytest.mark.fast
+def test_readyz_says_when_local_storage_is_nearly_full(tmp_path: Path) -> None:
+    """Below the free space jobs need, /readyz says so before jobs fail with 503."""
+    settings = Settings(
+        storage=StorageConfig(local_dir=str(tmp_path / "images"), local_min_free_bytes=2**62),
+        catalog_overlays=(str(TEST_CATALOG),),
+        credentials={"OPENAI_API_KEY": "sk-test"},
+    )
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    app = create_app(settings, redis_client=client)
+    Presence(client).announce("w1:1", ["openai"], ttl=30)
+    answer = app.test_client().get("/readyz")
+    assert answer.status_code == 503
+    [missing] = answer.json["missing"]
+    assert missing.startswith("storage: ") and "free" in missing, missing
+
+
 _CHILD = """
 import sys
 from shared import metrics
