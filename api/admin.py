@@ -311,7 +311,7 @@ def create_key():
     tier = _checked_tier(body.tier, svc)
     models = _checked_models(body.allowed_models, svc)
     unlimited = body.balance == "unlimited"
-    micros = 0 if unlimited else parse_money(body.balance)
+    micros = 0 if unlimited else _money(body.balance, "balance")
     if micros < 0:
         raise InvalidRequest("The balance must be >= 0.", param="balance", code="invalid_value")
     plaintext, key = svc.keys.create(body.name, tier=tier, unlimited=unlimited)
@@ -375,12 +375,20 @@ def revoke_key(key_id: str):
     return _answer(s.ApiKeyInfo(**_key_info(key, svc)))
 
 
+def _money(text: str, param: str) -> int:
+    """Micro-units of an amount the schema let through (its form); 400 for one out of range."""
+    try:
+        return parse_money(text)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param=param, code="invalid_value") from exc
+
+
 def _change_balance(key_id: str, kind: str):
     svc = services()
     _key(key_id, svc)
     raw = request.get_data(cache=False)
     body = parse_body(raw, model=s.BalanceChangeRequest)
-    micros = parse_money(body.amount)
+    micros = _money(body.amount, "amount")
     if kind == "topup" and micros <= 0:
         raise InvalidRequest("A top-up must be positive.", param="amount", code="invalid_value")
     if micros == 0:

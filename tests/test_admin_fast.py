@@ -454,3 +454,22 @@ def test_upstream_calls_are_kept_bounded_for_the_timeline(app: Flask) -> None:
     kept = jobevents.read(redis, "imgjob_x")
     assert len(kept) == jobevents.MAX_EVENTS and kept[0]["at"] == 10.0  # the latest
     assert 0 < redis.ttl(jobevents.EVENTS.format("imgjob_x")) <= 60
+
+
+def test_an_amount_out_of_range_is_a_400_whatever_the_reason(
+    http: FlaskClient, writer: str
+) -> None:
+    """Found by schemathesis (a 500): astral characters in the reason and an amount past
+    the largest one a single change may move."""
+    key = new_key(http, writer)["id"]
+    body = {"reason": "\u0118\U000f64cf\u00ab\U00103026&%d{", "amount": "-2834529627"}
+    answer = http.post(
+        f"/admin/v1/keys/{key}/adjust",
+        json=body,
+        headers=bearer(writer, **{"Idempotency-Key": "x"}),
+    )
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["error"]["param"] == "amount"
+    created = http.post("/admin/v1/keys", json={"name": "b", "balance": "2000000000"},
+                        headers=bearer(writer))  # fmt: skip
+    assert (created.status_code, created.get_json()["error"]["param"]) == (400, "balance")
