@@ -23,6 +23,7 @@ from PIL import Image
 from shared.catalog import Model, load_catalog
 from shared.errors import DeadlineExceeded, InvalidRequest, UpstreamError
 from tests.conftest import SIM_KEY, start_simulator
+from tests.support.sim import fault
 from workers.adapters import ADAPTERS
 from workers.adapters.ark import ArkAdapter, is_moderation_code
 from workers.adapters.base import CallContext, ImageRequest, ImageResult
@@ -584,11 +585,13 @@ def test_sim_moderation(sim: str) -> None:
 
 
 def test_sim_injected_failures_have_arks_bodies(sim: str) -> None:
-    body = {"model": "seedream-4-0-250828", "prompt": "x", "size": "1280x720"}
-    _config(sim, fail_next=1, fail_status=429, retry_after=2)
-    # a request with a bad key is answered 401 and does not use up fail_next
-    assert _post(sim, body, {"Authorization": "Bearer wrong"}).status_code == 401
-    response = _post(sim, body)
+    """Faults named by the request's own prompt: the simulator is shared by the session,
+    so a global ``fail_next`` could be used up by another test's leftover job."""
+    limited = {"model": "seedream-4-0-250828", "prompt": fault(429, 1, retry_after=2),
+               "size": "1280x720"}  # fmt: skip
+    # a request with a bad key is answered 401 and does not use up the fault
+    assert _post(sim, limited, {"Authorization": "Bearer wrong"}).status_code == 401
+    response = _post(sim, limited)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "2"
     err = _error(response)
@@ -596,15 +599,16 @@ def test_sim_injected_failures_have_arks_bodies(sim: str) -> None:
         "RateLimitExceeded.EndpointRPMExceeded",
         "TooManyRequests",
     )
-    assert _post(sim, body).status_code == 200
-    _config(sim, fail_next=1, fail_status=500, retry_after=None)
-    response = _post(sim, body)
+    assert _post(sim, limited).status_code == 200
+    broken = {**limited, "prompt": fault(500, 1)}
+    response = _post(sim, broken)
     assert response.status_code == 500
     assert "Retry-After" not in response.headers
     assert (_error(response)["code"], _error(response)["type"]) == (
         "InternalServiceError",
         "InternalServerError",
     )
+    body = {**limited, "prompt": "x"}
     _config(sim, failure_rate=1.0)
     assert _post(sim, body).status_code == 500
 
