@@ -234,7 +234,17 @@ def test_json_logs_carry_the_job_fields_and_no_secret(stack: Stack) -> None:
     assert signed and "?" in signed
     assert requests.get(signed, timeout=10).status_code == 200
     query = signed.split("?", 1)[1]
-    lines = [line for path in stack.logs for line in path.read_text().splitlines() if line]
+
+    def read_lines() -> list[str]:
+        return [line for path in stack.logs for line in path.read_text().splitlines() if line]
+
+    # gunicorn writes an access line after its answer has gone: wait for the image's
+    deadline = time.monotonic() + 30
+    lines = read_lines()
+    while not any("/v1/files/" in line and '"gunicorn.access"' in line for line in lines):
+        assert time.monotonic() < deadline, "no access line for the image's GET"
+        time.sleep(0.2)
+        lines = read_lines()
     records = []
     for line in lines:
         assert PROMPT not in line and key["key"] not in line and query not in line, line
