@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from api import admin_schemas as s
 from api.admin import check_csrf, current_session, refuse_cross_site, sessions
 from api.services import services
+from api.static_files import conditional_file
 from api.validation import parse_body
 from shared.adminkeys import AdminKeyStore, AuthFailures
 from shared.consolesessions import COOKIE, Session
@@ -66,10 +67,7 @@ HEADERS = {
 
 
 def _file(name: str, mimetype: str) -> Response:
-    response = Response((_STATIC / name).read_bytes(), mimetype=mimetype)
-    response.headers["Cache-Control"] = "no-cache"
-    response.add_etag()
-    return response.make_conditional(request)
+    return conditional_file(_STATIC / name, mimetype)
 
 
 @bp.get("/console")

@@ -24,9 +24,10 @@ from __future__ import annotations
 from importlib import resources
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from api.services import EXTENSION, Services
+from api.static_files import conditional_file
 from shared.errors import NotFound
 
 bp = Blueprint("playground", __name__)
@@ -95,10 +96,7 @@ def _secured(response: Response) -> Response:
 
 
 def _file(name: str, mimetype: str) -> Response:
-    response = Response((_STATIC / name).read_bytes(), mimetype=mimetype)
-    response.headers["Cache-Control"] = "no-cache"  # revalidated: a new release shows at once
-    response.add_etag()
-    return _secured(response.make_conditional(request))
+    return _secured(conditional_file(_STATIC / name, mimetype))
 
 
 @bp.get("/playground")
