@@ -154,6 +154,9 @@ class Job:
     unit_price: int | None = None
     charge: int | None = None
     cost: int | None = None
+    # The keys of the record's ``returns`` (what admission counted, given back for images
+    # not delivered), as read with the record; None: not read (a job built, not loaded).
+    returns_keys: tuple[str, ...] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -212,7 +215,12 @@ def job_from_fields(fields: dict[str, str]) -> Job | None:
         unit_price=_micros(fields.get(rec.UNIT_PRICE)),
         charge=_micros(fields.get(rec.SETTLED) or fields.get(rec.CHARGED)),
         cost=_micros(fields.get(rec.COST)),
+        returns_keys=_returns_keys(fields.get(rec.RETURNS)),
     )
+
+
+def _returns_keys(returns: str | None) -> tuple[str, ...]:
+    return tuple(entry[0] for entry in json.loads(returns)) if returns else ()
 
 
 def _micros(value: str | None) -> int | None:
@@ -525,15 +533,18 @@ class JobStore:
             overdue_only=True,
         )
 
-    def _keys(self, job_id: str, key_id: str = "") -> list[str]:
+    def _keys(self, job_id: str, key_id: str = "", job: Job | None = None) -> list[str]:
         """KEYS of the scripts that may end a job: its record, its key's settlement keys (the
         key id read from the record if not given), the watch and the webhooks due sets, and
-        the keys its record's ``returns`` lists (given back for images not delivered)."""
+        the keys its record's ``returns`` lists (given back for images not delivered).
+
+        ``job``: the job as read from its record (a claim's), which holds both: no read."""
         name = rec.record_key(job_id)
+        if job is not None and job.returns_keys is not None and job.key_id:
+            return [name, *settle_keys(job.key_id), WATCH, WEBHOOKS_DUE, *job.returns_keys]
         stored_key_id, returns = self._redis.hmget(name, [rec.KEY_ID, rec.RETURNS])
         key_id = key_id or stored_key_id or "-"
-        given_back = [entry[0] for entry in json.loads(returns)] if returns else []
-        return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE, *given_back]
+        return [name, *settle_keys(key_id), WATCH, WEBHOOKS_DUE, *_returns_keys(returns)]
 
     def _finish_with(
         self,
@@ -552,7 +563,7 @@ class JobStore:
         code: str | None = None,
     ) -> bool:
         reply = self._finish(
-            self._keys(job_id, key_id),
+            self._keys(job_id, key_id, job),
             attempt="" if attempt is None else str(attempt),
             status=status.value,
             field=fld,
@@ -568,7 +579,12 @@ class JobStore:
             return False
         # once per job: only the call that made it final gets here
         self._count_end(job_id, status, code, job, money=reply[1:4])
-        jobstats.record(self._redis, job_id)
+        if job is None:
+            jobstats.record(self._redis, job_id)
+        else:  # what the record would say: no second read of it
+            jobstats.count(
+                self._redis, job.model, status.value, job.created, float(reply[4]), delivered
+            )
         return True
 
     def _count_end(

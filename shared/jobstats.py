@@ -48,32 +48,47 @@ def _bucket(seconds: float) -> int:
 
 
 def record(client: redis.Redis, job_id: str) -> None:
-    """Count the job that just ended (called once, by whoever ended it)."""
+    """Count the job that just ended (called once, by whoever ended it), read from its
+    record; :func:`count` when the caller already knows what it would read."""
     try:
         model, status, created, finished, result, spec = client.hmget(
             rec.record_key(job_id),
             [rec.MODEL, rec.STATUS, rec.CREATED, rec.FINISHED, rec.RESULT, rec.SPEC],
         )
         model = model or (json.loads(spec).get("model") if spec else None)
-        if not model or not status or status == "canceled":
-            return
+        images = len(json.loads(result)) if status == "succeeded" and result else 0
         end = float(finished or time.time())
-        waited = max(0.0, end - float(created or end))
-        images = 0
-        if status == "succeeded" and result:
-            images = len(json.loads(result))
-        fields = {"jobs": 1, "errors": 0 if status == "succeeded" else 1, "images": images,
+        count(client, model, status, float(created or end), end, images)
+    except (redis.RedisError, ValueError, TypeError, AttributeError):
+        log.warning("job stats not recorded for %s", job_id, exc_info=True)
+
+
+def count(
+    client: redis.Redis,
+    model: str | None,
+    status: str | None,
+    created: float,
+    finished: float,
+    images: int,
+) -> None:
+    """Count one ended job of ``model`` (``images`` delivered) in its minute and hour."""
+    if not model or not status or status == "canceled":
+        return
+    try:
+        waited = max(0.0, finished - created)
+        fields = {"jobs": 1, "errors": 0 if status == "succeeded" else 1,
+                  "images": images if status == "succeeded" else 0,
                   f"lat{_bucket(waited)}": 1}  # fmt: skip
         pipe = client.pipeline(transaction=False)
         for template, step, ttl in ((MINUTE, 60, MINUTE_TTL), (HOUR, 3600, HOUR_TTL)):
-            name = template.format(int(end // step))
-            for field, count in fields.items():
-                if count:
-                    pipe.hincrby(name, f"{model[:200]}{_SEP}{field}", count)
+            name = template.format(int(finished // step))
+            for field, n in fields.items():
+                if n:
+                    pipe.hincrby(name, f"{model[:200]}{_SEP}{field}", n)
             pipe.expire(name, ttl)
         pipe.execute()
-    except (redis.RedisError, ValueError, TypeError, AttributeError):
-        log.warning("job stats not recorded for %s", job_id, exc_info=True)
+    except redis.RedisError:
+        log.warning("job stats not recorded for a %s job", model, exc_info=True)
 
 
 def _percentile(buckets: list[int], q: float) -> float | None:

@@ -22,8 +22,9 @@
 --                  written with cost_source before the bill is settled (_settle.lua)
 --   cost_source    upstream | usage | compute | catalog
 -- Returns 0 if this call did not end the job; if it did, {1, settled, refunded,
--- unlimited}: the micro-units its settlement spent and gave back ('' for an unbilled job)
--- and '1' for a key without a balance (shared.metrics counts the money).
+-- unlimited, finished}: the micro-units its settlement spent and gave back ('' for an
+-- unbilled job), '1' for a key without a balance (shared.metrics counts the money) and
+-- the time it ended (shared.jobstats counts the job without reading the record again).
 
 -- #include _clock.lua
 -- #include _terminal.lua
@@ -43,4 +44,4 @@ if a.cost ~= nil and a.cost ~= '' then
 end
 end_job(k, a.status, a.field, a.payload, now, a.delivered, a.done_channel)
 return {1, redis.call('HGET', k.job, 'settled') or '', redis.call('HGET', k.job, 'refunded') or '',
-  redis.call('HGET', k.job, 'unlimited') or ''}
+  redis.call('HGET', k.job, 'unlimited') or '', now}
