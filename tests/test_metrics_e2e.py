@@ -143,6 +143,9 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     price = Settings.from_env(stack.env).load_catalog().model(MODEL).unit_price({"size": "256x256"})
     gen = f"{stack.url}/v1/images/generations"
     auth = {"Authorization": f"Bearer {key['key']}"}
+    # Counters are the stack's since it started: what this test did is what they grew by
+    # (the module's other tests may have run first).
+    before = stack.scrape()
 
     for i in range(3):  # successes
         client.images.generate(model=MODEL, prompt=f"{PROMPT} {i}", size="256x256")
@@ -185,37 +188,41 @@ def test_the_scraped_metrics_equal_what_happened(stack: Stack) -> None:
     _wait(lambda: jobs.status(taken_id) == "succeeded", timeout=60)
 
     m = stack.scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        return total(m, name, **labels) - total(before, name, **labels)
+
     mine = {"model": MODEL, "family": "openai"}
-    assert total(m, "imagegate_jobs_finished_total", outcome="succeeded", **mine) == 5
-    assert total(m, "imagegate_jobs_finished_total", outcome="failed", **mine) == 1
-    assert total(m, "imagegate_jobs_finished_total", outcome="timed_out", **mine) == 1
-    assert total(m, "imagegate_jobs_finished_total") == 7
-    assert total(m, "imagegate_job_takeovers_total", family="openai") == 1
-    assert total(m, "imagegate_reaper_actions_total", action="takeover") == 1
-    assert total(m, "imagegate_webhook_deliveries_total", outcome="retrying") == 1
-    assert total(m, "imagegate_webhook_deliveries_total", outcome="delivered") == 1
+    assert grew("imagegate_jobs_finished_total", outcome="succeeded", **mine) == 5
+    assert grew("imagegate_jobs_finished_total", outcome="failed", **mine) == 1
+    assert grew("imagegate_jobs_finished_total", outcome="timed_out", **mine) == 1
+    assert grew("imagegate_jobs_finished_total") == 7
+    assert grew("imagegate_job_takeovers_total", family="openai") == 1
+    assert grew("imagegate_reaper_actions_total", action="takeover") == 1
+    assert grew("imagegate_webhook_deliveries_total", outcome="retrying") == 1
+    assert grew("imagegate_webhook_deliveries_total", outcome="delivered") == 1
     # Upstream: the failure's 3 calls (2 retries); the timed-out call got no answer.
-    assert total(m, "imagegate_upstream_requests_total", status="5xx", family="openai") == 3
-    assert total(m, "imagegate_upstream_retries_total", family="openai", model=MODEL) == 2
-    assert total(m, "imagegate_upstream_requests_total", status="error") == 1
-    assert total(m, "imagegate_upstream_requests_total", status="2xx", model=MODEL) == 5
-    assert total(m, "imagegate_upstream_request_duration_seconds_count") == 9
+    assert grew("imagegate_upstream_requests_total", status="5xx", family="openai") == 3
+    assert grew("imagegate_upstream_retries_total", family="openai", model=MODEL) == 2
+    assert grew("imagegate_upstream_requests_total", status="error") == 1
+    assert grew("imagegate_upstream_requests_total", status="2xx", model=MODEL) == 5
+    assert grew("imagegate_upstream_request_duration_seconds_count") == 9
     # Attempts that ran to their end (the killed one never did), and time in queue.
-    assert total(m, "imagegate_job_run_seconds_count", **mine) == 7
-    assert total(m, "imagegate_job_queue_seconds_count", family="openai") == 7
-    assert total(m, "imagegate_images_stored_total", model=MODEL) == 5
-    assert total(m, "imagegate_image_bytes_stored_total", model=MODEL) > 0
+    assert grew("imagegate_job_run_seconds_count", **mine) == 7
+    assert grew("imagegate_job_queue_seconds_count", family="openai") == 7
+    assert grew("imagegate_images_stored_total", model=MODEL) == 5
+    assert grew("imagegate_image_bytes_stored_total", model=MODEL) > 0
     # Money: 7 jobs reserved, 5 images paid, 2 jobs refunded.
-    assert total(m, "imagegate_money_reserved_micros_total", model=MODEL) == 7 * price
-    assert total(m, "imagegate_money_settled_micros_total", model=MODEL) == 5 * price
-    assert total(m, "imagegate_money_refunded_micros_total", model=MODEL) == 2 * price
+    assert grew("imagegate_money_reserved_micros_total", model=MODEL) == 7 * price
+    assert grew("imagegate_money_settled_micros_total", model=MODEL) == 5 * price
+    assert grew("imagegate_money_refunded_micros_total", model=MODEL) == 2 * price
     # HTTP answers, merged over both gunicorn processes.
     route = {"route": "/v1/images/generations", "model": MODEL}
-    assert total(m, "imagegate_http_requests_total", status="200", **route) == 3
-    assert total(m, "imagegate_http_requests_total", status="202", **route) == 2
-    assert total(m, "imagegate_http_requests_total", status="502", **route) == 1
-    assert total(m, "imagegate_http_requests_total", status="504", **route) == 1
-    assert total(m, "imagegate_http_request_duration_seconds_count", **route) == 7
+    assert grew("imagegate_http_requests_total", status="200", **route) == 3
+    assert grew("imagegate_http_requests_total", status="202", **route) == 2
+    assert grew("imagegate_http_requests_total", status="502", **route) == 1
+    assert grew("imagegate_http_requests_total", status="504", **route) == 1
+    assert grew("imagegate_http_request_duration_seconds_count", **route) == 7
     # Nothing running or waiting now; the killed worker's live gauge is gone.
     assert total(m, "imagegate_jobs_running", family="openai") == 0
     assert total(m, "imagegate_http_requests_in_progress", route="/v1/images/generations") == 0
