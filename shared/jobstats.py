@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from shared import jobrecord as rec
+from shared import lua
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,13 @@ def count(
         fields = {"jobs": 1, "errors": 0 if status == "succeeded" else 1,
                   "images": images if status == "succeeded" else 0,
                   f"lat{_bucket(waited)}": 1}  # fmt: skip
-        pipe = client.pipeline(transaction=False)
-        for template, step, ttl in ((MINUTE, 60, MINUTE_TTL), (HOUR, 3600, HOUR_TTL)):
-            name = template.format(int(finished // step))
-            for field, n in fields.items():
-                if n:
-                    pipe.hincrby(name, f"{model[:200]}{_SEP}{field}", n)
-            pipe.expire(name, ttl)
-        pipe.execute()
+        lua.on(client, "jobstats_count")(
+            [MINUTE.format(int(finished // 60)), HOUR.format(int(finished // 3600))],
+            prefix=f"{model[:200]}{_SEP}",
+            fields={field: n for field, n in fields.items() if n},
+            minute_ttl=MINUTE_TTL,
+            hour_ttl=HOUR_TTL,
+        )
     except redis.RedisError:
         log.warning("job stats not recorded for a %s job", model, exc_info=True)
 

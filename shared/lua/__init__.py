@@ -4,6 +4,7 @@
 ``release_idempotency``: :mod:`shared.billing`; ``capacity_*``: :mod:`shared.capacity`;
 ``breaker_*``: :mod:`shared.health`; ``webhook_take``: :mod:`workers.webhook_pump`;
 ``webhook_claim``: :mod:`workers.webhooks`; ``parse_charge``: :mod:`api.parse_limit`;
+``jobstats_count``: :mod:`shared.jobstats`; ``jobindex_add``: :mod:`shared.jobindex`;
 ``_*.lua``: pieces the job scripts include.
 
 Every ``<name>.lua`` here is one atomic transition, run with ``EVALSHA`` through
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -147,3 +149,16 @@ class Script:
 def register(client: redis.Redis, name: str) -> Script:
     """The script ``shared/lua/<name>.lua`` (read once per process) on ``client``."""
     return Script(client, name)
+
+
+_ON_CLIENT: weakref.WeakKeyDictionary[redis.Redis, dict[str, Script]] = weakref.WeakKeyDictionary()
+
+
+def on(client: redis.Redis, name: str) -> Script:
+    """:func:`register`, once per client: for module functions called per request or job
+    with whichever client the caller has (a class registers its scripts in ``__init__``)."""
+    scripts = _ON_CLIENT.setdefault(client, {})
+    script = scripts.get(name)
+    if script is None:
+        script = scripts[name] = Script(client, name)
+    return script
