@@ -12,7 +12,7 @@ Nothing secret goes out (:class:`Redact`, on every line of both formats): bearer
 our API keys (``ig-...``), upstream key shapes (``sk-...``, ``r8_...``), webhook secrets,
 and the query of every URL (a signed file URL's signature is a credential) are cut.
 Prompts are not logged; with ``IMAGEGATE_LOG_PROMPTS`` the worker's "running" line
-carries the job's prompt as a field.
+(INFO then, DEBUG otherwise) carries the job's prompt as a field.
 """
 
 from __future__ import annotations

@@ -380,7 +380,11 @@ def _generate(
         ),
         progress=_progress_sink(job, ctx),
     )
-    log.info(
+    # DEBUG unless it carries the prompt: the line that says how the attempt ended names
+    # the job, and a log line fewer per job is ~1% of a worker's CPU (the job's timeline
+    # shows it running).
+    log.log(
+        logging.INFO if ctx.settings.log_prompts else logging.DEBUG,
         "job %s running: model=%s upstream=%s size=%s aspect=%s n=%d",
         job.id,
         model.id,
