@@ -319,3 +319,16 @@ def test_the_cli_upgrades_and_verifies(
     differs = runner.invoke(cli_main, ["ledger", "verify", key.id], env=env)
     assert differs.exit_code == 1
     assert f"{key.id}\tbalance 1.470123\tledger 1.470000\tdifference 0.000123" in differs.output
+
+
+def test_the_migrated_schema_is_the_one_the_code_declares(engine: sa.Engine) -> None:
+    """A migration is a frozen copy of the tables of its day (shared/migrations); the code's
+    tables (shared/db.py) must still be what the migrations build, or a change to one
+    without a new migration would reach a database that lacks it."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), db.metadata)
+    assert differences == []
