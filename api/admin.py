@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import admin_schemas as s
 from api.services import Services, services
+from api.static_files import BROWSER_HEADERS
 from api.validation import parse_body
 from shared import jobevents, jobindex, jobstats
 from shared import jobrecord as rec
@@ -58,11 +59,9 @@ PREFIX = "/admin/"
 _CAPACITY_KEYS = 16  # upstream key indexes looked at for leases (the web holds no keys)
 _LEDGER_BATCH = 1000
 SECURITY_HEADERS = {
+    **BROWSER_HEADERS,
     "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
 }
 
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from api import admin_schemas as s
 from api.admin import check_csrf, current_session, refuse_cross_site, sessions
 from api.services import services
-from api.static_files import conditional_file
+from api.static_files import PAGE_HEADERS, conditional_file
 from api.validation import parse_body
 from shared.adminkeys import AdminKeyStore, AuthFailures
 from shared.consolesessions import COOKIE, Session
@@ -56,14 +56,7 @@ CSP = "; ".join(
         "base-uri 'none'",
     ]
 )
-HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
+HEADERS = {"Content-Security-Policy": CSP, **PAGE_HEADERS}
 
 
 def _file(name: str, mimetype: str) -> Response:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app
 
 from api.services import EXTENSION, Services
-from api.static_files import conditional_file
+from api.static_files import PAGE_HEADERS, conditional_file
 from shared.errors import NotFound
 
 bp = Blueprint("playground", __name__)
@@ -87,11 +87,7 @@ def _secured(response: Response) -> Response:
     if policy is None:
         policy = app.config[_CSP_CACHE] = content_security_policy(app.extensions[EXTENSION])
     response.headers["Content-Security-Policy"] = policy
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
-    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    response.headers.update(PAGE_HEADERS)
     return response
 
 
