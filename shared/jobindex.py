@@ -23,7 +23,6 @@ from typing import Any
 import redis
 
 from shared import jobrecord as rec
-from shared import lua
 
 RECENT = "ig:jobs:recent"
 BY_KEY = "ig:jobs:bykey:{}"
@@ -36,14 +35,14 @@ SUMMARY_FIELDS = (
 
 
 def add(client: redis.Redis, job_id: str, key_id: str, created: float, ttl: int) -> None:
-    lua.on(client, "jobindex_add")(
-        [RECENT, BY_KEY.format(key_id)],
-        job_id=job_id,
-        created=repr(created),
-        max_recent=MAX_RECENT,
-        max_per_key=MAX_PER_KEY,
-        ttl=ttl,
-    )
+    by_key = BY_KEY.format(key_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(RECENT, {job_id: created})
+    pipe.zremrangebyrank(RECENT, 0, -MAX_RECENT - 1)
+    pipe.zadd(by_key, {job_id: created})
+    pipe.zremrangebyrank(by_key, 0, -MAX_PER_KEY - 1)
+    pipe.expire(by_key, ttl)
+    pipe.execute()
 
 
 @dataclass(frozen=True)

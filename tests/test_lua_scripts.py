@@ -28,7 +28,7 @@ import pytest
 import redis
 
 from api.parse_limit import ParseLimit
-from shared import jobindex, jobrecord, lua
+from shared import jobrecord, lua
 from shared.balance_changes import BalanceChanges
 from shared.billing import LEDGER, PENDING, Accounts, Idempotency
 from shared.capacity import Capacity
@@ -356,11 +356,6 @@ def _scenario(client: redis.Redis) -> None:
     limit.charge(subject, 800)
     with pytest.raises(RateLimited):
         limit.charge(subject, 800)
-    # the admin API's job index: a job added to both sets
-    indexed = "imgjob_lua_" + secrets.token_hex(4)
-    jobindex.add(client, indexed, "key_lua", time.time(), 60)
-    assert client.zscore(jobindex.RECENT, indexed) is not None
-    assert client.ttl(jobindex.BY_KEY.format("key_lua")) > 0
     # presence: a worker announces two families; one is live, then none once it ran out
     presence = Presence(client)
     one, two = "lua_" + secrets.token_hex(4), "lua_" + secrets.token_hex(4)

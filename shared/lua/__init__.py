@@ -4,7 +4,7 @@
 ``release_idempotency``: :mod:`shared.billing`; ``capacity_*``: :mod:`shared.capacity`;
 ``breaker_*``: :mod:`shared.health`; ``webhook_take``: :mod:`workers.webhook_pump`;
 ``webhook_claim``: :mod:`workers.webhooks`; ``parse_charge``: :mod:`api.parse_limit`;
-``jobstats_count``: :mod:`shared.jobstats`; ``jobindex_add``: :mod:`shared.jobindex`;
+``jobstats_count``: :mod:`shared.jobstats`;
 ``_*.lua``: pieces the job scripts include.
 
 Every ``<name>.lua`` here is one atomic transition, run with ``EVALSHA`` through
